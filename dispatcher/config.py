@@ -1,0 +1,259 @@
+"""Typed, validated configuration loaded from TOML.
+
+A bad file gives a `ConfigError` that names the file, the key and what is allowed.
+Secrets never live here: they come from the environment (see `dispatcher.settings`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dispatcher.domain import Channel
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message says where and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class ChannelCaps(_Model):
+    """Frequency caps for one channel of a profile. Unset caps mean `per_day = 1`."""
+
+    per_day: PositiveInt = 1
+    per_7_days: PositiveInt | None = None
+    max_consecutive_days: PositiveInt | None = None
+    rest_days: PositiveInt | None = None
+    after_conversation_days: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _consecutive_pair(self) -> ChannelCaps:
+        if (self.max_consecutive_days is None) != (self.rest_days is None):
+            raise ValueError("max_consecutive_days and rest_days go together; set both or neither")
+        return self
+
+
+class ConsentDefault(_Model):
+    sms: bool = False
+    email: bool = False
+    voice: bool = False
+
+    def for_channel(self, channel: Channel) -> bool:
+        return bool(getattr(self, channel.value))
+
+
+class Jurisdiction(_Model):
+    """A legal profile: where and when a debtor may be contacted, and the defaults."""
+
+    default_timezones: list[str] = Field(min_length=1)
+    calendar: str = Field(min_length=2, description="holidays country code, e.g. CN, US")
+    days: Literal["working", "all"] = "working"
+    hours: tuple[dt.time, dt.time]
+    default_locale: Literal["zh-CN", "en-US"]
+    default_currency: str = Field(pattern=r"^[A-Z]{3}$")
+    default_region: str = Field(pattern=r"^[A-Z]{2}$")
+    consent_default: ConsentDefault = ConsentDefault()
+    caps: dict[Channel, ChannelCaps] = {}
+    extra_holidays: list[dt.date] = []
+    extra_working_days: list[dt.date] = []
+    support_phone: str = ""
+    sms_from: str = ""
+    voice_from: str = ""
+    messaging_service_sid: str = ""
+
+    @field_validator("default_timezones")
+    @classmethod
+    def _zones_exist(cls, zones: list[str]) -> list[str]:
+        for zone in zones:
+            try:
+                zoneinfo.ZoneInfo(zone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{zone!r} is not an IANA time zone (e.g. Asia/Shanghai)") from None
+        return zones
+
+    @field_validator("hours", mode="before")
+    @classmethod
+    def _parse_hours(cls, value: object) -> object:
+        if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
+            try:
+                return tuple(dt.time.fromisoformat(v) for v in value)
+            except ValueError:
+                raise ValueError('hours must be two "HH:MM" times, e.g. ["09:00", "21:00"]') from None
+        return value
+
+    @model_validator(mode="after")
+    def _hours_order(self) -> Jurisdiction:
+        if not self.hours[0] < self.hours[1]:
+            raise ValueError("hours: the start must be before the end, e.g. [\"09:00\", \"21:00\"]")
+        return self
+
+    def caps_for(self, channel: Channel) -> ChannelCaps:
+        return self.caps.get(channel, ChannelCaps())
+
+
+class ChannelCadence(_Model):
+    every_days: PositiveInt
+
+
+class Stage(_Model):
+    """A delinquency stage: a DPD range (upper bound open when omitted) and its cadence."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    dpd: tuple[int] | tuple[int, int]
+    channels: dict[Channel, ChannelCadence]
+    escalate: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> Stage:
+        if len(self.dpd) == 2 and self.dpd[0] > self.dpd[1]:
+            raise ValueError(f"dpd: {list(self.dpd)} is empty; write [low, high] with low <= high")
+        return self
+
+    @property
+    def dpd_min(self) -> int:
+        return self.dpd[0]
+
+    @property
+    def dpd_max(self) -> int | None:
+        return self.dpd[1] if len(self.dpd) == 2 else None
+
+    def contains(self, dpd: int) -> bool:
+        upper = self.dpd_max
+        return self.dpd_min <= dpd and (upper is None or dpd <= upper)
+
+
+class Organisation(_Model):
+    name: dict[str, str] = {"en-US": "Dispatcher Bank", "zh-CN": "调度银行"}
+    email_from: str = "reminders@bank.example"
+    bounce_domain: str = "bounce.bank.example"
+    payment_page: str = "https://pay.bank.example/pay"
+
+    def name_for(self, locale: str) -> str:
+        return self.name.get(locale) or next(iter(self.name.values()))
+
+
+class Templates(_Model):
+    directory: Path = Path("templates")
+    forbidden_phrases: Path = Path("config/forbidden_phrases.txt")
+    sms_max_segments: PositiveInt = 3
+
+
+class Replies(_Model):
+    payment_claimed_hold_days: PositiveInt = 3
+    promise_to_pay_days: PositiveInt = 7
+
+
+class Sending(_Model):
+    rate_per_second: dict[str, float] = {"sms": 50.0, "voice": 5.0, "email": 50.0}
+    concurrency: PositiveInt = 16
+    batch_size: PositiveInt = 200
+    max_attempts: PositiveInt = 5
+    retry_backoff_seconds: float = Field(default=30.0, gt=0)
+    provider_timeout_seconds: float = Field(default=15.0, gt=0)
+
+
+class Scheduler(_Model):
+    plan_every_seconds: PositiveInt = 300
+    send_every_seconds: PositiveInt = 5
+    reconcile_every_seconds: PositiveInt = 60
+    retention_every_seconds: PositiveInt = 86400
+
+
+class Links(_Model):
+    payment_link_days: PositiveInt = 14
+
+
+class Retention(_Model):
+    years: PositiveInt = 5
+
+
+class Config(_Model):
+    """The whole configuration file."""
+
+    jurisdictions: dict[str, Jurisdiction] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1)
+    organisation: Organisation = Organisation()
+    templates: Templates = Templates()
+    replies: Replies = Replies()
+    sending: Sending = Sending()
+    scheduler: Scheduler = Scheduler()
+    links: Links = Links()
+    retention: Retention = Retention()
+
+    #: where the file was read from; relative paths in it are relative to its parent's parent
+    source: Path | None = None
+
+    @model_validator(mode="after")
+    def _stages_disjoint(self) -> Config:
+        names = [s.name for s in self.stages]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"stages: names must be unique; repeated: {sorted(dupes)}")
+        ordered = sorted(self.stages, key=lambda s: s.dpd_min)
+        for prev, nxt in zip(ordered, ordered[1:], strict=False):
+            if prev.dpd_max is None or prev.dpd_max >= nxt.dpd_min:
+                raise ValueError(
+                    f"stages: {prev.name} {list(prev.dpd)} overlaps {nxt.name} {list(nxt.dpd)};"
+                    " DPD ranges must not overlap"
+                )
+        return self
+
+    def stage_for(self, dpd: int) -> Stage | None:
+        for stage in self.stages:
+            if stage.contains(dpd):
+                return stage
+        return None
+
+    def stage_named(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the file, made absolute against the project root of the file."""
+        if path.is_absolute() or self.source is None:
+            return path
+        return self.source.resolve().parent.parent / path
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such configuration file; pass --config PATH or set DISPATCHER_CONFIG"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate({**raw, "source": path})
+    except ValidationError as exc:
+        raise ConfigError(_explain(path, exc)) from None
+
+
+def _explain(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling against config/dispatcher.toml"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""SQLModel tables: cases, contact points, the outbox (messages), append-only events,
+holds, payments and template approvals.
+
+All datetimes are stored as UTC and come back timezone-aware (`UTCDateTime`); money is
+stored exactly (`Money`: NUMERIC on PostgreSQL, text on SQLite, which has no decimal type).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Column, Index, Numeric, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import DateTime, TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware one")
+        value = value.astimezone(dt.UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact decimals: NUMERIC(18, 8) on PostgreSQL, canonical text on SQLite."""
+
+    impl = String(40)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(18, 8, asdecimal=True))
+        return dialect.type_descriptor(String(40))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError(f"money must be Decimal, got {type(value).__name__}")
+        return value if dialect.name == "postgresql" else str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _utc(nullable: bool = True, **kw: Any) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, **kw))
+
+
+def _money(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(Money(), nullable=nullable))
+
+
+class CaseRow(SQLModel, table=True):
+    __tablename__ = "cases"
+
+    case_id: str = Field(primary_key=True, max_length=64)
+    name: str
+    jurisdiction: str = Field(max_length=16)
+    locale: str = Field(max_length=8)
+    timezone: str | None = Field(default=None, max_length=64)
+    currency: str = Field(max_length=3)
+    principal: Decimal = _money()
+    interest: Decimal = _money()
+    penalty: Decimal = _money()
+    fees: Decimal = _money()
+    amount_due: Decimal = _money()
+    penalty_rate_daily: Decimal | None = _money(nullable=True)
+    due_date: dt.date
+    status: str = Field(default="active", max_length=16, index=True)
+    product: str = Field(default="other", max_length=16)
+    paid_total: Decimal = _money()
+    created_at: dt.datetime = _utc(nullable=False)
+    updated_at: dt.datetime = _utc(nullable=False)
+
+
+class ContactPointRow(SQLModel, table=True):
+    __tablename__ = "contact_points"
+    __table_args__ = (
+        UniqueConstraint("case_id", "channel", name="uq_contact_case_channel"),
+        Index("ix_contact_address", "address"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64)
+    channel: str = Field(max_length=8)
+    address: str | None = Field(default=None, max_length=320)
+    consent: bool = True
+    opted_out: bool = False
+    invalid: bool = False
+    updated_at: dt.datetime = _utc(nullable=False)
+
+
+class MessageRow(SQLModel, table=True):
+    """The outbox and the archive of every communication."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_due", "status", "scheduled_at"),
+        Index("ix_messages_case", "case_id", "channel", "scheduled_at"),
+        Index("ix_messages_provider", "provider_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64)
+    channel: str = Field(max_length=8)
+    stage: str | None = Field(default=None, max_length=32)
+    kind: str = Field(default="scheduled", max_length=16)
+    template_id: str | None = Field(default=None, max_length=128)
+    variant: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=8)
+    content_hash: str | None = Field(default=None, max_length=64)
+    to_address: str | None = Field(default=None, max_length=320)
+    subject: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    html: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    status: str = Field(default="queued", max_length=16)
+    provider_id: str | None = Field(default=None, max_length=128)
+    idempotency_key: str = Field(max_length=200, unique=True)
+    scheduled_at: dt.datetime = _utc(nullable=False)
+    created_at: dt.datetime = _utc(nullable=False)
+    sent_at: dt.datetime | None = _utc()
+    status_at: dt.datetime | None = _utc()
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_at: dt.datetime | None = _utc()
+    created_by: str | None = Field(default=None, max_length=64)
+    answered_by: str | None = Field(default=None, max_length=32)
+    conversation: bool = False
+
+
+class EventRow(SQLModel, table=True):
+    """Append-only: the case timeline and the audit trail. Never updated or deleted
+    (except by the retention job after the archive period)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_case", "case_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str | None = Field(default=None, max_length=64)  # None: orphan (unknown SID)
+    message_id: int | None = Field(default=None, index=True)
+    at: dt.datetime = _utc(nullable=False)
+    kind: str = Field(max_length=40, index=True)
+    actor: str | None = Field(default=None, max_length=64)
+    data: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class HoldRow(SQLModel, table=True):
+    __tablename__ = "holds"
+    __table_args__ = (Index("ix_holds_case", "case_id", "released_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64)
+    reason: str = Field(max_length=32)
+    placed_at: dt.datetime = _utc(nullable=False)
+    until: dt.datetime | None = _utc()
+    placed_by: str | None = Field(default=None, max_length=64)
+    released_at: dt.datetime | None = _utc()
+    released_by: str | None = Field(default=None, max_length=64)
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class PaymentRow(SQLModel, table=True):
+    __tablename__ = "payments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64, index=True)
+    amount: Decimal = _money()
+    at: dt.datetime = _utc(nullable=False)
+    recorded_by: str | None = Field(default=None, max_length=64)
+
+
+class EscalationRow(SQLModel, table=True):
+    """One legal hand-off per case and stage."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (UniqueConstraint("case_id", "stage", name="uq_escalation_case_stage"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64)
+    stage: str = Field(max_length=32)
+    at: dt.datetime = _utc(nullable=False)
+
+
+class TemplateApprovalRow(SQLModel, table=True):
+    """Mirror of the approvals file under templates/, for audit queries."""
+
+    __tablename__ = "template_approvals"
+
+    id: int | None = Field(default=None, primary_key=True)
+    template_path: str = Field(max_length=256, index=True)
+    content_hash: str = Field(max_length=64)
+    approved_by: str = Field(max_length=64)
+    approved_at: dt.datetime = _utc(nullable=False)
