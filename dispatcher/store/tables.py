@@ -83,6 +83,9 @@ class CaseRow(SQLModel, table=True):
     jurisdiction: str = Field(max_length=16)
     locale: str = Field(max_length=8)
     timezone: str | None = Field(default=None, max_length=64)
+    #: resolved possible zones, primary first, comma-separated (computed at import)
+    zones: str = Field(default="", max_length=512)
+    escalated_stages: str = Field(default="", max_length=256)  # comma-separated
     currency: str = Field(max_length=3)
     principal: Decimal = _money()
     interest: Decimal = _money()
