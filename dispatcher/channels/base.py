@@ -1,0 +1,70 @@
+"""The one protocol every channel implements, and its typed result."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from dispatcher.domain import Channel, MessageStatus
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """A rendered message ready for a provider. Addresses are full here; never log them."""
+
+    message_id: int
+    case_id: str
+    channel: Channel
+    to: str  # E.164 phone or e-mail address
+    body: str  # SMS text, e-mail plain text, or the voice script
+    idempotency_key: str
+    locale: str = "en-US"
+    subject: str | None = None  # e-mail
+    html: str | None = None  # e-mail
+    sender: str | None = None  # from number / from address
+    messaging_service_sid: str | None = None  # SMS, instead of a from number
+    status_callback: str | None = None  # Twilio status webhook URL
+    voice_url: str | None = None  # TwiML URL for the call's answer
+    headers: Mapping[str, str] = field(default_factory=dict)  # extra e-mail headers
+    return_path: str | None = None  # e-mail envelope sender (VERP)
+    message_ref: str | None = None  # e-mail Message-ID we assign
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What happened at the provider.
+
+    `ambiguous` means the outcome is unknown (timeout, reset after the request went
+    out): the outbox must reconcile with the provider before any retry.
+    """
+
+    provider_id: str | None
+    status: MessageStatus
+    retryable: bool = False
+    error: str | None = None
+    ambiguous: bool = False
+    retry_after: float | None = None  # seconds, from a 429's Retry-After
+
+
+class ChannelAdapter(Protocol):
+    """A provider for one channel. Provider facts are class attributes."""
+
+    channel: ClassVar[Channel]
+    name: ClassVar[str]
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Hand the message to the provider once. Never raises for provider errors."""
+        ...
+
+    async def reconcile(self, message: OutboundMessage, since: dt.datetime) -> SendResult | None:
+        """Find out whether an earlier, ambiguous attempt reached the provider.
+
+        Returns the provider's record as a `SendResult`, or None if it has no trace of
+        the message (so a retry cannot duplicate it)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
