@@ -141,6 +141,8 @@ class MessageRow(SQLModel, table=True):
     subject: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     html: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: JSON object of named rendered blocks (voice: identity, script, voicemail)
+    parts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     status: str = Field(default="queued", max_length=16)
     provider_id: str | None = Field(default=None, max_length=128)
     idempotency_key: str = Field(max_length=200, unique=True)
