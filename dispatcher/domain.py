@@ -173,6 +173,7 @@ class SentMessage:
     stage: str | None = None
     template: str | None = None  # template id, e.g. "sms/dpd30/v2"
     conversation: bool = False  # voice: a person answered and the call completed
+    message_id: int | None = None  # the outbox row, when known
 
 
 @dataclass(frozen=True, slots=True)
