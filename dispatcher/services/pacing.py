@@ -1,0 +1,56 @@
+"""Per-sender rate limiting for provider calls.
+
+Hand-rolled on purpose: the limiters on PyPI (aiolimiter, limits) either read the wall
+clock in ways we cannot pace from one event loop or bring a storage backend we do not
+need. This is a plain token bucket on the event loop's monotonic clock. It paces real
+outbound requests, so it deliberately uses real elapsed time, not the business clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class TokenBucket:
+    """At most `rate` acquisitions per second, with bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0 messages per second")
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate / 10)
+        self._tokens = self.capacity
+        self._last: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            while True:
+                now = loop.time()
+                if self._last is None:
+                    self._last = now
+                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+    def penalise(self, seconds: float) -> None:
+        """A provider said 429: hold further requests for `seconds`."""
+        self._tokens -= seconds * self.rate
+
+
+class SenderLimits:
+    """One bucket per (channel, sender address)."""
+
+    def __init__(self, rates: dict[str, float]) -> None:
+        self._rates = rates
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def bucket(self, channel: str, sender: str | None) -> TokenBucket:
+        key = (channel, sender or "")
+        if key not in self._buckets:
+            self._buckets[key] = TokenBucket(self._rates.get(channel, 10.0))
+        return self._buckets[key]

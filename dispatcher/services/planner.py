@@ -1,0 +1,202 @@
+"""The planner: store -> policy -> outbox.
+
+`plan_decisions` is read-only (it backs `dispatcher plan`). `enqueue_decisions` turns
+`send` and `defer` decisions into queued outbox rows (idempotent per case, channel,
+stage and local day) and records each first-time escalation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from sqlalchemy import insert, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from dispatcher.config import Config
+from dispatcher.domain import Action, CaseSnapshot, Channel, Decision, MessageKind
+from dispatcher.policy import decide_case
+from dispatcher.store import repository
+from dispatcher.store.events import EventKind, record_event
+from dispatcher.store.tables import MessageRow
+
+TemplateCatalog = Mapping[tuple[Channel, str, str], Sequence[str]]
+
+#: Advisory-lock key electing the single planner per tick on PostgreSQL ("dispatch").
+PLANNER_LOCK_KEY = 0x64697370
+
+
+@lru_cache(maxsize=1024)
+def zone_info(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def local_day(instant: dt.datetime, zone: str) -> dt.date:
+    """The calendar date of `instant` in `zone`."""
+    return instant.astimezone(zone_info(zone)).date()
+
+
+def idempotency_key(case_id: str, channel: Channel | str, stage: str | None, day: dt.date) -> str:
+    """One scheduled message per case, channel, stage and local day."""
+    return f"{case_id}:{channel}:{stage or '-'}:{day.isoformat()}"
+
+
+def plan_decisions(
+    engine: Engine,
+    config: Config,
+    templates: TemplateCatalog,
+    now: dt.datetime,
+    *,
+    case_ids: Sequence[str] | None = None,
+    batch_size: int = 5000,
+) -> Iterator[tuple[CaseSnapshot, list[Decision]]]:
+    """Evaluate every case (or the named ones) at `now`. Writes nothing."""
+    for snapshot in repository.iter_snapshots(
+        engine, case_ids=list(case_ids) if case_ids else None, batch_size=batch_size, now=now
+    ):
+        yield snapshot, decide_case(snapshot, config, templates, now)
+
+
+@dataclass
+class EnqueueSummary:
+    queued: int = 0
+    deferred: int = 0
+    already_queued: int = 0
+    escalated: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def count(self, decision: Decision) -> None:
+        key = f"{decision.action}:{decision.reason}"
+        self.by_reason[key] = self.by_reason.get(key, 0) + 1
+
+
+def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, object]]) -> set[str]:
+    """Insert outbox rows; an existing idempotency key is left alone.
+
+    Returns the idempotency keys actually added."""
+    if not rows:
+        return set()
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(MessageRow).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(MessageRow).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    else:  # pragma: no cover - other databases are not supported
+        stmt = insert(MessageRow)
+    added: set[str] = set()
+    # RETURNING with executemany is not portable; insert one statement per row chunk.
+    for row in rows:
+        key = conn.execute(stmt.values(**row).returning(MessageRow.idempotency_key)).scalar()
+        if key is not None:
+            added.add(key)
+    return added
+
+
+def enqueue_decisions(
+    conn: Connection,
+    items: Iterable[tuple[CaseSnapshot, list[Decision]]],
+    now: dt.datetime,
+    summary: EnqueueSummary | None = None,
+    *,
+    created_by: str | None = None,
+    kind: MessageKind = MessageKind.SCHEDULED,
+) -> EnqueueSummary:
+    """Queue a message for every send/defer decision and record escalations."""
+    summary = summary or EnqueueSummary()
+    rows: list[dict[str, object]] = []
+    pending: list[tuple[Decision, dt.datetime, str]] = []
+    for snapshot, decisions in items:
+        zone = snapshot.zones[0] if snapshot.zones else "UTC"
+        for decision in decisions:
+            summary.count(decision)
+            if decision.action is Action.ESCALATE and decision.stage:
+                if repository.mark_escalated(conn, decision.case_id, decision.stage, now):
+                    summary.escalated += 1
+                continue
+            if decision.action not in (Action.SEND, Action.DEFER) or decision.channel is None:
+                continue
+            when = decision.not_before if decision.action is Action.DEFER and decision.not_before else now
+            key = idempotency_key(decision.case_id, decision.channel, decision.stage, local_day(when, zone))
+            if kind is MessageKind.ONE_OFF:
+                key = f"oneoff:{key}:{now.timestamp():.6f}"
+            rows.append(
+                {
+                    "case_id": decision.case_id,
+                    "channel": decision.channel.value,
+                    "stage": decision.stage,
+                    "kind": kind.value,
+                    "template_id": decision.template,
+                    "variant": decision.template.rsplit("/", 1)[-1] if decision.template else None,
+                    "locale": snapshot.case.locale,
+                    "status": "queued",
+                    "idempotency_key": key,
+                    "scheduled_at": when,
+                    "created_at": now,
+                    "created_by": created_by,
+                    "attempts": 0,
+                    "conversation": False,
+                }
+            )
+            pending.append((decision, when, key))
+    added = _insert_ignoring_duplicates(conn, rows)
+    summary.already_queued += len(rows) - len(added)
+    for decision, when, key in pending:
+        if key not in added:
+            continue
+        if decision.action is Action.SEND:
+            summary.queued += 1
+        else:
+            summary.deferred += 1
+        record_event(
+            conn,
+            EventKind.MESSAGE_QUEUED if decision.action is Action.SEND else EventKind.MESSAGE_DEFERRED,
+            now,
+            case_id=decision.case_id,
+            actor=created_by,
+            channel=decision.channel.value if decision.channel else None,
+            template=decision.template,
+            reason=decision.reason.value,
+            scheduled_at=when.isoformat(),
+        )
+    return summary
+
+
+def try_planner_lock(conn: Connection) -> bool:
+    """Elect one planner per tick: a transaction-scoped advisory lock on PostgreSQL.
+
+    SQLite has a single writer anyway, so the lock is always granted there."""
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PLANNER_LOCK_KEY}).scalar())
+
+
+def run_planner(
+    engine: Engine,
+    config: Config,
+    templates: TemplateCatalog,
+    now: dt.datetime,
+    *,
+    batch_size: int = 2000,
+) -> EnqueueSummary | None:
+    """One planning pass: evaluate every case and fill the outbox.
+
+    Returns None when another instance holds the planner lock (PostgreSQL)."""
+    summary = EnqueueSummary()
+    with engine.begin() as lock_conn:
+        if not try_planner_lock(lock_conn):
+            return None
+        batch: list[tuple[CaseSnapshot, list[Decision]]] = []
+        for item in plan_decisions(engine, config, templates, now, batch_size=batch_size):
+            batch.append(item)
+            if len(batch) >= batch_size:
+                with engine.begin() as conn:
+                    enqueue_decisions(conn, batch, now, summary)
+                batch.clear()
+        if batch:
+            with engine.begin() as conn:
+                enqueue_decisions(conn, batch, now, summary)
+    return summary
