@@ -1,16 +1,35 @@
-"""Engine creation and schema management (SQLite by default, PostgreSQL in production)."""
+"""Engine creation and schema management (SQLite by default, PostgreSQL in production).
+
+The schema is owned by the Alembic migrations in `dispatcher/store/migrations`;
+`ensure_schema` applies them on first use (and `dispatcher db upgrade` explicitly).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel, create_engine
 
 from dispatcher.store import tables  # noqa: F401  (registers the tables)
 
 DEFAULT_DB_URL = "sqlite:///var/dispatcher.db"
+
+#: Located from this file, not the working directory, so an installed package finds them.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+#: Advisory-lock key serialising schema upgrades on PostgreSQL ("migr").
+MIGRATION_LOCK_KEY = 0x6D696772
+
+
+class SchemaError(Exception):
+    """The database schema cannot be brought to the current revision."""
 
 
 def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
@@ -36,6 +55,61 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def alembic_config() -> AlembicConfig:
+    """Alembic configured programmatically (no alembic.ini needed at run time)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration this package ships."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "no migrations found next to dispatcher/store/db.py"
+    return head
+
+
 def ensure_schema(engine: Engine) -> None:
-    """Create or upgrade the schema. (Replaced by Alembic migrations in store work.)"""
-    SQLModel.metadata.create_all(engine)
+    """Create or upgrade the schema to the newest migration; cheap when already there.
+
+    Safe when several processes start at once: on PostgreSQL the upgrade runs in one
+    transaction holding a transaction-scoped advisory lock (DDL is transactional there,
+    so a second process waits, then finds the schema at head); on SQLite the transaction
+    starts with BEGIN IMMEDIATE, which takes the database's write lock up front.
+    """
+    cfg = alembic_config()
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        _adopt_unversioned(conn, cfg)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        conn.commit()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The migration the database is at, or None for a database without the schema."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _adopt_unversioned(conn: Connection, cfg: AlembicConfig) -> None:
+    """Stamp a database made by the pre-migration `create_all` if it matches the tables.
+
+    Early development databases have the tables but no `alembic_version`; upgrading
+    them would fail on "table already exists".
+    """
+    inspector = inspect(conn)
+    if inspector.has_table("alembic_version") or not inspector.has_table("cases"):
+        return
+    diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    if diffs:
+        raise SchemaError(
+            f"the database has dispatcher tables but no migration history, and they differ from"
+            f" this version's schema ({len(diffs)} differences, e.g. {diffs[0]!r}); back it up"
+            " and point --db at a new database, or recreate this one"
+        )
+    cfg.attributes["connection"] = conn
+    command.stamp(cfg, "head")
