@@ -310,6 +310,309 @@ def tick_cmd(ctx: typer.Context) -> None:
         out.print(reasons)
 
 
+# ------------------------------------------------------------------------- send
+
+
+@app.command("send")
+def send_cmd(
+    ctx: typer.Context,
+    case_id: Annotated[str, typer.Argument(help="the case")],
+    channel: Annotated[str, typer.Option("--channel", help="sms, email or voice")],
+    by: Annotated[str, typer.Option("--by", help="who asks for it (audited)")],
+    template: Annotated[str | None, typer.Option("--template", help="template id, e.g. sms/dpd30/v2")] = None,
+) -> None:
+    """A one-off message through the compliance gate (exit 4 with the reason when refused)."""
+    from dispatcher.domain import Action, Channel
+    from dispatcher.services.oneoff import request_one_off
+    from dispatcher.store.repository import CaseNotFound
+
+    try:
+        chan = Channel(channel)
+    except ValueError:
+        raise fail(f"--channel {channel!r}: use sms, email or voice") from None
+    runtime = rt(ctx)
+    try:
+        result = request_one_off(
+            runtime.engine,
+            runtime.config,
+            runtime.templates.approved_catalog(),
+            runtime.clock.now(),
+            case_id=case_id,
+            channel=chan,
+            template=template,
+            by=by,
+        )
+    except CaseNotFound as exc:
+        raise fail(str(exc)) from None
+    decision = result.decision
+    if result.refused:
+        print(f"refused: {decision.reason.value}")
+        err.print(decision.detail, highlight=False, markup=False)
+        raise typer.Exit(EXIT_REFUSED)
+    if decision.action is Action.DEFER:
+        assert decision.not_before is not None
+        print(f"queued message {result.message_id} for {decision.not_before.isoformat()} ({decision.reason.value})")
+        return
+    channels = runtime.channels()
+    sender = runtime.sender(channels)
+
+    async def _go() -> Any:
+        try:
+            return await sender.send_due(only_ids=[result.message_id])  # type: ignore[list-item]
+        finally:
+            for adapter in channels.values():
+                await adapter.aclose()
+
+    summary = asyncio.run(_go())
+    if summary.sent:
+        print(f"sent message {result.message_id} ({decision.template})")
+    else:
+        print(f"queued message {result.message_id} ({decision.template}); the sender will retry it")
+
+
+# ------------------------------------------------------------------------- case
+
+
+def _parse_until(text: str | None) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_instant(text)
+    except ValueError:
+        pass
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise fail(f"--until {text!r}: use a date (YYYY-MM-DD) or an ISO 8601 instant with offset") from None
+    return dt.datetime.combine(day, dt.time(0, 0), tzinfo=dt.UTC)
+
+
+@case_app.command("show")
+def case_show(
+    ctx: typer.Context,
+    case_id: Annotated[str, typer.Argument()],
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """The case's timeline: messages, statuses, replies, clicks, holds (oldest first)."""
+    from dispatcher.store import repository
+
+    if fmt not in ("table", "json"):
+        raise fail(f"--format {fmt!r}: use table or json")
+    runtime = rt(ctx)
+    with runtime.engine.connect() as conn:
+        try:
+            timeline = repository.case_timeline(conn, case_id)
+        except repository.CaseNotFound as exc:
+            raise fail(str(exc)) from None
+    if fmt == "json":
+        print(json.dumps(timeline, ensure_ascii=False, indent=2, default=str))
+        return
+    out.print(f"[bold]{timeline['case_id']}[/] status {timeline['status']}", highlight=False)
+    holds = Table("hold", "until", title="holds")
+    for hold in timeline["holds"]:
+        holds.add_row(str(hold["reason"]), str(hold.get("until") or "until released"))
+    out.print(holds)
+    messages = Table("id", "channel", "template", "status", "provider id", "body", title="messages")
+    for m in timeline["messages"]:
+        body = (m.get("body") or "").replace("\n", " ")
+        messages.add_row(str(m["id"]), str(m["channel"]), str(m.get("template") or "-"), str(m["status"]),
+                         str(m.get("provider_id") or "-"), body[:80])
+    out.print(messages)
+    events = Table("at", "kind", "details", title="events")
+    for e in timeline["events"]:
+        details = {k: v for k, v in e.items() if k not in ("at", "kind")}
+        events.add_row(str(e["at"]), str(e["kind"]), json.dumps(details, ensure_ascii=False, default=str)[:100])
+    out.print(events)
+
+
+@case_app.command("hold")
+def case_hold(
+    ctx: typer.Context,
+    case_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option("--reason", help="collector_hold, legal_hold, dispute_hold, ...")],
+    until: Annotated[str | None, typer.Option("--until", help="YYYY-MM-DD (contact may resume that day) or instant")] = None,
+    by: Annotated[str, typer.Option("--by", help="who places it (audited)")] = "cli",
+    note: Annotated[str | None, typer.Option("--note")] = None,
+) -> None:
+    """Place a hold on a case (no contact while it is active)."""
+    from dispatcher.domain import HOLD_REASONS, Reason
+    from dispatcher.store import repository
+
+    allowed = [r.value for r in HOLD_REASONS]
+    if reason not in allowed:
+        raise fail(f"--reason {reason!r}: use one of {', '.join(allowed)}")
+    runtime = rt(ctx)
+    until_at = _parse_until(until)
+    with runtime.engine.begin() as conn:
+        try:
+            repository.place_hold(conn, case_id, Reason(reason), until_at, by, runtime.clock.now(), note=note)
+        except repository.CaseNotFound as exc:
+            raise fail(str(exc)) from None
+    print(f"hold {reason} placed on {case_id}" + (f" until {until_at.isoformat()}" if until_at else " until released"))
+
+
+@case_app.command("release")
+def case_release(
+    ctx: typer.Context,
+    case_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str | None, typer.Option("--reason", help="release only this kind of hold")] = None,
+    by: Annotated[str, typer.Option("--by")] = "cli",
+) -> None:
+    """Release a case's holds (all, or those of one reason)."""
+    from dispatcher.domain import Reason
+    from dispatcher.store import repository
+
+    runtime = rt(ctx)
+    with runtime.engine.begin() as conn:
+        try:
+            count = repository.release_holds(conn, case_id, Reason(reason) if reason else None, by,
+                                             runtime.clock.now())
+        except repository.CaseNotFound as exc:
+            raise fail(str(exc)) from None
+        except ValueError:
+            raise fail(f"--reason {reason!r} is not a hold reason") from None
+    print(f"released {count} hold(s) on {case_id}")
+
+
+@app.command("payment")
+def payment_cmd(
+    ctx: typer.Context,
+    case_id: Annotated[str, typer.Argument()],
+    amount: Annotated[str, typer.Argument(help="decimal amount, e.g. 1250.00")],
+    by: Annotated[str, typer.Option("--by")] = "cli",
+) -> None:
+    """Record a payment; a fully paid case closes and its queued messages are cancelled."""
+    from dispatcher.store import repository
+
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise fail(f"AMOUNT {amount!r} is not a decimal number; write e.g. 1250.00") from None
+    if value <= 0 or value != value.quantize(Decimal("0.01")):
+        raise fail(f"AMOUNT {amount}: must be > 0 with at most 2 decimals")
+    runtime = rt(ctx)
+    with runtime.engine.begin() as conn:
+        try:
+            outcome = repository.record_payment(conn, case_id, value, by, runtime.clock.now())
+        except repository.CaseNotFound as exc:
+            raise fail(str(exc)) from None
+    print(outcome.summary())
+
+
+# -------------------------------------------------------------------- templates
+
+
+@templates_app.command("lint")
+def templates_lint(
+    ctx: typer.Context,
+    path: Annotated[Path | None, typer.Argument(help="templates directory (default: from config)")] = None,
+) -> None:
+    """Render every template with sample cases; exit 1 on any problem."""
+    from dispatcher.templates.lint import lint_tree
+
+    runtime = rt(ctx)
+    config = runtime.config
+    directory = path or config.resolve(config.templates.directory)
+    if not directory.exists():
+        raise fail(f"{directory}: no such directory; pass the templates folder")
+    problems = lint_tree(directory, config, config.resolve(config.templates.forbidden_phrases))
+    for problem in problems:
+        print(str(problem))
+    if problems:
+        err.print(f"{len(problems)} problem(s); fix them, then run `dispatcher templates lint` again", highlight=False)
+        raise typer.Exit(EXIT_FAILURE)
+    print("all templates pass")
+
+
+@templates_app.command("preview")
+def templates_preview(
+    ctx: typer.Context,
+    template_id: Annotated[str, typer.Argument(help="e.g. sms/dpd30/v1")],
+    case_id: Annotated[str | None, typer.Option("--case", help="render for this case from the store")] = None,
+    locale: Annotated[str | None, typer.Option("--locale", help="zh-CN or en-US")] = None,
+) -> None:
+    """Render a template for a real or a sample case."""
+    from dispatcher.templates.preview import preview
+    from dispatcher.testing import sample_case
+
+    runtime = rt(ctx)
+    now = runtime.clock.now()
+    if case_id:
+        from dispatcher.store import repository
+
+        snapshot = next(iter(repository.iter_snapshots(runtime.engine, case_ids=[case_id], now=now)), None)
+        if snapshot is None:
+            raise fail(f"no such case: {case_id}; check the id or import it first")
+        case = snapshot.case
+    else:
+        case = sample_case("cn" if (locale or "zh-CN") == "zh-CN" else "us", today=now.date())
+    try:
+        result = preview(runtime.templates, template_id, case, locale, now.date(), Path("var/preview"))
+    except (KeyError, ValueError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    print(result.describe())
+
+
+@templates_app.command("approve")
+def templates_approve(
+    ctx: typer.Context,
+    template_id: Annotated[str, typer.Argument(help="e.g. sms/dpd30/v1")],
+    by: Annotated[str, typer.Option("--by", help="the approver (audited)")],
+) -> None:
+    """Record approval of the template's current content (all its locales)."""
+    from dispatcher.store.tables import TemplateApprovalRow
+    from dispatcher.templates.approval import ApprovalError, approve
+
+    runtime = rt(ctx)
+    config = runtime.config
+    try:
+        approvals = approve(
+            config.resolve(config.templates.directory),
+            template_id,
+            by,
+            runtime.clock.now(),
+            config,
+            config.resolve(config.templates.forbidden_phrases),
+        )
+    except ApprovalError as exc:
+        raise fail(str(exc), EXIT_FAILURE) from None
+    with runtime.engine.begin() as conn:
+        from sqlalchemy import insert
+
+        conn.execute(
+            insert(TemplateApprovalRow),
+            [
+                {"template_path": a.path, "content_hash": a.sha256, "approved_by": a.approved_by,
+                 "approved_at": a.approved_at}
+                for a in approvals
+            ],
+        )
+    for a in approvals:
+        print(f"approved {a.path} sha256 {a.sha256[:12]} by {a.approved_by}")
+
+
+# ---------------------------------------------------------------------- sandbox
+
+
+@app.command("sandbox")
+def sandbox_cmd(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    twilio_port: Annotated[int, typer.Option("--twilio-port")] = 8081,
+    smtp_port: Annotated[int, typer.Option("--smtp-port")] = 8025,
+    latency_ms: Annotated[int, typer.Option("--latency-ms")] = 0,
+    fail_ratio: Annotated[float, typer.Option("--fail-ratio")] = 0.0,
+    faults: Annotated[str | None, typer.Option("--faults", help='e.g. "429:0.05,500:0.05,timeout:0.02,reset:0.02"')] = None,
+) -> None:
+    """A local Twilio-compatible API and an SMTP sink, for demos and tests."""
+    from dispatcher.sandbox.server import serve
+
+    try:
+        serve(host=host, twilio_port=twilio_port, smtp_port=smtp_port, latency_ms=latency_ms,
+              fail_ratio=fail_ratio, faults=faults)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
 def main() -> None:
     """Console entry point."""
     app()
@@ -318,5 +621,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-_ = (Decimal, InvalidOperation, dt)  # used by commands added below

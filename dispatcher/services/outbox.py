@@ -116,16 +116,15 @@ class Sender:
 
     # -- claiming ----------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[_Claimed]:
+    def claim(self, limit: int, only_ids: list[int] | None = None) -> list[_Claimed]:
         """Move up to `limit` due rows from queued to sending, for this instance only."""
         now = self.clock.now()
-        due = (
-            select(MessageRow.id)
-            .where(and_(MessageRow.status == MessageStatus.QUEUED.value, MessageRow.scheduled_at <= now))
-            .order_by(MessageRow.scheduled_at, MessageRow.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+        due = select(MessageRow.id).where(
+            and_(MessageRow.status == MessageStatus.QUEUED.value, MessageRow.scheduled_at <= now)
         )
+        if only_ids is not None:
+            due = due.where(MessageRow.id.in_(only_ids))
+        due = due.order_by(MessageRow.scheduled_at, MessageRow.id).limit(limit).with_for_update(skip_locked=True)
         stmt = (
             update(MessageRow)
             .where(MessageRow.id.in_(due.scalar_subquery()))
@@ -154,7 +153,7 @@ class Sender:
 
     # -- the pass ----------------------------------------------------------------
 
-    async def send_due(self, *, max_messages: int | None = None) -> SendSummary:
+    async def send_due(self, *, max_messages: int | None = None, only_ids: list[int] | None = None) -> SendSummary:
         """Claim and send everything due now (in batches), until nothing is left."""
         summary = SendSummary()
         batch = self.config.sending.batch_size
@@ -162,7 +161,7 @@ class Sender:
             limit = batch if max_messages is None else min(batch, max_messages - summary.claimed)
             if limit <= 0:
                 break
-            claimed = self.claim(limit)
+            claimed = self.claim(limit, only_ids)
             if not claimed:
                 break
             summary.claimed += len(claimed)
@@ -186,6 +185,11 @@ class Sender:
         now = self.clock.now()
         if snapshot is None:
             self._finish(item, MessageStatus.CANCELLED, error="case no longer exists", summary=summary)
+            return
+        if item.kind == "system":
+            # Transactional replies (opt-out confirmation, HELP, a requested payment link):
+            # the debtor asked for them, so no debt-template gate; the body is stored.
+            await self._send_system(item, summary)
             return
         # The message itself is in the snapshot's history (status sending): leave it out.
         others = tuple(h for h in snapshot.history if h.message_id != item.id)
@@ -218,14 +222,22 @@ class Sender:
                 .values(status_at=self.clock.now(), attempts=MessageRow.attempts + 1)
             )
         result = await adapter.send(outbound)
+        await self._settle(item, adapter, outbound, result, summary)
+
+    async def _settle(
+        self, item: _Claimed, adapter: ChannelAdapter, outbound: OutboundMessage, result: SendResult,
+        summary: SendSummary,
+    ) -> None:
+        """Record a provider answer; an ambiguous one is reconciled before any retry."""
         if result.ambiguous:
             found = await self._safe_reconcile(adapter, outbound, item.claimed_at)
-            if found is not None:
-                summary.reconciled += 1
-                result = found
-            elif found is None and result.retryable:
+            if found is False:  # provider unreachable: stays in flight for the reconcile job
+                return
+            if found is None:  # the provider has no trace of it: a retry cannot duplicate
                 self._retry(item, result, summary)
                 return
+            summary.reconciled += 1
+            result = found
         self._record(item, outbound, result, summary)
 
     def _render(
@@ -306,6 +318,38 @@ class Sender:
             message_ref=message_ref,
         )
 
+    async def _send_system(self, item: _Claimed, summary: SendSummary) -> None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(MessageRow.to_address, MessageRow.body, MessageRow.case_id).where(MessageRow.id == item.id)
+            ).one()
+        snapshot = None
+        profile = None
+        for snap in repository.iter_snapshots(self.engine, case_ids=[row.case_id], now=self.clock.now()):
+            snapshot = snap
+            profile = self.config.jurisdictions.get(snap.case.jurisdiction)
+        outbound = OutboundMessage(
+            message_id=item.id,
+            case_id=item.case_id,
+            channel=item.channel,
+            to=row.to_address or "",
+            body=row.body or "",
+            idempotency_key=f"m{item.id}",
+            locale=snapshot.case.locale if snapshot else "en-US",
+            sender=(profile.sms_from or None) if profile else None,
+            messaging_service_sid=(profile.messaging_service_sid or None) if profile else None,
+            status_callback=f"{self.public_url}/twilio/sms/status?m={item.id}",
+        )
+        adapter = self.channels[item.channel]
+        await self.limits.bucket(item.channel.value, outbound.sender).acquire()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(MessageRow)
+                .where(MessageRow.id == item.id)
+                .values(status_at=self.clock.now(), attempts=MessageRow.attempts + 1)
+            )
+        await self._settle(item, adapter, outbound, await adapter.send(outbound), summary)
+
     async def _safe_reconcile(
         self, adapter: ChannelAdapter, outbound: OutboundMessage, since: dt.datetime
     ) -> SendResult | None | bool:
@@ -317,10 +361,7 @@ class Sender:
 
     # -- recording ---------------------------------------------------------------
 
-    def _record(self, item: _Claimed, outbound: OutboundMessage, result: SendResult | bool, summary: SendSummary) -> None:
-        if result is False:  # reconcile failed: stays in `sending` for the reconcile job
-            return
-        assert isinstance(result, SendResult)
+    def _record(self, item: _Claimed, outbound: OutboundMessage, result: SendResult, summary: SendSummary) -> None:
         now = self.clock.now()
         if result.status in _ACCEPTED or (result.provider_id and result.status not in {MessageStatus.FAILED, MessageStatus.UNDELIVERED}):
             with self.engine.begin() as conn:

@@ -1,0 +1,57 @@
+"""One-off messages from collectors (CLI, API, web page): the same compliance gate as
+scheduled messages, without the cadence rule (SPEC section 4)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from dispatcher.config import Config
+from dispatcher.domain import Action, Channel, Decision, MessageKind
+from dispatcher.policy import decide_channel
+from dispatcher.services.planner import enqueue_decisions
+from dispatcher.store import repository
+from dispatcher.store.tables import MessageRow
+
+
+@dataclass(frozen=True)
+class OneOffResult:
+    decision: Decision
+    message_id: int | None  # None when refused
+
+    @property
+    def refused(self) -> bool:
+        return self.message_id is None
+
+
+def request_one_off(
+    engine: Engine,
+    config: Config,
+    templates: Mapping[tuple[Channel, str, str], Sequence[str]],
+    now: dt.datetime,
+    *,
+    case_id: str,
+    channel: Channel,
+    template: str | None,
+    by: str,
+) -> OneOffResult:
+    """Gate a collector's message; queue it (now or at `not_before`) or refuse it."""
+    snapshot = next(iter(repository.iter_snapshots(engine, case_ids=[case_id], now=now)), None)
+    if snapshot is None:
+        raise repository.CaseNotFound(case_id)
+    decision = decide_channel(snapshot, config, templates, now, channel, apply_cadence=False, template=template)
+    if decision.action not in (Action.SEND, Action.DEFER):
+        return OneOffResult(decision, None)
+    with engine.begin() as conn:
+        enqueue_decisions(conn, [(snapshot, [decision])], now, created_by=by, kind=MessageKind.ONE_OFF)
+        message_id = conn.execute(
+            select(MessageRow.id)
+            .where(MessageRow.case_id == case_id, MessageRow.kind == MessageKind.ONE_OFF.value)
+            .order_by(MessageRow.id.desc())
+            .limit(1)
+        ).scalar_one()
+    return OneOffResult(decision, message_id)
