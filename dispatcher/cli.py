@@ -613,6 +613,70 @@ def sandbox_cmd(
         raise fail(str(exc)) from None
 
 
+# -------------------------------------------------------------------------- run
+
+
+def build_web_app(runtime: Runtime):  # type: ignore[no-untyped-def]
+    """The FastAPI app (webhooks, API, pages) wired to this runtime."""
+    from dispatcher.web.app import create_app
+
+    return create_app(
+        engine=runtime.engine,
+        config=runtime.config,
+        clock=runtime.clock,
+        settings=runtime.settings,
+        signer=runtime.signer,
+        templates=runtime.templates,
+    )
+
+
+@app.command("run")
+def run_cmd(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """The daemon: scheduler + webhook/API server + sender, until SIGTERM."""
+    from dispatcher.logs import configure_logging
+    from dispatcher.services.daemon import DaemonJobs, run_daemon
+
+    configure_logging(log_level.upper())
+    runtime = rt(ctx)
+    _startup_lint(runtime)
+    channels = runtime.channels()
+    sender = runtime.sender(channels)
+    try:
+        from dispatcher.services.receipts import resume_broken_promises
+    except ImportError:  # pragma: no cover - receipts not installed
+        resume_broken_promises = None  # type: ignore[assignment]
+    jobs = DaemonJobs(
+        engine=runtime.engine,
+        config=runtime.config,
+        clock=runtime.clock,
+        sender=sender,
+        catalog=runtime.templates.approved_catalog,
+        after_plan=resume_broken_promises,
+    )
+    code = asyncio.run(run_daemon(jobs, build_web_app(runtime), host, port))
+    raise typer.Exit(code)
+
+
+def _startup_lint(runtime: Runtime) -> None:
+    """Lint at start-up (SPEC section 7): a broken template is reported, and only
+    approved, unchanged templates are ever sent anyway."""
+    import logging
+
+    from dispatcher.templates.lint import lint_tree
+
+    config = runtime.config
+    problems = lint_tree(config.resolve(config.templates.directory), config,
+                         config.resolve(config.templates.forbidden_phrases))
+    log = logging.getLogger("dispatcher")
+    for problem in problems:
+        log.warning("template lint: %s", problem)
+
+
 def main() -> None:
     """Console entry point."""
     app()

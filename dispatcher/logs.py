@@ -1,0 +1,40 @@
+"""Structured (JSON Lines) logging. Callers mask PII before logging (see
+`dispatcher.services.outbox.mask`); this formatter adds a last line of defence that
+masks anything shaped like a full phone number or e-mail address."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+
+_PHONE = re.compile(r"\+?\d[\d \-]{8,}\d")
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
+
+
+def scrub(text: str) -> str:
+    """Mask phone numbers and e-mail addresses in free text."""
+    text = _EMAIL.sub(r"\1***@\2", text)
+    return _PHONE.sub(lambda m: m.group(0)[:4] + "****" + m.group(0)[-2:], text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": scrub(record.getMessage()),
+        }
+        if record.exc_info:
+            payload["exc"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
