@@ -1,0 +1,804 @@
+"""Repository functions over the store: the only place that maps rows to domain objects.
+
+Core SQL throughout (no ORM objects on the hot paths). Every function takes an open
+`Connection` (or an ORM `Session`, whose connection is used) and runs inside the
+caller's transaction, except the readers that take an `Engine` and manage their own
+short read transactions (`iter_snapshots`, `get_snapshot`).
+
+Every state change appends an event (STYLE principle 9); event data never carries
+addresses or names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from collections import defaultdict
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Table, and_, case, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session
+
+from dispatcher.domain import (
+    ADDRESS_KIND,
+    CLOSED_STATUSES,
+    HOLD_REASONS,
+    Case,
+    CaseSnapshot,
+    CaseStatus,
+    Channel,
+    ContactPoint,
+    Hold,
+    MessageStatus,
+    Product,
+    Reason,
+    SentMessage,
+)
+from dispatcher.store.events import EventKind, _encode
+from dispatcher.store.tables import (
+    CaseRow,
+    ContactPointRow,
+    EscalationRow,
+    EventRow,
+    HoldRow,
+    MessageRow,
+    PaymentRow,
+)
+
+cases_t: Table = CaseRow.__table__  # type: ignore[attr-defined]
+contacts_t: Table = ContactPointRow.__table__  # type: ignore[attr-defined]
+messages_t: Table = MessageRow.__table__  # type: ignore[attr-defined]
+events_t: Table = EventRow.__table__  # type: ignore[attr-defined]
+holds_t: Table = HoldRow.__table__  # type: ignore[attr-defined]
+payments_t: Table = PaymentRow.__table__  # type: ignore[attr-defined]
+escalations_t: Table = EscalationRow.__table__  # type: ignore[attr-defined]
+
+Executor = Connection | Session
+
+CENT = Decimal("0.01")
+
+# Enum lookups by value: a dict hit is several times cheaper than `Enum(value)`, and
+# `iter_snapshots` does millions of them.
+_CHANNELS = {c.value: c for c in Channel}
+_CASE_STATUSES = {s.value: s for s in CaseStatus}
+_PRODUCTS = {p.value: p for p in Product}
+_MESSAGE_STATUSES = {s.value: s for s in MessageStatus}
+_REASONS = {r.value: r for r in Reason}
+
+
+class CaseNotFound(LookupError):
+    """No case with this id in the store."""
+
+    def __init__(self, case_id: str) -> None:
+        super().__init__(
+            f"no such case: {case_id!r}; check the id (dispatcher case show ID) or import it first"
+            " (dispatcher import FILE)"
+        )
+        self.case_id = case_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportedCase:
+    """One validated import row: the case, its resolved zones and its channel consents."""
+
+    case: Case
+    zones: tuple[str, ...]
+    sms_consent: bool
+    email_consent: bool
+    voice_consent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentOutcome:
+    case_id: str
+    amount: Decimal
+    paid_total: Decimal
+    amount_due: Decimal
+    status: CaseStatus
+    closed: bool  # this payment closed the case
+    cancelled_message_ids: tuple[int, ...] = ()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _conn(executor: Executor) -> Connection:
+    return executor.connection() if isinstance(executor, Session) else executor
+
+
+def _dialect_insert(conn: Connection, table: Table) -> Any:
+    """`INSERT` that supports `ON CONFLICT` on the two supported backends."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"database {name!r} is not supported; use PostgreSQL or SQLite")
+
+
+def _cents(value: Decimal) -> Decimal:
+    """Money with two decimals on every backend (PostgreSQL returns NUMERIC(18, 8) as
+    `12.50000000`, SQLite the text as written); never rounds a value away."""
+    quantized = value.quantize(CENT)
+    return quantized if quantized == value else value
+
+
+def _plain(value: Decimal | None) -> Decimal | None:
+    """A rate without the storage's trailing zeros (`0.00050000` -> `0.0005`)."""
+    if value is None:
+        return None
+    value = value.normalize()
+    return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(part for part in (text or "").split(",") if part)
+
+
+def _event(kind: EventKind, at: dt.datetime, case_id: str | None, *, actor: str | None = None,
+           message_id: int | None = None, **data: Any) -> dict[str, Any]:
+    """Values for one events row, as `record_event` writes them (for batched inserts)."""
+    return {
+        "case_id": case_id,
+        "message_id": message_id,
+        "at": at,
+        "kind": str(kind),
+        "actor": actor,
+        "data": _encode(data),
+    }
+
+
+def _insert_events(conn: Connection, events: list[dict[str, Any]]) -> None:
+    if events:
+        conn.execute(insert(events_t), events)
+
+
+def _normalise_address(channel: Channel, address: str) -> str:
+    address = address.strip()
+    return address.lower() if ADDRESS_KIND[channel] == "email" else address
+
+
+def _require_case(conn: Connection, case_id: str) -> Any:
+    row = conn.execute(
+        select(cases_t.c.status, cases_t.c.escalated_stages).where(cases_t.c.case_id == case_id)
+    ).first()
+    if row is None:
+        raise CaseNotFound(case_id)
+    return row
+
+
+def missing_case_ids(conn: Connection, case_ids: Iterable[str]) -> list[str]:
+    """The ids among `case_ids` that are not in the store, in the order given."""
+    wanted = list(dict.fromkeys(case_ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 5000):
+        chunk = wanted[start : start + 5000]
+        found.update(conn.execute(select(cases_t.c.case_id).where(cases_t.c.case_id.in_(chunk))).scalars())
+    return [case_id for case_id in wanted if case_id not in found]
+
+
+# ---------------------------------------------------------------------------- import
+
+
+_CASE_UPDATE_COLUMNS = (
+    "name", "jurisdiction", "locale", "timezone", "zones", "currency", "principal", "interest",
+    "penalty", "fees", "amount_due", "penalty_rate_daily", "due_date", "status", "product", "updated_at",
+)  # not escalated_stages, paid_total, created_at: they are ours, not the file's
+
+
+def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime) -> tuple[int, int]:
+    """Insert or update cases and their contact points; returns (inserted, updated).
+
+    A case id repeated within `rows` is applied once with its last version and counts
+    as an update the second time. Preserved on update: the opt-out and invalid flags of
+    an unchanged address (a changed address starts clean, except that an address
+    already opted out on the same channel elsewhere stays opted out), the escalated
+    stages and the paid total. A case we closed as paid stays paid while the paid total
+    covers the imported amount due.
+    """
+    conn = _conn(conn)
+    if not rows:
+        return 0, 0
+    ids = list(dict.fromkeys(r.case.case_id for r in rows))
+    paid_totals: dict[str, Decimal] = dict(
+        conn.execute(  # type: ignore[arg-type]
+            select(cases_t.c.case_id, cases_t.c.paid_total).where(cases_t.c.case_id.in_(ids))
+        ).all()
+    )
+
+    latest: dict[str, ImportedCase] = {}
+    events: list[dict[str, Any]] = []
+    inserted = updated = 0
+    seen = set(paid_totals)
+    for row in rows:
+        c = row.case
+        if c.case_id in seen:
+            updated += 1
+            kind = EventKind.CASE_UPDATED
+        else:
+            inserted += 1
+            kind = EventKind.CASE_IMPORTED
+            seen.add(c.case_id)
+        latest[c.case_id] = row
+        events.append(
+            _event(kind, now, c.case_id, actor="import", status=c.status.value, currency=c.currency,
+                   amount_due=str(c.amount_due), due_date=c.due_date.isoformat())
+        )
+
+    addresses = {a for r in latest.values() for a in (r.case.phone, r.case.email) if a}
+    opted_out_elsewhere: set[tuple[str, str]] = set()
+    if addresses:
+        opted_out_elsewhere = {
+            (channel, address)
+            for channel, address in conn.execute(
+                select(contacts_t.c.channel, contacts_t.c.address)
+                .where(contacts_t.c.address.in_(sorted(addresses)), contacts_t.c.opted_out)
+                .distinct()
+            )
+        }
+
+    case_values: list[dict[str, Any]] = []
+    contact_values: list[dict[str, Any]] = []
+    for case_id, row in latest.items():
+        c = row.case
+        status = c.status.value
+        paid = paid_totals.get(case_id)
+        if c.status is CaseStatus.ACTIVE and paid is not None and paid > 0 and paid >= c.amount_due:
+            status = CaseStatus.PAID.value
+        case_values.append(
+            {
+                "case_id": case_id,
+                "name": c.name,
+                "jurisdiction": c.jurisdiction,
+                "locale": c.locale,
+                "timezone": c.timezone,
+                "zones": ",".join(row.zones),
+                "escalated_stages": "",
+                "currency": c.currency,
+                "principal": c.principal,
+                "interest": c.interest,
+                "penalty": c.penalty,
+                "fees": c.fees,
+                "amount_due": c.amount_due,
+                "penalty_rate_daily": c.penalty_rate_daily,
+                "due_date": c.due_date,
+                "status": status,
+                "product": c.product.value,
+                "paid_total": Decimal(0),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        for channel, address, consent in (
+            (Channel.SMS, c.phone, row.sms_consent),
+            (Channel.VOICE, c.phone, row.voice_consent),
+            (Channel.EMAIL, c.email, row.email_consent),
+        ):
+            contact_values.append(
+                {
+                    "case_id": case_id,
+                    "channel": channel.value,
+                    "address": address,
+                    "consent": consent,
+                    "opted_out": (channel.value, address) in opted_out_elsewhere,
+                    "invalid": False,
+                    "updated_at": now,
+                }
+            )
+
+    stmt = _dialect_insert(conn, cases_t)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[cases_t.c.case_id],
+        set_={name: stmt.excluded[name] for name in _CASE_UPDATE_COLUMNS},
+    )
+    conn.execute(stmt, case_values)
+
+    # The flags are decided in SQL, against the row as it is when the upsert locks it, so
+    # an opt-out that commits while the import runs is never undone.
+    stmt = _dialect_insert(conn, contacts_t)
+    excluded = stmt.excluded
+    same_address = contacts_t.c.address.is_not_distinct_from(excluded.address)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[contacts_t.c.case_id, contacts_t.c.channel],
+        set_={
+            "address": excluded.address,
+            "consent": excluded.consent,
+            "opted_out": case(
+                (same_address, or_(contacts_t.c.opted_out, excluded.opted_out)), else_=excluded.opted_out
+            ),
+            "invalid": case((same_address, contacts_t.c.invalid), else_=excluded.invalid),
+            "updated_at": excluded.updated_at,
+        },
+    )
+    conn.execute(stmt, contact_values)
+    _insert_events(conn, events)
+    return inserted, updated
+
+
+# -------------------------------------------------------------------------- snapshots
+
+
+_SNAPSHOT_CASE_COLUMNS = (
+    cases_t.c.case_id,
+    cases_t.c.name,
+    cases_t.c.jurisdiction,
+    cases_t.c.locale,
+    cases_t.c.currency,
+    cases_t.c.principal,
+    cases_t.c.interest,
+    cases_t.c.penalty,
+    cases_t.c.fees,
+    cases_t.c.amount_due,
+    cases_t.c.due_date,
+    cases_t.c.timezone,
+    cases_t.c.penalty_rate_daily,
+    cases_t.c.status,
+    cases_t.c.product,
+    cases_t.c.zones,
+    cases_t.c.escalated_stages,
+)
+
+
+def case_row_to_domain(row: Any, *, phone: str | None = None, email: str | None = None) -> Case:
+    """A `Case` from a row of the cases table (any row with its column names)."""
+    m = row._mapping if hasattr(row, "_mapping") else row
+    return Case(
+        case_id=m["case_id"],
+        name=m["name"],
+        jurisdiction=m["jurisdiction"],
+        locale=m["locale"],
+        currency=m["currency"],
+        principal=_cents(m["principal"]),
+        interest=_cents(m["interest"]),
+        penalty=_cents(m["penalty"]),
+        fees=_cents(m["fees"]),
+        amount_due=_cents(m["amount_due"]),
+        due_date=m["due_date"],
+        timezone=m["timezone"],
+        phone=phone,
+        email=email,
+        penalty_rate_daily=_plain(m["penalty_rate_daily"]),
+        status=_CASE_STATUSES[m["status"]],
+        product=_PRODUCTS[m["product"]],
+    )
+
+
+def iter_snapshots(
+    engine: Engine,
+    *,
+    case_ids: Sequence[str] | None = None,
+    batch_size: int = 5000,
+    history_days: int = 60,
+    now: dt.datetime,
+) -> Generator[CaseSnapshot, None, None]:
+    """Stream a `CaseSnapshot` for every case (or the named ones), in case_id order.
+
+    Cases are read in keyset batches (`case_id > last ORDER BY case_id LIMIT n`); each
+    batch's contact points, active holds and message history (messages sent or
+    scheduled within `history_days` before `now`, or later) come from one query each.
+    Memory stays bounded by `batch_size`, whatever the number of cases. Named ids that
+    do not exist are skipped (`missing_case_ids` finds them).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    cutoff = now - dt.timedelta(days=history_days)
+    with engine.connect() as conn:
+        if case_ids is not None:
+            wanted = sorted(set(case_ids))
+            for start in range(0, len(wanted), batch_size):
+                chunk = wanted[start : start + batch_size]
+                rows = conn.execute(
+                    select(*_SNAPSHOT_CASE_COLUMNS)
+                    .where(cases_t.c.case_id.in_(chunk))
+                    .order_by(cases_t.c.case_id)
+                ).all()
+                found = [r[0] for r in rows]
+                batch = _build_batch(conn, rows, lambda col, ids=found: col.in_(ids), now, cutoff) if rows else []
+                conn.rollback()  # end the read transaction between batches
+                yield from batch
+            return
+        last: str | None = None
+        while True:
+            query = select(*_SNAPSHOT_CASE_COLUMNS).order_by(cases_t.c.case_id).limit(batch_size)
+            if last is not None:
+                query = query.where(cases_t.c.case_id > last)
+            rows = conn.execute(query).all()
+            if not rows:
+                conn.rollback()
+                return
+            # The batch is a contiguous case_id range, so the related rows are a range too:
+            # cheaper than an IN list of thousands of ids, and served by the case_id indexes.
+            low, high = last, rows[-1][0]
+
+            def in_batch(col: Any, low: str | None = low, high: str = high) -> ColumnElement[bool]:
+                return col <= high if low is None else and_(col > low, col <= high)
+
+            batch = _build_batch(conn, rows, in_batch, now, cutoff)
+            conn.rollback()
+            yield from batch
+            last = high
+
+
+def _build_batch(
+    conn: Connection,
+    case_rows: Sequence[Any],
+    in_batch: Any,
+    now: dt.datetime,
+    cutoff: dt.datetime,
+) -> list[CaseSnapshot]:
+    contacts: dict[str, list[ContactPoint]] = defaultdict(list)
+    phones: dict[str, str] = {}
+    emails: dict[str, str] = {}
+    channels = _CHANNELS
+    for case_id, channel, address, consent, opted_out, invalid in conn.execute(
+        select(
+            contacts_t.c.case_id,
+            contacts_t.c.channel,
+            contacts_t.c.address,
+            contacts_t.c.consent,
+            contacts_t.c.opted_out,
+            contacts_t.c.invalid,
+        ).where(in_batch(contacts_t.c.case_id))
+    ):
+        ch = channels[channel]
+        contacts[case_id].append(ContactPoint(ch, address, bool(consent), bool(opted_out), bool(invalid)))
+        if address:
+            if ch is Channel.EMAIL:
+                emails[case_id] = address
+            else:
+                phones[case_id] = address
+
+    holds: dict[str, list[Hold]] = defaultdict(list)
+    reasons = _REASONS
+    for case_id, reason, until in conn.execute(
+        select(holds_t.c.case_id, holds_t.c.reason, holds_t.c.until)
+        .where(
+            in_batch(holds_t.c.case_id),
+            holds_t.c.released_at.is_(None),
+            or_(holds_t.c.until.is_(None), holds_t.c.until > now),
+        )
+        .order_by(holds_t.c.case_id, holds_t.c.placed_at, holds_t.c.id)
+    ):
+        holds[case_id].append(Hold(reasons[reason], until))
+
+    history: dict[str, list[SentMessage]] = defaultdict(list)
+    statuses = _MESSAGE_STATUSES
+    m = messages_t.c
+    at = func.coalesce(m.sent_at, m.scheduled_at)
+    for case_id, channel, sent_at, scheduled_at, status, stage, template, conversation, message_id in conn.execute(
+        select(m.case_id, m.channel, m.sent_at, m.scheduled_at, m.status, m.stage, m.template_id,
+               m.conversation, m.id)
+        .where(in_batch(m.case_id), at >= cutoff)
+        .order_by(m.case_id, at, m.id)
+    ):
+        history[case_id].append(
+            SentMessage(channels[channel], sent_at or scheduled_at, statuses[status], stage, template,
+                        bool(conversation), message_id)
+        )
+
+    snapshots = []
+    case_statuses, products = _CASE_STATUSES, _PRODUCTS
+    for (case_id, name, jurisdiction, locale, currency, principal, interest, penalty, fees, amount_due,
+         due_date, timezone, rate, status, product, zones, escalated) in case_rows:
+        case_obj = Case(
+            case_id=case_id,
+            name=name,
+            jurisdiction=jurisdiction,
+            locale=locale,
+            currency=currency,
+            principal=_cents(principal),
+            interest=_cents(interest),
+            penalty=_cents(penalty),
+            fees=_cents(fees),
+            amount_due=_cents(amount_due),
+            due_date=due_date,
+            timezone=timezone,
+            phone=phones.get(case_id),
+            email=emails.get(case_id),
+            penalty_rate_daily=_plain(rate),
+            status=case_statuses[status],
+            product=products[product],
+        )
+        snapshots.append(
+            CaseSnapshot(
+                case=case_obj,
+                contacts=tuple(contacts.get(case_id, ())),
+                holds=tuple(holds.get(case_id, ())),
+                history=tuple(history.get(case_id, ())),
+                escalated_stages=frozenset(_split(escalated)),
+                zones=_split(zones),
+            )
+        )
+    return snapshots
+
+
+def get_snapshot(engine: Engine, case_id: str, now: dt.datetime, *, history_days: int = 60) -> CaseSnapshot:
+    """The snapshot of one case; `CaseNotFound` if there is none."""
+    with contextlib.closing(
+        iter_snapshots(engine, case_ids=[case_id], now=now, history_days=history_days)
+    ) as stream:
+        for snapshot in stream:
+            return snapshot
+    raise CaseNotFound(case_id)
+
+
+# ------------------------------------------------------------------------------ holds
+
+
+def place_hold(
+    session_or_conn: Executor,
+    case_id: str,
+    reason: Reason | str,
+    until: dt.datetime | None,
+    by: str | None,
+    now: dt.datetime,
+    note: str | None = None,
+) -> int:
+    """Put a hold on a case (until released, or until `until`); returns the hold's id."""
+    conn = _conn(session_or_conn)
+    hold_reason = _REASONS.get(str(reason))
+    if hold_reason not in HOLD_REASONS:
+        allowed = ", ".join(r.value for r in HOLD_REASONS)
+        raise ValueError(f"hold reason {str(reason)!r} is not one of: {allowed}")
+    if until is not None and until.tzinfo is None:
+        raise ValueError("hold until must be timezone-aware")
+    _require_case(conn, case_id)
+    result = conn.execute(
+        insert(holds_t).values(
+            case_id=case_id, reason=hold_reason.value, placed_at=now, until=until, placed_by=by, note=note
+        )
+    )
+    hold_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+    _insert_events(
+        conn,
+        [_event(EventKind.HOLD_PLACED, now, case_id, actor=by, hold_id=hold_id, reason=hold_reason.value,
+                until=None if until is None else until.isoformat(), note=note)],
+    )
+    return hold_id
+
+
+def _active_holds_query(case_id: str, now: dt.datetime) -> Any:
+    return (
+        select(holds_t.c.id, holds_t.c.reason, holds_t.c.until, holds_t.c.placed_at, holds_t.c.placed_by,
+               holds_t.c.note)
+        .where(
+            holds_t.c.case_id == case_id,
+            holds_t.c.released_at.is_(None),
+            or_(holds_t.c.until.is_(None), holds_t.c.until > now),
+        )
+        .order_by(holds_t.c.placed_at, holds_t.c.id)
+    )
+
+
+def active_holds(conn: Executor, case_id: str, now: dt.datetime) -> list[Hold]:
+    """The case's holds in force at `now` (not released, not expired), oldest first."""
+    conn = _conn(conn)
+    _require_case(conn, case_id)
+    return [Hold(_REASONS[r.reason], r.until) for r in conn.execute(_active_holds_query(case_id, now))]
+
+
+def release_holds(
+    conn: Executor, case_id: str, reason: Reason | str | None, by: str | None, now: dt.datetime
+) -> int:
+    """Release the case's holds in force (all, or those with `reason`); returns how many."""
+    conn = _conn(conn)
+    _require_case(conn, case_id)
+    query = _active_holds_query(case_id, now)
+    if reason is not None:
+        query = query.where(holds_t.c.reason == str(reason))
+    held = conn.execute(query).all()
+    if not held:
+        return 0
+    conn.execute(
+        update(holds_t)
+        .where(holds_t.c.id.in_([h.id for h in held]), holds_t.c.released_at.is_(None))
+        .values(released_at=now, released_by=by)
+    )
+    _insert_events(
+        conn, [_event(EventKind.HOLD_RELEASED, now, case_id, actor=by, hold_id=h.id, reason=h.reason) for h in held]
+    )
+    return len(held)
+
+
+# --------------------------------------------------------------------------- payments
+
+
+def _cancel_queued(conn: Connection, case_id: str, now: dt.datetime, reason: str) -> tuple[int, ...]:
+    """Cancel the case's messages still waiting in the outbox (not those in flight)."""
+    cancelled = conn.execute(
+        update(messages_t)
+        .where(messages_t.c.case_id == case_id, messages_t.c.status == MessageStatus.QUEUED.value)
+        .values(status=MessageStatus.CANCELLED.value, status_at=now, last_error=reason)
+        .returning(messages_t.c.id, messages_t.c.channel)
+    ).all()
+    _insert_events(
+        conn,
+        [_event(EventKind.MESSAGE_CANCELLED, now, case_id, message_id=mid, channel=channel, reason=reason)
+         for mid, channel in cancelled],
+    )
+    return tuple(sorted(mid for mid, _ in cancelled))
+
+
+def record_payment(
+    conn: Executor, case_id: str, amount: Decimal, by: str | None, now: dt.datetime
+) -> PaymentOutcome:
+    """Add a payment to the case's paid total; a fully paid active case becomes `paid`
+    and its queued messages are cancelled."""
+    conn = _conn(conn)
+    if not isinstance(amount, Decimal):
+        raise TypeError(f"payment amount must be Decimal, got {type(amount).__name__}")
+    if not amount.is_finite() or amount <= 0 or amount != amount.quantize(CENT):
+        raise ValueError(f"payment amount {amount} must be a positive amount with at most 2 decimals, e.g. 120.50")
+    # Touch the row first: that takes its write lock (row lock on PostgreSQL, the database
+    # write lock on SQLite), so the read below cannot race another payment.
+    touched = conn.execute(update(cases_t).where(cases_t.c.case_id == case_id).values(updated_at=now))
+    if touched.rowcount == 0:
+        raise CaseNotFound(case_id)
+    row = conn.execute(
+        select(cases_t.c.paid_total, cases_t.c.amount_due, cases_t.c.status).where(cases_t.c.case_id == case_id)
+    ).one()
+    paid_total = _cents(row.paid_total + amount)
+    amount_due = _cents(row.amount_due)
+    status = _CASE_STATUSES[row.status]
+    conn.execute(insert(payments_t).values(case_id=case_id, amount=amount, at=now, recorded_by=by))
+    events = [
+        _event(EventKind.PAYMENT_RECORDED, now, case_id, actor=by, amount=str(amount), paid_total=str(paid_total))
+    ]
+    values: dict[str, Any] = {"paid_total": paid_total}
+    closed = False
+    cancelled: tuple[int, ...] = ()
+    if paid_total >= amount_due and status not in CLOSED_STATUSES:
+        status, closed = CaseStatus.PAID, True
+        values["status"] = status.value
+        events.append(_event(EventKind.CASE_CLOSED, now, case_id, actor=by, status=status.value,
+                             reason="paid_in_full"))
+    conn.execute(update(cases_t).where(cases_t.c.case_id == case_id).values(**values))
+    _insert_events(conn, events)
+    if paid_total >= amount_due:
+        cancelled = _cancel_queued(conn, case_id, now, reason="case_closed")
+    return PaymentOutcome(case_id, amount, paid_total, amount_due, status, closed, cancelled)
+
+
+# ------------------------------------------------------------------------- escalation
+
+
+def mark_escalated(conn: Executor, case_id: str, stage: str, now: dt.datetime) -> bool:
+    """Record the legal hand-off of a case in `stage`; True only the first time."""
+    conn = _conn(conn)
+    current = _require_case(conn, case_id)
+    stmt = _dialect_insert(conn, escalations_t).values(case_id=case_id, stage=stage, at=now)
+    stmt = stmt.on_conflict_do_nothing(index_elements=[escalations_t.c.case_id, escalations_t.c.stage])
+    newly = conn.execute(stmt.returning(escalations_t.c.id)).first() is not None
+    if newly or stage not in _split(current.escalated_stages):
+        # The column mirrors the escalations table, so snapshots need no extra query.
+        stages = conn.execute(select(escalations_t.c.stage).where(escalations_t.c.case_id == case_id)).scalars()
+        conn.execute(
+            update(cases_t)
+            .where(cases_t.c.case_id == case_id)
+            .values(escalated_stages=",".join(sorted(set(stages))), updated_at=now)
+        )
+    if newly:
+        _insert_events(conn, [_event(EventKind.ESCALATED, now, case_id, stage=stage)])
+    return newly
+
+
+# ------------------------------------------------------------------ contact addresses
+
+
+def set_opt_out(
+    conn: Executor, channel: Channel | str, address: str, opted_out: bool, now: dt.datetime, source: str
+) -> list[str]:
+    """Opt `address` out of (or back into) `channel` on every case that has it.
+
+    Returns the ids of all cases with that address on that channel; an event is recorded
+    for each case whose flag changed."""
+    conn = _conn(conn)
+    ch = Channel(channel)
+    address = _normalise_address(ch, address)
+    match = and_(contacts_t.c.channel == ch.value, contacts_t.c.address == address)
+    case_ids = sorted(set(conn.execute(select(contacts_t.c.case_id).where(match)).scalars()))
+    changed = conn.execute(
+        update(contacts_t)
+        .where(match, contacts_t.c.opted_out != opted_out)
+        .values(opted_out=opted_out, updated_at=now)
+        .returning(contacts_t.c.case_id)
+    ).scalars().all()
+    kind = EventKind.OPTED_OUT if opted_out else EventKind.OPTED_IN
+    _insert_events(conn, [_event(kind, now, case_id, channel=ch.value, source=source) for case_id in sorted(changed)])
+    return case_ids
+
+
+def mark_address_invalid(conn: Executor, channel: Channel | str, address: str, now: dt.datetime) -> list[str]:
+    """Mark `address` undeliverable on `channel` for every case that has it (a hard
+    bounce, an invalid number); returns the ids of the cases whose flag changed."""
+    conn = _conn(conn)
+    ch = Channel(channel)
+    address = _normalise_address(ch, address)
+    changed = sorted(
+        conn.execute(
+            update(contacts_t)
+            .where(contacts_t.c.channel == ch.value, contacts_t.c.address == address,
+                   contacts_t.c.invalid.is_(False))
+            .values(invalid=True, updated_at=now)
+            .returning(contacts_t.c.case_id)
+        ).scalars()
+    )
+    _insert_events(conn, [_event(EventKind.ADDRESS_INVALID, now, case_id, channel=ch.value) for case_id in changed])
+    return changed
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+def _iso(value: dt.datetime | dt.date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def case_timeline(conn: Executor, case_id: str, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The case's timeline, the JSON shape of `dispatcher case show --format json`:
+    `case_id`, `status`, `holds` [{reason, until}], `messages` [{id, channel, template,
+    status, provider_id, body}], `events` [{at, kind, ...}], oldest first. Holds are
+    those not released (and, given `now`, not expired)."""
+    conn = _conn(conn)
+    row = conn.execute(select(cases_t).where(cases_t.c.case_id == case_id)).first()
+    if row is None:
+        raise CaseNotFound(case_id)
+    hold_filter = [holds_t.c.case_id == case_id, holds_t.c.released_at.is_(None)]
+    if now is not None:
+        hold_filter.append(or_(holds_t.c.until.is_(None), holds_t.c.until > now))
+    holds = [
+        {"reason": h.reason, "until": _iso(h.until), "placed_at": _iso(h.placed_at), "placed_by": h.placed_by,
+         "note": h.note}
+        for h in conn.execute(select(holds_t).where(*hold_filter).order_by(holds_t.c.placed_at, holds_t.c.id))
+    ]
+    m = messages_t.c
+    messages = [
+        {
+            "id": r.id,
+            "channel": r.channel,
+            "template": r.template_id,
+            "status": r.status,
+            "provider_id": r.provider_id,
+            "body": r.body,
+            "subject": r.subject,
+            "stage": r.stage,
+            "kind": r.kind,
+            "scheduled_at": _iso(r.scheduled_at),
+            "sent_at": _iso(r.sent_at),
+            "status_at": _iso(r.status_at),
+        }
+        for r in conn.execute(select(messages_t).where(m.case_id == case_id).order_by(m.scheduled_at, m.id))
+    ]
+    events = []
+    for e in conn.execute(
+        select(events_t).where(events_t.c.case_id == case_id).order_by(events_t.c.at, events_t.c.id)
+    ):
+        item: dict[str, Any] = {"at": _iso(e.at), "kind": e.kind}
+        if e.actor is not None:
+            item["actor"] = e.actor
+        if e.message_id is not None:
+            item["message_id"] = e.message_id
+        for key, value in json.loads(e.data or "{}").items():
+            item.setdefault(key, value)
+        events.append(item)
+    return {
+        "case_id": row.case_id,
+        "status": row.status,
+        "jurisdiction": row.jurisdiction,
+        "currency": row.currency,
+        "amount_due": str(_cents(row.amount_due)),
+        "paid_total": str(_cents(row.paid_total)),
+        "due_date": _iso(row.due_date),
+        "zones": list(_split(row.zones)),
+        "escalated_stages": list(_split(row.escalated_stages)),
+        "holds": holds,
+        "messages": messages,
+        "events": events,
+    }
