@@ -1,0 +1,503 @@
+"""The compliance gate: (case snapshot, config, approved templates, now) -> decisions.
+
+Reason precedence (SPEC section 4; the first that applies wins):
+
+1. case: `case_closed`, then the active holds in the order `cease_communication`,
+   `dispute_hold`, `legal_hold`, `collector_hold`, `payment_claimed`, `promise_to_pay`
+   (a hold of any other reason still suppresses, after those). Every channel line
+   gets the case reason (action `skip`), and no escalation is emitted.
+2. stage: `not_overdue` (one line, channel null).
+3. channel: `no_contact`, `invalid_address`, `no_consent`, `opted_out`.
+4. cadence: `not_due` (skip) — see `policy.stages`.
+5. time (`defer`): `non_working_day` if the instant falls on a non-working day in any
+   of the case's zones, else `outside_hours`.
+6. caps (`defer`): `frequency_cap` / `rest_period` — see `policy.caps`.
+7. `send`/`due`; plus one `escalate`/`legal_handoff` line (channel null) the first time
+   the case is in a stage marked `escalate = true`.
+
+A `send` or `defer` needs an approved template for (channel, stage, case locale), else
+the profile's default locale; with neither the line becomes `skip` with the extension
+reason `no_approved_template`.
+
+`not_before` (for `defer`) is the earliest instant after now that is inside the window
+in every zone, on a working day, and on a primary-zone day the caps allow given the
+history known now; it is expressed in the primary zone.
+
+The snapshot's history must not contain the message being re-checked (the sender
+removes it), otherwise that message counts against its own caps.
+
+Everything that depends only on (profile, zone, date) or on (profile, zones, now) is
+cached, so a plan run over many cases at one `now` costs a few dict lookups per case
+for the time rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dispatcher.config import Config, Jurisdiction, Stage
+from dispatcher.domain import (
+    ADDRESS_KIND,
+    CLOSED_STATUSES,
+    HOLD_REASONS,
+    Action,
+    CaseSnapshot,
+    Channel,
+    ContactPoint,
+    Decision,
+    Reason,
+)
+from dispatcher.policy.calendar import WorkingCalendar, format_day
+from dispatcher.policy.caps import NOT_COUNTED, ChannelUsage, FrequencyCap
+from dispatcher.policy.rotation import rotate
+from dispatcher.policy.window import ContactWindow, find_legal_ts, windows_for
+from dispatcher.policy.zones import resolve_zones
+
+TemplateCatalog = Mapping[tuple[Channel, str, str], Sequence[str]]
+
+_HOLD_RANK = {reason: i for i, reason in enumerate(HOLD_REASONS)}
+_ADDRESS_WORD = {"phone": "phone number", "email": "e-mail address"}
+_TIME_CACHE_LIMIT = 20_000
+_UTC = dt.UTC
+_CH = {ch: ch.value for ch in Channel}
+_SEND, _DEFER, _SKIP, _ESCALATE = Action.SEND, Action.DEFER, Action.SKIP, Action.ESCALATE
+
+
+# -- per-config runtime ----------------------------------------------------------------
+
+
+class _Profile:
+    """A profile with its calendar, caps and per-zones caches."""
+
+    __slots__ = ("profile", "calendar", "caps", "windows", "times")
+
+    def __init__(self, profile: Jurisdiction) -> None:
+        self.profile = profile
+        self.calendar = WorkingCalendar.for_profile(profile)
+        self.caps = {ch: FrequencyCap.for_profile(profile, ch) for ch in Channel}
+        self.windows: dict[tuple[str, ...], tuple[ContactWindow, ...]] = {}
+        self.times: dict[tuple[tuple[str, ...], float], _TimeVerdict] = {}
+
+    def windows_for(self, zones: tuple[str, ...]) -> tuple[ContactWindow, ...]:
+        windows = self.windows.get(zones)
+        if windows is None:
+            windows = self.windows[zones] = windows_for(zones, self.profile, self.calendar)
+        return windows
+
+    def time_at(self, zones: tuple[str, ...], ts: float) -> _TimeVerdict:
+        key = (zones, ts)
+        verdict = self.times.get(key)
+        if verdict is None:
+            if len(self.times) >= _TIME_CACHE_LIMIT:
+                self.times.clear()
+            verdict = self.times[key] = _time_verdict(self.windows_for(zones), ts)
+        return verdict
+
+
+class _Runtime:
+    __slots__ = ("config", "profiles", "stages")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.profiles = {name: _Profile(p) for name, p in config.jurisdictions.items()}
+        self.stages: dict[int, tuple[Stage, tuple[tuple[Channel, int], ...]] | None] = {}
+
+    def stage(self, dpd: int) -> tuple[Stage, tuple[tuple[Channel, int], ...]] | None:
+        try:
+            return self.stages[dpd]
+        except KeyError:
+            stage = self.config.stage_for(dpd)
+            value = None
+            if stage is not None:
+                value = (stage, tuple((ch, c.every_days) for ch, c in stage.channels.items()))
+            self.stages[dpd] = value
+            return value
+
+
+_RUNTIMES: dict[int, tuple[Config, _Runtime]] = {}
+
+
+def _runtime(config: Config) -> _Runtime:
+    entry = _RUNTIMES.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
+    if len(_RUNTIMES) > 64:
+        _RUNTIMES.clear()
+    runtime = _Runtime(config)
+    _RUNTIMES[id(config)] = (config, runtime)  # holds `config`, so its id stays unique
+    return runtime
+
+
+# -- time ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _TimeVerdict:
+    today: int  # primary-zone local date ordinal of now
+    legal: bool
+    reason: Reason | None  # NON_WORKING_DAY / OUTSIDE_HOURS when not legal
+    why: str  # auditor's sentence about now
+    next_ts: float  # earliest legal instant >= now, ignoring caps
+
+
+_FMT_CACHE: dict[tuple[float, str], str] = {}
+_ISO_CACHE: dict[int, str] = {}
+
+
+def _fmt_ts(ts: float, window: ContactWindow) -> str:
+    """`Wed 2026-05-06 09:00 Asia/Shanghai` (many cases share a not_before: cached)."""
+    key = (ts, window.zone)
+    text = _FMT_CACHE.get(key)
+    if text is None:
+        if len(_FMT_CACHE) >= _TIME_CACHE_LIMIT:
+            _FMT_CACHE.clear()
+        local = dt.datetime.fromtimestamp(ts, window.tz)
+        text = _FMT_CACHE[key] = f"{format_day(local.date())} {local:%H:%M} {window.zone}"
+    return text
+
+
+def _iso(ordinal: int) -> str:
+    text = _ISO_CACHE.get(ordinal)
+    if text is None:
+        if len(_ISO_CACHE) >= _TIME_CACHE_LIMIT:
+            _ISO_CACHE.clear()
+        text = _ISO_CACHE[ordinal] = dt.date.fromordinal(ordinal).isoformat()
+    return text
+
+
+def _time_verdict(windows: tuple[ContactWindow, ...], ts: float) -> _TimeVerdict:
+    primary = windows[0]
+    today = primary.ordinal(ts)
+    failing = [w for w in windows if not w.contains(ts)]
+    if not failing:
+        where = _fmt_ts(ts, primary)
+        if len(windows) > 1:
+            where += f" (legal in all of {', '.join(w.zone for w in windows)})"
+        return _TimeVerdict(today, True, None, f"inside the contact window at {where}", ts)
+    reasons = [w.why_not(ts) for w in failing]
+    if len(windows) > 1:
+        reasons = [
+            (holiday, f"{text} (local date in {w.zone})" if holiday else text)
+            for w, (holiday, text) in zip(failing, reasons, strict=True)
+        ]
+    non_working = [text for holiday, text in reasons if holiday]
+    if non_working:
+        reason, why = Reason.NON_WORKING_DAY, non_working[0]
+    else:
+        reason, why = Reason.OUTSIDE_HOURS, reasons[0][1]
+    if len(windows) > 1:
+        why += f" (must be legal in all of {', '.join(w.zone for w in windows)})"
+    return _TimeVerdict(today, False, reason, why, find_legal_ts(ts, windows))
+
+
+# -- history ---------------------------------------------------------------------------
+
+
+class _ChannelHistory:
+    """One channel's counted history, seen from the primary zone and the current stage."""
+
+    __slots__ = ("usage", "stage_last_at", "stage_last_day", "template_at", "template")
+
+    def __init__(self) -> None:
+        self.usage = ChannelUsage()
+        self.stage_last_at: dt.datetime | None = None
+        self.stage_last_day: int | None = None
+        self.template_at: dt.datetime | None = None
+        self.template: str | None = None
+
+
+def _histories(snapshot: CaseSnapshot, window: ContactWindow, stage: str | None) -> dict[Channel, _ChannelHistory]:
+    out: dict[Channel, _ChannelHistory] = {}
+    tz = window.tz
+    for message in snapshot.history:
+        if message.status in NOT_COUNTED:
+            continue
+        h = out.get(message.channel)
+        if h is None:
+            h = out[message.channel] = _ChannelHistory()
+        # UTC datetimes compare exactly and cheaply (same tzinfo object)
+        at = message.at
+        if at.tzinfo is not _UTC:
+            at = at.astimezone(_UTC)
+        ordinal = at.astimezone(tz).toordinal()
+        h.usage.add(ordinal, message.conversation)
+        if (message.stage is None or message.stage == stage) and (
+            h.stage_last_at is None or at > h.stage_last_at
+        ):
+            h.stage_last_at = at
+            h.stage_last_day = ordinal
+        if message.template is not None and (h.template_at is None or at > h.template_at):
+            h.template_at = at
+            h.template = message.template
+    return out
+
+
+_EMPTY_HISTORY = _ChannelHistory()
+
+
+# -- the gate --------------------------------------------------------------------------
+
+
+def _case_reason(snapshot: CaseSnapshot, now: dt.datetime) -> tuple[Reason, str] | None:
+    case = snapshot.case
+    if case.status in CLOSED_STATUSES:
+        return Reason.CASE_CLOSED, f"case status is {case.status.value}: no further contact"
+    best = None
+    best_rank = 1 << 30
+    for hold in snapshot.holds:
+        if hold.active_at(now):
+            rank = _HOLD_RANK.get(hold.reason, len(_HOLD_RANK))
+            if rank < best_rank:
+                best, best_rank = hold, rank
+    if best is None:
+        return None
+    if best.until is None:
+        return best.reason, f"{best.reason.value} hold active until released"
+    return best.reason, f"{best.reason.value} hold active until {best.until.isoformat()}"
+
+
+class _Case:
+    """Everything about one case at one instant that all its channel lines share."""
+
+    __slots__ = (
+        "snapshot", "case_id", "rt", "prof", "zones", "windows", "time", "now_ts",
+        "dpd", "stage", "channels", "prefix", "case_reason", "_histories",
+    )
+
+    def __init__(self, snapshot: CaseSnapshot, config: Config, now: dt.datetime) -> None:
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("now must be timezone-aware")
+        case = snapshot.case
+        self.snapshot = snapshot
+        self.case_id = case.case_id
+        rt = self.rt = _runtime(config)
+        try:
+            prof = self.prof = rt.profiles[case.jurisdiction]
+        except KeyError:
+            raise ValueError(
+                f"case {case.case_id}: jurisdiction {case.jurisdiction!r} is not a profile in the"
+                f" configuration (known: {', '.join(sorted(rt.profiles))})"
+            ) from None
+        zones = snapshot.zones or resolve_zones(case, prof.profile)
+        self.zones = tuple(zones)
+        self.windows = prof.windows_for(self.zones)
+        self.now_ts = _timestamp(now)
+        self.time = prof.time_at(self.zones, self.now_ts)
+        self.dpd = self.time.today - case.due_date.toordinal()
+        entry = rt.stage(self.dpd)
+        self.stage, self.channels = entry if entry is not None else (None, ())
+        stage_name = self.stage.name if self.stage is not None else "none"
+        self.prefix = f"DPD {self.dpd} (due {case.due_date.isoformat()}), stage {stage_name}"
+        self.case_reason = _case_reason(snapshot, now)
+        self._histories: dict[Channel, _ChannelHistory] | None = None
+
+    @property
+    def stage_name(self) -> str | None:
+        return None if self.stage is None else self.stage.name
+
+    def history(self, channel: Channel) -> _ChannelHistory:
+        if self._histories is None:
+            self._histories = _histories(self.snapshot, self.windows[0], self.stage_name)
+        return self._histories.get(channel, _EMPTY_HISTORY)
+
+    def decision(
+        self, channel: Channel | None, action: Action, reason: Reason, detail: str,
+        template: str | None = None, not_before: dt.datetime | None = None,
+    ) -> Decision:
+        return Decision(
+            self.case_id, self.stage_name, channel, action, reason, template, not_before,
+            f"{self.prefix}; {detail}",
+        )
+
+
+_last_now: tuple[dt.datetime | None, float] = (None, 0.0)
+
+
+def _timestamp(now: dt.datetime) -> float:
+    """`now.timestamp()`, remembered for the one `now` a whole plan run shares."""
+    global _last_now
+    last, ts = _last_now
+    if last is not now:
+        ts = now.timestamp()
+        _last_now = (now, ts)
+    return ts
+
+
+def _contact(snapshot: CaseSnapshot, channel: Channel) -> ContactPoint | None:
+    for contact in snapshot.contacts:
+        if contact.channel == channel:
+            return contact
+    return None
+
+
+def _channel_block(snapshot: CaseSnapshot, channel: Channel) -> tuple[Reason, str] | None:
+    contact = _contact(snapshot, channel)
+    word = _ADDRESS_WORD[ADDRESS_KIND[channel]]
+    ch = _CH[channel]
+    if contact is None or not contact.address:
+        return Reason.NO_CONTACT, f"no {word} on file for {ch}"
+    if contact.invalid:
+        return Reason.INVALID_ADDRESS, f"the {word} for {ch} is marked invalid"
+    if not contact.consent:
+        return Reason.NO_CONSENT, f"no consent to contact by {ch}"
+    if contact.opted_out:
+        return Reason.OPTED_OUT, f"the debtor opted out of {ch}"
+    return None
+
+
+def _candidates(
+    templates: TemplateCatalog, channel: Channel, stage: str, locale: str, default_locale: str
+) -> list[str]:
+    found = templates.get((channel, stage, locale))
+    if not found and default_locale != locale:
+        found = templates.get((channel, stage, default_locale))
+    return sorted(set(found)) if found else []
+
+
+def _override_approved(
+    templates: TemplateCatalog, channel: Channel, template: str, locales: tuple[str, ...]
+) -> bool:
+    return any(
+        key[0] == channel and key[2] in locales and template in ids for key, ids in templates.items()
+    )
+
+
+def _line(
+    c: _Case,
+    templates: TemplateCatalog,
+    channel: Channel,
+    every_days: int | None,
+    *,
+    apply_cadence: bool,
+    template: str | None,
+) -> Decision:
+    """One channel line for a case with a stage and no case-level reason."""
+    snapshot = c.snapshot
+    block = _channel_block(snapshot, channel)
+    if block is not None:
+        return c.decision(channel, _SKIP, block[0], block[1])
+    h = c.history(channel)
+    ch = _CH[channel]
+    today = c.time.today
+    last_day = h.stage_last_day
+    if apply_cadence and every_days is not None:
+        if last_day is not None and today < last_day + every_days:
+            return c.decision(
+                channel, _SKIP, Reason.NOT_DUE,
+                f"last {ch} {_iso(last_day)}, every {every_days} days: next on {_iso(last_day + every_days)}",
+            )
+        if last_day is None:
+            cadence = f"no {ch} yet in this stage"
+        else:
+            cadence = f"last {ch} {_iso(last_day)}, every {every_days} days: due since {_iso(last_day + every_days)}"
+    elif apply_cadence:
+        cadence = f"{ch} is not a channel of this stage; cadence not applied"
+    else:
+        cadence = "cadence not applied (one-off or send-time re-check)"
+
+    # the template is needed for send and defer alike
+    stage_name = c.stage.name  # type: ignore[union-attr]  # _line is only called with a stage
+    profile = c.prof.profile
+    case = snapshot.case
+    if template is not None:
+        if not _override_approved(templates, channel, template, (case.locale, profile.default_locale)):
+            return c.decision(
+                channel, _SKIP, Reason.NO_APPROVED_TEMPLATE,
+                f"template {template} is not an approved {ch} template in {case.locale}"
+                f" or {profile.default_locale}",
+            )
+        chosen: str | None = template
+    else:
+        chosen = rotate(
+            _candidates(templates, channel, stage_name, case.locale, profile.default_locale),
+            h.template, c.case_id, ch, stage_name,
+        )
+        if chosen is None:
+            return c.decision(
+                channel, _SKIP, Reason.NO_APPROVED_TEMPLATE,
+                f"no approved {ch} template for stage {stage_name} in {case.locale}"
+                f" or the profile default {profile.default_locale}",
+            )
+
+    time = c.time
+    cap = c.prof.caps[channel]
+    usage = h.usage
+    if time.legal:
+        cap_block = cap.check(usage, today)
+        if cap_block is None:
+            return c.decision(
+                channel, _SEND, Reason.DUE,
+                f"{cadence}; {time.why}; caps allow; template {chosen}", template=chosen,
+            )
+        reason, why = cap_block.reason, cap_block.detail
+    else:
+        reason, why = time.reason, time.why  # type: ignore[assignment]
+
+    windows = c.windows
+    next_ts = time.next_ts
+    if usage.per_day:
+        first_day = windows[0].ordinal(next_ts)
+        later = cap.check(usage, first_day)
+        if later is not None:
+            next_ts = find_legal_ts(next_ts, windows, lambda o: cap.check(usage, o) is None)
+            if not time.legal:
+                why += f"; then {later.detail}"
+    not_before = dt.datetime.fromtimestamp(next_ts, windows[0].tz)
+    return c.decision(
+        channel, _DEFER, reason,
+        f"{why}; next legal moment {_fmt_ts(next_ts, windows[0])}; template {chosen}",
+        template=chosen, not_before=not_before,
+    )
+
+
+def decide_case(
+    snapshot: CaseSnapshot, config: Config, templates: TemplateCatalog, now: dt.datetime
+) -> list[Decision]:
+    """The decisions for one case at `now`: one per channel of its stage (stage order),
+    or one `channel = null` line without a stage, plus an escalation line if due."""
+    c = _Case(snapshot, config, now)
+    stage = c.stage
+    if c.case_reason is not None:
+        reason, detail = c.case_reason
+        if stage is None:
+            return [c.decision(None, _SKIP, reason, detail)]
+        return [c.decision(ch, _SKIP, reason, detail) for ch, _ in c.channels]
+    if stage is None:
+        return [c.decision(None, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")]
+    out = [
+        _line(c, templates, ch, every, apply_cadence=True, template=None) for ch, every in c.channels
+    ]
+    if stage.escalate and stage.name not in snapshot.escalated_stages:
+        out.append(
+            c.decision(
+                None, _ESCALATE, Reason.LEGAL_HANDOFF,
+                f"stage {stage.name} is marked escalate: hand the case to the legal department",
+            )
+        )
+    return out
+
+
+def decide_channel(
+    snapshot: CaseSnapshot,
+    config: Config,
+    templates: TemplateCatalog,
+    now: dt.datetime,
+    channel: Channel,
+    *,
+    apply_cadence: bool = True,
+    template: str | None = None,
+) -> Decision:
+    """The gate for one channel: one-off sends (`apply_cadence=False`, optionally a chosen
+    `template`, which must be approved for the channel in any stage) and the sender's
+    last-moment re-check. The channel need not belong to the current stage."""
+    channel = Channel(channel)
+    c = _Case(snapshot, config, now)
+    if c.case_reason is not None:
+        reason, detail = c.case_reason
+        return c.decision(channel, _SKIP, reason, detail)
+    if c.stage is None:
+        return c.decision(channel, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")
+    every = dict(c.channels).get(channel)
+    return _line(c, templates, channel, every, apply_cadence=apply_cadence, template=template)
