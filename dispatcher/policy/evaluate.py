@@ -186,7 +186,10 @@ def _time_verdict(windows: tuple[ContactWindow, ...], ts: float) -> _TimeVerdict
     if non_working:
         reason, why = Reason.NON_WORKING_DAY, non_working[0]
     else:
-        reason, why = Reason.OUTSIDE_HOURS, reasons[0][1]
+        stamps = [text for _, text in reasons]
+        verb = "is" if len(stamps) == 1 else "are"
+        reason = Reason.OUTSIDE_HOURS
+        why = f"{', '.join(stamps)} {verb} outside the contact hours {primary.hours_text}"
     if len(windows) > 1:
         why += f" (must be legal in all of {', '.join(w.zone for w in windows)})"
     return _TimeVerdict(today, False, reason, why, find_legal_ts(ts, windows))

@@ -140,15 +140,17 @@ class ContactWindow:
         )
 
     def why_not(self, ts: float) -> tuple[bool, str]:
-        """For an illegal `ts`: (is it a non-working day?, an auditor's sentence)."""
+        """For an illegal `ts`: (is it a non-working day?, why) where why is the
+        calendar's sentence for a non-working day, else the local time and zone."""
         local = dt.datetime.fromtimestamp(ts, self.tz)
         day = local.date()
         if not self.calendar.is_working_ordinal(day.toordinal()):
             return True, self.calendar.describe(day)
-        return False, (
-            f"{local:%H:%M} {format_day(day)} {self.zone} is outside the contact hours"
-            f" {self.start:%H:%M}-{self.end:%H:%M}"
-        )
+        return False, f"{local:%H:%M} {format_day(day)} {self.zone}"
+
+    @property
+    def hours_text(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
 
 
 def windows_for(
