@@ -1,0 +1,103 @@
+"""A uvicorn server on a given or free port inside the running event loop.
+
+Used by the sandbox and by `WebhookReceiver`. Signals are left to the caller (uvicorn's
+own handlers would swallow Ctrl-C in tests), logging is left alone (`log_config=None`),
+and every accepted connection's transport is kept by peer address so that a fault
+injector can reset a connection (`transport_for`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+class _QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _protocol_class(transports: dict[Any, asyncio.Transport]) -> type[H11Protocol]:
+    class TrackingH11Protocol(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if self.client is not None:
+                transports[self.client] = transport
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.client is not None:
+                transports.pop(self.client, None)
+            super().connection_lost(exc)
+
+    return TrackingH11Protocol
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class AsgiServer:
+    """Serve an ASGI app with uvicorn (h11) until `stop()`."""
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._transports: dict[Any, asyncio.Transport] = {}
+        self._server: _QuietServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def transport_for(self, client: Any) -> asyncio.Transport | None:
+        """The transport of the connection from `client` (the ASGI scope's `client`)."""
+        if isinstance(client, list):
+            client = tuple(client)
+        return self._transports.get(client)
+
+    async def start(self) -> int:
+        """Bind, start serving, and return the port."""
+        sock = bind_socket(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            http=_protocol_class(self._transports),
+            interface="asgi3",
+            lifespan="off",
+            proxy_headers=False,
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=75,
+            timeout_graceful_shutdown=2,
+        )
+        self._server = _QuietServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                sock.close()
+                await self._task  # raises the start-up error
+                raise RuntimeError(f"HTTP server on {self.host}:{self.port} stopped during start-up")
+            await asyncio.sleep(0.005)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._server = None
+        self._task = None

@@ -1,0 +1,207 @@
+"""What the sandbox received: messages, calls, e-mails, inbound simulations.
+
+Records are mutated on the sandbox's event loop and read from anywhere (tests, the
+demo, benchmarks in another thread), so every access goes through one lock and readers
+get plain-dict snapshots. A snapshot carries `count`: how many records share the same
+identity — (to, body) for SMS, (to, url) for calls, Message-ID for e-mails — so a
+message that reached the provider twice shows up as `count == 2`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_sid(prefix: str) -> str:
+    """A Twilio-shaped SID: two letters and 32 hex digits."""
+    return prefix + secrets.token_hex(16)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass
+class MessageRecord:
+    seq: int
+    sid: str
+    account_sid: str
+    to: str
+    from_: str | None
+    messaging_service_sid: str | None
+    body: str
+    status_callback: str | None
+    status: str
+    date_created: dt.datetime
+    date_updated: dt.datetime
+    date_sent: dt.datetime | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    fault: str | None = None  # injected fault after which it was created (timeout, reset)
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "sid": self.sid,
+            "to": self.to,
+            "from": self.from_,
+            "messaging_service_sid": self.messaging_service_sid,
+            "body": self.body,
+            "status": self.status,
+            "status_callback": self.status_callback,
+            "error_code": self.error_code,
+            "date_created": _iso(self.date_created),
+            "date_sent": _iso(self.date_sent),
+            "fault": self.fault,
+            "callbacks": [dict(c) for c in self.callbacks],
+        }
+
+
+@dataclass
+class CallRecord:
+    seq: int
+    sid: str
+    account_sid: str
+    to: str
+    from_: str
+    url: str | None
+    twiml: str | None
+    method: str
+    status_callback: str | None
+    status_callback_events: tuple[str, ...]
+    machine_detection: str | None
+    status: str
+    date_created: dt.datetime
+    date_updated: dt.datetime
+    start_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+    duration: int | None = None
+    answered_by: str | None = None
+    fault: str | None = None
+    spoken: list[str] = field(default_factory=list)  # every <Say> text, in order
+    digits: list[str] = field(default_factory=list)  # every keypress sent to a <Gather>
+    dialed: list[str] = field(default_factory=list)
+    documents: list[str] = field(default_factory=list)  # URLs the TwiML was fetched from
+    errors: list[str] = field(default_factory=list)
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "sid": self.sid,
+            "to": self.to,
+            "from": self.from_,
+            "url": self.url,
+            "status": self.status,
+            "answered_by": self.answered_by,
+            "duration": self.duration,
+            "status_callback": self.status_callback,
+            "status_callback_events": list(self.status_callback_events),
+            "machine_detection": self.machine_detection,
+            "date_created": _iso(self.date_created),
+            "fault": self.fault,
+            "spoken": list(self.spoken),
+            "digits": list(self.digits),
+            "dialed": list(self.dialed),
+            "documents": list(self.documents),
+            "errors": list(self.errors),
+            "callbacks": [dict(c) for c in self.callbacks],
+        }
+
+
+@dataclass
+class EmailRecord:
+    seq: int
+    mail_from: str  # the envelope sender (MAIL FROM), i.e. the VERP return path
+    rcpt_tos: list[str]
+    message_id: str | None
+    subject: str | None
+    headers: list[tuple[str, str]]  # decoded, in order
+    text: str | None
+    html: str | None
+    raw: bytes
+    received_at: dt.datetime
+    bounces: list[dict[str, Any]] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lname), None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "mail_from": self.mail_from,
+            "rcpt_tos": list(self.rcpt_tos),
+            "message_id": self.message_id,
+            "subject": self.subject,
+            "headers": {k: v for k, v in self.headers},
+            "text": self.text,
+            "html": self.html,
+            "size": len(self.raw),
+            "received_at": _iso(self.received_at),
+            "bounces": [dict(b) for b in self.bounces],
+        }
+
+
+class Recorder:
+    """All records of one sandbox, guarded by one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._seq = 0
+        self.messages: list[MessageRecord] = []
+        self.calls: list[CallRecord] = []
+        self.emails: list[EmailRecord] = []
+        self.smtp_rejections: list[dict[str, Any]] = []
+        self.inbound: list[dict[str, Any]] = []
+        self.messages_by_sid: dict[str, MessageRecord] = {}
+        self.calls_by_sid: dict[str, CallRecord] = {}
+
+    def next_seq(self) -> int:
+        with self.lock:
+            self._seq += 1
+            return self._seq
+
+    def add_message(self, record: MessageRecord) -> None:
+        with self.lock:
+            self.messages.append(record)
+            self.messages_by_sid[record.sid] = record
+
+    def add_call(self, record: CallRecord) -> None:
+        with self.lock:
+            self.calls.append(record)
+            self.calls_by_sid[record.sid] = record
+
+    def add_email(self, record: EmailRecord) -> None:
+        with self.lock:
+            self.emails.append(record)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.messages.clear()
+            self.calls.clear()
+            self.emails.clear()
+            self.smtp_rejections.clear()
+            self.inbound.clear()
+            self.messages_by_sid.clear()
+            self.calls_by_sid.clear()
+
+    # -- snapshots --------------------------------------------------------------------
+
+    def message_snapshots(self) -> list[dict[str, Any]]:
+        with self.lock:
+            counts = Counter((m.to, m.body) for m in self.messages)
+            return [{**m.snapshot(), "count": counts[(m.to, m.body)]} for m in self.messages]
+
+    def call_snapshots(self) -> list[dict[str, Any]]:
+        with self.lock:
+            counts = Counter((c.to, c.url or c.twiml) for c in self.calls)
+            return [{**c.snapshot(), "count": counts[(c.to, c.url or c.twiml)]} for c in self.calls]
+
+    def email_snapshots(self) -> list[dict[str, Any]]:
+        with self.lock:
+            counts = Counter(e.message_id for e in self.emails)
+            return [{**e.snapshot(), "count": counts[e.message_id]} for e in self.emails]

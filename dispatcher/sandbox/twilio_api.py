@@ -1,0 +1,453 @@
+"""The sandbox's HTTP API: the Twilio REST resources the SDK uses, and `/sandbox/*`.
+
+Twilio resources (HTTP Basic auth with the sandbox's account SID and auth token):
+
+- `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` — To, From | MessagingServiceSid,
+  Body, StatusCallback → 201 and the message JSON
+- `GET  .../Messages.json` — filters To, From, DateSent, DateSent<, DateSent> (a date
+  `YYYY-MM-DD` or an instant); PageSize, Page, PageToken; newest first
+- `GET  .../Messages/{Sid}.json`
+- `POST .../Calls.json` — To, From, Url | Twiml, Method, StatusCallback,
+  StatusCallbackEvent (repeated), MachineDetection → 201 and the call JSON
+- `GET  .../Calls.json` — filters To, From, Status, StartTime(<,>), EndTime(<,>); paging
+- `GET  .../Calls/{Sid}.json`
+
+Sandbox control (no auth; loopback only):
+
+- `GET /sandbox/messages`, `/sandbox/calls`, `/sandbox/emails`, `/sandbox/inbound`: JSON
+  lists of what was received, each entry with `count` (duplicates show)
+- `POST /sandbox/inbound` `{"from", "to", "body", "url"}`: POST a signed inbound SMS to
+  `url`; answers `{"message_sid", "status", "body", "error"}` (the webhook's answer)
+- `POST /sandbox/faults` `{"faults": "429:0.1,...", "next": ["reset", ...]}`: change the
+  fault plan / force the next faults
+- `POST /sandbox/reset`: forget every record
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import hmac
+import json
+import socket
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from dispatcher.sandbox.faults import CREATED_KINDS, FaultPlan, FaultSpecError
+from dispatcher.sandbox.provider import API_VERSION, TwilioError, TwilioSimulator, rfc2822
+from dispatcher.sandbox.records import CallRecord, MessageRecord
+
+if TYPE_CHECKING:
+    from dispatcher.sandbox.server import Sandbox
+
+ConnectionLookup = Callable[[Any], asyncio.Transport | None]
+
+_GSM7 = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
+)
+_GSM7_EXT = set("^{}\\[~]|€")
+
+
+def num_segments(body: str) -> int:
+    if all(ch in _GSM7 for ch in body):
+        units = sum(2 if ch in _GSM7_EXT else 1 for ch in body)
+        single, multi = 160, 153
+    else:
+        units = len(body.encode("utf-16-le")) // 2
+        single, multi = 70, 67
+    return 1 if units <= single else -(-units // multi)
+
+
+def message_json(record: MessageRecord) -> dict[str, Any]:
+    base = f"/{API_VERSION}/Accounts/{record.account_sid}/Messages/{record.sid}"
+    return {
+        "account_sid": record.account_sid,
+        "api_version": API_VERSION,
+        "body": record.body,
+        "date_created": rfc2822(record.date_created),
+        "date_sent": rfc2822(record.date_sent),
+        "date_updated": rfc2822(record.date_updated),
+        "direction": "outbound-api",
+        "error_code": record.error_code,
+        "error_message": record.error_message,
+        "from": record.from_,
+        "messaging_service_sid": record.messaging_service_sid,
+        "num_media": "0",
+        "num_segments": str(num_segments(record.body)),
+        "price": None,
+        "price_unit": "USD",
+        "sid": record.sid,
+        "status": record.status,
+        "subresource_uris": {"media": f"{base}/Media.json", "feedback": f"{base}/Feedback.json"},
+        "to": record.to,
+        "uri": f"{base}.json",
+    }
+
+
+def call_json(record: CallRecord) -> dict[str, Any]:
+    base = f"/{API_VERSION}/Accounts/{record.account_sid}/Calls/{record.sid}"
+    return {
+        "account_sid": record.account_sid,
+        "annotation": None,
+        "answered_by": record.answered_by,
+        "api_version": API_VERSION,
+        "caller_name": None,
+        "date_created": rfc2822(record.date_created),
+        "date_updated": rfc2822(record.date_updated),
+        "direction": "outbound-api",
+        "duration": None if record.duration is None else str(record.duration),
+        "end_time": rfc2822(record.end_time),
+        "forwarded_from": None,
+        "from": record.from_,
+        "from_formatted": record.from_,
+        "group_sid": None,
+        "parent_call_sid": None,
+        "phone_number_sid": None,
+        "price": None,
+        "price_unit": "USD",
+        "queue_time": "0",
+        "sid": record.sid,
+        "start_time": rfc2822(record.start_time),
+        "status": record.status,
+        "subresource_uris": {"recordings": f"{base}/Recordings.json", "events": f"{base}/Events.json"},
+        "to": record.to,
+        "to_formatted": record.to,
+        "trunk_sid": None,
+        "uri": f"{base}.json",
+    }
+
+
+class _NoResponse(Response):
+    """Sends nothing: the connection is already gone (reset) or the client left (timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=204)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
+def _error(exc: TwilioError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.payload(), status_code=exc.status, headers=dict(headers or {}))
+
+
+def _http_fault(kind: str, retry_after: int) -> JSONResponse:
+    status = int(kind)
+    if status == 429:
+        return _error(TwilioError(429, 20429, "Too Many Requests"), {"Retry-After": str(retry_after)})
+    reason = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}.get(status, "Server Error")
+    return _error(TwilioError(status, 20000 + status, reason))
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _parse_instant(text: str) -> tuple[dt.date | dt.datetime, bool]:
+    """(value, is_date) of a filter value: `YYYY-MM-DD` or an ISO 8601 instant (UTC if naive)."""
+    text = text.strip()
+    if len(text) == 10:
+        return dt.date.fromisoformat(text), True
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)), False
+
+
+def _time_filters(query: Mapping[str, str], name: str) -> list[tuple[str, dt.date | dt.datetime, bool]]:
+    """Comparisons for `Name`, `Name<`, `Name>`, `Name<=`, `Name>=` (Twilio's `<`/`>` are inclusive)."""
+    out = []
+    for suffix, op in (("", "="), ("<", "<="), ("<=", "<="), (">", ">="), (">=", ">=")):
+        raw = query.get(name + suffix)
+        if raw:
+            try:
+                value, is_date = _parse_instant(raw)
+            except ValueError:
+                raise TwilioError(400, 20001, f"Invalid {name}{suffix} value {raw!r}") from None
+            out.append((op, value, is_date))
+    return out
+
+
+def _matches_time(value: dt.datetime | None, filters: Iterable[tuple[str, dt.date | dt.datetime, bool]]) -> bool:
+    for op, bound, is_date in filters:
+        if value is None:
+            return False
+        left: dt.date | dt.datetime = value.astimezone(dt.UTC).date() if is_date else value
+        if op == "=" and left != bound:
+            return False
+        if op == "<=" and left > bound:  # type: ignore[operator]
+            return False
+        if op == ">=" and left < bound:  # type: ignore[operator]
+            return False
+    return True
+
+
+class TwilioApi:
+    """Builds the Starlette app for one sandbox."""
+
+    def __init__(self, sandbox: Sandbox, connections: ConnectionLookup) -> None:
+        self.sandbox = sandbox
+        self.connections = connections
+        self.stopping = asyncio.Event()
+
+    @property
+    def sim(self) -> TwilioSimulator:
+        assert self.sandbox.simulator is not None
+        return self.sandbox.simulator
+
+    def app(self) -> Starlette:
+        prefix = f"/{API_VERSION}/Accounts/{{account_sid}}"
+        return Starlette(
+            routes=[
+                Route(f"{prefix}/Messages.json", self.create_message, methods=["POST"]),
+                Route(f"{prefix}/Messages.json", self.list_messages, methods=["GET"]),
+                Route(f"{prefix}/Messages/{{sid}}.json", self.fetch_message, methods=["GET"]),
+                Route(f"{prefix}/Calls.json", self.create_call, methods=["POST"]),
+                Route(f"{prefix}/Calls.json", self.list_calls, methods=["GET"]),
+                Route(f"{prefix}/Calls/{{sid}}.json", self.fetch_call, methods=["GET"]),
+                Route("/sandbox/messages", self.sandbox_messages, methods=["GET"]),
+                Route("/sandbox/calls", self.sandbox_calls, methods=["GET"]),
+                Route("/sandbox/emails", self.sandbox_emails, methods=["GET"]),
+                Route("/sandbox/inbound", self.sandbox_inbound_list, methods=["GET"]),
+                Route("/sandbox/inbound", self.sandbox_inbound, methods=["POST"]),
+                Route("/sandbox/faults", self.sandbox_faults, methods=["POST"]),
+                Route("/sandbox/reset", self.sandbox_reset, methods=["POST"]),
+                Route("/sandbox/health", self.health, methods=["GET"]),
+            ]
+        )
+
+    # -- guards ------------------------------------------------------------------------
+
+    async def _guard(self, request: Request) -> Response | None:
+        """Latency, then authentication; returns an error response or None."""
+        options = self.sandbox.options
+        if options.latency_ms:
+            await asyncio.sleep(options.latency_ms / 1000)
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        user = password = ""
+        if scheme.lower() == "basic":
+            with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                user, _, password = base64.b64decode(value).decode().partition(":")
+        if not (
+            hmac.compare_digest(user.encode(), options.account_sid.encode())
+            and hmac.compare_digest(password.encode(), options.auth_token.encode())
+        ):
+            return _error(TwilioError(401, 20003, "Authenticate"), {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        if request.path_params.get("account_sid") != options.account_sid:
+            return _error(TwilioError(404, 20404, f"The requested resource {request.url.path} was not found"))
+        return None
+
+    async def _reset_connection(self, request: Request) -> Response:
+        """Close the client's TCP connection with a RST, answering nothing."""
+        transport = self.connections(request.scope.get("client"))
+        if transport is None:  # not served by the sandbox's protocol class: cannot reset
+            raise RuntimeError("sandbox reset fault: connection transport not found")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        await _wait_disconnect(request.receive)
+        return _NoResponse()
+
+    async def _hold(self, request: Request, response: Response) -> Response:
+        """Hold the answer back until the client gives up (or the hold time passes)."""
+        waiter = asyncio.ensure_future(_wait_disconnect(request.receive))
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, stopping}, timeout=self.sandbox.options.timeout_hold_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (waiter, stopping):
+                task.cancel()
+            await asyncio.gather(waiter, stopping, return_exceptions=True)
+        if waiter in done:
+            return _NoResponse()
+        return response
+
+    async def _create(self, request: Request, create: Callable[[dict[str, list[str]], str | None], Any],
+                      render: Callable[[Any], dict[str, Any]]) -> Response:
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        form = parse_qs((await request.body()).decode(), keep_blank_values=True)
+        fault = self.sim.faults.draw()
+        if fault == "reset_before":
+            return await self._reset_connection(request)
+        if fault is not None and fault not in CREATED_KINDS:
+            return _http_fault(fault, self.sandbox.options.retry_after_s)
+        try:
+            record = create(form, fault)
+        except TwilioError as exc:
+            return _error(exc)
+        response = JSONResponse(render(record), status_code=201)
+        if fault == "reset":
+            return await self._reset_connection(request)
+        if fault == "timeout":
+            return await self._hold(request, response)
+        return response
+
+    # -- Twilio resources --------------------------------------------------------------
+
+    async def create_message(self, request: Request) -> Response:
+        return await self._create(request, self.sim.create_message, message_json)
+
+    async def create_call(self, request: Request) -> Response:
+        return await self._create(request, self.sim.create_call, call_json)
+
+    async def fetch_message(self, request: Request) -> Response:
+        return await self._fetch(request, self.sim.recorder.messages_by_sid, message_json)
+
+    async def fetch_call(self, request: Request) -> Response:
+        return await self._fetch(request, self.sim.recorder.calls_by_sid, call_json)
+
+    async def _fetch(self, request: Request, index: Mapping[str, Any], render: Callable[[Any], dict[str, Any]]) -> Response:
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        with self.sim.recorder.lock:
+            record = index.get(request.path_params["sid"])
+            payload = None if record is None else render(record)
+        if payload is None:
+            return _error(TwilioError(404, 20404, f"The requested resource {request.url.path} was not found"))
+        return JSONResponse(payload)
+
+    async def list_messages(self, request: Request) -> Response:
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        query = request.query_params
+        try:
+            sent = _time_filters(query, "DateSent")
+        except TwilioError as exc:
+            return _error(exc)
+        to, from_ = query.get("To"), query.get("From")
+
+        def keep(m: MessageRecord) -> bool:
+            return (
+                (not to or m.to == to)
+                and (not from_ or m.from_ == from_)
+                and _matches_time(m.date_sent, sent)
+            )
+
+        with self.sim.recorder.lock:
+            records = [m for m in self.sim.recorder.messages if keep(m)]
+        return self._page(request, "messages", records, message_json)
+
+    async def list_calls(self, request: Request) -> Response:
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        query = request.query_params
+        try:
+            started = _time_filters(query, "StartTime")
+            ended = _time_filters(query, "EndTime")
+        except TwilioError as exc:
+            return _error(exc)
+        to, from_, status = query.get("To"), query.get("From"), query.get("Status")
+
+        def keep(c: CallRecord) -> bool:
+            return (
+                (not to or c.to == to)
+                and (not from_ or c.from_ == from_)
+                and (not status or c.status == status)
+                and _matches_time(c.start_time, started)
+                and _matches_time(c.end_time, ended)
+            )
+
+        with self.sim.recorder.lock:
+            records = [c for c in self.sim.recorder.calls if keep(c)]
+        return self._page(request, "calls", records, call_json)
+
+    def _page(self, request: Request, key: str, records: list[Any], render: Callable[[Any], dict[str, Any]]) -> Response:
+        """Newest first; `PageToken=PA<seq>` continues below that sequence number."""
+        query = request.query_params
+        try:
+            page_size = max(1, min(1000, int(query.get("PageSize") or 50)))
+            page = max(0, int(query.get("Page") or 0))
+            token = query.get("PageToken") or ""
+            below = int(token[2:]) if token.startswith("PA") else None
+        except ValueError:
+            return _error(TwilioError(400, 20001, "Invalid paging parameter"))
+        records = sorted(records, key=lambda r: r.seq, reverse=True)
+        if below is not None:
+            records = [r for r in records if r.seq < below]
+        items = records[:page_size]
+        filters = [(k, v) for k, v in query.multi_items() if k not in ("Page", "PageSize", "PageToken")]
+        path = request.url.path
+
+        def uri(extra: list[tuple[str, str]]) -> str:
+            return f"{path}?{urlencode(filters + extra)}"
+
+        with self.sim.recorder.lock:
+            rendered = [render(r) for r in items]
+        start = page * page_size
+        next_uri = None
+        if len(records) > page_size:
+            next_uri = uri([("PageSize", str(page_size)), ("Page", str(page + 1)), ("PageToken", f"PA{items[-1].seq}")])
+        return JSONResponse(
+            {
+                key: rendered,
+                "end": start + max(len(items), 1) - 1,
+                "first_page_uri": uri([("PageSize", str(page_size)), ("Page", "0")]),
+                "next_page_uri": next_uri,
+                "page": page,
+                "page_size": page_size,
+                "previous_page_uri": None,
+                "start": start,
+                "uri": uri([("PageSize", str(page_size)), ("Page", str(page))]),
+            }
+        )
+
+    # -- sandbox control ---------------------------------------------------------------
+
+    async def sandbox_messages(self, request: Request) -> Response:
+        return JSONResponse(self.sandbox.messages())
+
+    async def sandbox_calls(self, request: Request) -> Response:
+        return JSONResponse(self.sandbox.calls())
+
+    async def sandbox_emails(self, request: Request) -> Response:
+        return JSONResponse(self.sandbox.emails())
+
+    async def sandbox_inbound_list(self, request: Request) -> Response:
+        with self.sim.recorder.lock:
+            return JSONResponse([dict(i) for i in self.sim.recorder.inbound])
+
+    async def sandbox_inbound(self, request: Request) -> Response:
+        try:
+            payload = json.loads(await request.body())
+            args = {k: str(payload[k]) for k in ("from", "to", "body", "url")}
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse(
+                {"error": 'send JSON {"from": "+86...", "to": "+1...", "body": "...", "url": "http://.../twilio/sms/inbound"}'},
+                status_code=400,
+            )
+        result = await self.sim.inbound(args["from"], args["to"], args["body"], args["url"])
+        return JSONResponse(result)
+
+    async def sandbox_faults(self, request: Request) -> Response:
+        try:
+            payload = json.loads(await request.body() or b"{}")
+            if "faults" in payload:
+                self.sim.faults.plan = FaultPlan.parse(str(payload["faults"]))
+            self.sim.faults.force(*[str(k) for k in payload.get("next", [])])
+        except (ValueError, FaultSpecError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"faults": str(self.sim.faults.plan), "next": self.sim.faults.forced})
+
+    async def sandbox_reset(self, request: Request) -> Response:
+        self.sandbox.reset()
+        return JSONResponse({"reset": True})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
