@@ -1,0 +1,715 @@
+"""What comes back: delivery receipts, inbound SMS, keypresses, clicks, unsubscribes and
+bounces, applied to the store (SPEC section 6). The web layer verifies and parses the
+requests; this module decides nothing itself (the rules are in `policy.replies`) and
+only writes: every change appends an event.
+
+Concurrency rules, because providers deliver callbacks late, twice and in parallel:
+- a status moves only up the rank order of `policy.replies`, in one conditional
+  `UPDATE ... WHERE rank(status) < :new_rank`, so two callbacks racing on PostgreSQL
+  cannot regress it and a duplicate changes nothing;
+- an inbound SMS is applied once per `MessageSid`: its transaction is serialised on the
+  SID (advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite) and checks for the
+  event an earlier delivery left; the reply it enqueues has the idempotency key
+  `reply:<MessageSid>`;
+- a call is a "conversation" when a person confirmed their identity *and* the call
+  completed. Both facts are committed first and the flag is then set by one statement
+  that checks both, run after each of them, so whichever commits last sets it, in any
+  order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, exists, func, insert, or_, select, text, update
+from sqlalchemy.engine import Connection, Engine
+
+from dispatcher.clock import Clock
+from dispatcher.config import Config, Jurisdiction
+from dispatcher.domain import Channel, MessageStatus, Reason
+from dispatcher.links import LinkSigner
+from dispatcher.policy.calendar import WorkingCalendar
+from dispatcher.policy.replies import (
+    STATUS_RANK,
+    ReplyIntent,
+    UnknownStatusError,
+    classify_reply,
+    map_provider_status,
+    promise_broken,
+    status_rank,
+)
+from dispatcher.policy.window import is_legal
+from dispatcher.store import repository
+from dispatcher.store.events import EventKind, record_event
+from dispatcher.store.tables import CaseRow, ContactPointRow, EventRow, HoldRow, MessageRow, PaymentRow
+
+log = logging.getLogger("dispatcher.receipts")
+
+messages_t = MessageRow.__table__  # type: ignore[attr-defined]
+events_t = EventRow.__table__  # type: ignore[attr-defined]
+holds_t = HoldRow.__table__  # type: ignore[attr-defined]
+contacts_t = ContactPointRow.__table__  # type: ignore[attr-defined]
+cases_t = CaseRow.__table__  # type: ignore[attr-defined]
+payments_t = PaymentRow.__table__  # type: ignore[attr-defined]
+
+#: Event kind of an inbound SMS that was a keyword (free text is `reply_received`).
+#: Not in `EventKind` yet: the string is the contract of the timeline.
+KEYWORD_RECEIVED = "keyword_received"
+
+#: Actors recorded on events and holds.
+ACTOR_SMS = "sms"
+ACTOR_IVR = "ivr"
+ACTOR_EMAIL = "email"
+ACTOR_SYSTEM = "system"
+
+#: Twilio error codes on a failed message that mean the number cannot take SMS at all
+#: (30005 unknown handset, 30006 landline/unreachable carrier) or that the carrier
+#: holds an opt-out for it (21610).
+_INVALID_NUMBER_CODES = frozenset({"30005", "30006"})
+_CARRIER_OPT_OUT_CODES = frozenset({"21610"})
+
+_MAX_TEXT = 1600  # characters of a reply kept on the timeline (10 SMS segments)
+
+#: rank(status) in SQL; statuses the rank map does not know rank lowest
+_RANK_SQL = case(
+    {status.value: rank for status, rank in STATUS_RANK.items()}, value=messages_t.c.status, else_=-1
+)
+
+
+def _ranks_below(status: MessageStatus) -> Any:
+    """SQL: the message's current status ranks below `status`."""
+    return _RANK_SQL < status_rank(status)  # noqa: SIM300 (SQL expression, not a Yoda condition)
+
+
+def mask(address: str | None) -> str:
+    """Mask an address for logs: +86138****5678, a***@example.com."""
+    if not address:
+        return "-"
+    if "@" in address:
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}***@{domain}"
+    return address[:6] + "****" + address[-4:] if len(address) > 10 else "****" + address[-2:]
+
+
+# ----------------------------------------------------------------------- outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class StatusOutcome:
+    """What one status callback did: `applied` (the status moved up), `stale` (a
+    duplicate or a late lower status: nothing changed), `orphan` (no such message; kept
+    as an orphan event) or `ignored` (a status value that says nothing about delivery)."""
+
+    result: str
+    message_id: int | None = None
+    case_id: str | None = None
+    status: MessageStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundOutcome:
+    intent: ReplyIntent
+    case_ids: tuple[str, ...]
+    reply_message_id: int | None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What the voice flow needs to know about the call's message."""
+
+    message_id: int
+    case_id: str
+    locale: str
+    to_address: str | None
+    parts: dict[str, str]
+    profile: Jurisdiction | None
+    zones: tuple[str, ...]
+    org_name: str
+    support_phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class BounceOutcome:
+    result: str  # "hard" | "soft" | "orphan"
+    message_id: int | None = None
+    case_ids: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _lock_key(value: str) -> int:
+    """A signed 64-bit advisory-lock key for a string."""
+    return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
+
+
+@contextlib.contextmanager
+def serialized(engine: Engine, key: str) -> Iterator[Connection]:
+    """A write transaction serialised with every other one on the same `key`.
+
+    PostgreSQL: a transaction-scoped advisory lock on the key. SQLite: `BEGIN IMMEDIATE`
+    takes the database write lock up front, so a check-then-write inside cannot race
+    (and cannot fail later with a stale read snapshot)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(key)})
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def _event_data_like(field: str, value: str) -> str:
+    """A LIKE pattern for `"field": "value"` in an event's JSON data (as `record_event`
+    encodes it: sort_keys, default separators)."""
+    encoded = json.dumps({field: value}, ensure_ascii=False)[1:-1]
+    return "%" + encoded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _clip(value: str | None, limit: int = 200) -> str | None:
+    return None if value is None else value[:limit]
+
+
+def _days(n: int) -> dt.timedelta:
+    return dt.timedelta(days=n)
+
+
+# ----------------------------------------------------------------------- reply texts
+
+
+def _org_and_phone(config: Config, jurisdiction: str | None, locale: str) -> tuple[str, str]:
+    profile = config.jurisdictions.get(jurisdiction or "")
+    return config.organisation.name_for(locale), (profile.support_phone if profile else "")
+
+
+def reply_text(intent: ReplyIntent, locale: str, org: str, support_phone: str) -> str | None:
+    """The automatic SMS answer to a keyword, or None when the keyword gets none."""
+    zh = locale.lower().startswith("zh")
+    if intent is ReplyIntent.OPT_OUT:
+        if zh:
+            return f"【{org}】您已退订短信提醒，不会再收到我们的短信。回复START可重新订阅。"
+        return f"{org}: You are unsubscribed and will receive no more text messages from us. Reply START to resubscribe."
+    if intent is ReplyIntent.OPT_IN:
+        if zh:
+            return f"【{org}】您已重新订阅短信提醒。回复TD退订。"
+        return f"{org}: You are subscribed to text reminders again. Reply STOP to unsubscribe."
+    if intent is ReplyIntent.HELP:
+        if zh:
+            phone = f"，客服电话{support_phone}" if support_phone else ""
+            return f"【{org}】账户还款提醒{phone}。回复TD退订。"
+        phone = f" Call {support_phone} for help." if support_phone else ""
+        return f"{org} account reminders.{phone} Reply STOP to unsubscribe."
+    return None
+
+
+def payment_link_text(locale: str, org: str, link: str) -> str:
+    if locale.lower().startswith("zh"):
+        return f"【{org}】您要求的还款链接：{link} 回复TD退订。"
+    return f"{org}: here is the payment link you asked for: {link} Reply STOP to unsubscribe."
+
+
+# ----------------------------------------------------------------------- service
+
+
+class Receipts:
+    """Applies what comes back to the store. One instance per app; thread-safe (each
+    call uses its own connection)."""
+
+    def __init__(self, engine: Engine, config: Config, clock: Clock, signer: LinkSigner, public_url: str) -> None:
+        self.engine = engine
+        self.config = config
+        self.clock = clock
+        self.signer = signer
+        self.public_url = public_url.rstrip("/")
+
+    # -- status callbacks ----------------------------------------------------------
+
+    def apply_status(
+        self,
+        channel: Channel,
+        sid: str,
+        provider_status: str,
+        message_id: int | None = None,
+        *,
+        answered_by: str | None = None,
+        error_code: str | None = None,
+        duration: str | None = None,
+    ) -> StatusOutcome:
+        """Apply one SMS or call status callback (see the module docstring)."""
+        try:
+            status = map_provider_status(provider_status)
+        except UnknownStatusError:
+            log.warning("status callback %s: unknown status %r ignored", sid[:40], provider_status[:40])
+            return StatusOutcome("ignored")
+        if status is None:
+            return StatusOutcome("ignored")
+        now = self.clock.now()
+        data: dict[str, Any] = {"status": status.value, "provider_status": provider_status[:40], "sid": sid}
+        if error_code:
+            data["error_code"] = error_code[:16]
+        if answered_by:
+            data["answered_by"] = answered_by[:32]
+        if duration:
+            data["duration"] = duration[:16]
+
+        applied = self._update_status(channel, sid, status, message_id, now, answered_by, data)
+        if applied is None and message_id is not None:
+            # ?m= did not match (unknown id, or a different SID): try the SID itself
+            applied = self._update_status(channel, sid, status, None, now, answered_by, data)
+        if applied is not None:
+            msg_id, case_id, to_address = applied
+            if channel is Channel.VOICE and status is MessageStatus.COMPLETED:
+                self._settle_conversation(msg_id)
+            if status in (MessageStatus.FAILED, MessageStatus.UNDELIVERED) and error_code and to_address:
+                self._apply_error_code(channel, error_code, to_address, now)
+            return StatusOutcome("applied", msg_id, case_id, status)
+
+        m = messages_t.c
+        ours = [m.provider_id == sid]
+        if message_id is not None:
+            ours.append(and_(m.id == message_id, or_(m.provider_id.is_(None), m.provider_id == sid)))
+        with self.engine.connect() as conn:
+            known = conn.execute(
+                select(m.id, m.case_id, m.status).where(or_(*ours), m.channel == channel.value).limit(1)
+            ).first()
+        if known is not None:
+            if channel is Channel.VOICE and status is MessageStatus.COMPLETED:
+                self._settle_conversation(known.id)
+            return StatusOutcome("stale", known.id, known.case_id, MessageStatus(known.status))
+        with self.engine.begin() as conn:
+            record_event(conn, EventKind.ORPHAN_CALLBACK, now, channel=channel.value, m=message_id, **data)
+        log.info("status callback for unknown %s %s (m=%s) kept as orphan", channel.value, sid[:40], message_id)
+        return StatusOutcome("orphan", status=status)
+
+    def _update_status(
+        self,
+        channel: Channel,
+        sid: str,
+        status: MessageStatus,
+        message_id: int | None,
+        now: dt.datetime,
+        answered_by: str | None,
+        data: dict[str, Any],
+    ) -> tuple[int, str, str | None] | None:
+        m = messages_t.c
+        where = [m.channel == channel.value, _ranks_below(status)]
+        if message_id is not None:
+            where += [m.id == message_id, or_(m.provider_id.is_(None), m.provider_id == sid)]
+        else:
+            where.append(m.provider_id == sid)
+        values: dict[str, Any] = {
+            "status": status.value,
+            "status_at": now,
+            "provider_id": func.coalesce(m.provider_id, sid),
+        }
+        if status_rank(status) >= status_rank(MessageStatus.SENT):
+            # the provider has it: a crash before the sender recorded it must not hide it
+            values["sent_at"] = func.coalesce(m.sent_at, now)
+        if answered_by:
+            values["answered_by"] = func.coalesce(m.answered_by, answered_by[:32])
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(messages_t).where(*where).values(**values).returning(m.id, m.case_id, m.to_address)
+            ).first()
+            if row is None:
+                return None
+            record_event(conn, EventKind.STATUS_RECEIVED, now, case_id=row.case_id, message_id=row.id,
+                         channel=channel.value, **data)
+        return row.id, row.case_id, row.to_address
+
+    def _apply_error_code(self, channel: Channel, error_code: str, to_address: str, now: dt.datetime) -> None:
+        code = error_code.strip()
+        if channel is not Channel.SMS:
+            return
+        with self.engine.begin() as conn:
+            if code in _INVALID_NUMBER_CODES:
+                repository.mark_address_invalid(conn, Channel.SMS, to_address, now)
+            elif code in _CARRIER_OPT_OUT_CODES:
+                repository.set_opt_out(conn, Channel.SMS, to_address, True, now, source=f"carrier:{code}")
+
+    # -- voice ---------------------------------------------------------------------
+
+    def call_context(self, message_id: int | None) -> CallContext | None:
+        """The call's message, case and profile; None for an unknown message."""
+        if message_id is None:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(messages_t.c.id, messages_t.c.case_id, messages_t.c.locale, messages_t.c.parts,
+                       messages_t.c.to_address, cases_t.c.locale.label("case_locale"), cases_t.c.jurisdiction,
+                       cases_t.c.zones)
+                .join_from(messages_t, cases_t, messages_t.c.case_id == cases_t.c.case_id)
+                .where(messages_t.c.id == message_id, messages_t.c.channel == Channel.VOICE.value)
+            ).first()
+        if row is None:
+            return None
+        try:
+            parts = json.loads(row.parts) if row.parts else {}
+            if not isinstance(parts, dict):
+                parts = {}
+        except ValueError:
+            parts = {}
+        locale = row.locale or row.case_locale or "en-US"
+        profile = self.config.jurisdictions.get(row.jurisdiction)
+        zones = tuple(z for z in (row.zones or "").split(",") if z) or (
+            tuple(profile.default_timezones) if profile else ()
+        )
+        org, phone = _org_and_phone(self.config, row.jurisdiction, locale)
+        return CallContext(
+            message_id=row.id,
+            case_id=row.case_id,
+            locale=locale,
+            to_address=row.to_address,
+            parts={str(k): str(v) for k, v in parts.items()},
+            profile=profile,
+            zones=zones,
+            org_name=org,
+            support_phone=phone,
+        )
+
+    def record_answer(self, ctx: CallContext, call_sid: str | None, answered_by: str | None, outcome: str) -> None:
+        """The call was picked up (by a person or a machine): `call_answered` event."""
+        now = self.clock.now()
+        m = messages_t.c
+        values: dict[str, Any] = {}
+        if answered_by:
+            values["answered_by"] = func.coalesce(m.answered_by, answered_by[:32])
+        if call_sid:
+            values["provider_id"] = func.coalesce(m.provider_id, call_sid[:128])
+        with self.engine.begin() as conn:
+            if values:
+                conn.execute(update(messages_t).where(m.id == ctx.message_id).values(**values))
+            record_event(conn, EventKind.CALL_ANSWERED, now, case_id=ctx.case_id, message_id=ctx.message_id,
+                         answered_by=_clip(answered_by, 32), outcome=outcome, sid=_clip(call_sid, 64))
+
+    def record_keypress(self, ctx: CallContext, step: str, digits: str, *, identity_confirmed: bool = False) -> None:
+        now = self.clock.now()
+        data: dict[str, Any] = {"step": step[:16], "digits": digits[:8]}
+        if identity_confirmed:
+            data["identity_confirmed"] = True
+        with self.engine.begin() as conn:
+            record_event(conn, EventKind.KEYPRESS, now, case_id=ctx.case_id, message_id=ctx.message_id,
+                         actor=ACTOR_IVR, **data)
+        if identity_confirmed:
+            self._settle_conversation(ctx.message_id)
+
+    def _settle_conversation(self, message_id: int) -> None:
+        """Set `conversation` when the call completed and a person confirmed identity,
+        whichever of the two was committed last (see the module docstring)."""
+        m = messages_t.c
+        confirmed = exists().where(
+            events_t.c.message_id == message_id,
+            events_t.c.kind == EventKind.KEYPRESS.value,
+            events_t.c.data.like('%"identity_confirmed": true%'),
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(messages_t)
+                .where(m.id == message_id, m.status == MessageStatus.COMPLETED.value, m.conversation.is_(False),
+                       confirmed)
+                .values(conversation=True, answered_by="human")
+            )
+
+    def send_payment_link(self, ctx: CallContext) -> int | None:
+        """Option 1: queue a system SMS with this call's payment link (once per call)."""
+        if not ctx.to_address:
+            return None
+        now = self.clock.now()
+        link = self.signer.payment_link(self.public_url, ctx.message_id, now + _days(self.config.links.payment_link_days))
+        body = payment_link_text(ctx.locale, ctx.org_name, link)
+        with self.engine.begin() as conn:
+            return _enqueue_system_sms(conn, ctx.case_id, ctx.to_address, body, ctx.locale,
+                                       f"ivr-link:{ctx.message_id}", now, reason="payment_link")
+
+    def promise_to_pay(self, ctx: CallContext) -> dt.datetime:
+        """Option 2: a `promise_to_pay` hold for the configured days (once per call)."""
+        now = self.clock.now()
+        until = now + _days(self.config.replies.promise_to_pay_days)
+        note = f"ivr call message {ctx.message_id}"
+        with serialized(self.engine, f"ivr-promise:{ctx.message_id}") as conn:
+            existing = conn.execute(
+                select(holds_t.c.until).where(holds_t.c.case_id == ctx.case_id, holds_t.c.note == note,
+                                              holds_t.c.reason == Reason.PROMISE_TO_PAY.value)
+            ).first()
+            if existing is not None:
+                return existing.until or until
+            repository.place_hold(conn, ctx.case_id, Reason.PROMISE_TO_PAY, until, ACTOR_IVR, now, note=note)
+        return until
+
+    def stop_calls(self, ctx: CallContext) -> None:
+        """Option 9: opt the called number out of voice (every case with it)."""
+        if not ctx.to_address:
+            return
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            repository.set_opt_out(conn, Channel.VOICE, ctx.to_address, True, now, source=ACTOR_IVR)
+
+    def agent_available(self, ctx: CallContext) -> bool:
+        """Option 3 connects only inside the profile's contact window."""
+        if ctx.profile is None or not ctx.zones or not ctx.support_phone:
+            return False
+        try:
+            return is_legal(self.clock.now(), ctx.zones, ctx.profile, WorkingCalendar.for_profile(ctx.profile))
+        except ValueError:
+            return False
+
+    # -- inbound SMS ---------------------------------------------------------------
+
+    def inbound_sms(self, sid: str, from_number: str, body: str) -> InboundOutcome:
+        """Act on an inbound SMS once per `MessageSid` (see the module docstring)."""
+        intent = classify_reply(body)
+        now = self.clock.now()
+        number = from_number.strip()
+        with serialized(self.engine, f"inbound:{sid}") as conn:
+            case_ids = tuple(sorted(set(conn.execute(
+                select(contacts_t.c.case_id).where(contacts_t.c.channel == Channel.SMS.value,
+                                                   contacts_t.c.address == number)
+            ).scalars())))
+            if self._inbound_seen(conn, sid, case_ids):
+                return InboundOutcome(intent, case_ids, None, duplicate=True)
+            kind = EventKind.REPLY_RECEIVED.value if intent is ReplyIntent.FREE_TEXT else KEYWORD_RECEIVED
+            text_kept = body[:_MAX_TEXT]
+            if not case_ids:
+                record_event(conn, kind, now, actor=ACTOR_SMS, sid=sid, intent=intent.value, text=text_kept,
+                             matched=False)
+            for case_id in case_ids:
+                record_event(conn, kind, now, case_id=case_id, actor=ACTOR_SMS, sid=sid, intent=intent.value,
+                             text=text_kept)
+
+            if intent is ReplyIntent.OPT_OUT and number:
+                repository.set_opt_out(conn, Channel.SMS, number, True, now, source=ACTOR_SMS)
+            elif intent is ReplyIntent.OPT_IN and number:
+                repository.set_opt_out(conn, Channel.SMS, number, False, now, source=ACTOR_SMS)
+            elif intent is ReplyIntent.PAID:
+                until = now + _days(self.config.replies.payment_claimed_hold_days)
+                for case_id in case_ids:
+                    repository.place_hold(conn, case_id, Reason.PAYMENT_CLAIMED, until, ACTOR_SMS, now,
+                                          note=f"sms {sid}")
+                    record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, actor=ACTOR_SMS,
+                                 task="verify_payment_claim", sid=sid, text=text_kept)
+            elif intent is ReplyIntent.DISPUTE:
+                for case_id in case_ids:
+                    repository.place_hold(conn, case_id, Reason.DISPUTE_HOLD, None, ACTOR_SMS, now,
+                                          note=f"sms {sid}")
+                    record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, actor=ACTOR_SMS,
+                                 task="review_dispute", sid=sid, text=text_kept)
+
+            reply_id = None
+            if case_ids and number:
+                reply_case, locale, jurisdiction = self._reply_case(conn, case_ids, number)
+                org, phone = _org_and_phone(self.config, jurisdiction, locale)
+                reply = reply_text(intent, locale, org, phone)
+                if reply is not None:
+                    reply_id = _enqueue_system_sms(conn, reply_case, number, reply, locale, f"reply:{sid}", now,
+                                                   reason=intent.value)
+        log.info("inbound sms %s from %s: %s, %d case(s)", sid[:40], mask(number), intent.value, len(case_ids))
+        return InboundOutcome(intent, case_ids, reply_id)
+
+    @staticmethod
+    def _inbound_seen(conn: Connection, sid: str, case_ids: tuple[str, ...]) -> bool:
+        e = events_t.c
+        scope = e.case_id.in_(case_ids) if case_ids else e.case_id.is_(None)
+        return conn.execute(
+            select(e.id)
+            .where(scope, e.kind.in_([EventKind.REPLY_RECEIVED.value, KEYWORD_RECEIVED]),
+                   e.data.like(_event_data_like("sid", sid), escape="\\"))
+            .limit(1)
+        ).first() is not None
+
+    @staticmethod
+    def _reply_case(conn: Connection, case_ids: tuple[str, ...], number: str) -> tuple[str, str, str]:
+        """The case a reply is filed under: the one we texted last from this number's
+        cases (the conversation the debtor is answering), else the first."""
+        latest = conn.execute(
+            select(messages_t.c.case_id)
+            .where(messages_t.c.case_id.in_(case_ids), messages_t.c.channel == Channel.SMS.value,
+                   messages_t.c.to_address == number)
+            .order_by(messages_t.c.scheduled_at.desc(), messages_t.c.id.desc())
+            .limit(1)
+        ).scalar()
+        chosen = latest or case_ids[0]
+        row = conn.execute(
+            select(cases_t.c.locale, cases_t.c.jurisdiction).where(cases_t.c.case_id == chosen)
+        ).one()
+        return chosen, row.locale or "en-US", row.jurisdiction
+
+    # -- e-mail --------------------------------------------------------------------
+
+    def unsubscribe_email(self, message_id: int) -> tuple[str, ...] | None:
+        """RFC 8058 one-click: opt the message's address out of e-mail on every case
+        with it. Returns the case ids, or None if the message is unknown."""
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(messages_t.c.case_id, messages_t.c.to_address, messages_t.c.channel)
+                .where(messages_t.c.id == message_id)
+            ).first()
+            if row is None:
+                return None
+            address = row.to_address
+            if not address or row.channel != Channel.EMAIL.value:
+                address = conn.execute(
+                    select(contacts_t.c.address).where(contacts_t.c.case_id == row.case_id,
+                                                       contacts_t.c.channel == Channel.EMAIL.value)
+                ).scalar()
+            if not address:
+                return (row.case_id,)
+            cases = repository.set_opt_out(conn, Channel.EMAIL, address, True, now, source=ACTOR_EMAIL)
+        log.info("e-mail unsubscribe for %s (message %s)", mask(address), message_id)
+        return tuple(cases) or (row.case_id,)
+
+    def message_for_link(self, message_id: int) -> tuple[str, str] | None:
+        """(case_id, channel) of a message, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(messages_t.c.case_id, messages_t.c.channel).where(messages_t.c.id == message_id)
+            ).first()
+        return None if row is None else (row.case_id, row.channel)
+
+    def record_click(self, message_id: int) -> str | None:
+        """Log a payment-link click on the case; returns the case id (None: unknown message)."""
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(messages_t.c.case_id, messages_t.c.channel).where(messages_t.c.id == message_id)
+            ).first()
+            if row is None:
+                return None
+            record_event(conn, EventKind.LINK_CLICKED, now, case_id=row.case_id, message_id=message_id,
+                         channel=row.channel)
+        return row.case_id
+
+    def bounce(self, return_path: str, kind: str, diagnostic: str | None) -> BounceOutcome:
+        """A bounce matched by its VERP return path: hard marks the e-mail address
+        invalid (every case with it), soft is logged. Unmatched ones are orphans."""
+        now = self.clock.now()
+        message_id = self.signer.parse_verp(return_path)
+        hard = kind.strip().lower() == "hard"
+        diag = _clip(diagnostic, 500)
+        with self.engine.begin() as conn:
+            row = None
+            if message_id is not None:
+                row = conn.execute(
+                    select(messages_t.c.case_id, messages_t.c.to_address, messages_t.c.channel)
+                    .where(messages_t.c.id == message_id)
+                ).first()
+            if row is None:
+                record_event(conn, EventKind.ORPHAN_CALLBACK, now, channel=Channel.EMAIL.value, source="bounce",
+                             type=kind[:8], diagnostic=diag, m=message_id)
+                return BounceOutcome("orphan", message_id)
+            record_event(conn, EventKind.BOUNCE, now, case_id=row.case_id, message_id=message_id,
+                         actor=ACTOR_EMAIL, type="hard" if hard else "soft", diagnostic=diag)
+            changed: list[str] = []
+            if hard:
+                conn.execute(
+                    update(messages_t)
+                    .where(messages_t.c.id == message_id,
+                           _ranks_below(MessageStatus.UNDELIVERED))
+                    .values(status=MessageStatus.UNDELIVERED.value, status_at=now)
+                )
+                if row.to_address:
+                    changed = repository.mark_address_invalid(conn, Channel.EMAIL, row.to_address, now)
+        log.info("%s bounce for message %s (%s)", "hard" if hard else "soft", message_id, mask(row.to_address))
+        return BounceOutcome("hard" if hard else "soft", message_id, tuple(changed))
+
+    # -- metrics -------------------------------------------------------------------
+
+    def message_counts(self) -> list[tuple[str, str, int]]:
+        """(channel, status, count) over the outbox."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(messages_t.c.channel, messages_t.c.status, func.count())
+                .group_by(messages_t.c.channel, messages_t.c.status)
+            ).all()
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+
+def _enqueue_system_sms(
+    conn: Connection, case_id: str, to: str, body: str, locale: str, key: str, now: dt.datetime, *, reason: str
+) -> int | None:
+    """Queue a `system` SMS (sent by the sender without the template gate) once per
+    idempotency key; returns its id (the existing one for a repeated key)."""
+    existing = conn.execute(select(messages_t.c.id).where(messages_t.c.idempotency_key == key)).scalar()
+    if existing is not None:
+        return int(existing)
+    message_id = conn.execute(
+        insert(messages_t)
+        .values(
+            case_id=case_id,
+            channel=Channel.SMS.value,
+            kind="system",
+            locale=locale,
+            to_address=to,
+            body=body,
+            status=MessageStatus.QUEUED.value,
+            idempotency_key=key,
+            scheduled_at=now,
+            created_at=now,
+            created_by=ACTOR_SYSTEM,
+        )
+        .returning(messages_t.c.id)
+    ).scalar_one()
+    record_event(conn, EventKind.MESSAGE_QUEUED, now, case_id=case_id, message_id=message_id,
+                 channel=Channel.SMS.value, kind="system", reason=reason)
+    return int(message_id)
+
+
+# ----------------------------------------------------------------------- promises
+
+
+def resume_broken_promises(engine: Engine, now: dt.datetime) -> int:
+    """Release every `promise_to_pay` hold whose date has passed: with a
+    `promise_broken` event when no payment was recorded since it was placed (contact
+    resumes, and the next templates can be firmer), silently when one was. Returns the
+    number of broken promises. Safe to run on several instances at once: each hold is
+    released by one conditional update."""
+    h = holds_t.c
+    paid_since = (
+        select(func.count())
+        .where(payments_t.c.case_id == h.case_id, payments_t.c.at >= h.placed_at)
+        .scalar_subquery()
+    )
+    with engine.connect() as conn:
+        due = conn.execute(
+            select(h.id, h.case_id, h.until, h.placed_at, paid_since.label("payments"))
+            .where(h.reason == Reason.PROMISE_TO_PAY.value, h.released_at.is_(None), h.until.is_not(None),
+                   h.until <= now)
+            .order_by(h.id)
+        ).all()
+    broken = 0
+    for hold in due:
+        is_broken = promise_broken(hold.until, now, paid_since_promise=hold.payments > 0)
+        with engine.begin() as conn:
+            released = conn.execute(
+                update(holds_t)
+                .where(h.id == hold.id, h.released_at.is_(None))
+                .values(released_at=now, released_by=ACTOR_SYSTEM)
+            ).rowcount
+            if not released:
+                continue
+            record_event(conn, EventKind.HOLD_RELEASED, now, case_id=hold.case_id, actor=ACTOR_SYSTEM,
+                         hold_id=hold.id, reason=Reason.PROMISE_TO_PAY.value,
+                         why="promise broken" if is_broken else "promise kept")
+            if is_broken:
+                record_event(conn, EventKind.PROMISE_BROKEN, now, case_id=hold.case_id, actor=ACTOR_SYSTEM,
+                             hold_id=hold.id, promised_by=hold.until.isoformat())
+                broken += 1
+    if broken:
+        log.info("resumed contact on %d broken promise(s) to pay", broken)
+    return broken
