@@ -646,6 +646,26 @@ def report_cmd(
     out.print(table)
 
 
+# ------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo_cmd(
+    ctx: typer.Context,
+    cases: Annotated[int, typer.Option("--cases", min=10, help="generated portfolio size")] = 5000,
+    days: Annotated[int, typer.Option("--days", min=1, help="simulated days")] = 21,
+    workdir: Annotated[Path, typer.Option("--workdir", help="where the demo database and report go")] = Path(
+        "var/demo"),
+    seed: Annotated[int, typer.Option("--seed")] = 7,
+) -> None:
+    """The embedded-default end-to-end run: SQLite, sandbox providers, simulated weeks."""
+    from dispatcher.demo import print_summary, run_demo
+
+    runtime = rt(ctx)
+    result = run_demo(runtime.config, workdir, cases=cases, days=days, seed=seed, console=out)
+    print_summary(result, out)
+
+
 # -------------------------------------------------------------------------- run
 
 

@@ -1,0 +1,311 @@
+"""`dispatcher demo`: the embedded-default end-to-end run (SPEC section 10).
+
+Everything is real except the people: SQLite, the real import, planner, outbox and
+sender, the official Twilio SDK and aiosmtplib talking over loopback to the sandbox,
+the sandbox's signed callbacks, calls that fetch our TwiML and press keys, and inbound
+replies posted to our webhooks served by uvicorn. A simulated clock walks several weeks;
+debtors reply, press keys, bounce and pay, and the summary shows what that did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import random
+import shutil
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import func, select
+
+from dispatcher.clock import FakeClock
+from dispatcher.config import Config
+from dispatcher.services.planner import run_planner
+from dispatcher.services.portfolio import generate_cases, write_csv
+from dispatcher.settings import Settings
+
+START = dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC)  # a Monday
+#: Ticks per simulated day (UTC): 09:30 and 14:30 in Shanghai; morning and noon in the US.
+TICK_TIMES = (dt.time(1, 30), dt.time(6, 30), dt.time(14, 30), dt.time(17, 30))
+SMS_REPLIES = [("退订", 0.15), ("STOP", 0.15), ("PAID", 0.15), ("已还款", 0.1), ("DISPUTE", 0.08),
+               ("不是我", 0.05), ("HELP", 0.07), ("Can I pay next Friday?", 0.15), ("请问可以分期吗", 0.10)]
+
+
+@dataclass
+class DemoResult:
+    cases: int
+    days: int
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+    decisions: Counter[str] = field(default_factory=Counter)
+    holds: dict[str, int] = field(default_factory=dict)
+    report_html: Path | None = None
+    report_json: Path | None = None
+
+
+def _call_behaviour(number: str) -> Any:
+    """Deterministic callee behaviour by number: voicemail, no answer, or a person."""
+    from dispatcher.sandbox.options import CallBehaviour
+
+    roll = zlib.crc32(number.encode()) % 100
+    if roll < 25:
+        return CallBehaviour(answered_by="machine_end_beep")
+    if roll < 35:
+        return CallBehaviour(outcome="no-answer")
+    if roll < 50:
+        return CallBehaviour(digits=("1", "2"))  # promise to pay
+    if roll < 62:
+        return CallBehaviour(digits=("1", "1"))  # payment link by SMS
+    if roll < 67:
+        return CallBehaviour(digits=("1", "9"))  # stop calls
+    if roll < 72:
+        return CallBehaviour(digits=("2",))  # not the debtor
+    return CallBehaviour(digits=("1",))  # listens, then hangs up
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _serve_in_thread(app: Any, port: int) -> Iterator[int]:
+    """Our web app on a loopback port, in a thread with its own event loop."""
+    from dispatcher.sandbox.asgi_server import AsgiServer
+
+    server = AsgiServer(app, "127.0.0.1", port)
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        holder["loop"] = asyncio.get_running_loop()
+        holder["stop"] = asyncio.Event()
+        holder["port"] = await server.start()
+        ready.set()
+        await holder["stop"].wait()
+        await server.stop()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name="dispatcher-web", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the web app did not start within 30 s")
+    try:
+        yield int(holder["port"])
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(30)
+
+
+def demo_config(config: Config) -> Config:
+    """The shipped config with sender rate limits raised for a loopback sandbox."""
+    sending = config.sending.model_copy(update={
+        "rate_per_second": {"sms": 2000.0, "voice": 1000.0, "email": 2000.0},
+        "concurrency": 48,
+        "batch_size": 500,
+        "retry_backoff_seconds": 600.0,
+    })
+    return config.model_copy(update={"sending": sending})
+
+
+def run_demo(
+    config: Config,
+    workdir: Path,
+    *,
+    cases: int = 5000,
+    days: int = 21,
+    seed: int = 7,
+    console: Console | None = None,
+) -> DemoResult:
+    """Run the whole simulation in `workdir` (recreated) and return what happened."""
+    from dispatcher.channels.registry import build_channels
+    from dispatcher.links import LinkSigner
+    from dispatcher.sandbox.server import run_sandbox_in_thread
+    from dispatcher.services.importer import import_file
+    from dispatcher.services.outbox import Sender
+    from dispatcher.services.receipts import resume_broken_promises
+    from dispatcher.services.report import build_report, report_html, report_json
+    from dispatcher.store import repository
+    from dispatcher.store.db import ensure_schema, make_engine
+    from dispatcher.store.tables import EventRow, HoldRow, MessageRow
+    from dispatcher.templates.render import TemplateSet
+    from dispatcher.web.app import create_app
+
+    console = console or Console()
+    started = time.perf_counter()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    config = demo_config(config)
+    clock = FakeClock(START)
+    signing_key = "demo-signing-key-not-for-production"
+    engine = make_engine(f"sqlite:///{workdir / 'demo.db'}")
+    ensure_schema(engine)
+    templates = TemplateSet(config.resolve(config.templates.directory), config)
+    catalog = templates.approved_catalog()
+    signer = LinkSigner(signing_key)
+    rng = random.Random(seed)
+    result = DemoResult(cases=cases, days=days, seconds=0.0)
+
+    csv_path = workdir / "portfolio.csv"
+    write_csv(csv_path, generate_cases(cases, START.date() + dt.timedelta(days=3), seed=seed))
+    report = import_file(csv_path, engine, config, clock)
+    console.print(f"imported {report.imported} generated cases (rejected {report.rejected})")
+
+    web_port = _free_port()
+    public_url = f"http://127.0.0.1:{web_port}"
+    sandbox_opts = dict(
+        seed=seed,
+        clock=clock,
+        fail_ratio=0.03,
+        callback_delay_ms=0.0,
+        default_call_behaviour=_call_behaviour,
+        email_rules={"debtor*13@example.com": "hard", "debtor*29@example.com": "async_hard"},
+        bounce_url=f"{public_url}/email/bounce",
+        bounce_key=signing_key,
+    )
+    with run_sandbox_in_thread(**sandbox_opts) as sandbox:
+        settings = Settings(
+            config_path=config.source or Path("config/dispatcher.toml"),
+            db_url=str(engine.url),
+            twilio_account_sid=sandbox.account_sid,
+            twilio_auth_token=sandbox.auth_token,
+            twilio_api_url=sandbox.twilio_url,
+            smtp_url=sandbox.smtp_url,
+            public_url=public_url,
+            signing_key=signing_key,
+            instance_id="demo",
+        )
+        app = create_app(engine=engine, config=config, clock=clock, settings=settings, signer=signer,
+                         templates=templates)
+        with _serve_in_thread(app, web_port):
+            ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
+                     for d in range(days) for t in TICK_TIMES]
+            asyncio.run(_simulate(ticks, engine, config, catalog, templates, clock, signer, settings, sandbox,
+                                  rng, result, console, build_channels, Sender, resume_broken_promises))
+            sandbox.drain_threadsafe(30)
+
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(MessageRow.status, func.count()).group_by(MessageRow.status)).all())
+        kinds = dict(conn.execute(select(EventRow.kind, func.count()).group_by(EventRow.kind)).all())
+        result.holds = dict(conn.execute(select(HoldRow.reason, func.count()).group_by(HoldRow.reason)).all())
+        result.counts = {
+            "sent": sum(v for k, v in statuses.items() if k not in ("queued", "sending", "cancelled")),
+            "delivered": sum(statuses.get(k, 0) for k in ("delivered", "read", "completed")),
+            "failed": sum(statuses.get(k, 0) for k in ("failed", "undelivered", "busy", "no-answer")),
+            "still queued": statuses.get("queued", 0),
+            "cancelled before sending": statuses.get("cancelled", 0),
+            "opt-outs": kinds.get("opted_out", 0),
+            "replies for collectors": kinds.get("reply_received", 0),
+            "keypresses": kinds.get("keypress", 0),
+            "payment-link clicks": kinds.get("link_clicked", 0),
+            "payments": kinds.get("payment_recorded", 0),
+            "cases closed": kinds.get("case_closed", 0),
+            "escalated to legal": kinds.get("escalated", 0),
+            "addresses marked invalid": kinds.get("address_invalid", 0),
+            "broken promises": kinds.get("promise_broken", 0),
+        }
+    kpis = build_report(engine, clock.now())
+    result.report_html = workdir / "report.html"
+    result.report_json = workdir / "report.json"
+    result.report_html.write_text(report_html(kpis), encoding="utf-8")
+    result.report_json.write_text(report_json(kpis), encoding="utf-8")
+    engine.dispose()
+    _ = repository  # imported for its side-effect-free helpers in _simulate
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def _simulate(ticks, engine, config, catalog, templates, clock, signer, settings, sandbox, rng, result,  # type: ignore[no-untyped-def]
+                    console, build_channels, sender_cls, resume_broken_promises) -> None:
+    from dispatcher.store import repository
+    from dispatcher.store.tables import MessageRow
+
+    channels = build_channels(settings, timeout=config.sending.provider_timeout_seconds)
+    sender = sender_cls(engine, config, templates, channels, clock, signer, settings.public_url, "demo")
+    inbound_url = f"{settings.public_url}/twilio/sms/inbound"
+    try:
+        with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=False) as progress:
+            task = progress.add_task("", total=len(ticks))
+            for instant in ticks:
+                clock.set(instant)
+                await asyncio.to_thread(resume_broken_promises, engine, instant)
+                summary = await asyncio.to_thread(run_planner, engine, config, catalog, instant)
+                if summary is not None:
+                    result.decisions.update(summary.by_reason)
+                sent = await sender.send_due()
+                await asyncio.to_thread(sandbox.drain_threadsafe, 30)
+                # Debtors react to what they received in this tick.
+                with engine.connect() as conn:
+                    fresh = conn.execute(
+                        select(MessageRow.case_id, MessageRow.channel, MessageRow.to_address, MessageRow.status)
+                        .where(MessageRow.sent_at == instant, MessageRow.kind != "system")
+                    ).all()
+                for case_id, channel, to_address, status in fresh:
+                    if channel == "sms" and status == "delivered" and to_address and rng.random() < 0.04:
+                        body = rng.choices([b for b, _ in SMS_REPLIES], [w for _, w in SMS_REPLIES])[0]
+                        await asyncio.to_thread(sandbox.simulate_inbound_threadsafe, to_address,
+                                                "+10000000000", body, inbound_url)
+                    if rng.random() < 0.015:  # pays (in full, or half) after being reminded
+                        await asyncio.to_thread(_pay, engine, repository, case_id, instant, rng)
+                if fresh:
+                    await sender.send_due()  # confirmations, HELP replies, requested payment links
+                progress.update(task, advance=1,
+                                description=f"{instant:%Y-%m-%d %H:%M} UTC  sent {sent.sent:>4}")
+    finally:
+        for adapter in channels.values():
+            await adapter.aclose()
+
+
+def _pay(engine, repository, case_id: str, instant: dt.datetime, rng: random.Random) -> None:  # type: ignore[no-untyped-def]
+    from dispatcher.store.tables import CaseRow
+
+    with engine.begin() as conn:
+        row = conn.execute(select(CaseRow.amount_due, CaseRow.paid_total, CaseRow.status)
+                           .where(CaseRow.case_id == case_id)).one()
+        if row.status != "active":
+            return
+        owed = row.amount_due - row.paid_total
+        amount = owed if rng.random() < 0.7 else (owed / 2).quantize(Decimal("0.01"))
+        if amount > 0:
+            repository.record_payment(conn, case_id, amount, "demo-payment-feed", instant)
+
+
+def print_summary(result: DemoResult, console: Console) -> None:
+    table = Table("what", "count", title=f"demo: {result.cases} cases over {result.days} simulated days "
+                                         f"in {result.seconds:.0f} s")
+    for key, value in result.counts.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    deferred = Table("deferred / skipped by reason", "decisions")
+    for key, value in sorted(result.decisions.items()):
+        if not key.startswith("send:"):
+            deferred.add_row(key, str(value))
+    console.print(deferred)
+    holds = Table("holds placed", "count")
+    for key, value in sorted(result.holds.items()):
+        holds.add_row(key, str(value))
+    console.print(holds)
+    console.print(f"report: {result.report_html} (and {result.report_json.name if result.report_json else ''})")
+
+
+def result_json(result: DemoResult) -> str:
+    return json.dumps({"cases": result.cases, "days": result.days, "seconds": round(result.seconds, 1),
+                       "counts": result.counts, "decisions": dict(result.decisions), "holds": result.holds},
+                      ensure_ascii=False, indent=2)
