@@ -138,8 +138,9 @@ class SinkHandler:
         for rcpt, rule in rules.items():
             if rule in ("async_hard", "soft"):
                 self.spawn(self._bounce(record, rcpt, "hard" if rule == "async_hard" else "soft"))
-        if "drop_after_data" in rules.values() and server.transport is not None:
-            server.transport.abort()  # the reply below goes nowhere: the outcome is unknown to the client
+        transport = server.transport
+        if "drop_after_data" in rules.values() and isinstance(transport, asyncio.Transport):
+            transport.abort()  # the reply below goes nowhere: the outcome is unknown to the client
         return "250 2.0.0 OK: queued"
 
     async def _bounce(self, record: EmailRecord, recipient: str, kind: str) -> None:
@@ -167,7 +168,7 @@ class SinkHandler:
 
 
 def make_smtp_protocol(handler: SinkHandler, loop: asyncio.AbstractEventLoop, hostname: str) -> SMTP:
-    """One SMTP session; AUTH is offered without TLS (loopback sink), never required."""
+    """One SMTP session; AUTH is offered without TLS (loopback sink), required only with credentials."""
     return SMTP(
         handler,
         hostname=hostname,

@@ -1,0 +1,233 @@
+"""E-mail over SMTP with aiosmtplib: multipart text + HTML, one-click unsubscribe, VERP.
+
+`DISPATCHER_SMTP_URL`: `smtp://[user:password@]host[:port]` (port 25 by default;
+STARTTLS when the server offers it), `smtps://...` (implicit TLS, port 465), and
+`?starttls=true` (require STARTTLS; port 587 by default) or `?starttls=false` (never).
+User and password are percent-decoded.
+
+The SMTP conversation is driven step by step (connect, MAIL, RCPT, DATA) rather than
+through `aiosmtplib.send`, because the at-most-once contract depends on *where* it
+failed:
+
+| what happened | SendResult |
+|---|---|
+| accepted (250 after DATA) | SENT, provider_id = the Message-ID |
+| RCPT refused with 5xx | FAILED, "hard bounce: ..." (the outbox marks the address invalid) |
+| MAIL/RCPT/DATA refused with 4xx | retryable |
+| MAIL or DATA refused with 5xx | FAILED, not retryable |
+| cannot connect / TLS / AUTH / disconnect before DATA | retryable, not ambiguous: the server has nothing |
+| disconnect or timeout after DATA started | **ambiguous**: the server may have accepted it |
+
+`reconcile` cannot ask an SMTP server whether it accepted a message, so it answers
+FAILED ("outcome unknown after DATA; not retried (at most once)"): a reminder that may
+be lost is preferable to one that may be sent twice. Bounces that arrive later (to the
+VERP return path) still reach the case.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.policy
+import logging
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from typing import ClassVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+
+from dispatcher.channels.base import OutboundMessage, SendResult
+from dispatcher.clock import Clock, SystemClock
+from dispatcher.domain import Channel, MessageStatus
+
+log = logging.getLogger("dispatcher.channels.smtp_email")
+
+#: RFC 5322 line endings; 7-bit transfer encodings so any relay accepts the message.
+_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+#: Headers the channel sets itself; `message.headers` cannot replace them.
+_OWN_HEADERS = frozenset({"from", "to", "subject", "date", "message-id", "mime-version", "content-type"})
+UNKNOWN_AFTER_DATA = "outcome unknown after DATA; not retried (at most once)"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpEndpoint:
+    host: str
+    port: int
+    use_tls: bool
+    start_tls: bool | None  # None: if offered
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> SmtpEndpoint:
+        """Parse `smtp://user:pass@host:port`, `smtps://...`, `?starttls=true|false`."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError(
+                f"DISPATCHER_SMTP_URL must start with smtp:// or smtps://, e.g. smtp://user:pass@mail.example:587"
+                f"?starttls=true (got scheme {parts.scheme!r})"
+            )
+        if not parts.hostname:
+            raise ValueError("DISPATCHER_SMTP_URL has no host; write e.g. smtp://127.0.0.1:2525")
+        query = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
+        start_tls: bool | None = None
+        if "starttls" in query:
+            if query["starttls"] not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError("DISPATCHER_SMTP_URL: starttls must be true or false")
+            start_tls = query["starttls"] in ("true", "1", "yes")
+        use_tls = parts.scheme == "smtps"
+        if use_tls and start_tls:
+            raise ValueError("DISPATCHER_SMTP_URL: smtps:// is implicit TLS; drop ?starttls=true or use smtp://")
+        if use_tls:
+            start_tls = False
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("DISPATCHER_SMTP_URL has an invalid port") from None
+        default_port = 465 if use_tls else 587 if start_tls else 25
+        return cls(
+            host=parts.hostname,
+            port=port or default_port,
+            use_tls=use_tls,
+            start_tls=start_tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+
+class SmtpEmailChannel:
+    """One SMTP connection per message (simple, and no shared state across failures)."""
+
+    channel: ClassVar[Channel] = Channel.EMAIL
+    name: ClassVar[str] = "smtp"
+
+    def __init__(
+        self,
+        smtp_url: str,
+        timeout: float = 15.0,
+        *,
+        clock: Clock | None = None,
+        local_hostname: str = "dispatcher.localdomain",
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive (seconds)")
+        self.endpoint = SmtpEndpoint.parse(smtp_url)
+        self.timeout = timeout
+        self.clock = clock or SystemClock()
+        self.local_hostname = local_hostname  # EHLO name; avoids a DNS lookup of our own FQDN
+
+    def build_message(self, message: OutboundMessage) -> EmailMessage:
+        """The MIME message: From, To, Subject (RFC 2047 when non-ASCII), Date, Message-ID,
+        the caller's extra headers (List-Unsubscribe, ...), text and optional HTML part."""
+        mail = EmailMessage(policy=_POLICY)
+        mail["From"] = message.sender or ""
+        mail["To"] = message.to
+        mail["Subject"] = message.subject or ""
+        mail["Date"] = format_datetime(self.clock.now().astimezone(dt.UTC))
+        mail["Message-ID"] = self.message_id(message)
+        for key, value in message.headers.items():
+            if key.lower() not in _OWN_HEADERS:
+                mail[key] = value
+        mail.set_content(message.body)
+        if message.html:
+            mail.add_alternative(message.html, subtype="html")
+        return mail
+
+    @staticmethod
+    def message_id(message: OutboundMessage) -> str:
+        if not message.message_ref:
+            return make_msgid(idstring=str(message.message_id))
+        ref = message.message_ref.strip()
+        return ref if ref.startswith("<") else f"<{ref}>"
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Hand the message to the SMTP server once. Never raises for SMTP or network errors."""
+        if not message.sender:
+            return SendResult(None, MessageStatus.FAILED, error="no From address: configure organisation.email_from")
+        mail = self.build_message(message)
+        message_id = str(mail["Message-ID"])
+        envelope_from = message.return_path or message.sender
+        ep = self.endpoint
+        client = aiosmtplib.SMTP(
+            hostname=ep.host,
+            port=ep.port,
+            use_tls=ep.use_tls,
+            start_tls=ep.start_tls,
+            username=ep.username,
+            password=ep.password,
+            timeout=self.timeout,
+            local_hostname=self.local_hostname,
+        )
+        phase = "connect"
+        try:
+            await client.connect()
+            phase = "envelope"
+            await client.mail(envelope_from)
+            await client.rcpt(message.to)
+            phase = "data"
+            await client.data(mail.as_bytes())
+            phase = "done"
+        except Exception as exc:  # mapped onto a typed result; nothing escapes
+            result = _result_for_error(exc, phase)
+            log.warning("email %s: %s", message.message_id, result.error)
+            return result
+        finally:
+            await _close(client, polite=phase == "done")
+        log.info("email %s accepted as %s", message.message_id, message_id)
+        return SendResult(provider_id=message_id, status=MessageStatus.SENT)
+
+    async def reconcile(self, message: OutboundMessage, since: dt.datetime) -> SendResult | None:
+        """SMTP cannot be asked: never claim "not sent" (a retry could duplicate it)."""
+        return SendResult(provider_id=self.message_id(message), status=MessageStatus.FAILED, error=UNKNOWN_AFTER_DATA)
+
+    async def aclose(self) -> None:
+        """Nothing pooled: each send uses its own connection."""
+
+
+async def _close(client: aiosmtplib.SMTP, *, polite: bool) -> None:
+    if not client.is_connected:
+        return
+    if polite:
+        try:
+            await client.quit()
+            return
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+    client.close()
+
+
+_ADDRESS = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")
+
+
+def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
+    """The server's reply, with any quoted address masked (replies often echo it)."""
+    text = " ".join(exc.message.split())
+    return f"{exc.code} {_ADDRESS.sub(lambda m: m.group()[:1] + '***@' + m.group(1), text)}"
+
+
+def _result_for_error(exc: BaseException, phase: str) -> SendResult:
+    failed = MessageStatus.FAILED
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        if 500 <= exc.code < 600:
+            return SendResult(None, failed, error=f"hard bounce: {_reply(exc)}")
+        return SendResult(None, failed, retryable=True, error=f"recipient deferred: {_reply(exc)}")
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        return _result_for_error(exc.recipients[0], phase)
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return SendResult(
+            None, failed, retryable=True, error=f"SMTP login refused, check DISPATCHER_SMTP_URL: {_reply(exc)}"
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(exc, aiosmtplib.SMTPConnectError):
+        # The server answered (MAIL, DATA or end of data): nothing is ambiguous.
+        what = "sender refused" if isinstance(exc, aiosmtplib.SMTPSenderRefused) else "refused"
+        if 400 <= exc.code < 500:
+            return SendResult(None, failed, retryable=True, error=f"{what} (temporary): {_reply(exc)}")
+        return SendResult(None, failed, error=f"{what}: {_reply(exc)}")
+    name = type(exc).__name__
+    if phase == "data":
+        return SendResult(
+            None, failed, retryable=True, ambiguous=True, error=f"{name} during DATA; {UNKNOWN_AFTER_DATA}"
+        )
+    return SendResult(None, failed, retryable=True, error=f"{name} before DATA ({phase}); nothing was sent")
