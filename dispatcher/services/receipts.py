@@ -282,9 +282,13 @@ class Receipts:
             ours.append(and_(m.id == message_id, or_(m.provider_id.is_(None), m.provider_id == sid)))
         with self.engine.connect() as conn:
             known = conn.execute(
-                select(m.id, m.case_id, m.status).where(or_(*ours), m.channel == channel.value).limit(1)
+                select(m.id, m.case_id, m.status, m.provider_id).where(or_(*ours), m.channel == channel.value).limit(1)
             ).first()
         if known is not None:
+            if known.provider_id is None:  # the callback beat the sender's record: learn the SID
+                with self.engine.begin() as conn:
+                    conn.execute(update(messages_t).where(m.id == known.id, m.provider_id.is_(None))
+                                 .values(provider_id=sid))
             if channel is Channel.VOICE and status is MessageStatus.COMPLETED:
                 self._settle_conversation(known.id)
             return StatusOutcome("stale", known.id, known.case_id, MessageStatus(known.status))
@@ -666,7 +670,7 @@ def _enqueue_system_sms(
         .returning(messages_t.c.id)
     ).scalar_one()
     record_event(conn, EventKind.MESSAGE_QUEUED, now, case_id=case_id, message_id=message_id,
-                 channel=Channel.SMS.value, kind="system", reason=reason)
+                 channel=Channel.SMS.value, message_kind="system", reason=reason)
     return int(message_id)
 
 

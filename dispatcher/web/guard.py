@@ -87,7 +87,7 @@ class GuardMiddleware:
         except Exception as exc:  # the catch-all: never a 500
             status = 503 if isinstance(exc, SQLAlchemyError | OSError | TimeoutError) else 400
             log.error("%s %s failed: %s; answered %d", scope.get("method"), scope.get("path"),
-                      type(exc).__name__, status, exc_info=exc if status == 503 else None)
+                      type(exc).__name__, status, exc_info=exc)
             if status_box[0] == 0:
                 status_box[0] = status
                 await _plain(send, status, "service temporarily unavailable" if status == 503 else "bad request")
