@@ -306,7 +306,10 @@ class TwilioSimulator:
         reply = await self.client.signed(url, params)
         result = {"message_sid": sid, "status": reply.status, "body": reply.body, "error": reply.error}
         with self.recorder.lock:
-            self.recorder.inbound.append({"from": from_, "to": to, "body": body, "url": url, **result})
+            self.recorder.inbound.append(
+                {"from": from_, "to": to, "body": body, "url": url, "message_sid": sid,
+                 "status": reply.status, "response": reply.body, "error": reply.error}
+            )
         return result
 
     # -- delivery ----------------------------------------------------------------------
