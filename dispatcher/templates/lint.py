@@ -1,0 +1,433 @@
+"""The template linter: run at start-up, by `dispatcher templates lint` and before
+every approval.
+
+Each template is checked statically (syntax, free names, `_` attributes that the
+sandbox refuses, include/extends, required blocks, forbidden phrases in the source)
+and then rendered with the sample cases of `dispatcher.testing` for its stage, in both
+jurisdictions, with and without a daily penalty rate, in the template's own locale.
+The renderings must state what SPEC section 7 requires, stay inside the SMS segment
+limit, keep voice identity checks and voicemails free of any mention of the debt, and
+contain no forbidden phrase.
+
+Problems print as ``path:line: problem`` (the path as given, the template line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html as html_lib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, meta, nodes
+from markupsafe import escape
+
+from dispatcher.config import Config
+from dispatcher.domain import Case, Channel
+from dispatcher.templates.context import (
+    CONTEXT_KEYS,
+    SUPPORTED_LOCALES,
+    build_context,
+    opt_out_text,
+)
+from dispatcher.templates.rendering import (
+    APPROVALS_FILE,
+    REQUIRED_BLOCKS,
+    RenderedMessage,
+    RenderError,
+    TemplateRef,
+    TemplateSet,
+    make_environment,
+    parse_relpath,
+)
+from dispatcher.templates.segments import sms_segments
+from dispatcher.testing import (
+    SAMPLE_CASES,
+    SAMPLE_PAYMENT_LINK,
+    SAMPLE_TODAY,
+    SAMPLE_UNSUBSCRIBE_URL,
+    sample_cases_for_stage,
+)
+
+#: Top-level files that may sit next to the channel folders.
+_ALLOWED_TOP_LEVEL = {APPROVALS_FILE, "README.md"}
+
+#: Keys of the `case` variable (see `build_context`).
+_CASE_KEYS = ("case_id", "name", "first_name", "product", "product_name")
+
+#: What each channel must state, per block, and how to say it in a problem.
+_REQUIRED: dict[Channel, dict[str, tuple[str, ...]]] = {
+    Channel.SMS: {"text": ("amount_due", "penalty_explanation", "payment_link", "opt_out")},
+    Channel.EMAIL: {
+        "text": ("amount_due", "penalty_explanation", "payment_link", "opt_out"),
+        "html": ("amount_due", "penalty_explanation", "payment_link", "opt_out"),
+    },
+    Channel.VOICE: {
+        "script": ("amount_due", "penalty_explanation", "support_phone"),
+        "voicemail": ("org_name", "support_phone"),
+    },
+}
+_WHAT = {
+    "amount_due": "the amount due",
+    "penalty_explanation": "the penalty explanation",
+    "payment_link": "the payment link",
+    "opt_out": "the opt-out instruction",
+    "support_phone": "the callback number",
+    "org_name": "the organisation's name",
+}
+_MONEY_KEYS = ("amount_due", "principal", "interest", "penalty", "fees")
+
+#: Words that disclose a debt. A voicemail may be heard by anyone and the identity
+#: check is spoken before we know who answered: neither may use them.
+_DEBT_WORDS_EN = (
+    "debt", "debts", "owe", "owed", "owes", "owing", "overdue", "past due", "late", "balance",
+    "payment", "payments", "pay", "paid", "repay", "repayment", "collect", "collection",
+    "collections", "collector", "delinquent", "delinquency", "arrears", "loan", "loans",
+    "credit card", "penalty", "penalties", "interest", "amount due", "outstanding", "bill",
+    "billing",
+)
+_DEBT_WORDS_ZH = ("欠", "债", "逾期", "还款", "催收", "贷款", "罚息", "利息", "账单", "信用卡", "应还", "金额", "付款", "缴费")
+_DEBT_RE = re.compile(
+    r"\b(?:" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in _DEBT_WORDS_EN) + r")\b"
+    + "|" + "|".join(map(re.escape, _DEBT_WORDS_ZH)),
+    re.IGNORECASE,
+)
+
+#: IVR options the script must announce; the gather handler maps these digits.
+_VOICE_OPTIONS = {"1": "payment link by SMS", "2": "promise to pay", "3": "an agent", "9": "stop calls"}
+
+
+def _press(locale: str, digit: str) -> re.Pattern[str]:
+    if locale.startswith("zh"):
+        return re.compile(rf"按\s*{digit}(?!\d)")
+    return re.compile(rf"\bpress\s+{digit}(?!\d)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, order=True)
+class LintProblem:
+    path: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+# -- forbidden phrases ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Phrase:
+    text: str
+    pattern: re.Pattern[str]
+    needle: str  # the first word, lower case
+
+
+def load_forbidden_phrases(path: Path) -> list[str]:
+    """One phrase per line; blank lines and `#` comments ignored."""
+    phrases = []
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            phrases.append(line)
+    return phrases
+
+
+def _compile_phrase(phrase: str) -> _Phrase:
+    body = r"\s+".join(re.escape(word) for word in phrase.split())
+    # A Latin phrase must start at a word start ("arrest" matches "arrested", not
+    # "unarrested"); Chinese has no word boundaries, so CJK phrases match anywhere.
+    if phrase[0].isascii() and phrase[0].isalnum():
+        body = r"(?<![A-Za-z0-9])" + body
+    return _Phrase(phrase, re.compile(body, re.IGNORECASE), phrase.split()[0].lower())
+
+
+def _phrases_from(path: Path) -> tuple[list[_Phrase], list[LintProblem]]:
+    try:
+        return [_compile_phrase(p) for p in load_forbidden_phrases(path)], []
+    except FileNotFoundError:
+        return [], [LintProblem(Path(path), 1, "forbidden phrase list not found; restore it or fix"
+                                " templates.forbidden_phrases in the configuration")]
+
+
+# -- the tree ------------------------------------------------------------------------
+
+
+def lint_tree(directory: Path, config: Config, forbidden_phrases_path: Path) -> list[LintProblem]:
+    """Lint every file under the template directory; an empty list means all is well."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return [LintProblem(directory, 1, "no such template directory")]
+    phrases, problems = _phrases_from(forbidden_phrases_path)
+    templates = TemplateSet(directory, config)
+
+    for name, profile in sorted(config.jurisdictions.items()):
+        if not profile.support_phone.strip():
+            where = config.source or Path("config")
+            problems.append(LintProblem(where, 1, f"jurisdictions.{name}.support_phone is empty; every"
+                                        " message needs a customer-service number"))
+
+    found: list[TemplateRef] = []
+    for path in _walk(directory):
+        rel = path.relative_to(directory).as_posix()
+        if "/" not in rel and rel in _ALLOWED_TOP_LEVEL:
+            continue
+        ref = parse_relpath(rel)
+        if ref is None:
+            problems.append(LintProblem(path, 1, "misplaced file: templates go to"
+                                        " <channel>/<stage>/<variant>.<locale>.j2 (channel sms, email or"
+                                        " voice; variant like v1; locale like zh-CN)"))
+            continue
+        found.append(ref)
+        problems += lint_template(path, config, forbidden_phrases_path, root=directory,
+                                  _phrases=phrases, _templates=templates)
+
+    if (directory / APPROVALS_FILE).exists():
+        from dispatcher.templates.approval import ApprovalError, load_approvals
+
+        try:
+            load_approvals(directory)
+        except ApprovalError as exc:
+            problems.append(LintProblem(directory / APPROVALS_FILE, 1, str(exc)))
+
+    problems += _coverage(directory, config, found)
+    return sorted(set(problems), key=lambda p: (str(p.path), p.line, p.message))
+
+
+def _walk(directory: Path) -> Iterable[Path]:
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+def _coverage(directory: Path, config: Config, found: list[TemplateRef]) -> list[LintProblem]:
+    """Every stage/channel needs a template in each profile's default locale (the
+    fallback), or cases of that profile could not be contacted there at all."""
+    have = {(r.channel, r.stage, r.locale) for r in found}
+    problems = []
+    defaults: dict[str, list[str]] = {}
+    for name, profile in config.jurisdictions.items():
+        defaults.setdefault(profile.default_locale, []).append(name)
+    for stage in config.stages:
+        for channel in stage.channels:
+            for locale, profiles in sorted(defaults.items()):
+                if (channel, stage.name, locale) not in have:
+                    problems.append(LintProblem(
+                        directory / channel.value / stage.name, 1,
+                        f"no {locale} template for {channel.value}/{stage.name} ({locale} is the default"
+                        f" locale of profile {', '.join(sorted(profiles))}); add a variant",
+                    ))
+    return problems
+
+
+# -- one template --------------------------------------------------------------------
+
+
+def lint_template(
+    path: Path,
+    config: Config,
+    forbidden_phrases_path: Path,
+    *,
+    root: Path | None = None,
+    _phrases: list[_Phrase] | None = None,
+    _templates: TemplateSet | None = None,
+) -> list[LintProblem]:
+    """Lint one template file (`root` is the template directory; by default the
+    file's great-grandparent, as in `<root>/<channel>/<stage>/<file>`)."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parents[2]
+    problems: list[LintProblem] = []
+    if _phrases is None:
+        _phrases, problems = _phrases_from(forbidden_phrases_path)
+    templates = _templates or TemplateSet(root, config)
+
+    def problem(line: int, message: str) -> None:
+        problems.append(LintProblem(path, line, message))
+
+    try:
+        rel = path.relative_to(root).as_posix()
+    except ValueError:
+        rel = path.name
+    ref = parse_relpath(rel)
+    if ref is None:
+        problem(1, "misplaced file: templates go to <channel>/<stage>/<variant>.<locale>.j2")
+        return problems
+    stage = config.stage_named(ref.stage)
+    if stage is None:
+        problem(1, f"stage {ref.stage!r} is not in the configuration (stages:"
+                   f" {', '.join(s.name for s in config.stages)})")
+    elif ref.channel not in stage.channels:
+        problem(1, f"stage {ref.stage} has no {ref.channel.value} channel in the configuration"
+                   f" (it uses {', '.join(c.value for c in stage.channels)})")
+    if ref.locale not in SUPPORTED_LOCALES:
+        problem(1, f"locale {ref.locale} is not supported (use {' or '.join(SUPPORTED_LOCALES)})")
+        return problems
+
+    try:
+        source = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem(1, f"not UTF-8 text: {exc}")
+        return problems
+
+    for phrase in _matching(_phrases, source):
+        for match in phrase.pattern.finditer(source):
+            problem(_line_at(source, match.start()), f"forbidden phrase {phrase.text!r}")
+
+    static = _static_checks(source, ref, path)
+    problems += static
+    if any(p.message.startswith(("syntax error", "missing block")) for p in static):
+        return _dedupe(problems)
+    static_keys = {(p.line, p.message.split(":", 1)[0]) for p in static}
+    block_lines = _block_lines(source)
+
+    cases = sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES
+    worst_sms: tuple[int, str] | None = None
+    for case in cases:
+        if case.jurisdiction not in config.jurisdictions:
+            continue
+        case = dataclasses.replace(case, locale=ref.locale)
+        ctx = _sample_context(case, config, ref)
+        try:
+            rendered = templates.render(ref.template_id, ref.locale, ctx)
+        except RenderError as exc:
+            kind = exc.detail.split(":", 1)[0]
+            if (exc.line, kind) not in static_keys:
+                problem(exc.line, exc.detail)
+            continue
+        for line, message in _content_checks(rendered, ref, case, ctx, block_lines, source, _phrases):
+            problem(line, message)
+        if ref.channel is Channel.SMS:
+            info = sms_segments(rendered.text)
+            if info.segments > config.templates.sms_max_segments and (
+                worst_sms is None or info.segments > worst_sms[0]
+            ):
+                worst_sms = (info.segments, f"SMS is {info.segments} segments ({info.encoding},"
+                             f" {info.units} units) for sample case {case.case_id}; the limit is"
+                             f" {config.templates.sms_max_segments} (templates.sms_max_segments)")
+    if worst_sms is not None:
+        problem(1, worst_sms[1])
+    return _dedupe(problems)
+
+
+def _matching(phrases: list[_Phrase], text: str) -> list[_Phrase]:
+    """The phrases found in `text`. A plain substring test on the first word comes
+    first: it is much cheaper than the regex, and most texts contain no phrase."""
+    lowered = text.lower()
+    return [p for p in phrases if p.needle in lowered and p.pattern.search(text)]
+
+
+def _dedupe(problems: list[LintProblem]) -> list[LintProblem]:
+    return sorted(set(problems), key=lambda p: (p.line, p.message))
+
+
+def _line_at(source: str, offset: int) -> int:
+    return source.count("\n", 0, offset) + 1
+
+
+def _sample_context(case: Case, config: Config, ref: TemplateRef) -> dict[str, Any]:
+    unsubscribe = SAMPLE_UNSUBSCRIBE_URL if ref.channel is Channel.EMAIL else None
+    return build_context(
+        case,
+        config=config,
+        channel=ref.channel,
+        today=SAMPLE_TODAY,
+        payment_link=SAMPLE_PAYMENT_LINK,
+        opt_out=opt_out_text(ref.channel, ref.locale, unsubscribe),
+        locale=ref.locale,
+        unsubscribe_url=unsubscribe,
+    )
+
+
+def _block_lines(source: str) -> dict[str, int]:
+    env = make_environment(autoescape=False)
+    return {block.name: block.lineno for block in env.parse(source).find_all(nodes.Block)}
+
+
+def _static_checks(source: str, ref: TemplateRef, path: Path) -> list[LintProblem]:
+    env = make_environment(autoescape=False)
+    try:
+        tree = env.parse(source)
+    except TemplateSyntaxError as exc:
+        return [LintProblem(path, exc.lineno or 1, f"syntax error: {exc.message}")]
+    out = []
+    for node in tree.find_all((nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)):
+        out.append(LintProblem(path, node.lineno, "not allowed: include, extends and import (a template"
+                               " must be self-contained so its approval covers everything sent)"))
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(attr, str) and attr.startswith("_"):
+            out.append(LintProblem(path, node.lineno, f"sandbox violation: access to attribute {attr!r}"
+                                   " is not allowed in templates"))
+        elif (
+            isinstance(node, nodes.Getattr)
+            and isinstance(node.node, nodes.Name)
+            and node.node.name == "case"
+            and node.attr not in _CASE_KEYS
+        ):
+            out.append(LintProblem(path, node.lineno, f"undefined name: case.{node.attr} (case has"
+                                   f" {', '.join(_CASE_KEYS)})"))
+    free = meta.find_undeclared_variables(tree) - CONTEXT_KEYS - set(env.globals)
+    for name in sorted(free):
+        line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), 1)
+        out.append(LintProblem(path, line, f"undefined name: {name!r} is undefined"))
+    blocks = {b.name for b in tree.find_all(nodes.Block)}
+    for block in REQUIRED_BLOCKS[ref.channel]:
+        if block not in blocks:
+            out.append(LintProblem(path, 1, f"missing block {block!r}: {ref.channel.value} templates define"
+                                   f" {', '.join(REQUIRED_BLOCKS[ref.channel])}"))
+    return out
+
+
+def _content_checks(
+    rendered: RenderedMessage,
+    ref: TemplateRef,
+    case: Case,
+    ctx: dict[str, Any],
+    block_lines: dict[str, int],
+    source: str,
+    phrases: list[_Phrase],
+) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    blocks = dict(rendered.blocks)
+
+    for block, keys in _REQUIRED[ref.channel].items():
+        body = blocks[block]
+        line = block_lines.get(block, 1)
+        where = "SMS" if ref.channel is Channel.SMS else f"{block} block"
+        for key in keys:
+            value = str(ctx[key])
+            wanted = str(escape(value)) if block == "html" else value
+            if wanted not in body:
+                out.append((line, f"missing {key}: the {where} must contain {_WHAT[key]} ({{{{ {key} }}}})"))
+
+    if ref.channel is Channel.EMAIL and not blocks["subject"]:
+        out.append((block_lines.get("subject", 1), "empty subject"))
+
+    if ref.channel is Channel.VOICE:
+        money = [str(ctx[k]) for k in _MONEY_KEYS if getattr(case, k)]
+        for block in ("identity", "voicemail"):
+            body, line = blocks[block], block_lines.get(block, 1)
+            words = sorted({m.group(0).lower() for m in _DEBT_RE.finditer(body)})
+            if words:
+                out.append((line, f"the {block} must not name the debt: found {', '.join(map(repr, words))}"))
+            if any(amount in body for amount in money):
+                out.append((line, f"the {block} must not state an amount"))
+        if not _press(ref.locale, "1").search(blocks["identity"]):
+            out.append((block_lines.get("identity", 1), "the identity check must ask the person to press 1"))
+        for digit, meaning in _VOICE_OPTIONS.items():
+            if not _press(ref.locale, digit).search(blocks["script"]):
+                out.append((block_lines.get("script", 1), f"the script must offer option {digit} ({meaning})"))
+
+    for block, body in blocks.items():
+        text = html_lib.unescape(re.sub(r"<[^>]+>", " ", body)) if block == "html" else body
+        for phrase in _matching(phrases, text):
+            if not phrase.pattern.search(source):
+                out.append((block_lines.get(block, 1), f"forbidden phrase {phrase.text!r} in the rendered"
+                            f" {block if ref.channel is not Channel.SMS else 'text'}"))
+    return out

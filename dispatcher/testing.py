@@ -1,0 +1,134 @@
+"""In-package fakes and samples: `FakeClock`, sample cases, sample links.
+
+The template linter and previews render with these cases, and tests build on them, so
+they are realistic: both jurisdictions, amounts that add up, names and amounts of
+typical length. Nothing here is a real person or a real link.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from dispatcher.clock import FakeClock
+from dispatcher.config import Stage
+from dispatcher.domain import Case, Product
+
+__all__ = [
+    "SAMPLE_CASES",
+    "SAMPLE_PAYMENT_LINK",
+    "SAMPLE_TODAY",
+    "SAMPLE_UNSUBSCRIBE_URL",
+    "FakeClock",
+    "sample_case",
+    "sample_cases_for_stage",
+]
+
+#: The day sample cases are evaluated on (a Monday, the SPEC's worked example).
+SAMPLE_TODAY = dt.date(2026, 12, 7)
+
+#: Clearly fake links of production length. A real payment link is the public URL +
+#: ``/p/`` + a 45-character token (`LinkSigner.payment_token`): 72 characters with
+#: ``https://pay.bank.example``. This one has 76, so an SMS that lints within the segment
+#: limit still fits with a real link (keep DISPATCHER_PUBLIC_URL about this short).
+SAMPLE_PAYMENT_LINK = "https://pay.bank.example/p/SAMPLE-not-a-real-link-" + "0" * 26
+SAMPLE_UNSUBSCRIBE_URL = "https://pay.bank.example/email/unsubscribe/SAMPLE-not-a-real-link-" + "0" * 20
+
+_CENT = Decimal("0.01")
+
+_PROFILES: dict[str, dict[str, Any]] = {
+    "cn": {
+        "name": "张伟",
+        "locale": "zh-CN",
+        "currency": "CNY",
+        "principal": Decimal("10000.00"),
+        "interest": Decimal("120.00"),
+        "flat_penalty": Decimal("150.00"),
+        "phone": "+8613800138000",
+        "email": "zhang.wei@example.com",
+        "product": Product.CREDIT_CARD,
+    },
+    "us": {
+        "name": "Alex Morgan",
+        "locale": "en-US",
+        "currency": "USD",
+        "principal": Decimal("2400.00"),
+        "interest": Decimal("36.00"),
+        "flat_penalty": Decimal("35.00"),
+        "phone": "+13105550123",
+        "email": "alex.morgan@example.com",
+        "product": Product.LOAN,
+    },
+}
+
+_RATE = Decimal("0.0005")  # 0.05 % a day
+_AMOUNT_FIELDS = ("principal", "interest", "penalty", "fees")
+
+
+def sample_case(
+    jurisdiction: str = "cn",
+    *,
+    dpd: int = 30,
+    today: dt.date = SAMPLE_TODAY,
+    with_rate: bool = True,
+    **overrides: Any,
+) -> Case:
+    """A consistent sample case `dpd` days past due on `today` (negative: not yet due).
+
+    With a daily rate the penalty is principal x rate x DPD, as the lender would have
+    charged it. Overriding an amount without `amount_due` recomputes `amount_due`.
+    """
+    try:
+        profile = _PROFILES[jurisdiction]
+    except KeyError:
+        raise ValueError(f"no sample profile {jurisdiction!r}; use one of {sorted(_PROFILES)}") from None
+    overdue_days = max(dpd, 0)
+    if with_rate:
+        penalty = (profile["principal"] * _RATE * overdue_days).quantize(_CENT, rounding=ROUND_HALF_UP)
+    else:
+        penalty = profile["flat_penalty"] if dpd > 0 else Decimal("0.00")
+    fees = Decimal("0.00")
+    case = Case(
+        case_id=f"sample-{jurisdiction}-dpd{dpd}-{'rate' if with_rate else 'norate'}",
+        name=profile["name"],
+        jurisdiction=jurisdiction,
+        locale=profile["locale"],
+        currency=profile["currency"],
+        principal=profile["principal"],
+        interest=profile["interest"],
+        penalty=penalty,
+        fees=fees,
+        amount_due=profile["principal"] + profile["interest"] + penalty + fees,
+        due_date=today - dt.timedelta(days=dpd),
+        phone=profile["phone"],
+        email=profile["email"],
+        penalty_rate_daily=_RATE if with_rate else None,
+        product=profile["product"],
+    )
+    if overrides:
+        if "amount_due" not in overrides and any(f in overrides for f in _AMOUNT_FIELDS):
+            merged = {f: overrides.get(f, getattr(case, f)) for f in _AMOUNT_FIELDS}
+            overrides["amount_due"] = sum(merged.values(), Decimal("0"))
+        case = dataclasses.replace(case, **overrides)
+    return case
+
+
+def _grid(dpds: tuple[int, ...], today: dt.date) -> tuple[Case, ...]:
+    return tuple(
+        sample_case(j, dpd=dpd, today=today, with_rate=with_rate)
+        for j in ("cn", "us")
+        for dpd in dpds
+        for with_rate in (True, False)
+    )
+
+
+#: Both jurisdictions, pre-due and overdue, with and without a daily penalty rate.
+SAMPLE_CASES: tuple[Case, ...] = _grid((-3, 45), SAMPLE_TODAY)
+
+
+def sample_cases_for_stage(stage: Stage, today: dt.date = SAMPLE_TODAY) -> tuple[Case, ...]:
+    """Sample cases at both DPD ends of a stage (an open stage: up to a year overdue)."""
+    upper = stage.dpd_max if stage.dpd_max is not None else max(stage.dpd_min, 365)
+    return _grid(tuple(sorted({stage.dpd_min, upper})), today)
