@@ -101,8 +101,19 @@ class SinkHandler:
                 hmac.compare_digest(auth_data.login, expected[0].encode())
                 and hmac.compare_digest(auth_data.password, expected[1].encode())
             )
-            return AuthResult(success=ok)
-        return AuthResult(success=False)
+            return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
+        return AuthResult(success=False, handled=False)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        # Enforced here rather than with aiosmtpd's auth_required, which warns when TLS is
+        # not required too (the sink is loopback-only and has no certificate).
+        if self.options.smtp_credentials is not None and not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -174,7 +185,6 @@ def make_smtp_protocol(handler: SinkHandler, loop: asyncio.AbstractEventLoop, ho
         hostname=hostname,
         ident="dispatcher sandbox SMTP sink",
         auth_require_tls=False,
-        auth_required=handler.options.smtp_credentials is not None,
         authenticator=handler.authenticate,
         loop=loop,
     )
