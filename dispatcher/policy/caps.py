@@ -98,7 +98,7 @@ class FrequencyCap:
         per_day = usage.per_day
         if not per_day:
             return None
-        ch = self.channel.value
+        ch = self.channel
         n = per_day.get(ordinal, 0)
         if n >= self.per_day:
             return CapBlock(

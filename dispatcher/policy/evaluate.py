@@ -92,7 +92,7 @@ class _Profile:
         if verdict is None:
             if len(self.times) >= _TIME_CACHE_LIMIT:
                 self.times.clear()
-            verdict = self.times[key] = _time_verdict(self.windows_for(zones), ts)
+            verdict = self.times[key] = _time_verdict(self.windows_for(tuple(zones)), ts)
         return verdict
 
 
@@ -135,6 +135,7 @@ def _runtime(config: Config) -> _Runtime:
 
 @dataclass(frozen=True, slots=True)
 class _TimeVerdict:
+    windows: tuple[ContactWindow, ...]  # one per zone, primary first
     today: int  # primary-zone local date ordinal of now
     legal: bool
     reason: Reason | None  # NON_WORKING_DAY / OUTSIDE_HOURS when not legal
@@ -175,7 +176,7 @@ def _time_verdict(windows: tuple[ContactWindow, ...], ts: float) -> _TimeVerdict
         where = _fmt_ts(ts, primary)
         if len(windows) > 1:
             where += f" (legal in all of {', '.join(w.zone for w in windows)})"
-        return _TimeVerdict(today, True, None, f"inside the contact window at {where}", ts)
+        return _TimeVerdict(windows, today, True, None, f"inside the contact window at {where}", ts)
     reasons = [w.why_not(ts) for w in failing]
     if len(windows) > 1:
         reasons = [
@@ -192,7 +193,7 @@ def _time_verdict(windows: tuple[ContactWindow, ...], ts: float) -> _TimeVerdict
         why = f"{', '.join(stamps)} {verb} outside the contact hours {primary.hours_text}"
     if len(windows) > 1:
         why += f" (must be legal in all of {', '.join(w.zone for w in windows)})"
-    return _TimeVerdict(today, False, reason, why, find_legal_ts(ts, windows))
+    return _TimeVerdict(windows, today, False, reason, why, find_legal_ts(ts, windows))
 
 
 # -- history ---------------------------------------------------------------------------
@@ -223,6 +224,8 @@ def _histories(snapshot: CaseSnapshot, window: ContactWindow, stage: str | None)
         # UTC datetimes compare exactly and cheaply (same tzinfo object)
         at = message.at
         if at.tzinfo is not _UTC:
+            if at.tzinfo is None:
+                raise ValueError(f"case {snapshot.case.case_id}: history entry at {at} has no time zone")
             at = at.astimezone(_UTC)
         ordinal = at.astimezone(tz).toordinal()
         h.usage.add(ordinal, message.conversation)
@@ -266,12 +269,10 @@ class _Case:
 
     __slots__ = (
         "snapshot", "case_id", "rt", "prof", "zones", "windows", "time", "now_ts",
-        "dpd", "stage", "channels", "prefix", "case_reason", "_histories",
+        "dpd", "stage", "stage_name", "channels", "prefix", "case_reason", "_histories",
     )
 
     def __init__(self, snapshot: CaseSnapshot, config: Config, now: dt.datetime) -> None:
-        if now.tzinfo is None or now.utcoffset() is None:
-            raise ValueError("now must be timezone-aware")
         case = snapshot.case
         self.snapshot = snapshot
         self.case_id = case.case_id
@@ -283,22 +284,23 @@ class _Case:
                 f"case {case.case_id}: jurisdiction {case.jurisdiction!r} is not a profile in the"
                 f" configuration (known: {', '.join(sorted(rt.profiles))})"
             ) from None
-        zones = snapshot.zones or resolve_zones(case, prof.profile)
-        self.zones = tuple(zones)
-        self.windows = prof.windows_for(self.zones)
+        zones = self.zones = snapshot.zones or resolve_zones(case, prof.profile)
         self.now_ts = _timestamp(now)
-        self.time = prof.time_at(self.zones, self.now_ts)
-        self.dpd = self.time.today - case.due_date.toordinal()
+        time = self.time = prof.time_at(zones, self.now_ts)
+        self.windows = time.windows
+        self.dpd = time.today - case.due_date.toordinal()
         entry = rt.stage(self.dpd)
-        self.stage, self.channels = entry if entry is not None else (None, ())
-        stage_name = self.stage.name if self.stage is not None else "none"
-        self.prefix = f"DPD {self.dpd} (due {case.due_date.isoformat()}), stage {stage_name}"
-        self.case_reason = _case_reason(snapshot, now)
+        self.stage: Stage | None = None
+        self.stage_name: str | None = None
+        self.channels: tuple[tuple[Channel, int], ...] = ()
+        if entry is not None:
+            self.stage, self.channels = entry
+            self.stage_name = self.stage.name
+        self.prefix = f"DPD {self.dpd} (due {case.due_date.isoformat()}), stage {self.stage_name or 'none'}"
+        self.case_reason = (
+            _case_reason(snapshot, now) if snapshot.holds or case.status in CLOSED_STATUSES else None
+        )
         self._histories: dict[Channel, _ChannelHistory] | None = None
-
-    @property
-    def stage_name(self) -> str | None:
-        return None if self.stage is None else self.stage.name
 
     def history(self, channel: Channel) -> _ChannelHistory:
         if self._histories is None:
@@ -323,6 +325,8 @@ def _timestamp(now: dt.datetime) -> float:
     global _last_now
     last, ts = _last_now
     if last is not now:
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("now must be timezone-aware")
         ts = now.timestamp()
         _last_now = (now, ts)
     return ts
@@ -337,6 +341,8 @@ def _contact(snapshot: CaseSnapshot, channel: Channel) -> ContactPoint | None:
 
 def _channel_block(snapshot: CaseSnapshot, channel: Channel) -> tuple[Reason, str] | None:
     contact = _contact(snapshot, channel)
+    if contact is not None and contact.address and contact.consent and not (contact.invalid or contact.opted_out):
+        return None
     word = _ADDRESS_WORD[ADDRESS_KIND[channel]]
     ch = _CH[channel]
     if contact is None or not contact.address:
@@ -345,9 +351,7 @@ def _channel_block(snapshot: CaseSnapshot, channel: Channel) -> tuple[Reason, st
         return Reason.INVALID_ADDRESS, f"the {word} for {ch} is marked invalid"
     if not contact.consent:
         return Reason.NO_CONSENT, f"no consent to contact by {ch}"
-    if contact.opted_out:
-        return Reason.OPTED_OUT, f"the debtor opted out of {ch}"
-    return None
+    return Reason.OPTED_OUT, f"the debtor opted out of {ch}"
 
 
 def _candidates(

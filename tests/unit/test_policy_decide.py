@@ -630,3 +630,9 @@ def test_json_shape() -> None:
     j = d.as_json()
     assert j["not_before"] == "2026-12-07T09:00:00+08:00"
     assert (j["channel"], j["action"], j["reason"], j["stage"]) == ("sms", "defer", "outside_hours", "dpd30")
+
+
+def test_naive_history_instants_are_refused() -> None:
+    history = (sent(SMS, dt.datetime(2026, 12, 1, 10), stage="dpd30"),)
+    with pytest.raises(ValueError, match="no time zone"):
+        decide_case(snap(make_case(DUE_DPD30), history=history), CONFIG, CATALOG, NOW)
