@@ -69,7 +69,7 @@ class SandboxOptions:
 
     # Twilio API behaviour
     latency_ms: float = 0.0  # added to every Twilio API response
-    faults: FaultPlan | str = ""  # create-endpoint faults, see dispatcher.sandbox.faults
+    faults: FaultPlan | str | None = None  # create-endpoint faults, see dispatcher.sandbox.faults
     fail_ratio: float = 0.0  # share of accepted SMS/calls that then fail at the "carrier"
     invalid_numbers: frozenset[str] = frozenset()  # create rejected: 400, Twilio 21211
     undeliverable_numbers: frozenset[str] = frozenset()  # accepted, then undelivered (30003)
@@ -93,7 +93,7 @@ class SandboxOptions:
     smtp_credentials: tuple[str, str] | None = None  # require AUTH with these; None accepts any
 
     def __post_init__(self) -> None:
-        if isinstance(self.faults, str):
+        if self.faults is None or isinstance(self.faults, str):
             object.__setattr__(self, "faults", FaultPlan.parse(self.faults))
         for name in ("fail_ratio", "duplicate_ratio"):
             value = getattr(self, name)

@@ -256,7 +256,7 @@ def serve(
     smtp_port: int = DEFAULT_SMTP_PORT,
     latency_ms: float = 0.0,
     fail_ratio: float = 0.0,
-    faults: str = "",
+    faults: str | None = None,
     **options: Any,
 ) -> int:
     """`dispatcher sandbox`: listen, print the two addresses, run until SIGINT/SIGTERM.
