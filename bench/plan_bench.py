@@ -126,11 +126,10 @@ def _baseline(url: str, queue: mp.Queue) -> None:
 
 
 def _plan(url: str, queue: mp.Queue) -> None:
-    from dispatcher.templates.render import TemplateSet
-
     from dispatcher.config import load_config
     from dispatcher.services.planner import plan_decisions
     from dispatcher.store.db import make_engine
+    from dispatcher.templates import TemplateSet
 
     config = load_config(ROOT / "config/dispatcher.toml")
     catalog = TemplateSet(ROOT / "templates", config).approved_catalog()

@@ -83,7 +83,7 @@ class Runtime:
 
     @cached_property
     def templates(self):  # type: ignore[no-untyped-def]
-        from dispatcher.templates.render import TemplateSet
+        from dispatcher.templates import TemplateSet
 
         return TemplateSet(self.config.resolve(self.config.templates.directory), self.config)
 
@@ -550,7 +550,7 @@ def templates_preview(
         result = preview(runtime.templates, template_id, case, locale, now.date(), Path("var/preview"))
     except (KeyError, ValueError, LookupError) as exc:
         raise fail(str(exc)) from None
-    print(result.describe())
+    print(result.as_text())
 
 
 @templates_app.command("approve")

@@ -142,7 +142,7 @@ def run_demo(
     from dispatcher.store import repository
     from dispatcher.store.db import ensure_schema, make_engine
     from dispatcher.store.tables import EventRow, HoldRow, MessageRow
-    from dispatcher.templates.render import TemplateSet
+    from dispatcher.templates import TemplateSet
     from dispatcher.web.app import create_app
 
     console = console or Console()

@@ -35,7 +35,7 @@ from dispatcher.services.planner import zone_info
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, record_event
 from dispatcher.store.tables import MessageRow
-from dispatcher.templates.render import TemplateSet, build_context, opt_out_text, pick_locale
+from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
 
 log = logging.getLogger("dispatcher.outbox")
 
@@ -259,7 +259,7 @@ class Sender:
             payment_link=payment_link,
             opt_out=opt_out_text(item.channel, locale, unsubscribe_url if item.channel is Channel.EMAIL else None),
         )
-        rendered = self.templates.render(template_id, locale, context)
+        rendered = self.templates.render(template_id, locale, context, require_approved=True)
         to = next((c.address for c in snapshot.contacts if c.channel is item.channel), None) or ""
         headers: dict[str, str] = {}
         sender: str | None
