@@ -258,6 +258,8 @@ class Sender:
             today=today,
             payment_link=payment_link,
             opt_out=opt_out_text(item.channel, locale, unsubscribe_url if item.channel is Channel.EMAIL else None),
+            locale=locale,
+            unsubscribe_url=unsubscribe_url if item.channel is Channel.EMAIL else None,
         )
         rendered = self.templates.render(template_id, locale, context, require_approved=True)
         to = next((c.address for c in snapshot.contacts if c.channel is item.channel), None) or ""
