@@ -15,6 +15,7 @@ Problems print as ``path:line: problem`` (the path as given, the template line).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html as html_lib
 import os
 import re
@@ -124,7 +125,7 @@ class LintProblem:
 class _Phrase:
     text: str
     pattern: re.Pattern[str]
-    needle: str  # the first word, lower case
+    needle: str  # the phrase in lower case, single-spaced
 
 
 def load_forbidden_phrases(path: Path) -> list[str]:
@@ -143,7 +144,7 @@ def _compile_phrase(phrase: str) -> _Phrase:
     # "unarrested"); Chinese has no word boundaries, so CJK phrases match anywhere.
     if phrase[0].isascii() and phrase[0].isalnum():
         body = r"(?<![A-Za-z0-9])" + body
-    return _Phrase(phrase, re.compile(body, re.IGNORECASE), phrase.split()[0].lower())
+    return _Phrase(phrase, re.compile(body, re.IGNORECASE), " ".join(phrase.lower().split()))
 
 
 def _phrases_from(path: Path) -> tuple[list[_Phrase], list[LintProblem]]:
@@ -279,12 +280,12 @@ def lint_template(
         for match in phrase.pattern.finditer(source):
             problem(_line_at(source, match.start()), f"forbidden phrase {phrase.text!r}")
 
-    static = _static_checks(source, ref, path)
+    findings, block_lines = _static_checks(source, ref.channel)
+    static = [LintProblem(path, line, message) for line, message in findings]
     problems += static
     if any(p.message.startswith(("syntax error", "missing block")) for p in static):
         return _dedupe(problems)
     static_keys = {(p.line, p.message.split(":", 1)[0]) for p in static}
-    block_lines = _block_lines(source)
 
     cases = sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES
     worst_sms: tuple[int, str] | None = None
@@ -316,10 +317,10 @@ def lint_template(
 
 
 def _matching(phrases: list[_Phrase], text: str) -> list[_Phrase]:
-    """The phrases found in `text`. A plain substring test on the first word comes
-    first: it is much cheaper than the regex, and most texts contain no phrase."""
-    lowered = text.lower()
-    return [p for p in phrases if p.needle in lowered and p.pattern.search(text)]
+    """The phrases found in `text`. A plain substring test comes first: it is much
+    cheaper than the regex, and most texts contain no phrase."""
+    flat = " ".join(text.lower().split())
+    return [p for p in phrases if p.needle in flat and p.pattern.search(text)]
 
 
 def _dedupe(problems: list[LintProblem]) -> list[LintProblem]:
@@ -344,44 +345,43 @@ def _sample_context(case: Case, config: Config, ref: TemplateRef) -> dict[str, A
     )
 
 
-def _block_lines(source: str) -> dict[str, int]:
-    env = make_environment(autoescape=False)
-    return {block.name: block.lineno for block in env.parse(source).find_all(nodes.Block)}
+_PARSER = make_environment(autoescape=False)
 
 
-def _static_checks(source: str, ref: TemplateRef, path: Path) -> list[LintProblem]:
-    env = make_environment(autoescape=False)
+@functools.lru_cache(maxsize=1024)
+def _static_checks(source: str, channel: Channel) -> tuple[tuple[tuple[int, str], ...], dict[str, int]]:
+    """(line, problem) found without rendering, and the line of each block. Cached by
+    content: approval lints the files that start-up lint has just seen."""
+    env = _PARSER
     try:
         tree = env.parse(source)
     except TemplateSyntaxError as exc:
-        return [LintProblem(path, exc.lineno or 1, f"syntax error: {exc.message}")]
-    out = []
+        return ((exc.lineno or 1, f"syntax error: {exc.message}"),), {}
+    out: list[tuple[int, str]] = []
     for node in tree.find_all((nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)):
-        out.append(LintProblem(path, node.lineno, "not allowed: include, extends and import (a template"
-                               " must be self-contained so its approval covers everything sent)"))
+        out.append((node.lineno, "not allowed: include, extends and import (a template"
+                    " must be self-contained so its approval covers everything sent)"))
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
         if isinstance(attr, str) and attr.startswith("_"):
-            out.append(LintProblem(path, node.lineno, f"sandbox violation: access to attribute {attr!r}"
-                                   " is not allowed in templates"))
+            out.append((node.lineno, f"sandbox violation: access to attribute {attr!r} is not allowed in templates"))
         elif (
             isinstance(node, nodes.Getattr)
             and isinstance(node.node, nodes.Name)
             and node.node.name == "case"
             and node.attr not in _CASE_KEYS
         ):
-            out.append(LintProblem(path, node.lineno, f"undefined name: case.{node.attr} (case has"
-                                   f" {', '.join(_CASE_KEYS)})"))
+            out.append((node.lineno, f"undefined name: case.{node.attr} (case has {', '.join(_CASE_KEYS)})"))
     free = meta.find_undeclared_variables(tree) - CONTEXT_KEYS - set(env.globals)
     for name in sorted(free):
         line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), 1)
-        out.append(LintProblem(path, line, f"undefined name: {name!r} is undefined"))
-    blocks = {b.name for b in tree.find_all(nodes.Block)}
-    for block in REQUIRED_BLOCKS[ref.channel]:
+        out.append((line, f"undefined name: {name!r} is undefined"))
+    blocks = {b.name: b.lineno for b in tree.find_all(nodes.Block)}
+    for block in REQUIRED_BLOCKS[channel]:
         if block not in blocks:
-            out.append(LintProblem(path, 1, f"missing block {block!r}: {ref.channel.value} templates define"
-                                   f" {', '.join(REQUIRED_BLOCKS[ref.channel])}"))
-    return out
+            out.append((1, f"missing block {block!r}: {channel.value} templates define"
+                           f" {', '.join(REQUIRED_BLOCKS[channel])}"))
+    return tuple(out), blocks
 
 
 def _content_checks(

@@ -14,6 +14,7 @@ import), so the content hash that compliance approves covers every word that is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -137,6 +138,19 @@ def make_environment(*, autoescape: bool) -> ImmutableSandboxedEnvironment:
     )
 
 
+_ENVIRONMENTS = {False: make_environment(autoescape=False), True: make_environment(autoescape=True)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(source: str, sha: str, autoescape: bool) -> Template:
+    """A compiled template, shared by every `TemplateSet` with the same content (lint
+    and approval compile the same files again and again). The file name carried by the
+    code is the content hash, which `error_line` uses to find the template's frames."""
+    env = _ENVIRONMENTS[autoescape]
+    code = env.compile(source, name=f"template-{sha[:12]}", filename=f"<template sha256:{sha}>")
+    return env.template_class.from_code(env, code, env.make_globals(None), None)
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     stamp: tuple[int, int]  # (mtime_ns, size) of the file when compiled
@@ -168,8 +182,6 @@ class TemplateSet:
     def __init__(self, directory: Path, config: Config) -> None:
         self.directory = Path(directory)
         self.config = config
-        self._plain_env = make_environment(autoescape=False)
-        self._html_env = make_environment(autoescape=True)
         self._cache: dict[Path, _Compiled] = {}
         self._approvals_stamp: tuple[int, int] | None = None
         self._approvals: dict[str, Any] = {}
@@ -252,19 +264,15 @@ class TemplateSet:
         except UnicodeDecodeError as exc:
             raise RenderError(path, 1, "error", f"not UTF-8 text: {exc}") from None
         channel = Channel(template_id.split("/", 1)[0])
+        sha = content_hash(data)
         try:
-            plain = self._compile(self._plain_env, source, path)
-            html = self._compile(self._html_env, source, path) if channel is Channel.EMAIL else None
+            plain = _template(source, sha, False)
+            html = _template(source, sha, True) if channel is Channel.EMAIL else None
         except TemplateSyntaxError as exc:
             raise RenderError(path, exc.lineno or 1, "syntax", f"syntax error: {exc.message}") from None
-        compiled = _Compiled(stamp, content_hash(data), source, plain, html)
+        compiled = _Compiled(stamp, sha, source, plain, html)
         self._cache[path] = compiled
         return path, compiled
-
-    @staticmethod
-    def _compile(env: ImmutableSandboxedEnvironment, source: str, path: Path) -> Template:
-        code = env.compile(source, name=path.name, filename=str(path))
-        return env.template_class.from_code(env, code, env.make_globals(None), None)
 
     def content_hash_of(self, template_id: str, locale: str) -> str:
         """sha256 of the file as it is now (what an approval must match)."""
@@ -340,7 +348,7 @@ class TemplateSet:
                     env.handle_exception()
                 except Exception as again:  # noqa: BLE001
                     rewritten = again
-            line = error_line(rewritten, str(path)) or 1
+            line = error_line(rewritten, template.filename or "") or 1
             if isinstance(rewritten, SecurityError):
                 kind, message = "sandbox", f"sandbox violation: {rewritten}"
             elif isinstance(rewritten, UndefinedError):
