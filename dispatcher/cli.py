@@ -496,7 +496,13 @@ def payment_cmd(
             outcome = repository.record_payment(conn, case_id, value, by, runtime.clock.now())
         except repository.CaseNotFound as exc:
             raise fail(str(exc)) from None
-    print(outcome.summary())
+    remaining = outcome.amount_due - outcome.paid_total
+    line = f"recorded payment of {outcome.amount} on {case_id}; paid {outcome.paid_total} of {outcome.amount_due}"
+    if outcome.closed:
+        line += f"; case closed ({outcome.status.value}), {len(outcome.cancelled_message_ids)} queued message(s) cancelled"
+    elif remaining > 0:
+        line += f"; {remaining} still due"
+    print(line)
 
 
 # -------------------------------------------------------------------- templates
