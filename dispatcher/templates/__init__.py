@@ -16,8 +16,8 @@ from dispatcher.templates.context import (
     opt_out_text,
     penalty_explanation,
 )
-from dispatcher.templates.lint import LintProblem, lint_template, lint_tree
-from dispatcher.templates.preview import PreviewResult, preview
+from dispatcher.templates.lint import LintProblem, lint_path, lint_template, lint_tree
+from dispatcher.templates.preview import PreviewResult, preview, sample_case_for_template
 from dispatcher.templates.rendering import (
     NotApproved,
     RenderedMessage,
@@ -45,6 +45,7 @@ __all__ = [
     "approve",
     "build_context",
     "format_money",
+    "lint_path",
     "lint_template",
     "lint_tree",
     "load_approvals",
@@ -52,5 +53,6 @@ __all__ = [
     "penalty_explanation",
     "pick_locale",
     "preview",
+    "sample_case_for_template",
     "sms_segments",
 ]

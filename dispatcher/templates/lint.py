@@ -199,6 +199,35 @@ def lint_tree(directory: Path, config: Config, forbidden_phrases_path: Path) -> 
     return sorted(set(problems), key=lambda p: (str(p.path), p.line, p.message))
 
 
+def lint_path(path: Path, config: Config, forbidden_phrases_path: Path) -> list[LintProblem]:
+    """What `dispatcher templates lint [PATH]` runs: the whole tree for its root, one
+    file for a file, or every file under a channel or stage folder of a tree."""
+    path = Path(path)
+    if path.is_file():
+        return lint_template(path, config, forbidden_phrases_path, root=_root_of(path.parent))
+    if not path.is_dir() or _is_root(path):
+        return lint_tree(path, config, forbidden_phrases_path)
+    root = _root_of(path)
+    phrases, problems = _phrases_from(forbidden_phrases_path)
+    templates = TemplateSet(root, config)
+    for file in _walk(path):
+        problems += lint_template(file, config, forbidden_phrases_path, root=root,
+                                  _phrases=phrases, _templates=templates)
+    return sorted(set(problems), key=lambda p: (str(p.path), p.line, p.message))
+
+
+def _is_root(directory: Path) -> bool:
+    return (directory / APPROVALS_FILE).exists() or any((directory / c.value).is_dir() for c in Channel)
+
+
+def _root_of(directory: Path) -> Path:
+    # <root>/<channel>/<stage>/: the root is at most two levels up.
+    for candidate in (directory, directory.parent, directory.parent.parent):
+        if _is_root(candidate):
+            return candidate
+    return directory.parent.parent
+
+
 def _walk(directory: Path) -> Iterable[Path]:
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -358,20 +387,20 @@ def _static_checks(source: str, channel: Channel) -> tuple[tuple[tuple[int, str]
     except TemplateSyntaxError as exc:
         return ((exc.lineno or 1, f"syntax error: {exc.message}"),), {}
     out: list[tuple[int, str]] = []
-    for node in tree.find_all((nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)):
-        out.append((node.lineno, "not allowed: include, extends and import (a template"
+    for stmt in tree.find_all((nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)):
+        out.append((stmt.lineno, "not allowed: include, extends and import (a template"
                     " must be self-contained so its approval covers everything sent)"))
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+    for expr in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        attr = expr.attr if isinstance(expr, nodes.Getattr) else getattr(getattr(expr, "arg", None), "value", None)
         if isinstance(attr, str) and attr.startswith("_"):
-            out.append((node.lineno, f"sandbox violation: access to attribute {attr!r} is not allowed in templates"))
+            out.append((expr.lineno, f"sandbox violation: access to attribute {attr!r} is not allowed in templates"))
         elif (
-            isinstance(node, nodes.Getattr)
-            and isinstance(node.node, nodes.Name)
-            and node.node.name == "case"
-            and node.attr not in _CASE_KEYS
+            isinstance(expr, nodes.Getattr)
+            and isinstance(expr.node, nodes.Name)
+            and expr.node.name == "case"
+            and expr.attr not in _CASE_KEYS
         ):
-            out.append((node.lineno, f"undefined name: case.{node.attr} (case has {', '.join(_CASE_KEYS)})"))
+            out.append((expr.lineno, f"undefined name: case.{expr.attr} (case has {', '.join(_CASE_KEYS)})"))
     free = meta.find_undeclared_variables(tree) - CONTEXT_KEYS - set(env.globals)
     for name in sorted(free):
         line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), 1)

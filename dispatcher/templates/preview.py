@@ -7,15 +7,17 @@ the result says whether the content is approved.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from dispatcher.config import Config
 from dispatcher.domain import Case, Channel
 from dispatcher.templates.context import build_context, opt_out_text
 from dispatcher.templates.rendering import RenderedMessage, TemplateSet, pick_locale
 from dispatcher.templates.segments import SegmentInfo, sms_segments
-from dispatcher.testing import SAMPLE_PAYMENT_LINK, SAMPLE_UNSUBSCRIBE_URL
+from dispatcher.testing import SAMPLE_PAYMENT_LINK, SAMPLE_TODAY, SAMPLE_UNSUBSCRIBE_URL, sample_case
 
 _STATUS_TEXT = {
     "approved": "approved (this content may be sent)",
@@ -55,6 +57,17 @@ class PreviewResult:
             for block in ("identity", "script", "voicemail"):
                 lines += ["", f"[{block}]", m.blocks[block]]
         return "\n".join(lines)
+
+
+def sample_case_for_template(config: Config, template_id: str, locale: str | None = None) -> Case:
+    """A sample case that fits the template: a DPD inside its stage, the China sample
+    for zh-CN and the US sample for en-US (`locale` None: China), as of `SAMPLE_TODAY`."""
+    parts = template_id.split("/")
+    stage = config.stage_named(parts[1]) if len(parts) == 3 else None
+    dpd = 45 if stage is None else (stage.dpd_min if stage.dpd_min <= 0 else stage.dpd_min + 5)
+    jurisdiction = "us" if locale == "en-US" else "cn"
+    case = sample_case(jurisdiction, dpd=dpd, today=SAMPLE_TODAY)
+    return case if locale is None else dataclasses.replace(case, locale=locale)
 
 
 def preview(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.config import Config
-from dispatcher.templates import LintProblem, lint_template, lint_tree
+from dispatcher.templates import LintProblem, lint_path, lint_template, lint_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 PHRASES = ROOT / "config" / "forbidden_phrases.txt"
@@ -366,3 +366,17 @@ def test_a_directory_that_does_not_exist(config: Config, tmp_path: Path) -> None
     assert [str(p) for p in lint_tree(tmp_path / "nope", config, PHRASES)] == [
         f"{tmp_path / 'nope'}:1: no such template directory"
     ]
+
+
+# -- `templates lint [PATH]` ---------------------------------------------------------
+
+
+def test_lint_path_takes_the_root_a_folder_or_a_file(tree: Path, config: Config) -> None:
+    bad = write(tree, "sms/dpd30/v9.en-US.j2", GOOD_SMS_EN + "{{ nope }}\n")
+    expected = f"{bad}:2: undefined name: 'nope' is undefined"
+    assert [str(p) for p in lint_path(tree, config, PHRASES)] == [expected]
+    assert [str(p) for p in lint_path(tree / "sms", config, PHRASES)] == [expected]
+    assert [str(p) for p in lint_path(tree / "sms" / "dpd30", config, PHRASES)] == [expected]
+    assert [str(p) for p in lint_path(bad, config, PHRASES)] == [expected]
+    assert lint_path(tree / "email" / "dpd90", config, PHRASES) == []
+    assert lint_path(tree / "sms/dpd30/v1.zh-CN.j2", config, PHRASES) == []

@@ -9,7 +9,7 @@ import pytest
 
 from dispatcher.config import Config
 from dispatcher.domain import Channel
-from dispatcher.templates import TemplateSet, UnknownTemplate, preview
+from dispatcher.templates import TemplateSet, UnknownTemplate, preview, sample_case_for_template
 from dispatcher.templates.segments import SegmentInfo
 from dispatcher.testing import SAMPLE_PAYMENT_LINK, SAMPLE_TODAY, sample_case
 
@@ -82,3 +82,27 @@ def test_locale_falls_back_to_the_profile_default(tree: Path, config: Config, tm
 def test_unknown_template(tree: Path, config: Config, tmp_path: Path) -> None:
     with pytest.raises(UnknownTemplate, match="did you mean"):
         preview(TemplateSet(tree, config), "sms/dpd30/v0", sample_case(), None, SAMPLE_TODAY, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("template_id", "locale", "jurisdiction", "dpd"),
+    [("sms/pre_due/v1", "zh-CN", "cn", -3), ("email/early/v2", "en-US", "us", 6),
+     ("voice/dpd90/v1", None, "cn", 95), ("sms/dpd60/v3", "en-US", "us", 65)],
+)
+def test_a_sample_case_that_fits_the_template(
+    config: Config, template_id: str, locale: str | None, jurisdiction: str, dpd: int
+) -> None:
+    case = sample_case_for_template(config, template_id, locale)
+    assert case.jurisdiction == jurisdiction
+    assert (SAMPLE_TODAY - case.due_date).days == dpd
+    assert case.locale == (locale or "zh-CN")
+    stage = config.stage_for(dpd)
+    assert stage is not None and stage.name == template_id.split("/")[1]
+
+
+def test_preview_of_every_shipped_template_with_its_sample_case(config: Config, tmp_path: Path) -> None:
+    templates = TemplateSet(ROOT / "templates", config)
+    for ref in templates.refs():
+        case = sample_case_for_template(config, ref.template_id, ref.locale)
+        result = preview(templates, ref.template_id, case, None, SAMPLE_TODAY, tmp_path)
+        assert result.locale == ref.locale and result.approval == "approved"
