@@ -430,9 +430,29 @@ def _tidy_lines(text: str) -> str:
     return "\n".join(out)
 
 
-def pick_locale(template_set: TemplateSet, template_id: str, case_locale: str, profile_default: str) -> str:
-    """The case's locale if the template has a file for it, else the profile's default."""
-    for locale in (case_locale, profile_default):
-        if locale and template_set.has(template_id, locale):
+def pick_locale(
+    template_set: TemplateSet,
+    template_id: str,
+    case_locale: str,
+    profile_default: str,
+    *,
+    approved_only: bool = False,
+) -> str:
+    """The case's locale if the template has a file for it, else the profile's default.
+
+    With `approved_only` (sending), a file counts only while its content is approved:
+    the policy falls back to the default locale's catalog when the case's locale has no
+    approved variant, and the sender must then render that same approved file.
+    """
+    candidates = [loc for loc in dict.fromkeys((case_locale, profile_default)) if loc]
+    for locale in candidates:
+        if template_set.has(template_id, locale) and (
+            not approved_only or template_set.is_approved(template_id, locale)
+        ):
             return locale
+    if approved_only and any(template_set.has(template_id, loc) for loc in candidates):
+        raise NotApproved(
+            f"{template_id} has no approved file in {' or '.join(candidates)}; run:"
+            f" dispatcher templates approve {template_id} --by USER"
+        )
     raise template_set.unknown(template_id, case_locale)

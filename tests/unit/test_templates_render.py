@@ -272,6 +272,17 @@ def test_pick_locale_prefers_the_case_then_the_profile_default(tree: Path, confi
         pick_locale(templates, "sms/dpd30/v1", "en-US", "en-US")
 
 
+def test_pick_locale_for_sending_skips_unapproved_files(tree: Path, config: Config) -> None:
+    templates = TemplateSet(tree, config)
+    path = tree / "sms/dpd30/v1.en-US.j2"
+    path.write_text(path.read_text(encoding="utf-8") + " ", encoding="utf-8")
+    # Previews still see the edited file; the sender renders the approved fallback.
+    assert pick_locale(templates, "sms/dpd30/v1", "en-US", "zh-CN") == "en-US"
+    assert pick_locale(templates, "sms/dpd30/v1", "en-US", "zh-CN", approved_only=True) == "zh-CN"
+    with pytest.raises(NotApproved, match="no approved file in en-US"):
+        pick_locale(templates, "sms/dpd30/v1", "en-US", "en-US", approved_only=True)
+
+
 # -- context ------------------------------------------------------------------------
 
 
