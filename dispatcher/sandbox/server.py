@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -89,6 +90,10 @@ class Sandbox:
 
     async def start(self) -> None:
         """Listen on the Twilio and SMTP ports (0: free ports)."""
+        # aiosmtpd logs every SMTP command (recipient addresses included) at INFO.
+        smtp_log = logging.getLogger("mail.log")
+        if smtp_log.level == logging.NOTSET:
+            smtp_log.setLevel(logging.WARNING)
         self.loop = asyncio.get_running_loop()
         self._client = WebhookClient(self.options.auth_token)
         self.simulator = TwilioSimulator(self.options, self.recorder, self._client, self.clock)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from email.header import decode_header, make_header
 from urllib.parse import parse_qsl
 
+import httpx
 import pytest
 
 from dispatcher.channels.base import OutboundMessage
@@ -94,8 +95,12 @@ async def test_email_arrives_with_headers_parts_verp_and_chinese_subject(
     assert plain.get_content().replace("\r\n", "\n").strip() == message.body
     assert "<b>¥10,270.00</b>" in html.get_content()
 
-    (snapshot,) = sandbox.emails()
+    async with httpx.AsyncClient() as http:
+        (snapshot,) = (await http.get(f"{sandbox.twilio_url}/sandbox/emails")).json()
+    assert snapshot == sandbox.emails()[0]
     assert snapshot["subject"] == SUBJECT and snapshot["count"] == 1
+    assert snapshot["mail_from"] == "bounce+9.sig@bounce.bank.example"
+    assert snapshot["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert snapshot["text"].replace("\r\n", "\n").strip() == message.body
 
 

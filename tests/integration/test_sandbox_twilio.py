@@ -350,6 +350,9 @@ async def test_call_plays_twiml_presses_digits_and_reports_completed(
     assert [s["SequenceNumber"] for s in statuses] == ["0", "1", "2", "3"]
     assert all(r.signature_valid for r in receiver.received())
 
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{sandbox.twilio_url}/sandbox/calls")).json() == sandbox.calls()
+
     fetched = await client.api.account.calls(call.sid).fetch_async()
     assert fetched.status == "completed" and fetched.answered_by == "human"
     assert fetched.duration == statuses[-1]["CallDuration"]
