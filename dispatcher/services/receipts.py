@@ -19,16 +19,22 @@ Concurrency rules, because providers deliver callbacks late, twice and in parall
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
+import re
+import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, insert, or_, select, text, update
+import psycopg
+from sqlalchemy import bindparam, case, exists, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.clock import Clock
@@ -48,7 +54,15 @@ from dispatcher.policy.replies import (
 from dispatcher.policy.window import is_legal
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, record_event
-from dispatcher.store.tables import CaseRow, ContactPointRow, EventRow, HoldRow, MessageRow, PaymentRow
+from dispatcher.store.tables import (
+    CaseRow,
+    ContactPointRow,
+    EventRow,
+    HoldRow,
+    MessageRow,
+    PaymentRow,
+    UTCDateTime,
+)
 
 log = logging.getLogger("dispatcher.receipts")
 
@@ -75,12 +89,29 @@ ACTOR_SYSTEM = "system"
 _INVALID_NUMBER_CODES = frozenset({"30005", "30006"})
 _CARRIER_OPT_OUT_CODES = frozenset({"21610"})
 
+#: Connections of the status hot path's own async pool on PostgreSQL, per process (more
+#: concurrent commits share each WAL flush; the rest wait for a free connection).
+HOT_POOL_SIZE = 8
+
 _MAX_TEXT = 1600  # characters of a reply kept on the timeline (10 SMS segments)
 
 #: rank(status) in SQL; statuses the rank map does not know rank lowest
 _RANK_SQL = case(
     {status.value: rank for status, rank in STATUS_RANK.items()}, value=messages_t.c.status, else_=-1
 )
+
+
+#: the same rank as SQL text, for the prepared statements
+_RANK_CASE = (
+    "CASE status "
+    + " ".join(f"WHEN '{status.value}' THEN {rank}" for status, rank in STATUS_RANK.items())
+    + " ELSE -1 END"
+)
+
+
+def _encode(data: dict[str, Any]) -> str:
+    """Event data as `record_event` encodes it."""
+    return json.dumps(data, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def _ranks_below(status: MessageStatus) -> Any:
@@ -223,6 +254,209 @@ def payment_link_text(locale: str, org: str, link: str) -> str:
 # ----------------------------------------------------------------------- service
 
 
+@dataclass(frozen=True, slots=True)
+class _Match:
+    """The row a status callback is about: `applied` (its status moved up) or not."""
+
+    applied: bool
+    message_id: int
+    case_id: str
+    to_address: str | None
+    status: str | None = None  # the row's status when not applied
+
+
+def _pyformat(sql: str) -> str:
+    """`:name` placeholders as psycopg's `%(name)s`."""
+    return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", sql)
+
+
+class _AsyncPgPool:
+    """A few autocommit psycopg connections used on the running event loop, so the
+    status hot path needs no worker thread. Connections belong to the loop that made
+    them; on another loop (tests start one per test) the idle ones are dropped."""
+
+    def __init__(self, conninfo: str, size: int) -> None:
+        if "connect_timeout" not in conninfo:  # an unreachable server must not hang requests
+            conninfo += ("&" if "?" in conninfo else "?") + "connect_timeout=10"
+        self._conninfo = conninfo
+        self._size = size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots: asyncio.Semaphore | None = None
+
+    def _bind(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop or self._slots is None:
+            self.close()
+            self._loop = loop
+            self._slots = asyncio.Semaphore(self._size)
+        return self._slots
+
+    async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run one statement; a pooled connection found dead is replaced once (the
+        statements run here are idempotent, so running one again is harmless)."""
+        async with self._bind():
+            for attempt in (1, 2):
+                pooled = bool(self._idle)
+                conn = self._idle.pop() if pooled else await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True)
+                try:
+                    cursor = await conn.execute(sql, params)
+                    rows = await cursor.fetchall() if cursor.description else []
+                except psycopg.OperationalError:
+                    self._discard(conn)
+                    if not pooled or attempt == 2:
+                        raise
+                    continue
+                except BaseException:  # a failed statement or a cancelled request: state unknown
+                    self._discard(conn)
+                    raise
+                self._idle.append(conn)
+                return rows
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _discard(conn: psycopg.AsyncConnection[Any]) -> None:
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+
+
+class _StatusSQL:
+    """The hot path of status callbacks as prepared SQL (built once, compiled once).
+
+    Matching: the row named by `?m=` if its SID is unknown or the same, or else the
+    row with that SID. The update happens only if the new status ranks higher, and
+    learns the SID. PostgreSQL runs the update, its `status_received` event and, when
+    nothing was updated, the look-up of the row in one autocommit statement: one round
+    trip, made from the event loop (psycopg async), no worker thread. SQLite runs them
+    in one transaction on one dedicated thread (SQLite has one writer anyway, and
+    queueing in-process is fairer and faster than SQLite's busy-wait sleeps).
+    """
+
+    _MATCH = (
+        "channel = :channel AND ((id = :m AND (provider_id IS NULL OR provider_id = :sid))"
+        " OR provider_id = :sid)"
+    )
+    _UPDATE = (
+        "UPDATE messages SET status = :status, status_at = :now, provider_id = COALESCE(provider_id, :sid),"
+        " sent_at = CASE WHEN :sets_sent = 1 THEN COALESCE(sent_at, :now) ELSE sent_at END,"
+        " answered_by = COALESCE(answered_by, :answered_by)"
+        f" WHERE {_MATCH} AND {_RANK_CASE} < :rank"
+        " RETURNING id, case_id, to_address"
+    )
+    _INSERT_EVENT = (
+        "INSERT INTO events (case_id, message_id, at, kind, actor, data)"
+        " VALUES (:case_id, :message_id, :now, 'status_received', NULL, :data)"
+    )
+    _FIND = (
+        f"SELECT id, case_id, to_address, status, provider_id FROM messages WHERE {_MATCH}"
+        " ORDER BY CASE WHEN id = :m THEN 0 ELSE 1 END LIMIT 1"
+    )
+    _PG_APPLY = (
+        f"WITH u AS ({_UPDATE}),"
+        " e AS (INSERT INTO events (case_id, message_id, at, kind, actor, data)"
+        " SELECT case_id, id, :now, 'status_received', NULL, CAST(:data AS TEXT) FROM u)"
+        " SELECT TRUE AS applied, id, case_id, to_address, CAST(NULL AS VARCHAR) AS status,"
+        " CAST(NULL AS VARCHAR) AS provider_id FROM u"
+        " UNION ALL (SELECT FALSE, id, case_id, to_address, status, provider_id FROM messages"
+        f" WHERE {_MATCH} AND NOT EXISTS (SELECT 1 FROM u) ORDER BY CASE WHEN id = :m THEN 0 ELSE 1 END LIMIT 1)"
+    )
+    _LEARN_SID = "UPDATE messages SET provider_id = :sid WHERE id = :id AND provider_id IS NULL"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
+        now = bindparam("now", type_=UTCDateTime())
+        self._update = text(self._UPDATE).bindparams(now)
+        self._event = text(self._INSERT_EVENT).bindparams(now)
+        self._find = text(self._FIND)
+        self._learn = text(self._LEARN_SID)
+        self._pg_apply = text(self._PG_APPLY).bindparams(now)
+        self._lock = threading.Lock()
+        self._pool: _AsyncPgPool | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        if self.postgres:
+            conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._pool = _AsyncPgPool(conninfo, HOT_POOL_SIZE)
+            self._pg_apply_sql = _pyformat(self._PG_APPLY)
+            self._pg_learn_sql = _pyformat(self._LEARN_SID)
+        else:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-sqlite")
+        self._finalizer = weakref.finalize(self, _StatusSQL._release, self._pool, self._executor)
+
+    @staticmethod
+    def _release(pool: _AsyncPgPool | None, executor: concurrent.futures.ThreadPoolExecutor | None) -> None:
+        if pool is not None:
+            pool.close()
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    @staticmethod
+    def _params(channel: Channel, sid: str, status: MessageStatus, message_id: int | None, now: dt.datetime,
+                answered_by: str | None, data: str) -> dict[str, Any]:
+        return {
+            "channel": channel.value,
+            "sid": sid,
+            "m": message_id,
+            "status": status.value,
+            "rank": status_rank(status),
+            "now": now,
+            # the provider has it: a crash before the sender recorded it must not hide it
+            "sets_sent": 1 if status_rank(status) >= status_rank(MessageStatus.SENT) else 0,
+            "answered_by": answered_by[:32] if answered_by else None,
+            "data": data,
+        }
+
+    def apply(self, channel: Channel, sid: str, status: MessageStatus, message_id: int | None, now: dt.datetime,
+              answered_by: str | None, data: str) -> _Match | None:
+        """Move the matching row up to `status` (and log it), or say which row matched
+        without moving; None when no row matches. Blocking."""
+        params = self._params(channel, sid, status, message_id, now, answered_by, data)
+        if self.postgres:
+            with self.engine.connect() as conn:
+                row = conn.execute(self._pg_apply, params).first()
+                if row is not None and not row.applied and row.provider_id is None:
+                    conn.execute(self._learn, {"sid": sid, "id": row.id})
+                conn.commit()
+            return None if row is None else _Match(bool(row.applied), row.id, row.case_id, row.to_address, row.status)
+        with self._lock, self.engine.begin() as conn:
+            updated = conn.execute(self._update, params).first()
+            if updated is not None:
+                conn.execute(self._event, {"case_id": updated.case_id, "message_id": updated.id, "now": now,
+                                           "data": data})
+                return _Match(True, updated.id, updated.case_id, updated.to_address)
+            found = conn.execute(self._find, params).first()
+            if found is None:
+                return None
+            if found.provider_id is None:  # the callback beat the sender's record: learn the SID
+                conn.execute(self._learn, {"sid": sid, "id": found.id})
+            return _Match(False, found.id, found.case_id, found.to_address, found.status)
+
+    async def apply_async(self, channel: Channel, sid: str, status: MessageStatus, message_id: int | None,
+                          now: dt.datetime, answered_by: str | None, data: str) -> _Match | None:
+        """`apply` without blocking the event loop."""
+        if self._pool is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self.apply, channel, sid, status, message_id, now, answered_by, data)
+        params = self._params(channel, sid, status, message_id, now.astimezone(dt.UTC), answered_by, data)
+        rows = await self._pool.fetch(self._pg_apply_sql, params)
+        if not rows:
+            return None
+        applied, row_id, case_id, to_address, row_status, provider_id = rows[0]
+        if not applied and provider_id is None:
+            await self._pool.fetch(self._pg_learn_sql, {"sid": sid, "id": row_id})
+        return _Match(bool(applied), row_id, case_id, to_address, row_status)
+
+
 class Receipts:
     """Applies what comes back to the store. One instance per app; thread-safe (each
     call uses its own connection)."""
@@ -233,8 +467,62 @@ class Receipts:
         self.clock = clock
         self.signer = signer
         self.public_url = public_url.rstrip("/")
+        self._status_sql = _StatusSQL(engine)
+
+    def close(self) -> None:
+        """Release the connections of the status hot path (PostgreSQL)."""
+        self._status_sql.close()
 
     # -- status callbacks ----------------------------------------------------------
+
+    def _prepare_status(
+        self, sid: str, provider_status: str, answered_by: str | None, error_code: str | None, duration: str | None
+    ) -> StatusOutcome | tuple[MessageStatus, dt.datetime, dict[str, Any]]:
+        try:
+            status = map_provider_status(provider_status)
+        except UnknownStatusError:
+            log.warning("status callback %s: unknown status %r ignored", sid[:40], provider_status[:40])
+            return StatusOutcome("ignored")
+        if status is None:
+            return StatusOutcome("ignored")
+        data: dict[str, Any] = {"status": status.value, "provider_status": provider_status[:40], "sid": sid}
+        if error_code:
+            data["error_code"] = error_code[:16]
+        if answered_by:
+            data["answered_by"] = answered_by[:32]
+        if duration:
+            data["duration"] = duration[:16]
+        return status, self.clock.now(), data
+
+    @staticmethod
+    def _needs_follow_up(channel: Channel, status: MessageStatus, match: _Match | None, error_code: str | None) -> bool:
+        if match is None:
+            return True  # orphan event
+        if channel is Channel.VOICE and status is MessageStatus.COMPLETED:
+            return True
+        return bool(match.applied and error_code and status in (MessageStatus.FAILED, MessageStatus.UNDELIVERED))
+
+    def _follow_up(self, channel: Channel, sid: str, status: MessageStatus, message_id: int | None,
+                   now: dt.datetime, data: dict[str, Any], match: _Match | None, error_code: str | None
+                   ) -> StatusOutcome:
+        if match is None:
+            with self.engine.begin() as conn:
+                record_event(conn, EventKind.ORPHAN_CALLBACK, now, channel=channel.value, m=message_id, **data)
+            log.info("status callback for unknown %s %s (m=%s) kept as orphan", channel.value, sid[:40], message_id)
+            return StatusOutcome("orphan", status=status)
+        if channel is Channel.VOICE and status is MessageStatus.COMPLETED:
+            self._settle_conversation(match.message_id)
+        if match.applied and error_code and match.to_address and status in (
+            MessageStatus.FAILED, MessageStatus.UNDELIVERED
+        ):
+            self._apply_error_code(channel, error_code, match.to_address, now)
+        return self._outcome(match, status)
+
+    @staticmethod
+    def _outcome(match: _Match, status: MessageStatus) -> StatusOutcome:
+        if match.applied:
+            return StatusOutcome("applied", match.message_id, match.case_id, status)
+        return StatusOutcome("stale", match.message_id, match.case_id, MessageStatus(match.status))
 
     def apply_status(
         self,
@@ -247,91 +535,38 @@ class Receipts:
         error_code: str | None = None,
         duration: str | None = None,
     ) -> StatusOutcome:
-        """Apply one SMS or call status callback (see the module docstring)."""
-        try:
-            status = map_provider_status(provider_status)
-        except UnknownStatusError:
-            log.warning("status callback %s: unknown status %r ignored", sid[:40], provider_status[:40])
-            return StatusOutcome("ignored")
-        if status is None:
-            return StatusOutcome("ignored")
-        now = self.clock.now()
-        data: dict[str, Any] = {"status": status.value, "provider_status": provider_status[:40], "sid": sid}
-        if error_code:
-            data["error_code"] = error_code[:16]
-        if answered_by:
-            data["answered_by"] = answered_by[:32]
-        if duration:
-            data["duration"] = duration[:16]
+        """Apply one SMS or call status callback (see the module docstring). Blocking."""
+        prepared = self._prepare_status(sid, provider_status, answered_by, error_code, duration)
+        if isinstance(prepared, StatusOutcome):
+            return prepared
+        status, now, data = prepared
+        match = self._status_sql.apply(channel, sid, status, message_id, now, answered_by, _encode(data))
+        return self._follow_up(channel, sid, status, message_id, now, data, match, error_code)
 
-        applied = self._update_status(channel, sid, status, message_id, now, answered_by, data)
-        if applied is None and message_id is not None:
-            # ?m= did not match (unknown id, or a different SID): try the SID itself
-            applied = self._update_status(channel, sid, status, None, now, answered_by, data)
-        if applied is not None:
-            msg_id, case_id, to_address = applied
-            if channel is Channel.VOICE and status is MessageStatus.COMPLETED:
-                self._settle_conversation(msg_id)
-            if status in (MessageStatus.FAILED, MessageStatus.UNDELIVERED) and error_code and to_address:
-                self._apply_error_code(channel, error_code, to_address, now)
-            return StatusOutcome("applied", msg_id, case_id, status)
-
-        m = messages_t.c
-        ours = [m.provider_id == sid]
-        if message_id is not None:
-            ours.append(and_(m.id == message_id, or_(m.provider_id.is_(None), m.provider_id == sid)))
-        with self.engine.connect() as conn:
-            known = conn.execute(
-                select(m.id, m.case_id, m.status, m.provider_id).where(or_(*ours), m.channel == channel.value).limit(1)
-            ).first()
-        if known is not None:
-            if known.provider_id is None:  # the callback beat the sender's record: learn the SID
-                with self.engine.begin() as conn:
-                    conn.execute(update(messages_t).where(m.id == known.id, m.provider_id.is_(None))
-                                 .values(provider_id=sid))
-            if channel is Channel.VOICE and status is MessageStatus.COMPLETED:
-                self._settle_conversation(known.id)
-            return StatusOutcome("stale", known.id, known.case_id, MessageStatus(known.status))
-        with self.engine.begin() as conn:
-            record_event(conn, EventKind.ORPHAN_CALLBACK, now, channel=channel.value, m=message_id, **data)
-        log.info("status callback for unknown %s %s (m=%s) kept as orphan", channel.value, sid[:40], message_id)
-        return StatusOutcome("orphan", status=status)
-
-    def _update_status(
+    async def apply_status_async(
         self,
         channel: Channel,
         sid: str,
-        status: MessageStatus,
-        message_id: int | None,
-        now: dt.datetime,
-        answered_by: str | None,
-        data: dict[str, Any],
-    ) -> tuple[int, str, str | None] | None:
-        m = messages_t.c
-        where = [m.channel == channel.value, _ranks_below(status)]
-        if message_id is not None:
-            where += [m.id == message_id, or_(m.provider_id.is_(None), m.provider_id == sid)]
-        else:
-            where.append(m.provider_id == sid)
-        values: dict[str, Any] = {
-            "status": status.value,
-            "status_at": now,
-            "provider_id": func.coalesce(m.provider_id, sid),
-        }
-        if status_rank(status) >= status_rank(MessageStatus.SENT):
-            # the provider has it: a crash before the sender recorded it must not hide it
-            values["sent_at"] = func.coalesce(m.sent_at, now)
-        if answered_by:
-            values["answered_by"] = func.coalesce(m.answered_by, answered_by[:32])
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                update(messages_t).where(*where).values(**values).returning(m.id, m.case_id, m.to_address)
-            ).first()
-            if row is None:
-                return None
-            record_event(conn, EventKind.STATUS_RECEIVED, now, case_id=row.case_id, message_id=row.id,
-                         channel=channel.value, **data)
-        return row.id, row.case_id, row.to_address
+        provider_status: str,
+        message_id: int | None = None,
+        *,
+        answered_by: str | None = None,
+        error_code: str | None = None,
+        duration: str | None = None,
+    ) -> StatusOutcome:
+        """`apply_status` for the event loop: the common case (a status moves, or a
+        duplicate) costs one statement and no worker thread on PostgreSQL."""
+        prepared = self._prepare_status(sid, provider_status, answered_by, error_code, duration)
+        if isinstance(prepared, StatusOutcome):
+            return prepared
+        status, now, data = prepared
+        match = await self._status_sql.apply_async(channel, sid, status, message_id, now, answered_by,
+                                                   _encode(data))
+        if self._needs_follow_up(channel, status, match, error_code):
+            return await asyncio.to_thread(
+                self._follow_up, channel, sid, status, message_id, now, data, match, error_code)
+        assert match is not None
+        return self._outcome(match, status)
 
     def _apply_error_code(self, channel: Channel, error_code: str, to_address: str, now: dt.datetime) -> None:
         code = error_code.strip()

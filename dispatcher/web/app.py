@@ -12,7 +12,9 @@ from or written to the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -48,9 +50,17 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The FastAPI app wired to its collaborators. `templates` is kept for pages that
-    render approved content (unused by the webhooks)."""
-    app = FastAPI(title="dispatcher", docs_url=None, redoc_url=None, openapi_url=None)
+    render approved content (unused by the webhooks). On PostgreSQL the status hot path
+    keeps a few connections of its own: they are released at lifespan shutdown, or by
+    `app.state.receipts.close()` when the server runs with lifespan off."""
     receipts = Receipts(engine, config, clock, signer, settings.public_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        receipts.close()  # the status hot path's own connections
+
+    app = FastAPI(title="dispatcher", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     metrics = WebhookMetrics(receipts.message_counts)
     if not settings.twilio_auth_token:
         log.warning("TWILIO_AUTH_TOKEN is not set: every /twilio/* request will be refused with 403")
@@ -64,7 +74,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
 
-    app.include_router(twilio_hooks.router)
+    app.router.routes.extend(twilio_hooks.routes)
     app.include_router(email_hooks.router)
     app.include_router(payment_links.router)
 
@@ -95,7 +105,8 @@ def create_app(
         text = await run_in_threadpool(metrics.render)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, metrics=metrics)
+    known = frozenset(r.path for r in twilio_hooks.routes)
+    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, metrics=metrics, known_paths=known)
     return app
 
 

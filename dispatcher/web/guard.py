@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import psycopg
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.web.metrics import WebhookMetrics
@@ -49,8 +50,10 @@ def _result_for(status: int) -> str:
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: WebhookMetrics) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: WebhookMetrics,
+                 known_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.known_paths = known_paths
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
@@ -85,7 +88,7 @@ class GuardMiddleware:
         try:
             await self.app(scope, replay, tracking_send)
         except Exception as exc:  # the catch-all: never a 500
-            status = 503 if isinstance(exc, SQLAlchemyError | OSError | TimeoutError) else 400
+            status = 503 if isinstance(exc, SQLAlchemyError | psycopg.Error | OSError | TimeoutError) else 400
             log.error("%s %s failed: %s; answered %d", scope.get("method"), scope.get("path"),
                       type(exc).__name__, status, exc_info=exc)
             if status_box[0] == 0:
@@ -116,8 +119,11 @@ class GuardMiddleware:
                 return b"".join(chunks)
 
     def _count(self, scope: Scope, status: int) -> None:
+        # FastAPI records its own routes in the scope; plain Starlette routes are
+        # counted by their (fixed) path; anything else is "other" (bounded labels)
         route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "other"
+        path = scope.get("path", "")
+        endpoint = getattr(route, "path", None) or (path if path in self.known_paths else "other")
         state = scope.get("state") or {}
         result = state.get("result") if isinstance(state, dict) else None
         self.metrics.count(endpoint, result or _result_for(status))

@@ -4,8 +4,10 @@ is read from it; a failed check is a 403 that changes nothing."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from dispatcher.domain import Channel
 from dispatcher.policy.replies import is_machine
@@ -18,8 +20,6 @@ from dispatcher.web.security import (
     parse_form,
     public_request_url,
 )
-
-router = APIRouter(prefix="/twilio")
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
@@ -76,8 +76,7 @@ async def _status(request: Request, channel: Channel) -> Response:
         status = params.get("CallStatus")
     if not sid or not status or len(status) > 40:
         raise Rejected(400, "bad_request", "status callback without an id or a status")
-    outcome = await run_in_threadpool(
-        _receipts(request).apply_status,
+    outcome = await _receipts(request).apply_status_async(
         channel,
         sid,
         status,
@@ -90,12 +89,10 @@ async def _status(request: Request, channel: Channel) -> Response:
     return twiml(EMPTY_TWIML)
 
 
-@router.post("/sms/status")
 async def sms_status(request: Request) -> Response:
     return await _status(request, Channel.SMS)
 
 
-@router.post("/voice/status")
 async def voice_status(request: Request) -> Response:
     return await _status(request, Channel.VOICE)
 
@@ -103,7 +100,6 @@ async def voice_status(request: Request) -> Response:
 # ------------------------------------------------------------------------ inbound SMS
 
 
-@router.post("/sms/inbound")
 async def sms_inbound(request: Request) -> Response:
     params = await verified_form(request)
     sid = _sid(params, "MessageSid", "SmsSid")
@@ -124,7 +120,6 @@ def _gather_url(request: Request, message_id: int, step: str, attempt: int = 0) 
     return f"{base}/twilio/voice/gather?m={message_id}&step={step}{suffix}"
 
 
-@router.post("/voice/answer")
 async def voice_answer(request: Request) -> Response:
     params = await verified_form(request)
     receipts = _receipts(request)
@@ -143,7 +138,6 @@ async def voice_answer(request: Request) -> Response:
     return twiml(voice.identity_check(ctx, _gather_url(request, ctx.message_id, "identity")))
 
 
-@router.post("/voice/gather")
 async def voice_gather(request: Request) -> Response:
     params = await verified_form(request)
     receipts = _receipts(request)
@@ -186,3 +180,12 @@ async def voice_gather(request: Request) -> Response:
 
     request.state.result = "bad_step"
     return twiml(voice.goodbye(ctx))
+
+
+routes = [
+    Route("/twilio/sms/status", sms_status, methods=["POST"]),
+    Route("/twilio/voice/status", voice_status, methods=["POST"]),
+    Route("/twilio/sms/inbound", sms_inbound, methods=["POST"]),
+    Route("/twilio/voice/answer", voice_answer, methods=["POST"]),
+    Route("/twilio/voice/gather", voice_gather, methods=["POST"]),
+]

@@ -186,8 +186,11 @@ async def world(engine: Engine, config: Config, fake_clock: FakeClock) -> AsyncI
     voice_id = add_message(engine, "cn-1", "voice", to=CN_PHONE, parts=VOICE_PARTS)
     email_id = add_message(engine, "cn-1", "email", to=CN_EMAIL)
     app = make_app(engine, config, fake_clock)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=INTERNAL) as client:
-        yield World(engine, config, fake_clock, client, LinkSigner(KEY), sms_id, voice_id, email_id)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=INTERNAL) as client:
+            yield World(engine, config, fake_clock, client, LinkSigner(KEY), sms_id, voice_id, email_id)
+    finally:
+        app.state.receipts.close()
 
 
 # --------------------------------------------------------------------------- status
@@ -339,6 +342,7 @@ async def test_oversized_bodies_get_413(world: World, engine: Engine, config: Co
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=small), base_url=INTERNAL) as client:
         r = await client.post("/twilio/sms/status", content=b"a" * 101)
         assert r.status_code == 413
+    small.state.receipts.close()
 
 
 async def test_malformed_requests_get_400(world: World) -> None:
@@ -743,6 +747,7 @@ async def test_health_reports_an_unreachable_store(config: Config, fake_clock: F
             assert r.status_code == 503
             assert "dispatcher_store_up 0" in (await client.get("/metrics")).text
     finally:
+        app.state.receipts.close()
         broken.dispose()
 
 

@@ -1,0 +1,215 @@
+"""A storm of signed status callbacks through a real uvicorn server on loopback: 5,000
+callbacks for 1,700 messages, a third of them duplicated, all shuffled and sent
+concurrently. Every message must end in exactly its highest-ranked status."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Engine
+from twilio.request_validator import RequestValidator
+
+from dispatcher.clock import FakeClock
+from dispatcher.config import Config
+from dispatcher.domain import Case, MessageStatus
+from dispatcher.links import LinkSigner
+from dispatcher.policy.replies import map_provider_status, status_rank
+from dispatcher.settings import Settings
+from dispatcher.store import repository as repo
+from dispatcher.store.repository import ImportedCase
+from dispatcher.web.app import create_app
+
+TOKEN = "storm-auth-token"
+PUBLIC = "https://hooks.example.test"
+TOTAL = 5000
+SMS_MESSAGES = 1200
+VOICE_MESSAGES = 500
+CONCURRENCY = 64
+
+#: plausible provider histories (the callbacks one message can receive)
+SMS_HISTORIES = [
+    ["sent", "delivered"],
+    ["delivered"],
+    ["sent", "undelivered"],
+    ["failed"],
+    ["sent", "delivered", "read"],
+    ["delivered", "read"],
+]
+VOICE_HISTORIES = [
+    ["initiated", "ringing", "in-progress", "completed"],
+    ["ringing", "no-answer"],
+    ["busy"],
+    ["initiated", "failed"],
+    ["ringing", "in-progress", "completed"],
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """uvicorn serving an app on a free loopback port, in a thread."""
+
+    def __init__(self, app: object) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off",
+                                ws="none", access_log=False, backlog=2048)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-storm", daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def seed(engine: Engine, now: dt.datetime, rnd: random.Random) -> dict[int, tuple[str, str, str | None]]:
+    """100 cases, 1,700 messages in flight; returns id -> (channel, initial status, provider id)."""
+    cases = [
+        ImportedCase(
+            case=Case(case_id=f"storm-{i:03d}", name="Storm Case", jurisdiction="cn", locale="zh-CN", currency="CNY",
+                      principal=Decimal("100.00"), interest=Decimal("0.00"), penalty=Decimal("0.00"),
+                      fees=Decimal("0.00"), amount_due=Decimal("100.00"), due_date=dt.date(2026, 10, 1),
+                      phone=f"+86138{i:08d}"),
+            zones=("Asia/Shanghai",), sms_consent=True, email_consent=True, voice_consent=True,
+        )
+        for i in range(100)
+    ]
+    rows = []
+    for n in range(SMS_MESSAGES + VOICE_MESSAGES):
+        channel = "sms" if n < SMS_MESSAGES else "voice"
+        initial = rnd.choice(["sending", "sent"])
+        # half the rows already know their SID (the sender recorded it), half learn it from a callback
+        provider_id = f"{'SM' if channel == 'sms' else 'CA'}{n:030d}" if rnd.random() < 0.5 else None
+        rows.append({
+            "case_id": f"storm-{n % 100:03d}", "channel": channel, "kind": "scheduled", "status": initial,
+            "provider_id": provider_id, "idempotency_key": f"storm:{n}", "scheduled_at": now, "created_at": now,
+            "to_address": f"+86138{n % 100:08d}",
+        })
+    with engine.begin() as conn:
+        repo.upsert_cases(conn, cases, now)
+        conn.execute(insert(repo.messages_t), rows)
+        ids = conn.execute(
+            select(repo.messages_t.c.id, repo.messages_t.c.channel, repo.messages_t.c.status,
+                   repo.messages_t.c.idempotency_key)
+        ).all()
+    by_n = {int(r.idempotency_key.split(":")[1]): r for r in ids}
+    return {by_n[n].id: (rows[n]["channel"], rows[n]["status"], f"{'SM' if rows[n]['channel'] == 'sms' else 'CA'}{n:030d}")
+            for n in range(len(rows))}
+
+
+def build_callbacks(messages: dict[int, tuple[str, str, str | None]], rnd: random.Random) -> tuple[
+        list[tuple[str, dict[str, str]]], dict[int, str]]:
+    unique: list[tuple[str, dict[str, str]]] = []
+    expected: dict[int, str] = {}
+    for message_id, (channel, initial, sid) in messages.items():
+        history = rnd.choice(SMS_HISTORIES if channel == "sms" else VOICE_HISTORIES)
+        final = initial
+        for status in history:
+            ours = map_provider_status(status)
+            assert ours is not None
+            if status_rank(ours) > status_rank(final):
+                final = ours.value
+            if channel == "sms":
+                unique.append((f"/twilio/sms/status?m={message_id}", {"MessageSid": sid, "MessageStatus": status,
+                                                                       "AccountSid": "AC" + "0" * 32}))
+            else:
+                unique.append((f"/twilio/voice/status?m={message_id}", {"CallSid": sid, "CallStatus": status,
+                                                                         "AccountSid": "AC" + "0" * 32}))
+        expected[message_id] = final
+    duplicates = rnd.choices(unique, k=TOTAL - len(unique))
+    callbacks = unique + duplicates
+    rnd.shuffle(callbacks)
+    return callbacks, expected
+
+
+async def fire(base_url: str, callbacks: list[tuple[str, dict[str, str]]]) -> list[int]:
+    validator = RequestValidator(TOKEN)
+    prepared = [
+        (path, urlencode(params), validator.compute_signature(PUBLIC + path, params)) for path, params in callbacks
+    ]
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+
+        async def one(path: str, body: str, signature: str) -> int:
+            async with semaphore:
+                r = await client.post(path, content=body, headers={
+                    "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature})
+                return r.status_code
+
+        return await asyncio.gather(*(one(*p) for p in prepared))
+
+
+@pytest.fixture
+def storm_app(engine: Engine, config: Config, fake_clock: FakeClock) -> Iterator[ServerThread]:
+    settings = Settings(public_url=PUBLIC, twilio_auth_token=TOKEN, signing_key="k" * 32)
+    app = create_app(engine=engine, config=config, clock=fake_clock, settings=settings, signer=LinkSigner("k" * 32))
+    try:
+        with ServerThread(app) as server:
+            yield server
+    finally:
+        app.state.receipts.close()
+
+
+@pytest.mark.slow
+async def test_storm_of_duplicated_shuffled_callbacks_ends_in_the_highest_status(
+    engine: Engine, fake_clock: FakeClock, storm_app: ServerThread
+) -> None:
+    rnd = random.Random(20261207)
+    messages = seed(engine, fake_clock.now(), rnd)
+    callbacks, expected = build_callbacks(messages, rnd)
+    assert len(callbacks) == TOTAL
+    duplicated = TOTAL - len({(p, tuple(sorted(b.items()))) for p, b in callbacks})
+    assert 0.28 * TOTAL < duplicated < 0.40 * TOTAL  # about a third
+
+    started = time.monotonic()
+    statuses = await fire(storm_app.url, callbacks)
+    elapsed = time.monotonic() - started
+    assert statuses == [200] * TOTAL
+    assert elapsed < 60
+
+    with engine.connect() as conn:
+        final = dict(conn.execute(select(repo.messages_t.c.id, repo.messages_t.c.status)).all())
+        sids = dict(conn.execute(select(repo.messages_t.c.id, repo.messages_t.c.provider_id)).all())
+        events = conn.execute(
+            select(repo.events_t.c.kind, func.count()).group_by(repo.events_t.c.kind)
+        ).all()
+    wrong = {m: (final[m], want) for m, want in expected.items() if final[m] != want}
+    assert wrong == {}
+    assert all(sids[m] == messages[m][2] for m in messages)  # every row learnt its SID
+    counts = dict(events)
+    assert "orphan_callback" not in counts
+    moved = sum(1 for m, (_, initial, _) in messages.items() if expected[m] != initial)
+    # one event per upward move: at least one per message that moved, never one per duplicate
+    assert moved <= counts["status_received"] <= len({(p, b["MessageSid" if "MessageSid" in b else "CallSid"],
+                                                          b.get("MessageStatus") or b.get("CallStatus"))
+                                                         for p, b in callbacks})
+    assert all(MessageStatus(s) for s in final.values())
