@@ -13,17 +13,34 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 from collections import defaultdict
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, and_, case, func, insert, or_, select, update
+from sqlalchemy import (
+    Numeric,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.sqltypes import NullType
 from sqlmodel import Session
 
 from dispatcher.domain import (
@@ -123,6 +140,17 @@ def _dialect_insert(conn: Connection, table: Table) -> Any:
     raise NotImplementedError(f"database {name!r} is not supported; use PostgreSQL or SQLite")
 
 
+def _exact_cents(value: Decimal, what: str) -> Decimal:
+    """Money on its way in: exactly two decimals, so every backend stores and returns
+    the same text (`1025.75`, `0.00`); refuses anything that would need rounding."""
+    if not isinstance(value, Decimal):
+        raise TypeError(f"{what} must be Decimal, got {type(value).__name__}")
+    cents = value.quantize(CENT)
+    if cents != value:
+        raise ValueError(f"{what} {value} has more than 2 decimals")
+    return cents if cents else Decimal("0.00")  # never "-0.00"
+
+
 def _cents(value: Decimal) -> Decimal:
     """Money with two decimals on every backend (PostgreSQL returns NUMERIC(18, 8) as
     `12.50000000`, SQLite the text as written); never rounds a value away."""
@@ -130,6 +158,7 @@ def _cents(value: Decimal) -> Decimal:
     return quantized if quantized == value else value
 
 
+@functools.lru_cache(maxsize=4096)  # few distinct rates; normalize() is slow
 def _plain(value: Decimal | None) -> Decimal | None:
     """A rate without the storage's trailing zeros (`0.00050000` -> `0.0005`)."""
     if value is None:
@@ -139,7 +168,10 @@ def _plain(value: Decimal | None) -> Decimal | None:
 
 
 def _split(text: str | None) -> tuple[str, ...]:
-    return tuple(part for part in (text or "").split(",") if part)
+    if not text:
+        return ()
+    parts = text.split(",")
+    return tuple(parts) if "" not in parts else tuple(p for p in parts if p)
 
 
 def _event(kind: EventKind, at: dt.datetime, case_id: str | None, *, actor: str | None = None,
@@ -155,8 +187,41 @@ def _event(kind: EventKind, at: dt.datetime, case_id: str | None, *, actor: str 
     }
 
 
+def _bulk_insert(
+    conn: Connection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    *,
+    conflict: list[Any] | None = None,
+    update_set: Callable[[Any], dict[str, Any]] | None = None,
+) -> None:
+    """INSERT many rows (all with the same keys), optionally as an upsert:
+    `ON CONFLICT (conflict) DO UPDATE SET update_set(excluded)`.
+
+    On PostgreSQL the rows go as one array per column through `INSERT ... SELECT
+    unnest(...)`: one statement per batch instead of one per row (several times faster
+    for import batches; psycopg would otherwise execute and parse each row apart).
+    """
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        columns = list(rows[0])
+        source = select(
+            *(func.unnest(bindparam(c, type_=ARRAY(table.c[c].type))).label(c) for c in columns)
+        )
+        stmt: Any = postgresql.insert(table).from_select(columns, source)
+        params: Any = {c: [row[c] for row in rows] for c in columns}
+    else:
+        stmt, params = _dialect_insert(conn, table), rows
+    if conflict is not None and update_set is not None:
+        stmt = stmt.on_conflict_do_update(index_elements=conflict, set_=update_set(stmt.excluded))
+    conn.execute(stmt, params)
+
+
 def _insert_events(conn: Connection, events: list[dict[str, Any]]) -> None:
-    if events:
+    if len(events) > 1:
+        _bulk_insert(conn, events_t, events)
+    elif events:
         conn.execute(insert(events_t), events)
 
 
@@ -262,16 +327,16 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
                 "zones": ",".join(row.zones),
                 "escalated_stages": "",
                 "currency": c.currency,
-                "principal": c.principal,
-                "interest": c.interest,
-                "penalty": c.penalty,
-                "fees": c.fees,
-                "amount_due": c.amount_due,
+                "principal": _exact_cents(c.principal, "principal"),
+                "interest": _exact_cents(c.interest, "interest"),
+                "penalty": _exact_cents(c.penalty, "penalty"),
+                "fees": _exact_cents(c.fees, "fees"),
+                "amount_due": _exact_cents(c.amount_due, "amount_due"),
                 "penalty_rate_daily": c.penalty_rate_daily,
                 "due_date": c.due_date,
                 "status": status,
                 "product": c.product.value,
-                "paid_total": Decimal(0),
+                "paid_total": Decimal("0.00"),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -293,21 +358,17 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
                 }
             )
 
-    stmt = _dialect_insert(conn, cases_t)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[cases_t.c.case_id],
-        set_={name: stmt.excluded[name] for name in _CASE_UPDATE_COLUMNS},
+    _bulk_insert(
+        conn, cases_t, case_values,
+        conflict=[cases_t.c.case_id],
+        update_set=lambda excluded: {name: excluded[name] for name in _CASE_UPDATE_COLUMNS},
     )
-    conn.execute(stmt, case_values)
 
     # The flags are decided in SQL, against the row as it is when the upsert locks it, so
     # an opt-out that commits while the import runs is never undone.
-    stmt = _dialect_insert(conn, contacts_t)
-    excluded = stmt.excluded
-    same_address = contacts_t.c.address.is_not_distinct_from(excluded.address)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[contacts_t.c.case_id, contacts_t.c.channel],
-        set_={
+    def contact_update(excluded: Any) -> dict[str, Any]:
+        same_address = contacts_t.c.address.is_not_distinct_from(excluded.address)
+        return {
             "address": excluded.address,
             "consent": excluded.consent,
             "opted_out": case(
@@ -315,9 +376,13 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
             ),
             "invalid": case((same_address, contacts_t.c.invalid), else_=excluded.invalid),
             "updated_at": excluded.updated_at,
-        },
+        }
+
+    _bulk_insert(
+        conn, contacts_t, contact_values,
+        conflict=[contacts_t.c.case_id, contacts_t.c.channel],
+        update_set=contact_update,
     )
-    conn.execute(stmt, contact_values)
     _insert_events(conn, events)
     return inserted, updated
 
@@ -344,6 +409,89 @@ _SNAPSHOT_CASE_COLUMNS = (
     cases_t.c.zones,
     cases_t.c.escalated_stages,
 )
+
+
+_MONEY_AMOUNTS = ("principal", "interest", "penalty", "fees", "amount_due")
+
+
+def _raw(expr: Any, name: str) -> Any:
+    """A select column the driver's value comes through unprocessed (decoded by
+    `_Decoders`): SQLAlchemy's per-value result processing is most of the cost of a
+    row, and this path reads millions of rows."""
+    return type_coerce(expr, NullType()).label(name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoders:
+    """Driver values -> domain values, per backend. SQLite hands back text for money,
+    dates and datetimes (as stored by `Money` and `UTCDateTime`) and 0/1 for booleans;
+    psycopg hands back Decimal, date, aware datetime and bool already."""
+
+    money: Callable[[Any], Decimal]
+    rate: Callable[[Any], Decimal | None]
+    date: Callable[[Any], dt.date]
+    instant: Callable[[Any], dt.datetime | None]
+    flag: Callable[[Any], bool]
+    case_columns: tuple[Any, ...]
+
+    def cases_query(self, which: Callable[[Any], ColumnElement[bool]]) -> Any:
+        """The snapshot's case query for the cases `which(case_id column)` selects: the
+        case row with its contact point of each channel joined in, so one row per case
+        carries everything but holds and history. The condition is repeated on each
+        joined table: PostgreSQL does not carry a range across a join, and its merge
+        join would otherwise read the contact index from the start for every batch."""
+        columns = list(self.case_columns)
+        source: Any = cases_t
+        for channel in _JOINED_CHANNELS:
+            cp = contacts_t.alias(f"cp_{channel.value}")
+            source = source.outerjoin(
+                cp, and_(cp.c.case_id == cases_t.c.case_id, cp.c.channel == channel.value, which(cp.c.case_id))
+            )
+            columns += [
+                cp.c.address.label(f"{channel.value}_address"),
+                _raw(cp.c.consent, f"{channel.value}_consent"),
+                _raw(cp.c.opted_out, f"{channel.value}_opted_out"),
+                _raw(cp.c.invalid, f"{channel.value}_invalid"),
+            ]
+        return select(*columns).select_from(source).where(which(cases_t.c.case_id)).order_by(cases_t.c.case_id)
+
+
+#: Channels in the order their contact-point columns follow the case columns.
+_JOINED_CHANNELS = tuple(Channel)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rate_from_text(text: str | None) -> Decimal | None:
+    return None if text is None else _plain(Decimal(text))
+
+
+def _utc_from_text(text: str | None) -> dt.datetime | None:
+    return None if text is None else dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else value.astimezone(dt.UTC)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@functools.cache
+def _decoders(dialect: str) -> _Decoders:
+    c = cases_t.c
+    if dialect == "postgresql":
+        # Amounts are stored with exactly two decimals (`_exact_cents`); casting the
+        # NUMERIC(18, 8) back to two decimals in SQL spares a quantize per value.
+        amount = {name: cast(c[name], Numeric(18, 2)) for name in _MONEY_AMOUNTS}
+        return _Decoders(
+            money=_same, rate=_plain, date=_same, instant=_utc, flag=_same,
+            case_columns=tuple(_raw(amount.get(col.name, col), col.name) for col in _SNAPSHOT_CASE_COLUMNS),
+        )
+    return _Decoders(
+        money=Decimal, rate=_rate_from_text, date=dt.date.fromisoformat, instant=_utc_from_text, flag=bool,
+        case_columns=tuple(_raw(col, col.name) for col in _SNAPSHOT_CASE_COLUMNS),
+    )
 
 
 def case_row_to_domain(row: Any, *, phone: str | None = None, email: str | None = None) -> Case:
@@ -388,28 +536,22 @@ def iter_snapshots(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    cutoff = now - dt.timedelta(days=history_days)
+    reader = _BatchReader(_decoders(engine.dialect.name), now, now - dt.timedelta(days=history_days))
+    decode = reader.decode
     with engine.connect() as conn:
         if case_ids is not None:
             wanted = sorted(set(case_ids))
             for start in range(0, len(wanted), batch_size):
                 chunk = wanted[start : start + batch_size]
-                rows = conn.execute(
-                    select(*_SNAPSHOT_CASE_COLUMNS)
-                    .where(cases_t.c.case_id.in_(chunk))
-                    .order_by(cases_t.c.case_id)
-                ).all()
+                rows = conn.execute(decode.cases_query(lambda col, ids=chunk: col.in_(ids))).all()
                 found = [r[0] for r in rows]
-                batch = _build_batch(conn, rows, lambda col, ids=found: col.in_(ids), now, cutoff) if rows else []
+                batch = reader.build(conn, rows, lambda col, ids=found: col.in_(ids)) if rows else []
                 conn.rollback()  # end the read transaction between batches
                 yield from batch
             return
         last: str | None = None
         while True:
-            query = select(*_SNAPSHOT_CASE_COLUMNS).order_by(cases_t.c.case_id).limit(batch_size)
-            if last is not None:
-                query = query.where(cases_t.c.case_id > last)
-            rows = conn.execute(query).all()
+            rows = conn.execute(decode.cases_query(_after(last)).limit(batch_size)).all()
             if not rows:
                 conn.rollback()
                 return
@@ -420,103 +562,122 @@ def iter_snapshots(
             def in_batch(col: Any, low: str | None = low, high: str = high) -> ColumnElement[bool]:
                 return col <= high if low is None else and_(col > low, col <= high)
 
-            batch = _build_batch(conn, rows, in_batch, now, cutoff)
+            batch = reader.build(conn, rows, in_batch)
             conn.rollback()
             yield from batch
             last = high
 
 
-def _build_batch(
-    conn: Connection,
-    case_rows: Sequence[Any],
-    in_batch: Any,
-    now: dt.datetime,
-    cutoff: dt.datetime,
-) -> list[CaseSnapshot]:
-    contacts: dict[str, list[ContactPoint]] = defaultdict(list)
-    phones: dict[str, str] = {}
-    emails: dict[str, str] = {}
-    channels = _CHANNELS
-    for case_id, channel, address, consent, opted_out, invalid in conn.execute(
-        select(
-            contacts_t.c.case_id,
-            contacts_t.c.channel,
-            contacts_t.c.address,
-            contacts_t.c.consent,
-            contacts_t.c.opted_out,
-            contacts_t.c.invalid,
-        ).where(in_batch(contacts_t.c.case_id))
-    ):
-        ch = channels[channel]
-        contacts[case_id].append(ContactPoint(ch, address, bool(consent), bool(opted_out), bool(invalid)))
-        if address:
-            if ch is Channel.EMAIL:
-                emails[case_id] = address
-            else:
-                phones[case_id] = address
+def _after(last: str | None) -> Callable[[Any], ColumnElement[bool]]:
+    """The keyset condition `case_id > last` (everything for the first batch)."""
+    if last is None:
+        return lambda col: true()
+    return lambda col: col > last
 
-    holds: dict[str, list[Hold]] = defaultdict(list)
-    reasons = _REASONS
-    for case_id, reason, until in conn.execute(
-        select(holds_t.c.case_id, holds_t.c.reason, holds_t.c.until)
-        .where(
-            in_batch(holds_t.c.case_id),
-            holds_t.c.released_at.is_(None),
-            or_(holds_t.c.until.is_(None), holds_t.c.until > now),
-        )
-        .order_by(holds_t.c.case_id, holds_t.c.placed_at, holds_t.c.id)
-    ):
-        holds[case_id].append(Hold(reasons[reason], until))
 
-    history: dict[str, list[SentMessage]] = defaultdict(list)
-    statuses = _MESSAGE_STATUSES
-    m = messages_t.c
-    at = func.coalesce(m.sent_at, m.scheduled_at)
-    for case_id, channel, sent_at, scheduled_at, status, stage, template, conversation, message_id in conn.execute(
-        select(m.case_id, m.channel, m.sent_at, m.scheduled_at, m.status, m.stage, m.template_id,
-               m.conversation, m.id)
-        .where(in_batch(m.case_id), at >= cutoff)
-        .order_by(m.case_id, at, m.id)
-    ):
-        history[case_id].append(
-            SentMessage(channels[channel], sent_at or scheduled_at, statuses[status], stage, template,
-                        bool(conversation), message_id)
-        )
+class _BatchReader:
+    """Builds the snapshots of one batch of case rows (which carry their contact
+    points): one query each for holds and history. Interns the zones and
+    escalated-stages values, whose few distinct values repeat across cases."""
 
-    snapshots = []
-    case_statuses, products = _CASE_STATUSES, _PRODUCTS
-    for (case_id, name, jurisdiction, locale, currency, principal, interest, penalty, fees, amount_due,
-         due_date, timezone, rate, status, product, zones, escalated) in case_rows:
-        case_obj = Case(
-            case_id=case_id,
-            name=name,
-            jurisdiction=jurisdiction,
-            locale=locale,
-            currency=currency,
-            principal=_cents(principal),
-            interest=_cents(interest),
-            penalty=_cents(penalty),
-            fees=_cents(fees),
-            amount_due=_cents(amount_due),
-            due_date=due_date,
-            timezone=timezone,
-            phone=phones.get(case_id),
-            email=emails.get(case_id),
-            penalty_rate_daily=_plain(rate),
-            status=case_statuses[status],
-            product=products[product],
-        )
-        snapshots.append(
-            CaseSnapshot(
-                case=case_obj,
-                contacts=tuple(contacts.get(case_id, ())),
-                holds=tuple(holds.get(case_id, ())),
-                history=tuple(history.get(case_id, ())),
-                escalated_stages=frozenset(_split(escalated)),
-                zones=_split(zones),
+    def __init__(self, decode: _Decoders, now: dt.datetime, cutoff: dt.datetime) -> None:
+        self.decode = decode
+        self.now = now
+        self.cutoff = cutoff
+        self.zone_values: dict[str, tuple[str, ...]] = {}
+        self.stage_values: dict[str, frozenset[str]] = {}
+
+    def build(self, conn: Connection, case_rows: Sequence[Any], in_batch: Any) -> list[CaseSnapshot]:
+        decode = self.decode
+        flag, instant, money, rate_of, date_of = decode.flag, decode.instant, decode.money, decode.rate, decode.date
+        channels = _CHANNELS
+        email_channel = Channel.EMAIL
+
+        holds: dict[str, list[Hold]] = defaultdict(list)
+        reasons = _REASONS
+        h = holds_t.c
+        for case_id, reason, until in conn.execute(
+            select(h.case_id, h.reason, _raw(h.until, "until"))
+            .where(in_batch(h.case_id), h.released_at.is_(None), or_(h.until.is_(None), h.until > self.now))
+            .order_by(h.case_id, h.placed_at, h.id)
+        ).all():
+            holds[case_id].append(Hold(reasons[reason], instant(until)))
+
+        history: dict[str, list[SentMessage]] = defaultdict(list)
+        statuses = _MESSAGE_STATUSES
+        m = messages_t.c
+        at = func.coalesce(m.sent_at, m.scheduled_at)
+        for case_id, channel, when, status, stage, template, conversation, message_id in conn.execute(
+            select(m.case_id, m.channel, _raw(at, "at"), m.status, m.stage, m.template_id,
+                   _raw(m.conversation, "conversation"), m.id)
+            .where(in_batch(m.case_id), at >= self.cutoff)
+            .order_by(m.case_id, at, m.id)
+        ).all():
+            history[case_id].append(
+                SentMessage(channels[channel], instant(when), statuses[status], stage, template,  # type: ignore[arg-type]
+                            flag(conversation), message_id)
             )
-        )
-    return snapshots
+
+        snapshots = []
+        case_statuses, products = _CASE_STATUSES, _PRODUCTS
+        zone_values, stage_values = self.zone_values, self.stage_values
+        no_items: tuple[Any, ...] = ()
+        sms_voice_email = _JOINED_CHANNELS
+        for row in case_rows:
+            (case_id, name, jurisdiction, locale, currency, principal, interest, penalty, fees, amount_due,
+             due_date, timezone, rate, status, product, zones, escalated) = row[:17]
+            contact_points = []
+            phone = email = None
+            for i, channel in enumerate(sms_voice_email):
+                address, consent, opted_out, invalid = row[17 + 4 * i : 21 + 4 * i]
+                if consent is None:  # no contact point for this channel
+                    continue
+                contact_points.append(ContactPoint(channel, address, flag(consent), flag(opted_out), flag(invalid)))
+                if address:
+                    if channel is email_channel:
+                        email = address
+                    else:
+                        phone = address
+            case_obj = Case(
+                case_id=case_id,
+                name=name,
+                jurisdiction=jurisdiction,
+                locale=locale,
+                currency=currency,
+                principal=money(principal),
+                interest=money(interest),
+                penalty=money(penalty),
+                fees=money(fees),
+                amount_due=money(amount_due),
+                due_date=date_of(due_date),
+                timezone=timezone,
+                phone=phone,
+                email=email,
+                penalty_rate_daily=rate_of(rate),
+                status=case_statuses[status],
+                product=products[product],
+            )
+            zone_tuple = zone_values.get(zones)
+            if zone_tuple is None:
+                zone_tuple = zone_values[zones] = _split(zones)
+            stages = stage_values.get(escalated)
+            if stages is None:
+                stages = stage_values[escalated] = frozenset(_split(escalated))
+            case_holds, case_history = holds.get(case_id), history.get(case_id)
+            snapshots.append(
+                CaseSnapshot(
+                    case=case_obj,
+                    contacts=tuple(contact_points),
+                    holds=no_items if case_holds is None else tuple(case_holds),
+                    history=no_items if case_history is None else tuple(case_history),
+                    escalated_stages=stages,
+                    zones=zone_tuple,
+                )
+            )
+        for values in (zone_values, stage_values):
+            if len(values) > 10_000:  # distinct values are few; never let them grow without bound
+                values.clear()
+        return snapshots
 
 
 def get_snapshot(engine: Engine, case_id: str, now: dt.datetime, *, history_days: int = 60) -> CaseSnapshot:
