@@ -53,6 +53,7 @@ class DemoResult:
     holds: dict[str, int] = field(default_factory=dict)
     report_html: Path | None = None
     report_json: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _call_behaviour(number: str) -> Any:
@@ -73,6 +74,21 @@ def _call_behaviour(number: str) -> Any:
     if roll < 72:
         return CallBehaviour(digits=("2",))  # not the debtor
     return CallBehaviour(digits=("1",))  # listens, then hangs up
+
+
+def _log_to_file(path: Path) -> None:
+    """The demo's structured logs go to a file, so the console shows the progress bar."""
+    import logging
+
+    from dispatcher.logs import JsonFormatter
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("httpx", "twilio", "aiosmtplib", "mail.log", "uvicorn", "uvicorn.error", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _free_port() -> int:
@@ -150,6 +166,7 @@ def run_demo(
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    _log_to_file(workdir / "dispatcher.log")
     config = demo_config(config)
     clock = FakeClock(START)
     signing_key = "demo-signing-key-not-for-production"
@@ -245,12 +262,18 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
             task = progress.add_task("", total=len(ticks))
             for instant in ticks:
                 clock.set(instant)
+                t0 = time.perf_counter()
                 await asyncio.to_thread(resume_broken_promises, engine, instant)
                 summary = await asyncio.to_thread(run_planner, engine, config, catalog, instant)
+                result.timings["plan"] = result.timings.get("plan", 0.0) + time.perf_counter() - t0
                 if summary is not None:
                     result.decisions.update(summary.by_reason)
+                t0 = time.perf_counter()
                 sent = await sender.send_due()
+                result.timings["send"] = result.timings.get("send", 0.0) + time.perf_counter() - t0
+                t0 = time.perf_counter()
                 await asyncio.to_thread(sandbox.drain_threadsafe, 30)
+                result.timings["callbacks"] = result.timings.get("callbacks", 0.0) + time.perf_counter() - t0
                 # Debtors react to what they received in this tick.
                 with engine.connect() as conn:
                     fresh = conn.execute(
@@ -302,6 +325,7 @@ def print_summary(result: DemoResult, console: Console) -> None:
     for key, value in sorted(result.holds.items()):
         holds.add_row(key, str(value))
     console.print(holds)
+    console.print("time spent: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
     console.print(f"report: {result.report_html} (and {result.report_json.name if result.report_json else ''})")
 
 

@@ -109,6 +109,13 @@ class Sender:
         self.limits = SenderLimits(dict(config.sending.rate_per_second))
         self._semaphore = asyncio.Semaphore(config.sending.concurrency)
         self._stopping = False
+        self._catalog_cache: Mapping[tuple[Channel, str, str], tuple[str, ...]] | None = None
+
+    def _catalog(self) -> Mapping[tuple[Channel, str, str], tuple[str, ...]]:
+        """The approved templates, read once per pass (it hashes every template file)."""
+        if self._catalog_cache is None:
+            self._catalog_cache = self.templates.approved_catalog()
+        return self._catalog_cache
 
     def stop_claiming(self) -> None:
         """Graceful shutdown: finish what is in flight, claim nothing new."""
@@ -156,6 +163,7 @@ class Sender:
     async def send_due(self, *, max_messages: int | None = None, only_ids: list[int] | None = None) -> SendSummary:
         """Claim and send everything due now (in batches), until nothing is left."""
         summary = SendSummary()
+        self._catalog_cache = None  # templates may have been edited or approved since the last pass
         batch = self.config.sending.batch_size
         while not self._stopping:
             limit = batch if max_messages is None else min(batch, max_messages - summary.claimed)
@@ -198,7 +206,7 @@ class Sender:
         decision = decide_channel(
             gate_view,
             self.config,
-            self.templates.approved_catalog(),
+            self._catalog(),
             now,
             item.channel,
             apply_cadence=False,
@@ -211,7 +219,12 @@ class Sender:
             self._finish(item, MessageStatus.CANCELLED, error=f"{decision.reason}: {decision.detail}",
                          summary=summary, event=EventKind.MESSAGE_CANCELLED)
             return
-        outbound = self._render(item, snapshot, decision.template, decision.stage, now)
+        try:
+            outbound = self._render(item, snapshot, decision.template, decision.stage, now)
+        except Exception as exc:  # noqa: BLE001 - never reached the provider: fail it visibly
+            self._finish(item, MessageStatus.FAILED, error=f"could not render {decision.template}: {exc}",
+                         summary=summary)
+            return
         adapter = self.channels[item.channel]
         await self.limits.bucket(item.channel.value, outbound.sender).acquire()
         with self.engine.begin() as conn:
@@ -250,7 +263,7 @@ class Sender:
         expires = now + dt.timedelta(days=self.config.links.payment_link_days)
         payment_link = f"{self.public_url}/p/{self.signer.payment_token(item.id, expires)}"
         unsubscribe_url = f"{self.public_url}/email/unsubscribe/{self.signer.unsubscribe_token(item.id)}"
-        locale = pick_locale(self.templates, template_id, case.locale, profile.default_locale)
+        locale = pick_locale(self.templates, template_id, case.locale, profile.default_locale, approved_only=True)
         context = build_context(
             case,
             config=self.config,

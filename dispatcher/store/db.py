@@ -6,7 +6,9 @@ The schema is owned by the Alembic migrations in `dispatcher/store/migrations`;
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -51,8 +53,44 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        _serialise_sqlite_writers(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+_WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "BEGIN I", "BEGIN E")
+
+
+def _serialise_sqlite_writers(engine: Engine) -> None:
+    """Queue this process's SQLite writers on a lock instead of SQLite's busy handler.
+
+    SQLite allows one writer; a blocked writer polls with sleeps of up to 100 ms, which
+    under concurrent webhooks and sending costs tens of milliseconds per message. Here a
+    connection takes a process-wide lock at its first write statement and drops it when
+    its transaction ends, so writers wait on a lock that wakes them at once. Reads never
+    take it (WAL readers do not block). Other processes still meet the busy timeout.
+    The lock belongs to the connection, not the thread (a plain Lock): frameworks may end
+    a transaction on another thread than the one that began it.
+    """
+    lock = threading.Lock()
+
+    def take(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not conn.info.get("dispatcher_writing") and statement.lstrip()[:7].upper().startswith(_WRITE_VERBS):
+            lock.acquire()
+            conn.info["dispatcher_writing"] = True
+
+    def release(conn: Connection) -> None:
+        if conn.info.pop("dispatcher_writing", False):
+            lock.release()
+
+    def release_on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None and record.info.pop("dispatcher_writing", False):
+            lock.release()
+
+    event.listen(engine, "before_cursor_execute", take)
+    event.listen(engine, "commit", release)
+    event.listen(engine, "rollback", release)
+    event.listen(engine.pool, "checkin", release_on_checkin)
 
 
 def alembic_config() -> AlembicConfig:
