@@ -1,15 +1,17 @@
 """The sender: claims due outbox rows, re-checks each against the compliance gate just
 before sending, renders it, and hands it to its channel — at most once.
 
-At-most-once protocol:
+At-most-once protocol, per claimed batch:
 1. claim: `queued` -> `sending` in one statement (`FOR UPDATE SKIP LOCKED` on
    PostgreSQL; SQLite has a single writer), stamped with `claimed_by`/`claimed_at`;
-2. gate + render; then `status_at` is stamped and committed *before* the provider call,
-   which marks the message as "the provider may have it";
-3. the result is recorded. An ambiguous result (timeout, reset, 5xx) is reconciled with
-   the provider before any retry; a crash leaves the row in `sending`, and the
-   reconcile job treats stale rows the same way (rows whose provider call never started
-   are simply re-queued).
+2. gate + render every row; one transaction records the rendered content and stamps
+   `status_at` *before* any provider call: from then on "the provider may have it";
+3. the provider calls run concurrently under the per-sender rate limits;
+4. one transaction records every result. An ambiguous result (timeout, reset, 5xx) is
+   reconciled with the provider first; only a provider with no trace of the message
+   lets it be retried. A crash leaves rows in `sending`; the reconcile job settles
+   them the same way (rows whose provider call never started are simply re-queued).
+Retries go back through the gate, so a retry never leaves the contact window.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from sqlalchemy import and_, case, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import and_, bindparam, case, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.channels.base import ChannelAdapter, OutboundMessage, SendResult
 from dispatcher.clock import Clock
@@ -33,7 +36,7 @@ from dispatcher.policy import decide_channel
 from dispatcher.services.pacing import SenderLimits
 from dispatcher.services.planner import zone_info
 from dispatcher.store import repository
-from dispatcher.store.events import EventKind, record_event
+from dispatcher.store.events import EventKind, event_values, insert_events
 from dispatcher.store.tables import MessageRow
 from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
 
@@ -48,6 +51,7 @@ _ACCEPTED = {
     MessageStatus.IN_PROGRESS,
     MessageStatus.COMPLETED,
 }
+_LEAVE_IN_FLIGHT = object()  # reconcile could not reach the provider
 
 
 def mask(address: str | None) -> str:
@@ -80,8 +84,54 @@ class _Claimed:
     stage: str | None
     template_id: str | None
     kind: str
-    attempts: int
+    attempts: int  # before this attempt
     claimed_at: dt.datetime
+    to_address: str | None = None
+    body: str | None = None
+
+
+@dataclass
+class _Writes:
+    """Row updates and events collected for one transaction."""
+
+    requeue: list[dict[str, Any]] = field(default_factory=list)
+    finish: list[dict[str, Any]] = field(default_factory=list)
+    rendered: list[dict[str, Any]] = field(default_factory=list)
+    stamped: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[tuple[str, str, dt.datetime]] = field(default_factory=list)
+
+    def apply(self, conn: Connection) -> None:
+        m = MessageRow.__table__.c
+        by_id = m.id == bindparam("b_id")
+        if self.requeue:
+            conn.execute(update(MessageRow).where(by_id).values(
+                status=MessageStatus.QUEUED.value, scheduled_at=bindparam("b_when"), claimed_by=None,
+                last_error=bindparam("b_error")), self.requeue)
+        if self.finish:
+            conn.execute(update(MessageRow).where(by_id).values(
+                status=bindparam("b_status"), status_at=bindparam("b_now"), last_error=bindparam("b_error"),
+                provider_id=bindparam("b_provider")), self.finish)
+        if self.rendered:
+            conn.execute(update(MessageRow).where(by_id).values(
+                template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
+                stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
+                body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"),
+                to_address=bindparam("b_to")), self.rendered)
+        if self.stamped:
+            # The provider may have it from here on: stamped and committed before the call.
+            conn.execute(update(MessageRow).where(by_id).values(
+                status_at=bindparam("b_now"), attempts=m.attempts + 1), self.stamped)
+        if self.sent:
+            conn.execute(update(MessageRow).where(by_id).values(
+                # A status callback may already have moved it on (e.g. delivered):
+                # never move a status backwards.
+                status=case((m.status == MessageStatus.SENDING.value, bindparam("b_status")), else_=m.status),
+                provider_id=bindparam("b_provider"), sent_at=bindparam("b_now"), last_error=None), self.sent)
+        insert_events(conn, self.events)
+        for channel, address, at in self.invalid:
+            repository.mark_address_invalid(conn, channel, address, at)
 
 
 class Sender:
@@ -136,26 +186,17 @@ class Sender:
             update(MessageRow)
             .where(MessageRow.id.in_(due.scalar_subquery()))
             .where(MessageRow.status == MessageStatus.QUEUED.value)
-            .values(
-                status=MessageStatus.SENDING.value,
-                claimed_by=self.instance_id,
-                claimed_at=now,
-            )
-            .returning(
-                MessageRow.id,
-                MessageRow.case_id,
-                MessageRow.channel,
-                MessageRow.stage,
-                MessageRow.template_id,
-                MessageRow.kind,
-                MessageRow.attempts,
-            )
+            .values(status=MessageStatus.SENDING.value, claimed_by=self.instance_id, claimed_at=now)
+            .returning(MessageRow.id, MessageRow.case_id, MessageRow.channel, MessageRow.stage,
+                       MessageRow.template_id, MessageRow.kind, MessageRow.attempts, MessageRow.to_address,
+                       MessageRow.body)
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
         return [
-            _Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind, r.attempts, now)
-            for r in rows
+            _Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind, r.attempts, now,
+                     r.to_address, r.body)
+            for r in sorted(rows, key=lambda r: r.id)
         ]
 
     # -- the pass ----------------------------------------------------------------
@@ -173,116 +214,139 @@ class Sender:
             if not claimed:
                 break
             summary.claimed += len(claimed)
-            snapshots = {
-                s.case.case_id: s
-                for s in repository.iter_snapshots(
-                    self.engine, case_ids=sorted({c.case_id for c in claimed}), now=self.clock.now()
-                )
-            }
-            await asyncio.gather(*(self._process(c, snapshots.get(c.case_id), summary) for c in claimed))
+            await self._send_batch(claimed, summary)
         return summary
 
-    async def _process(self, item: _Claimed, snapshot: CaseSnapshot | None, summary: SendSummary) -> None:
-        async with self._semaphore:
-            try:
-                await self._process_one(item, snapshot, summary)
-            except Exception:  # a bug must not lose the message: put it back for a later pass
-                log.exception("message %s: unexpected error; left for reconciliation", item.id)
-
-    async def _process_one(self, item: _Claimed, snapshot: CaseSnapshot | None, summary: SendSummary) -> None:
+    async def _send_batch(self, claimed: list[_Claimed], summary: SendSummary) -> None:
         now = self.clock.now()
+        snapshots = {
+            s.case.case_id: s
+            for s in repository.iter_snapshots(self.engine, case_ids=sorted({c.case_id for c in claimed}), now=now)
+        }
+        writes = _Writes()
+        ready: list[tuple[_Claimed, OutboundMessage]] = []
+        for item in claimed:
+            outbound = self._prepare(item, snapshots.get(item.case_id), now, writes, summary)
+            if outbound is not None:
+                ready.append((item, outbound))
+                writes.stamped.append({"b_id": item.id, "b_now": now})
+        with self.engine.begin() as conn:
+            writes.apply(conn)
+        results = await asyncio.gather(*(self._call(outbound) for _item, outbound in ready))
+        settled = await asyncio.gather(
+            *(self._reconcile_if_ambiguous(item, outbound, result) for (item, outbound), result in zip(
+                ready, results, strict=True))
+        )
+        writes = _Writes()
+        done_at = self.clock.now()
+        for (item, outbound), result in zip(ready, settled, strict=True):
+            self._outcome(item, outbound, result, done_at, writes, summary)
+        with self.engine.begin() as conn:
+            writes.apply(conn)
+
+    async def _call(self, outbound: OutboundMessage) -> SendResult:
+        async with self._semaphore:
+            await self.limits.bucket(outbound.channel.value, outbound.sender).acquire()
+            try:
+                return await self.channels[outbound.channel].send(outbound)
+            except Exception as exc:  # an adapter bug: the outcome is unknown, treat it as ambiguous
+                log.exception("message %s: channel raised", outbound.message_id)
+                return SendResult(None, MessageStatus.FAILED, retryable=True, ambiguous=True,
+                                  error=f"channel error: {type(exc).__name__}")
+
+    async def _reconcile_if_ambiguous(self, item: _Claimed, outbound: OutboundMessage,
+                                      result: SendResult) -> SendResult | object | None:
+        """The result to record; None when the provider proved it never got the message
+        (safe to retry); `_LEAVE_IN_FLIGHT` when it could not be asked."""
+        if not result.ambiguous:
+            return result
+        try:
+            found = await self.channels[item.channel].reconcile(outbound, item.claimed_at)
+        except Exception as exc:  # noqa: BLE001 - provider unreachable: the reconcile job retries
+            log.warning("message %s: reconcile failed (%s); left in flight", item.id, type(exc).__name__)
+            return _LEAVE_IN_FLIGHT
+        if found is None:
+            return None
+        return replace(found, ambiguous=False, error=found.error or "reconciled")
+
+    # -- gate and render ---------------------------------------------------------
+
+    def _prepare(self, item: _Claimed, snapshot: CaseSnapshot | None, now: dt.datetime, writes: _Writes,
+                 summary: SendSummary) -> OutboundMessage | None:
         if snapshot is None:
-            self._finish(item, MessageStatus.CANCELLED, error="case no longer exists", summary=summary)
-            return
+            self._finish(item, MessageStatus.CANCELLED, "case no longer exists", now, writes, summary)
+            return None
         if item.kind == "system":
             # Transactional replies (opt-out confirmation, HELP, a requested payment link):
             # the debtor asked for them, so no debt-template gate; the body is stored.
-            await self._send_system(item, summary)
-            return
+            return self._system_outbound(item, snapshot)
         # The message itself is in the snapshot's history (status sending): leave it out.
         others = tuple(h for h in snapshot.history if h.message_id != item.id)
-        gate_view = replace(snapshot, history=others)
-        one_off = item.kind == "one_off"
         decision = decide_channel(
-            gate_view,
+            replace(snapshot, history=others),
             self.config,
             self._catalog(),
             now,
             item.channel,
             apply_cadence=False,
-            template=item.template_id if one_off else None,
+            template=item.template_id if item.kind == "one_off" else None,
         )
         if decision.action is Action.DEFER and decision.not_before is not None:
-            self._requeue(item, decision.not_before, f"{decision.reason}: {decision.detail}", summary, deferred=True)
-            return
+            self._requeue(item, decision.not_before, f"{decision.reason}: {decision.detail}", now, writes)
+            summary.deferred += 1
+            return None
         if decision.action is not Action.SEND or decision.template is None:
-            self._finish(item, MessageStatus.CANCELLED, error=f"{decision.reason}: {decision.detail}",
-                         summary=summary, event=EventKind.MESSAGE_CANCELLED)
-            return
+            self._finish(item, MessageStatus.CANCELLED, f"{decision.reason}: {decision.detail}", now, writes,
+                         summary, event=EventKind.MESSAGE_CANCELLED)
+            return None
         try:
-            outbound = self._render(item, snapshot, decision.template, decision.stage, now)
+            return self._render(item, snapshot, decision.template, decision.stage, now, writes)
         except Exception as exc:  # noqa: BLE001 - never reached the provider: fail it visibly
-            self._finish(item, MessageStatus.FAILED, error=f"could not render {decision.template}: {exc}",
-                         summary=summary)
-            return
-        adapter = self.channels[item.channel]
-        await self.limits.bucket(item.channel.value, outbound.sender).acquire()
-        with self.engine.begin() as conn:
-            # The provider may have it from here on: stamped and committed before the call.
-            conn.execute(
-                update(MessageRow)
-                .where(MessageRow.id == item.id)
-                .values(status_at=self.clock.now(), attempts=MessageRow.attempts + 1)
-            )
-        result = await adapter.send(outbound)
-        await self._settle(item, adapter, outbound, result, summary)
+            self._finish(item, MessageStatus.FAILED, f"could not render {decision.template}: {exc}", now, writes,
+                         summary)
+            return None
 
-    async def _settle(
-        self, item: _Claimed, adapter: ChannelAdapter, outbound: OutboundMessage, result: SendResult,
-        summary: SendSummary,
-    ) -> None:
-        """Record a provider answer; an ambiguous one is reconciled before any retry."""
-        if result.ambiguous:
-            found = await self._safe_reconcile(adapter, outbound, item.claimed_at)
-            if found is False:  # provider unreachable: stays in flight for the reconcile job
-                return
-            if found is None:  # the provider has no trace of it: a retry cannot duplicate
-                self._retry(item, result, summary)
-                return
-            summary.reconciled += 1
-            result = found
-        self._record(item, outbound, result, summary)
+    def _system_outbound(self, item: _Claimed, snapshot: CaseSnapshot) -> OutboundMessage:
+        profile = self.config.jurisdictions.get(snapshot.case.jurisdiction)
+        return OutboundMessage(
+            message_id=item.id,
+            case_id=item.case_id,
+            channel=item.channel,
+            to=item.to_address or "",
+            body=item.body or "",
+            idempotency_key=f"m{item.id}",
+            locale=snapshot.case.locale,
+            sender=(profile.sms_from or None) if profile else None,
+            messaging_service_sid=(profile.messaging_service_sid or None) if profile else None,
+            status_callback=f"{self.public_url}/twilio/sms/status?m={item.id}",
+        )
 
-    def _render(
-        self, item: _Claimed, snapshot: CaseSnapshot, template_id: str, stage: str | None, now: dt.datetime
-    ) -> OutboundMessage:
-        case = snapshot.case
-        profile = self.config.jurisdictions[case.jurisdiction]
+    def _render(self, item: _Claimed, snapshot: CaseSnapshot, template_id: str, stage: str | None,
+                now: dt.datetime, writes: _Writes) -> OutboundMessage:
+        case_ = snapshot.case
+        profile = self.config.jurisdictions[case_.jurisdiction]
         zone = snapshot.zones[0] if snapshot.zones else profile.default_timezones[0]
         today = now.astimezone(zone_info(zone)).date()
         expires = now + dt.timedelta(days=self.config.links.payment_link_days)
         payment_link = f"{self.public_url}/p/{self.signer.payment_token(item.id, expires)}"
+        email = item.channel is Channel.EMAIL
         unsubscribe_url = f"{self.public_url}/email/unsubscribe/{self.signer.unsubscribe_token(item.id)}"
-        locale = pick_locale(self.templates, template_id, case.locale, profile.default_locale, approved_only=True)
+        locale = pick_locale(self.templates, template_id, case_.locale, profile.default_locale, approved_only=True)
         context = build_context(
-            case,
+            case_,
             config=self.config,
             channel=item.channel,
             today=today,
             payment_link=payment_link,
-            opt_out=opt_out_text(item.channel, locale, unsubscribe_url if item.channel is Channel.EMAIL else None),
+            opt_out=opt_out_text(item.channel, locale, unsubscribe_url if email else None),
             locale=locale,
-            unsubscribe_url=unsubscribe_url if item.channel is Channel.EMAIL else None,
+            unsubscribe_url=unsubscribe_url if email else None,
         )
         rendered = self.templates.render(template_id, locale, context, require_approved=True)
         to = next((c.address for c in snapshot.contacts if c.channel is item.channel), None) or ""
         headers: dict[str, str] = {}
-        sender: str | None
-        return_path = None
-        message_ref = None
-        status_callback = None
-        voice_url = None
-        if item.channel is Channel.EMAIL:
+        return_path = message_ref = status_callback = voice_url = None
+        if email:
             sender = self.config.organisation.email_from
             headers = {
                 "List-Unsubscribe": f"<{unsubscribe_url}>",
@@ -297,26 +361,16 @@ class Sender:
             sender = profile.voice_from or None
             status_callback = f"{self.public_url}/twilio/voice/status?m={item.id}"
             voice_url = f"{self.public_url}/twilio/voice/answer?m={item.id}"
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(MessageRow)
-                .where(MessageRow.id == item.id)
-                .values(
-                    template_id=template_id,
-                    variant=rendered.variant,
-                    locale=locale,
-                    stage=stage or item.stage,
-                    content_hash=rendered.content_hash,
-                    subject=rendered.subject,
-                    body=rendered.text,
-                    html=rendered.html,
-                    parts=json.dumps(dict(rendered.blocks), ensure_ascii=False) if rendered.blocks else None,
-                    to_address=to,
-                )
-            )
+        writes.rendered.append({
+            "b_id": item.id, "b_template": template_id, "b_variant": rendered.variant, "b_locale": locale,
+            "b_stage": stage or item.stage, "b_hash": rendered.content_hash, "b_subject": rendered.subject,
+            "b_body": rendered.text, "b_html": rendered.html,
+            "b_parts": json.dumps(dict(rendered.blocks), ensure_ascii=False) if rendered.blocks else None,
+            "b_to": to,
+        })
         return OutboundMessage(
             message_id=item.id,
-            case_id=case.case_id,
+            case_id=case_.case_id,
             channel=item.channel,
             to=to,
             body=rendered.text,
@@ -333,123 +387,67 @@ class Sender:
             message_ref=message_ref,
         )
 
-    async def _send_system(self, item: _Claimed, summary: SendSummary) -> None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(MessageRow.to_address, MessageRow.body, MessageRow.case_id).where(MessageRow.id == item.id)
-            ).one()
-        snapshot = None
-        profile = None
-        for snap in repository.iter_snapshots(self.engine, case_ids=[row.case_id], now=self.clock.now()):
-            snapshot = snap
-            profile = self.config.jurisdictions.get(snap.case.jurisdiction)
-        outbound = OutboundMessage(
-            message_id=item.id,
-            case_id=item.case_id,
-            channel=item.channel,
-            to=row.to_address or "",
-            body=row.body or "",
-            idempotency_key=f"m{item.id}",
-            locale=snapshot.case.locale if snapshot else "en-US",
-            sender=(profile.sms_from or None) if profile else None,
-            messaging_service_sid=(profile.messaging_service_sid or None) if profile else None,
-            status_callback=f"{self.public_url}/twilio/sms/status?m={item.id}",
-        )
-        adapter = self.channels[item.channel]
-        await self.limits.bucket(item.channel.value, outbound.sender).acquire()
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(MessageRow)
-                .where(MessageRow.id == item.id)
-                .values(status_at=self.clock.now(), attempts=MessageRow.attempts + 1)
-            )
-        await self._settle(item, adapter, outbound, await adapter.send(outbound), summary)
-
-    async def _safe_reconcile(
-        self, adapter: ChannelAdapter, outbound: OutboundMessage, since: dt.datetime
-    ) -> SendResult | None | bool:
-        try:
-            return await adapter.reconcile(outbound, since)
-        except Exception as exc:  # provider unreachable: leave it in flight for the reconcile job
-            log.warning("message %s: reconcile failed (%s); left in flight", outbound.message_id, type(exc).__name__)
-            return False
-
     # -- recording ---------------------------------------------------------------
 
-    def _record(self, item: _Claimed, outbound: OutboundMessage, result: SendResult, summary: SendSummary) -> None:
-        now = self.clock.now()
-        if result.status in _ACCEPTED or (result.provider_id and result.status not in {MessageStatus.FAILED, MessageStatus.UNDELIVERED}):
-            with self.engine.begin() as conn:
-                conn.execute(
-                    update(MessageRow)
-                    .where(MessageRow.id == item.id)
-                    .values(
-                        # A status callback may already have moved it on (e.g. delivered):
-                        # never move a status backwards.
-                        status=case(
-                            (MessageRow.status == MessageStatus.SENDING.value, MessageStatus.SENT.value),
-                            else_=MessageRow.status,
-                        ),
-                        provider_id=result.provider_id,
-                        sent_at=now,
-                        last_error=None,
-                    )
-                )
-                record_event(conn, EventKind.MESSAGE_SENT, now, case_id=item.case_id, message_id=item.id,
-                             channel=item.channel.value, template=item.template_id,
-                             provider_id=result.provider_id, to=mask(outbound.to))
+    def _outcome(self, item: _Claimed, outbound: OutboundMessage, result: SendResult | object | None,
+                 now: dt.datetime, writes: _Writes, summary: SendSummary) -> None:
+        if result is _LEAVE_IN_FLIGHT:
+            return
+        if result is None:  # the provider has no trace of it: a retry cannot duplicate
+            self._retry(item, "provider has no trace of the ambiguous attempt", None, now, writes, summary)
+            return
+        assert isinstance(result, SendResult)
+        if result.error == "reconciled":
+            summary.reconciled += 1
+        failed = result.status in {MessageStatus.FAILED, MessageStatus.UNDELIVERED}
+        if result.status in _ACCEPTED or (result.provider_id and not failed):
+            status = result.status if result.status in _ACCEPTED else MessageStatus.SENT
+            writes.sent.append({"b_id": item.id, "b_status": status.value, "b_provider": result.provider_id,
+                                "b_now": now})
+            writes.events.append(event_values(
+                EventKind.MESSAGE_SENT, now, case_id=item.case_id, message_id=item.id, channel=item.channel.value,
+                provider_id=result.provider_id, to=mask(outbound.to)))
             summary.sent += 1
             summary.by_channel[item.channel.value] = summary.by_channel.get(item.channel.value, 0) + 1
             log.info("message %s sent via %s to %s", item.id, item.channel.value, mask(outbound.to))
             return
         if result.retryable:
-            self._retry(item, result, summary)
+            self._retry(item, result.error or "retryable provider error", result.retry_after, now, writes, summary)
             return
-        self._finish(item, MessageStatus.FAILED, error=result.error or "provider refused", summary=summary,
+        self._finish(item, MessageStatus.FAILED, result.error or "provider refused", now, writes, summary,
                      provider_id=result.provider_id)
         error = (result.error or "").lower()
         if "invalid address" in error or "hard bounce" in error:
-            with self.engine.begin() as conn:
-                repository.mark_address_invalid(conn, item.channel.value, outbound.to, now)
+            writes.invalid.append((item.channel.value, outbound.to, now))
 
-    def _retry(self, item: _Claimed, result: SendResult, summary: SendSummary) -> None:
+    def _retry(self, item: _Claimed, error: str, retry_after: float | None, now: dt.datetime, writes: _Writes,
+               summary: SendSummary) -> None:
         attempts = item.attempts + 1
         if attempts >= self.config.sending.max_attempts:
-            self._finish(item, MessageStatus.FAILED, error=f"gave up after {attempts} attempts: {result.error}",
-                         summary=summary)
+            self._finish(item, MessageStatus.FAILED, f"gave up after {attempts} attempts: {error}", now, writes,
+                         summary)
             return
         backoff = self.config.sending.retry_backoff_seconds * (2 ** (attempts - 1))
-        if result.retry_after:
-            backoff = max(backoff, result.retry_after)
-        when = self.clock.now() + dt.timedelta(seconds=backoff)
-        self._requeue(item, when, result.error or "retryable provider error", summary, deferred=False)
+        if retry_after:
+            backoff = max(backoff, retry_after)
+        self._requeue(item, now + dt.timedelta(seconds=backoff), error, now, writes)
+        summary.retried += 1
 
-    def _requeue(self, item: _Claimed, when: dt.datetime, why: str, summary: SendSummary, *, deferred: bool) -> None:
-        now = self.clock.now()
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(MessageRow)
-                .where(MessageRow.id == item.id)
-                .values(status=MessageStatus.QUEUED.value, scheduled_at=when, claimed_by=None, last_error=why)
-            )
-            record_event(conn, EventKind.MESSAGE_DEFERRED, now, case_id=item.case_id, message_id=item.id,
-                         channel=item.channel.value, not_before=when.isoformat(), why=why)
-        if deferred:
-            summary.deferred += 1
-        else:
-            summary.retried += 1
+    @staticmethod
+    def _requeue(item: _Claimed, when: dt.datetime, why: str, now: dt.datetime, writes: _Writes) -> None:
+        writes.requeue.append({"b_id": item.id, "b_when": when, "b_error": why})
+        writes.events.append(event_values(
+            EventKind.MESSAGE_DEFERRED, now, case_id=item.case_id, message_id=item.id, channel=item.channel.value,
+            not_before=when.isoformat(), why=why))
 
-    def _finish(self, item: _Claimed, status: MessageStatus, *, error: str, summary: SendSummary,
-                event: EventKind = EventKind.MESSAGE_FAILED, provider_id: str | None = None) -> None:
-        now = self.clock.now()
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(MessageRow)
-                .where(MessageRow.id == item.id)
-                .values(status=status.value, status_at=now, last_error=error, provider_id=provider_id)
-            )
-            record_event(conn, event, now, case_id=item.case_id, message_id=item.id,
-                         channel=item.channel.value, error=error)
+    @staticmethod
+    def _finish(item: _Claimed, status: MessageStatus, error: str, now: dt.datetime, writes: _Writes,
+                summary: SendSummary, *, event: EventKind = EventKind.MESSAGE_FAILED,
+                provider_id: str | None = None) -> None:
+        writes.finish.append({"b_id": item.id, "b_status": status.value, "b_now": now, "b_error": error,
+                              "b_provider": provider_id})
+        writes.events.append(event_values(event, now, case_id=item.case_id, message_id=item.id,
+                                          channel=item.channel.value, error=error))
         if status is MessageStatus.CANCELLED:
             summary.cancelled += 1
         else:
@@ -469,26 +467,27 @@ class Sender:
                 .where(MessageRow.status == MessageStatus.SENDING.value, MessageRow.claimed_at < cutoff)
                 .with_for_update(skip_locked=True)
             ).all()
+        writes = _Writes()
+        summary = SendSummary()
         settled = 0
         for r in rows:
-            item = _Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind, r.attempts - 1,
-                            r.claimed_at)
+            item = _Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind,
+                            max(r.attempts - 1, 0), r.claimed_at, r.to_address, r.body)
             started = r.status_at is not None and r.status_at >= r.claimed_at
-            summary = SendSummary()
             if not started:
-                self._requeue(item, now, "claimed but never sent (instance stopped); re-queued", summary, deferred=False)
+                self._requeue(item, now, "claimed but never sent (instance stopped); re-queued", now, writes)
                 settled += 1
                 continue
             outbound = OutboundMessage(message_id=r.id, case_id=r.case_id, channel=Channel(r.channel),
                                        to=r.to_address or "", body=r.body or "", idempotency_key=f"m{r.id}",
                                        subject=r.subject)
-            found = await self._safe_reconcile(self.channels[Channel(r.channel)], outbound, r.claimed_at)
-            if found is False:
+            result = await self._reconcile_if_ambiguous(
+                item, outbound, SendResult(None, MessageStatus.SENDING, retryable=True, ambiguous=True,
+                                           error="left in flight"))
+            if result is _LEAVE_IN_FLIGHT:
                 continue
-            if found is None:
-                self._requeue(item, now, "provider has no trace of the attempt; re-queued", summary, deferred=False)
-            else:
-                self._record(item, outbound, found, summary)
+            self._outcome(item, outbound, result, now, writes, summary)
             settled += 1
+        with self.engine.begin() as conn:
+            writes.apply(conn)
         return settled
-

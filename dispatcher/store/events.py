@@ -69,3 +69,29 @@ def record_event(
         session.add(EventRow(**values))
     else:
         session.execute(insert(EventRow), [values])
+
+
+def event_values(
+    kind: EventKind | str,
+    at: dt.datetime,
+    *,
+    case_id: str | None = None,
+    message_id: int | None = None,
+    actor: str | None = None,
+    **data: Any,
+) -> dict[str, Any]:
+    """One events row as values, for batched `insert_events`."""
+    return {
+        "case_id": case_id,
+        "message_id": message_id,
+        "at": at,
+        "kind": str(kind),
+        "actor": actor,
+        "data": _encode(data),
+    }
+
+
+def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Append many events in one statement."""
+    if rows:
+        conn.execute(insert(EventRow), rows)
