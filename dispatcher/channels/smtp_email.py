@@ -98,7 +98,9 @@ class SmtpEndpoint:
 
 
 class SmtpEmailChannel:
-    """One SMTP connection per message (simple, and no shared state across failures)."""
+    """SMTP with a small pool of kept-open connections (a new connection per message
+    costs a TCP and EHLO round trip, and TLS where used). A connection that failed is
+    closed, never reused."""
 
     channel: ClassVar[Channel] = Channel.EMAIL
     name: ClassVar[str] = "smtp"
@@ -110,6 +112,7 @@ class SmtpEmailChannel:
         *,
         clock: Clock | None = None,
         local_hostname: str = "dispatcher.localdomain",
+        max_idle: int = 16,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive (seconds)")
@@ -117,6 +120,8 @@ class SmtpEmailChannel:
         self.timeout = timeout
         self.clock = clock or SystemClock()
         self.local_hostname = local_hostname  # EHLO name; avoids a DNS lookup of our own FQDN
+        self.max_idle = max_idle
+        self._idle: list[aiosmtplib.SMTP] = []
 
     def build_message(self, message: OutboundMessage) -> EmailMessage:
         """The MIME message: From, To, Subject (RFC 2047 when non-ASCII), Date, Message-ID,
@@ -149,8 +154,42 @@ class SmtpEmailChannel:
         mail = self.build_message(message)
         message_id = str(mail["Message-ID"])
         envelope_from = message.return_path or message.sender
+        payload = mail.as_bytes()
+        client, reused = await self._checkout()
+        phase = "connect"
+        try:
+            if not reused:
+                await client.connect()
+            phase = "envelope"
+            try:
+                await client.mail(envelope_from)
+            except aiosmtplib.SMTPServerDisconnected:
+                if not reused:
+                    raise
+                # An idle pooled connection the server had closed: nothing was sent yet,
+                # so start over once on a fresh connection.
+                client.close()
+                client = self._new_client()
+                phase = "connect"
+                await client.connect()
+                phase = "envelope"
+                await client.mail(envelope_from)
+            await client.rcpt(message.to)
+            phase = "data"
+            await client.data(payload)
+            phase = "done"
+        except Exception as exc:  # mapped onto a typed result; nothing escapes
+            result = _result_for_error(exc, phase)
+            log.warning("email %s: %s", message.message_id, result.error)
+            client.close() if client.is_connected else None
+            return result
+        self._checkin(client)
+        log.info("email %s accepted as %s", message.message_id, message_id)
+        return SendResult(provider_id=message_id, status=MessageStatus.SENT)
+
+    def _new_client(self) -> aiosmtplib.SMTP:
         ep = self.endpoint
-        client = aiosmtplib.SMTP(
+        return aiosmtplib.SMTP(
             hostname=ep.host,
             port=ep.port,
             use_tls=ep.use_tls,
@@ -160,30 +199,30 @@ class SmtpEmailChannel:
             timeout=self.timeout,
             local_hostname=self.local_hostname,
         )
-        phase = "connect"
-        try:
-            await client.connect()
-            phase = "envelope"
-            await client.mail(envelope_from)
-            await client.rcpt(message.to)
-            phase = "data"
-            await client.data(mail.as_bytes())
-            phase = "done"
-        except Exception as exc:  # mapped onto a typed result; nothing escapes
-            result = _result_for_error(exc, phase)
-            log.warning("email %s: %s", message.message_id, result.error)
-            return result
-        finally:
-            await _close(client, polite=phase == "done")
-        log.info("email %s accepted as %s", message.message_id, message_id)
-        return SendResult(provider_id=message_id, status=MessageStatus.SENT)
+
+    async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """An idle pooled connection (reused=True) or a new, unconnected client."""
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client, True
+        return self._new_client(), False
+
+    def _checkin(self, client: aiosmtplib.SMTP) -> None:
+        if len(self._idle) < self.max_idle and client.is_connected:
+            self._idle.append(client)
+        else:
+            client.close()
 
     async def reconcile(self, message: OutboundMessage, since: dt.datetime) -> SendResult | None:
         """SMTP cannot be asked: never claim "not sent" (a retry could duplicate it)."""
         return SendResult(provider_id=self.message_id(message), status=MessageStatus.FAILED, error=UNKNOWN_AFTER_DATA)
 
     async def aclose(self) -> None:
-        """Nothing pooled: each send uses its own connection."""
+        """Close the pooled connections politely."""
+        idle, self._idle = self._idle, []
+        for client in idle:
+            await _close(client, polite=True)
 
 
 async def _close(client: aiosmtplib.SMTP, *, polite: bool) -> None:

@@ -115,17 +115,43 @@ class CallRecord:
 
 @dataclass
 class EmailRecord:
+    """One accepted e-mail. The MIME parse is done on first access, not on receipt:
+    parsing with the modern e-mail policy costs milliseconds, and most records are only
+    counted."""
+
     seq: int
     mail_from: str  # the envelope sender (MAIL FROM), i.e. the VERP return path
     rcpt_tos: list[str]
     message_id: str | None
-    subject: str | None
-    headers: list[tuple[str, str]]  # decoded, in order
-    text: str | None
-    html: str | None
     raw: bytes
     received_at: dt.datetime
     bounces: list[dict[str, Any]] = field(default_factory=list)
+    _parsed: tuple[str | None, list[tuple[str, str]], str | None, str | None] | None = field(
+        default=None, repr=False, compare=False)
+
+    def _parse(self) -> tuple[str | None, list[tuple[str, str]], str | None, str | None]:
+        if self._parsed is None:
+            from dispatcher.sandbox.smtp_sink import decode_email
+
+            message, text, html = decode_email(self.raw)
+            self._parsed = (message["Subject"], [(k, str(v)) for k, v in message.items()], text, html)
+        return self._parsed
+
+    @property
+    def subject(self) -> str | None:
+        return self._parse()[0]
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:  # decoded, in order
+        return self._parse()[1]
+
+    @property
+    def text(self) -> str | None:
+        return self._parse()[2]
+
+    @property
+    def html(self) -> str | None:
+        return self._parse()[3]
 
     def header(self, name: str) -> str | None:
         lname = name.lower()

@@ -38,6 +38,7 @@ import email
 import email.policy
 import hashlib
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
@@ -63,7 +64,17 @@ def sign_bounce(body: bytes, key: str) -> str:
     return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _decoded(raw: bytes) -> tuple[EmailMessage, str | None, str | None]:
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID header, found without a full MIME parse."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    found = _MESSAGE_ID.search(head)
+    return found.group(1).decode("ascii", "replace") if found else None
+
+
+def decode_email(raw: bytes) -> tuple[EmailMessage, str | None, str | None]:
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(message, EmailMessage)
     texts: list[str | None] = []
@@ -131,16 +142,11 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        message, text, html = _decoded(raw)
         record = EmailRecord(
             seq=self.recorder.next_seq(),
             mail_from=envelope.mail_from or "",
             rcpt_tos=list(envelope.rcpt_tos),
-            message_id=message["Message-ID"],
-            subject=message["Subject"],
-            headers=[(k, str(v)) for k, v in message.items()],
-            text=text,
-            html=html,
+            message_id=message_id_of(raw),
             raw=raw,
             received_at=self.clock.now(),
         )
