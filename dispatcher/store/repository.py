@@ -541,8 +541,11 @@ def iter_snapshots(
     with engine.connect() as conn:
         if case_ids is not None:
             wanted = sorted(set(case_ids))
-            for start in range(0, len(wanted), batch_size):
-                chunk = wanted[start : start + batch_size]
+            # the id list is bound once per joined table: stay far below SQLite's 32766
+            # and PostgreSQL's 65535 parameters per statement
+            step = min(batch_size, 1000)
+            for start in range(0, len(wanted), step):
+                chunk = wanted[start : start + step]
                 rows = conn.execute(decode.cases_query(lambda col, ids=chunk: col.in_(ids))).all()
                 found = [r[0] for r in rows]
                 batch = reader.build(conn, rows, lambda col, ids=found: col.in_(ids)) if rows else []

@@ -542,3 +542,12 @@ def test_case_is_frozen_domain_object(engine: Engine) -> None:
     with engine.connect() as conn:
         row = conn.execute(select(repo.cases_t).where(repo.cases_t.c.case_id == "FZ-1")).one()
     assert repo.case_row_to_domain(row, phone="+8613812345678", email="debtor@example.com") == case
+
+
+def test_iter_snapshots_many_named_cases(engine: Engine) -> None:
+    """Named ids are read in chunks (the list is bound once per joined table)."""
+    n = 2500
+    import_cases(engine, *(make_case(f"K-{i:05d}", phone=None, email=None) for i in range(n)))
+    wanted = [f"K-{i:05d}" for i in range(n)] + ["K-missing"]
+    got = [s.case.case_id for s in repo.iter_snapshots(engine, case_ids=wanted, batch_size=20_000, now=NOW)]
+    assert got == sorted(wanted[:-1])
