@@ -800,6 +800,7 @@ def record_payment(
         raise TypeError(f"payment amount must be Decimal, got {type(amount).__name__}")
     if not amount.is_finite() or amount <= 0 or amount != amount.quantize(CENT):
         raise ValueError(f"payment amount {amount} must be a positive amount with at most 2 decimals, e.g. 120.50")
+    amount = amount.quantize(CENT)  # stored and reported as e.g. 120.00, like every amount
     # Touch the row first: that takes its write lock (row lock on PostgreSQL, the database
     # write lock on SQLite), so the read below cannot race another payment.
     touched = conn.execute(update(cases_t).where(cases_t.c.case_id == case_id).values(updated_at=now))

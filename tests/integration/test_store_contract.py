@@ -302,8 +302,12 @@ def test_payment_closes_the_case_and_cancels_queued_messages(engine: Engine) -> 
 
     # an overpayment on a closed case is recorded; nothing is closed twice
     with engine.begin() as conn:
-        extra = repo.record_payment(conn, "P-1", Decimal("1.00"), "cashier", NOW + dt.timedelta(minutes=6))
-    assert (extra.closed, extra.status, str(extra.paid_total)) == (False, CaseStatus.PAID, "1026.75")
+        extra = repo.record_payment(conn, "P-1", Decimal("1"), "cashier", NOW + dt.timedelta(minutes=6))
+    assert (extra.closed, extra.status, str(extra.paid_total), str(extra.amount)) == (
+        False, CaseStatus.PAID, "1026.75", "1.00")
+    with engine.connect() as conn:
+        amounts = conn.execute(select(repo.payments_t.c.amount).order_by(repo.payments_t.c.id)).scalars().all()
+    assert [str(repo._cents(a)) for a in amounts] == ["25.75", "1000.00", "1.00"]
 
 
 def test_payment_errors(engine: Engine) -> None:
