@@ -133,7 +133,8 @@ async def voice_answer(request: Request) -> Response:
         await run_in_threadpool(receipts.record_answer, ctx, call_sid, answered_by, "voicemail")
         request.state.result = "voicemail"
         return twiml(voice.voicemail(ctx))
-    await run_in_threadpool(receipts.record_answer, ctx, call_sid, answered_by or "unknown", "identity_check")
+    # no AnsweredBy (detection off, or asynchronous): a status callback may bring it later
+    await run_in_threadpool(receipts.record_answer, ctx, call_sid, answered_by, "identity_check")
     request.state.result = "identity_check"
     return twiml(voice.identity_check(ctx, _gather_url(request, ctx.message_id, "identity")))
 

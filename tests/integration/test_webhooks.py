@@ -781,3 +781,33 @@ async def test_promise_placed_by_phone_blocks_the_next_plan(world: World) -> Non
     await gather(world, "identity", "1")
     snap = get_snapshot(world.engine, "cn-1", world.clock.now())
     assert any(h.conversation for h in snap.history if h.channel is Channel.VOICE)
+
+
+def test_blocking_api_under_concurrent_callbacks(engine: Engine, config: Config, fake_clock: FakeClock) -> None:
+    """The blocking `apply_status` (for callers outside the event loop), hammered from
+    threads: the conditional update never lets a status regress, on either backend."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dispatcher.services.receipts import Receipts
+
+    with engine.begin() as conn:
+        repo.upsert_cases(conn, [imported("cc-1", "cn", CN_PHONE, None)], fake_clock.now())
+    ids = [add_message(engine, "cc-1", "sms", status="sending", to=f"+86139{n:08d}") for n in range(120)]
+    calls = [(m, s) for m in ids for s in ("sent", "delivered", "read", "delivered", "sent", "read")]
+    random.Random(7).shuffle(calls)
+    receipts = Receipts(engine, config, fake_clock, LinkSigner(KEY), PUBLIC)
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            outcomes = list(pool.map(lambda c: receipts.apply_status(Channel.SMS, f"SMc{c[0]}", c[1], c[0]), calls))
+    finally:
+        receipts.close()
+    assert {o.result for o in outcomes} <= {"applied", "stale"}
+    with engine.connect() as conn:
+        final = dict(conn.execute(select(repo.messages_t.c.id, repo.messages_t.c.status)
+                                  .where(repo.messages_t.c.id.in_(ids))).all())
+        received = conn.execute(select(func.count()).select_from(repo.events_t)
+                                .where(repo.events_t.c.kind == "status_received")).scalar()
+    assert set(final.values()) == {"read"}
+    assert sum(o.result == "applied" for o in outcomes) == received
+    assert len(ids) <= received <= 3 * len(ids)  # one event per upward move, none for the rest
