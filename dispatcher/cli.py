@@ -401,7 +401,7 @@ def case_show(
     runtime = rt(ctx)
     with runtime.engine.connect() as conn:
         try:
-            timeline = repository.case_timeline(conn, case_id)
+            timeline = repository.case_timeline(conn, case_id, now=runtime.clock.now())
         except repository.CaseNotFound as exc:
             raise fail(str(exc)) from None
     if fmt == "json":
