@@ -522,7 +522,8 @@ class Receipts:
     def _outcome(match: _Match, status: MessageStatus) -> StatusOutcome:
         if match.applied:
             return StatusOutcome("applied", match.message_id, match.case_id, status)
-        return StatusOutcome("stale", match.message_id, match.case_id, MessageStatus(match.status))
+        current = MessageStatus(match.status) if match.status else None
+        return StatusOutcome("stale", match.message_id, match.case_id, current)
 
     def apply_status(
         self,
@@ -858,8 +859,15 @@ class Receipts:
                            _ranks_below(MessageStatus.UNDELIVERED))
                     .values(status=MessageStatus.UNDELIVERED.value, status_at=now)
                 )
-                if row.to_address:
-                    changed = repository.mark_address_invalid(conn, Channel.EMAIL, row.to_address, now)
+                # the address the message went to; for a row without one (written before
+                # the sender recorded it), the case's e-mail address
+                address = row.to_address if row.channel == Channel.EMAIL.value else None
+                address = address or conn.execute(
+                    select(contacts_t.c.address).where(contacts_t.c.case_id == row.case_id,
+                                                       contacts_t.c.channel == Channel.EMAIL.value)
+                ).scalar()
+                if address:
+                    changed = repository.mark_address_invalid(conn, Channel.EMAIL, address, now)
         log.info("%s bounce for message %s (%s)", "hard" if hard else "soft", message_id, mask(row.to_address))
         return BounceOutcome("hard" if hard else "soft", message_id, tuple(changed))
 

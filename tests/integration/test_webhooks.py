@@ -694,6 +694,13 @@ async def test_hard_bounce_marks_the_address_invalid(world: World) -> None:
     assert json.loads(world.events("bounce")[0].data)["type"] == "hard"
 
 
+async def test_hard_bounce_for_a_message_without_its_address_uses_the_case_address(world: World) -> None:
+    early = add_message(world.engine, "cn-1", "email", to=None, at=dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC))
+    r = await bounce(world, {"return_path": world.signer.verp_address(early, "bounce.bank.example"), "type": "hard"})
+    assert r.status_code == 200
+    assert world.contact("cn-1", "email").invalid is True
+
+
 async def test_soft_bounce_is_logged_only(world: World) -> None:
     verp = world.signer.verp_address(world.email_id, "bounce.bank.example")
     r = await bounce(world, {"return_path": verp, "recipient": CN_EMAIL, "type": "soft", "diagnostic": "452 mailbox full"})
