@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import json
 import random
+import re
 import shutil
 import threading
 import time
@@ -33,12 +34,12 @@ from sqlalchemy import func, select
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
 from dispatcher.services.planner import run_planner
-from dispatcher.services.portfolio import generate_cases, write_csv
+from dispatcher.services.portfolio import REALISTIC_DPD_BUCKETS, generate_cases, write_csv
 from dispatcher.settings import Settings
 
 START = dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC)  # a Monday
-#: Ticks per simulated day (UTC): 09:30 and 14:30 in Shanghai; morning and noon in the US.
-TICK_TIMES = (dt.time(1, 30), dt.time(6, 30), dt.time(14, 30), dt.time(17, 30))
+#: Ticks per simulated day (UTC): 09:30 and 14:30 in Shanghai; 12:30 ET / 09:30 PT.
+TICK_TIMES = (dt.time(1, 30), dt.time(6, 30), dt.time(17, 30))
 SMS_REPLIES = [("退订", 0.15), ("STOP", 0.15), ("PAID", 0.15), ("已还款", 0.1), ("DISPUTE", 0.08),
                ("不是我", 0.05), ("HELP", 0.07), ("Can I pay next Friday?", 0.15), ("请问可以分期吗", 0.10)]
 
@@ -60,18 +61,19 @@ def _call_behaviour(number: str) -> Any:
     """Deterministic callee behaviour by number: voicemail, no answer, or a person."""
     from dispatcher.sandbox.options import CallBehaviour
 
+    # Right-party contact rates of collection calls are low: most go unanswered.
     roll = zlib.crc32(number.encode()) % 100
-    if roll < 25:
-        return CallBehaviour(answered_by="machine_end_beep")
     if roll < 35:
         return CallBehaviour(outcome="no-answer")
-    if roll < 50:
+    if roll < 60:
+        return CallBehaviour(answered_by="machine_end_beep")
+    if roll < 70:
         return CallBehaviour(digits=("1", "2"))  # promise to pay
-    if roll < 62:
+    if roll < 80:
         return CallBehaviour(digits=("1", "1"))  # payment link by SMS
-    if roll < 67:
+    if roll < 84:
         return CallBehaviour(digits=("1", "9"))  # stop calls
-    if roll < 72:
+    if roll < 88:
         return CallBehaviour(digits=("2",))  # not the debtor
     return CallBehaviour(digits=("1",))  # listens, then hangs up
 
@@ -179,7 +181,7 @@ def run_demo(
     result = DemoResult(cases=cases, days=days, seconds=0.0)
 
     csv_path = workdir / "portfolio.csv"
-    write_csv(csv_path, generate_cases(cases, START.date() + dt.timedelta(days=3), seed=seed))
+    write_csv(csv_path, generate_cases(cases, START.date(), seed=seed, dpd_buckets=REALISTIC_DPD_BUCKETS))
     report = import_file(csv_path, engine, config, clock)
     console.print(f"imported {report.imported} generated cases (rejected {report.rejected})")
 
@@ -277,16 +279,25 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
                 # Debtors react to what they received in this tick.
                 with engine.connect() as conn:
                     fresh = conn.execute(
-                        select(MessageRow.case_id, MessageRow.channel, MessageRow.to_address, MessageRow.status)
+                        select(MessageRow.case_id, MessageRow.channel, MessageRow.to_address, MessageRow.status,
+                               MessageRow.stage, MessageRow.body)
                         .where(MessageRow.sent_at == instant, MessageRow.kind != "system")
                     ).all()
-                for case_id, channel, to_address, status in fresh:
+                clicks: list[str] = []
+                for case_id, channel, to_address, status, stage, body in fresh:
                     if channel == "sms" and status == "delivered" and to_address and rng.random() < 0.04:
-                        body = rng.choices([b for b, _ in SMS_REPLIES], [w for _, w in SMS_REPLIES])[0]
+                        reply = rng.choices([b for b, _ in SMS_REPLIES], [w for _, w in SMS_REPLIES])[0]
                         await asyncio.to_thread(sandbox.simulate_inbound_threadsafe, to_address,
-                                                "+10000000000", body, inbound_url)
-                    if rng.random() < 0.015:  # pays (in full, or half) after being reminded
+                                                "+10000000000", reply, inbound_url)
+                    link = _PAY_LINK.search(body or "")
+                    if channel != "voice" and link and rng.random() < 0.05:
+                        clicks.append(link.group(0))
+                    # Early-stage debtors mostly pay after a reminder; the tail rarely does.
+                    pay_chance = 0.10 if stage in ("pre_due", "early") else 0.025
+                    if rng.random() < pay_chance:
                         await asyncio.to_thread(_pay, engine, repository, case_id, instant, rng)
+                if clicks:
+                    await _click(clicks)
                 if fresh:
                     await sender.send_due()  # confirmations, HELP replies, requested payment links
                 progress.update(task, advance=1,
@@ -294,6 +305,18 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
     finally:
         for adapter in channels.values():
             await adapter.aclose()
+
+
+_PAY_LINK = re.compile(r"https?://127\.0\.0\.1:\d+/p/[A-Za-z0-9._-]+")
+
+
+async def _click(links: list[str]) -> None:
+    """Debtors open their payment links (the web app logs the click and redirects)."""
+    import httpx
+
+    async with httpx.AsyncClient(follow_redirects=False, timeout=10) as client:
+        for link in links:
+            await client.get(link)
 
 
 def _pay(engine, repository, case_id: str, instant: dt.datetime, rng: random.Random) -> None:  # type: ignore[no-untyped-def]

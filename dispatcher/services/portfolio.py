@@ -29,6 +29,9 @@ _US_AREAS = ["212", "312", "303", "310", "646", "415"]
 _CN_PREFIXES = ["138", "139", "137", "150", "186", "135"]
 CENT = Decimal("0.01")
 
+#: A collections book is mostly early delinquency, with a thinning tail (roll rates).
+REALISTIC_DPD_BUCKETS = [(-10, 0, 0.30), (1, 29, 0.35), (30, 59, 0.13), (60, 89, 0.10), (90, 150, 0.12)]
+
 
 def generate_cases(
     n: int,
@@ -38,12 +41,18 @@ def generate_cases(
     dpd_range: tuple[int, int] = (-10, 130),
     cn_share: float = 0.6,
     prefix: str = "C",
+    dpd_buckets: list[tuple[int, int, float]] | None = None,
 ) -> Iterator[dict[str, str]]:
-    """Yield `n` import rows whose days past due at `today` spread over `dpd_range`."""
+    """Yield `n` import rows whose days past due at `today` spread over `dpd_range`
+    uniformly, or over `dpd_buckets` ((low, high, weight), ...) when given."""
     rng = random.Random(seed)
     for i in range(n):
         cn = rng.random() < cn_share
-        dpd = rng.randint(*dpd_range)
+        if dpd_buckets:
+            low, high, _ = rng.choices(dpd_buckets, [w for _, _, w in dpd_buckets])[0]
+            dpd = rng.randint(low, high)
+        else:
+            dpd = rng.randint(*dpd_range)
         due = today - dt.timedelta(days=dpd)
         principal = Decimal(rng.randrange(50_000, 5_000_000)) / 100
         rate = rng.choice([Decimal("0.0005"), Decimal("0.0003"), Decimal("0.0007"), None])
