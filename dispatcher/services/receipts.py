@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import re
-import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -334,8 +333,9 @@ class _StatusSQL:
     learns the SID. PostgreSQL runs the update, its `status_received` event and, when
     nothing was updated, the look-up of the row in one autocommit statement: one round
     trip, made from the event loop (psycopg async), no worker thread. SQLite runs them
-    in one transaction on one dedicated thread (SQLite has one writer anyway, and
-    queueing in-process is fairer and faster than SQLite's busy-wait sleeps).
+    in one transaction on one dedicated thread: SQLite has one writer anyway, and one
+    thread contends less for the GIL than a pool of them (the store's engine queues
+    in-process writers on a lock).
     """
 
     _MATCH = (
@@ -377,7 +377,6 @@ class _StatusSQL:
         self._find = text(self._FIND)
         self._learn = text(self._LEARN_SID)
         self._pg_apply = text(self._PG_APPLY).bindparams(now)
-        self._lock = threading.Lock()
         self._pool: _AsyncPgPool | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         if self.postgres:
@@ -427,7 +426,7 @@ class _StatusSQL:
                     conn.execute(self._learn, {"sid": sid, "id": row.id})
                 conn.commit()
             return None if row is None else _Match(bool(row.applied), row.id, row.case_id, row.to_address, row.status)
-        with self._lock, self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             updated = conn.execute(self._update, params).first()
             if updated is not None:
                 conn.execute(self._event, {"case_id": updated.case_id, "message_id": updated.id, "now": now,

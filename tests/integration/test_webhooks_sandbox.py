@@ -1,0 +1,259 @@
+"""What comes back, end to end through the sandbox (issue 5, "how it must be shown"):
+the real sender and Twilio SDK against the in-thread sandbox, our web app on a loopback
+port receiving the sandbox's signed callbacks, TwiML fetches, keypresses, inbound SMS
+and bounces. SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from dispatcher.channels.registry import build_channels
+from dispatcher.clock import FakeClock
+from dispatcher.config import Config
+from dispatcher.domain import Action, Case, Channel, Product, Reason
+from dispatcher.links import LinkSigner
+from dispatcher.policy import decide_case
+from dispatcher.sandbox import CallBehaviour, Sandbox, run_sandbox_in_thread
+from dispatcher.sandbox.asgi_server import AsgiServer
+from dispatcher.services.outbox import Sender
+from dispatcher.services.planner import run_planner
+from dispatcher.settings import Settings
+from dispatcher.store import repository as repo
+from dispatcher.store.db import make_engine
+from dispatcher.store.repository import ImportedCase
+from dispatcher.templates import TemplateSet
+from dispatcher.web.app import create_app
+
+KEY = "sandbox-e2e-signing-key-0123456789abcdef"
+DUE_DPD60 = dt.date(2026, 10, 8)  # DPD 60 on Mon 2026-12-07: SMS, e-mail and a call are due
+
+PHONE_PERSON = "+8613800000001"
+PHONE_MACHINE = "+8613800000002"
+PHONE_SILENT = "+8613800000003"
+PHONE_QUIET = "+8613800000005"  # answers, presses nothing
+
+
+def cn_case(n: int, phone: str, email: str) -> ImportedCase:
+    case = Case(
+        case_id=f"e2e-{n}", name="张伟", jurisdiction="cn", locale="zh-CN", currency="CNY",
+        principal=Decimal("10000.00"), interest=Decimal("120.00"), penalty=Decimal("150.00"), fees=Decimal("0.00"),
+        amount_due=Decimal("10270.00"), due_date=DUE_DPD60, phone=phone, email=email,
+        penalty_rate_daily=Decimal("0.0005"), product=Product.CREDIT_CARD,
+    )
+    return ImportedCase(case=case, zones=("Asia/Shanghai",), sms_consent=True, email_consent=True, voice_consent=True)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """An ASGI app on a free loopback port, in its own thread and event loop."""
+    server = AsgiServer(app, "127.0.0.1", 0)
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        holder["loop"] = asyncio.get_running_loop()
+        holder["stop"] = asyncio.Event()
+        holder["port"] = await server.start()
+        ready.set()
+        await holder["stop"].wait()
+        await server.stop()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name="e2e-web", daemon=True)
+    thread.start()
+    assert ready.wait(30), "the web app did not start"
+    try:
+        yield f"http://127.0.0.1:{holder['port']}"
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(30)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class E2E:
+    engine: Engine
+    config: Config
+    clock: FakeClock
+    sandbox: Sandbox
+    templates: TemplateSet
+    sender: Sender
+    url: str
+
+    def timeline(self, case_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            return repo.case_timeline(conn, case_id, self.clock.now())
+
+    def message(self, case_id: str, channel: str, kind: str = "scheduled") -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(repo.messages_t).where(repo.messages_t.c.case_id == case_id,
+                                              repo.messages_t.c.channel == channel,
+                                              repo.messages_t.c.kind == kind)
+            ).one()
+
+    def contact(self, case_id: str, channel: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(select(repo.contacts_t).where(repo.contacts_t.c.case_id == case_id,
+                                                              repo.contacts_t.c.channel == channel)).one()
+
+    def call_to(self, phone: str) -> dict[str, Any]:
+        (call,) = [c for c in self.sandbox.calls() if c["to"] == phone]
+        return call
+
+    async def settle(self) -> None:
+        self.sandbox.drain_threadsafe(15)
+
+
+@pytest.fixture
+async def e2e(_sqlite_template: Path, tmp_path: Path, config: Config, fake_clock: FakeClock) -> AsyncIterator[E2E]:
+    path = tmp_path / "e2e.db"
+    shutil.copyfile(_sqlite_template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    sending = config.sending.model_copy(update={"rate_per_second": {"sms": 1000.0, "voice": 1000.0, "email": 1000.0}})
+    config = config.model_copy(update={"sending": sending})
+    templates = TemplateSet(config.resolve(config.templates.directory), config)
+    behaviours = {
+        PHONE_PERSON: CallBehaviour(answered_by="human", digits=("1", "2")),
+        PHONE_MACHINE: CallBehaviour(answered_by="machine_end_beep"),
+        PHONE_SILENT: CallBehaviour(answered_by="human", digits=("1", "9")),
+    }
+    holder: dict[str, Any] = {}
+
+    def late_app(scope: Any, receive: Any, send: Any) -> Any:  # the port is known only once it listens
+        return holder["app"](scope, receive, send)
+
+    app = None
+    channels: dict[Channel, Any] = {}
+    try:
+        with serve_in_thread(late_app) as url, run_sandbox_in_thread(
+            seed=5, clock=fake_clock, callback_delay_ms=1, call_behaviours=behaviours,
+            email_rules={"bounce-*@example.com": "async_hard"}, bounce_url=f"{url}/email/bounce", bounce_key=KEY,
+        ) as sandbox:
+            web = Settings(twilio_auth_token=sandbox.auth_token, signing_key=KEY, public_url=url)
+            app = create_app(engine=engine, config=config, clock=fake_clock, settings=web, signer=LinkSigner(KEY),
+                             templates=templates)
+            holder["app"] = app
+            settings = Settings(twilio_account_sid=sandbox.account_sid, twilio_auth_token=sandbox.auth_token,
+                                twilio_api_url=sandbox.twilio_url, smtp_url=sandbox.smtp_url, public_url=url,
+                                signing_key=KEY)
+            channels = build_channels(settings, timeout=5.0)
+            sender = Sender(engine, config, templates, channels, fake_clock, LinkSigner(KEY), url, "e2e")
+            try:
+                yield E2E(engine, config, fake_clock, sandbox, templates, sender, url)
+                sandbox.drain_threadsafe(15)
+            finally:
+                for adapter in channels.values():
+                    await adapter.aclose()
+    finally:
+        if app is not None:
+            app.state.receipts.close()
+        engine.dispose()
+
+
+async def send_everything(e2e: E2E, *cases: ImportedCase) -> None:
+    with e2e.engine.begin() as conn:
+        repo.upsert_cases(conn, list(cases), e2e.clock.now())
+    summary = run_planner(e2e.engine, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())
+    assert summary is not None and summary.queued == 3 * len(cases)
+    sent = await e2e.sender.send_due()
+    assert sent.sent == 3 * len(cases)
+    await e2e.settle()
+
+
+async def test_delivery_receipts_reach_the_timeline(e2e: E2E) -> None:
+    await send_everything(e2e, cn_case(1, PHONE_PERSON, "one@example.com"))
+    sms = e2e.message("e2e-1", "sms")
+    await wait_until(lambda: e2e.message("e2e-1", "sms").status == "delivered", "SMS delivered")
+    timeline = e2e.timeline("e2e-1")
+    statuses = [(e.get("message_id"), e.get("status")) for e in timeline["events"] if e["kind"] == "status_received"]
+    assert (sms.id, "delivered") in statuses
+    assert [m["status"] for m in timeline["messages"] if m["id"] == sms.id] == ["delivered"]
+
+
+async def test_a_person_confirms_identity_and_promises_to_pay(e2e: E2E) -> None:
+    await send_everything(e2e, cn_case(1, PHONE_PERSON, "one@example.com"))
+    await wait_until(lambda: e2e.message("e2e-1", "voice").conversation, "a completed conversation")
+    call = e2e.call_to(PHONE_PERSON)
+    assert call["digits"] == ["1", "2"]
+    spoken = " ".join(call["spoken"])
+    assert "10,270.00" in spoken  # the script, after the identity check
+    assert spoken.index("按1") < spoken.index("10,270.00")
+    voice = e2e.message("e2e-1", "voice")
+    assert (voice.status, voice.answered_by) == ("completed", "human")
+    holds = e2e.timeline("e2e-1")["holds"]
+    assert [h["reason"] for h in holds] == [Reason.PROMISE_TO_PAY.value]
+    snapshot = repo.get_snapshot(e2e.engine, "e2e-1", e2e.clock.now())
+    assert {d.reason for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())} \
+        == {Reason.PROMISE_TO_PAY}
+
+
+async def test_an_answering_machine_gets_a_voicemail_that_names_no_debt(e2e: E2E) -> None:
+    await send_everything(e2e, cn_case(2, PHONE_MACHINE, "two@example.com"))
+    await wait_until(lambda: e2e.message("e2e-2", "voice").status == "completed", "call completed")
+    call = e2e.call_to(PHONE_MACHINE)
+    assert call["answered_by"] == "machine_end_beep" and call["digits"] == []
+    spoken = " ".join(call["spoken"])
+    assert spoken, "the voicemail was spoken"
+    # a limited-content message: a greeting may name the person, nothing names the debt
+    for secret in ("10,270", "10270", "欠款", "逾期", "罚息", "还款"):
+        assert secret not in spoken
+    assert e2e.message("e2e-2", "voice").conversation is False
+
+
+async def test_option_9_opts_the_number_out_of_calls(e2e: E2E) -> None:
+    await send_everything(e2e, cn_case(3, PHONE_SILENT, "three@example.com"))
+    await wait_until(lambda: e2e.contact("e2e-3", "voice").opted_out, "voice opt-out")
+    snapshot = repo.get_snapshot(e2e.engine, "e2e-3", e2e.clock.now())
+    voice = [d for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())
+             if d.channel is Channel.VOICE]
+    assert [(d.action, d.reason) for d in voice] == [(Action.SKIP, Reason.OPTED_OUT)]
+
+
+async def test_inbound_tuiding_opts_out_and_the_confirmation_is_sent_once(e2e: E2E) -> None:
+    await send_everything(e2e, cn_case(5, PHONE_QUIET, "five@example.com"))
+    result = await asyncio.to_thread(e2e.sandbox.simulate_inbound_threadsafe, PHONE_QUIET, "+8610695550100", "退订",
+                                     f"{e2e.url}/twilio/sms/inbound")
+    assert result["status"] == 200
+    assert e2e.contact("e2e-5", "sms").opted_out is True
+    # the next plan says opted_out for SMS
+    e2e.clock.advance(days=3)
+    snapshot = repo.get_snapshot(e2e.engine, "e2e-5", e2e.clock.now())
+    sms = [d for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())
+           if d.channel is Channel.SMS]
+    assert [(d.action, d.reason) for d in sms] == [(Action.SKIP, Reason.OPTED_OUT)]
+    # the confirmation goes out once, through the same channel code
+    reply = e2e.message("e2e-5", "sms", kind="system")
+    assert "退订" in (reply.body or "")
+    await e2e.sender.send_due()
+    await e2e.sender.send_due()
+    await e2e.settle()
+    confirmations = [m for m in e2e.sandbox.messages() if m["to"] == PHONE_QUIET and m["body"] == reply.body]
+    assert [m["count"] for m in confirmations] == [1]
+
+
+async def test_a_hard_bounce_marks_the_address_invalid(e2e: E2E) -> None:
+    await send_everything(e2e, cn_case(4, "+8613800000004", "bounce-4@example.com"))
+    await wait_until(lambda: e2e.contact("e2e-4", "email").invalid, "address invalid after the bounce")
+    kinds = [e["kind"] for e in e2e.timeline("e2e-4")["events"]]
+    assert "bounce" in kinds and "address_invalid" in kinds
