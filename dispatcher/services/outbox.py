@@ -239,8 +239,8 @@ class Sender:
         )
         writes = _Writes()
         done_at = self.clock.now()
-        for (item, outbound), result in zip(ready, settled, strict=True):
-            self._outcome(item, outbound, result, done_at, writes, summary)
+        for (item, outbound), raw, result in zip(ready, results, settled, strict=True):
+            self._outcome(item, outbound, result, done_at, writes, summary, attempt_error=raw.error)
         with self.engine.begin() as conn:
             writes.apply(conn)
 
@@ -390,11 +390,14 @@ class Sender:
     # -- recording ---------------------------------------------------------------
 
     def _outcome(self, item: _Claimed, outbound: OutboundMessage, result: SendResult | object | None,
-                 now: dt.datetime, writes: _Writes, summary: SendSummary) -> None:
+                 now: dt.datetime, writes: _Writes, summary: SendSummary, *,
+                 attempt_error: str | None = None) -> None:
         if result is _LEAVE_IN_FLIGHT:
             return
         if result is None:  # the provider has no trace of it: a retry cannot duplicate
-            self._retry(item, "provider has no trace of the ambiguous attempt", None, now, writes, summary)
+            # Keep what the attempt saw (e.g. the 503), or a give-up would not say why.
+            why = "provider has no trace of the ambiguous attempt"
+            self._retry(item, f"{attempt_error}; {why}" if attempt_error else why, None, now, writes, summary)
             return
         assert isinstance(result, SendResult)
         if result.error == "reconciled":
