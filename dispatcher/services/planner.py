@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -21,7 +21,7 @@ from dispatcher.config import Config
 from dispatcher.domain import Action, CaseSnapshot, Channel, Decision, MessageKind
 from dispatcher.policy import decide_case
 from dispatcher.store import repository
-from dispatcher.store.events import EventKind, record_event
+from dispatcher.store.events import EventKind, event_values, insert_events
 from dispatcher.store.tables import MessageRow
 
 TemplateCatalog = Mapping[tuple[Channel, str, str], Sequence[str]]
@@ -87,13 +87,22 @@ def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, object]])
         stmt = sqlite.insert(MessageRow).on_conflict_do_nothing(index_elements=["idempotency_key"])
     else:  # pragma: no cover - other databases are not supported
         stmt = insert(MessageRow)
-    added: set[str] = set()
-    # RETURNING with executemany is not portable; insert one statement per row chunk.
+    # One look-up of the existing keys, then one executemany insert: the planner lock
+    # makes this the only writer of scheduled rows, and ON CONFLICT covers the rest.
+    keys = [str(r["idempotency_key"]) for r in rows]
+    existing: set[str] = set()
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        existing.update(conn.execute(
+            select(MessageRow.idempotency_key).where(MessageRow.idempotency_key.in_(chunk))).scalars())
+    fresh: dict[str, dict[str, object]] = {}
     for row in rows:
-        key = conn.execute(stmt.values(**row).returning(MessageRow.idempotency_key)).scalar()
-        if key is not None:
-            added.add(key)
-    return added
+        key = str(row["idempotency_key"])
+        if key not in existing and key not in fresh:
+            fresh[key] = row
+    if fresh:
+        conn.execute(stmt, list(fresh.values()))
+    return set(fresh)
 
 
 def enqueue_decisions(
@@ -143,6 +152,7 @@ def enqueue_decisions(
             )
             pending.append((decision, when, key))
     added = _insert_ignoring_duplicates(conn, rows)
+    events: list[dict[str, object]] = []
     summary.already_queued += len(rows) - len(added)
     for decision, when, key in pending:
         if key not in added:
@@ -151,8 +161,7 @@ def enqueue_decisions(
             summary.queued += 1
         else:
             summary.deferred += 1
-        record_event(
-            conn,
+        events.append(event_values(
             EventKind.MESSAGE_QUEUED if decision.action is Action.SEND else EventKind.MESSAGE_DEFERRED,
             now,
             case_id=decision.case_id,
@@ -161,7 +170,8 @@ def enqueue_decisions(
             template=decision.template,
             reason=decision.reason.value,
             scheduled_at=when.isoformat(),
-        )
+        ))
+    insert_events(conn, events)
     return summary
 
 
