@@ -511,17 +511,17 @@ def payment_cmd(
 @templates_app.command("lint")
 def templates_lint(
     ctx: typer.Context,
-    path: Annotated[Path | None, typer.Argument(help="templates directory (default: from config)")] = None,
+    path: Annotated[Path | None, typer.Argument(help="templates folder, a channel/stage folder or one file")] = None,
 ) -> None:
     """Render every template with sample cases; exit 1 on any problem."""
-    from dispatcher.templates.lint import lint_tree
+    from dispatcher.templates.lint import lint_path
 
     runtime = rt(ctx)
     config = runtime.config
-    directory = path or config.resolve(config.templates.directory)
-    if not directory.exists():
-        raise fail(f"{directory}: no such directory; pass the templates folder")
-    problems = lint_tree(directory, config, config.resolve(config.templates.forbidden_phrases))
+    target = path or config.resolve(config.templates.directory)
+    if not target.exists():
+        raise fail(f"{target}: no such file or directory; pass the templates folder, a stage folder or a .j2 file")
+    problems = lint_path(target, config, config.resolve(config.templates.forbidden_phrases))
     for problem in problems:
         print(str(problem))
     if problems:
@@ -538,8 +538,9 @@ def templates_preview(
     locale: Annotated[str | None, typer.Option("--locale", help="zh-CN or en-US")] = None,
 ) -> None:
     """Render a template for a real or a sample case."""
-    from dispatcher.templates.preview import preview
-    from dispatcher.testing import sample_case
+    from dispatcher.templates import TemplateSetError
+    from dispatcher.templates.preview import preview, sample_case_for_template
+    from dispatcher.testing import SAMPLE_TODAY
 
     runtime = rt(ctx)
     now = runtime.clock.now()
@@ -549,12 +550,12 @@ def templates_preview(
         snapshot = next(iter(repository.iter_snapshots(runtime.engine, case_ids=[case_id], now=now)), None)
         if snapshot is None:
             raise fail(f"no such case: {case_id}; check the id or import it first")
-        case = snapshot.case
+        case, today = snapshot.case, now.date()
     else:
-        case = sample_case("cn" if (locale or "zh-CN") == "zh-CN" else "us", today=now.date())
+        case, today = sample_case_for_template(runtime.config, template_id, locale), SAMPLE_TODAY
     try:
-        result = preview(runtime.templates, template_id, case, locale, now.date(), Path("var/preview"))
-    except (KeyError, ValueError, LookupError) as exc:
+        result = preview(runtime.templates, template_id, case, locale, today, Path("var/preview"))
+    except (TemplateSetError, KeyError, ValueError, LookupError) as exc:
         raise fail(str(exc)) from None
     print(result.as_text())
 
