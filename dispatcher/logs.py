@@ -13,6 +13,16 @@ _PHONE = re.compile(r"\+?\d[\d \-]{8,}\d")
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
 
 
+def mask(address: str | None) -> str:
+    """An address fit for logs: +86138****5678, a***@example.com."""
+    if not address:
+        return "-"
+    if "@" in address:
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}***@{domain}"
+    return address[:6] + "****" + address[-4:] if len(address) > 10 else "****" + address[-2:]
+
+
 def scrub(text: str) -> str:
     """Mask phone numbers and e-mail addresses in free text."""
     text = _EMAIL.sub(r"\1***@\2", text)

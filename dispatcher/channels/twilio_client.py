@@ -42,6 +42,7 @@ from twilio.rest import Client
 
 from dispatcher.channels.base import SendResult
 from dispatcher.domain import MessageStatus
+from dispatcher.logs import mask
 
 #: Twilio error codes that mean the destination address is unusable.
 ADDRESS_ERROR_CODES = frozenset({21211, 21214, 21217, 21401, 21407, 21421, 21612, 21614, 13223, 13224})
@@ -74,16 +75,6 @@ CALL_STATUS: Mapping[str, MessageStatus] = {
 
 _PROBE: ContextVar[dict[str, Any] | None] = ContextVar("dispatcher_twilio_probe", default=None)
 _PHONE = re.compile(r"\+?\d[\d ()-]{6,}\d")
-
-
-def mask(address: str | None) -> str:
-    """An address fit for logs: +86138****5678, a***@example.com."""
-    if not address:
-        return "-"
-    if "@" in address:
-        local, _, domain = address.partition("@")
-        return f"{local[:1]}***@{domain}"
-    return address[:6] + "****" + address[-4:] if len(address) > 10 else "****" + address[-2:]
 
 
 def scrub(text: str) -> str:

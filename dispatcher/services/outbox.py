@@ -32,6 +32,7 @@ from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.domain import Action, CaseSnapshot, Channel, MessageStatus
 from dispatcher.links import LinkSigner
+from dispatcher.logs import mask
 from dispatcher.policy import decide_channel
 from dispatcher.services.pacing import SenderLimits
 from dispatcher.services.planner import zone_info
@@ -52,16 +53,6 @@ _ACCEPTED = {
     MessageStatus.COMPLETED,
 }
 _LEAVE_IN_FLIGHT = object()  # reconcile could not reach the provider
-
-
-def mask(address: str | None) -> str:
-    """Mask an address for logs: +86138****5678, a***@example.com."""
-    if not address:
-        return "-"
-    if "@" in address:
-        local, _, domain = address.partition("@")
-        return f"{local[:1]}***@{domain}"
-    return address[:6] + "****" + address[-4:] if len(address) > 10 else "****" + address[-2:]
 
 
 @dataclass
