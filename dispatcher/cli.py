@@ -265,8 +265,10 @@ def plan_cmd(
 
 def _tick(runtime: Runtime, channels: dict[Any, Any]) -> dict[str, Any]:
     from dispatcher.services.planner import run_planner
+    from dispatcher.services.receipts import resume_broken_promises
 
     now = runtime.clock.now()
+    resume_broken_promises(runtime.engine, now)
     planned = run_planner(runtime.engine, runtime.config, runtime.templates.approved_catalog(), now)
     sender = runtime.sender(channels)
 
@@ -739,7 +741,14 @@ def _startup_lint(runtime: Runtime) -> None:
 
 def main() -> None:
     """Console entry point."""
-    app()
+    from dispatcher.policy import NoLegalInstantError
+
+    try:
+        app()
+    except NoLegalInstantError as exc:
+        err.print(f"[bold red]error:[/] {exc}. Check the case's timezone and the profile's hours,"
+                  " calendar and extra_holidays in the configuration.", highlight=False)
+        raise SystemExit(EXIT_FAILURE) from None
 
 
 if __name__ == "__main__":
