@@ -173,10 +173,20 @@ class Sender:
         if only_ids is not None:
             due = due.where(MessageRow.id.in_(only_ids))
         due = due.order_by(MessageRow.scheduled_at, MessageRow.id).limit(limit).with_for_update(skip_locked=True)
+        if self.engine.dialect.name == "postgresql":
+            # A materialized CTE runs the locking LIMIT query exactly once. As `id IN
+            # (subquery)` PostgreSQL may pick a nested loop that re-runs the subquery per
+            # outer row (it does when statistics are stale, e.g. right after the planner
+            # filled the outbox): each re-run locks more rows, so one instance claimed the
+            # whole outbox instead of `limit` rows, in seconds of CPU. The rows come back
+            # locked and re-checked as queued, so the join is by primary key only.
+            due_rows = due.cte("due").prefix_with("MATERIALIZED")
+            picked = MessageRow.id == due_rows.c.id
+        else:  # SQLite: one writer; the status guard makes a lost race claim nothing
+            picked = and_(MessageRow.id.in_(due.scalar_subquery()), MessageRow.status == MessageStatus.QUEUED.value)
         stmt = (
             update(MessageRow)
-            .where(MessageRow.id.in_(due.scalar_subquery()))
-            .where(MessageRow.status == MessageStatus.QUEUED.value)
+            .where(picked)
             .values(status=MessageStatus.SENDING.value, claimed_by=self.instance_id, claimed_at=now)
             .returning(MessageRow.id, MessageRow.case_id, MessageRow.channel, MessageRow.stage,
                        MessageRow.template_id, MessageRow.kind, MessageRow.attempts, MessageRow.to_address,
