@@ -38,8 +38,8 @@ from dispatcher.services.portfolio import REALISTIC_DPD_BUCKETS, generate_cases,
 from dispatcher.settings import Settings
 
 START = dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC)  # a Monday
-#: Ticks per simulated day (UTC): 09:30 and 14:30 in Shanghai; 12:30 ET / 09:30 PT.
-TICK_TIMES = (dt.time(1, 30), dt.time(6, 30), dt.time(17, 30))
+#: Ticks per simulated day (UTC): 09:30 in Shanghai; 12:30 ET / 09:30 PT (every US zone open).
+TICK_TIMES = (dt.time(1, 30), dt.time(17, 30))
 SMS_REPLIES = [("退订", 0.15), ("STOP", 0.15), ("PAID", 0.15), ("已还款", 0.1), ("DISPUTE", 0.08),
                ("不是我", 0.05), ("HELP", 0.07), ("Can I pay next Friday?", 0.15), ("请问可以分期吗", 0.10)]
 
