@@ -205,8 +205,28 @@ def serve(port: int, http: str, loop: str) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU time of processes (Linux /proc), or None elsewhere."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / ticks
+
+
+@dataclass
+class Servers:
+    port: int
+    pids: list[int]
+
+
 @contextlib.contextmanager
-def server(db_url: str, workers: int, http: str, loop: str) -> Iterator[int]:
+def server(db_url: str, workers: int, http: str, loop: str) -> Iterator[Servers]:
     port = free_port()
     env = {
         **os.environ,
@@ -235,7 +255,7 @@ def server(db_url: str, workers: int, http: str, loop: str) -> Iterator[int]:
                 raise RuntimeError("the server did not become healthy within 60 s")
             time.sleep(0.3 if healthy == 0 else 0.05)
         time.sleep(1.0 if workers > 1 else 0.0)
-        yield port
+        yield Servers(port, [p.pid for p in procs])
     finally:
         for p in procs:
             p.terminate()
@@ -363,10 +383,13 @@ def percentile(values: list[float], q: float) -> float:
 def bench(backend: str, db_url: str, args: argparse.Namespace) -> dict[str, object]:
     workload, warmup = seed_and_build(db_url, args.messages, args.duplicates, args.seed)
     fire = fire_httpx if args.client == "httpx" else fire_raw
-    with server(db_url, args.workers, args.http, args.loop) as port:
-        asyncio.run(fire(port, warmup.requests, args.concurrency, None))
+    with server(db_url, args.workers, args.http, args.loop) as servers:
+        asyncio.run(fire(servers.port, warmup.requests, args.concurrency, None))
         load_before = os.getloadavg()[0]
-        run = asyncio.run(fire(port, workload.requests, args.concurrency, args.rate))
+        cpu_before = cpu_seconds(servers.pids)
+        run = asyncio.run(fire(servers.port, workload.requests, args.concurrency, args.rate))
+        cpu_after = cpu_seconds(servers.pids)
+    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     wrong, received, orphans = verify(db_url, workload)
     non_200 = sum(n for status, n in run.statuses.items() if status != 200)
     moved = sum(1 for m, want in workload.expected.items() if want != workload.initial[m])
@@ -388,6 +411,8 @@ def bench(backend: str, db_url: str, args: argparse.Namespace) -> dict[str, obje
         "lost": non_200 + wrong,
         "events_ok": moved <= received <= workload.unique and orphans == 0,
         "load": load_before,
+        # server processes' CPU per callback: what a core can sustain is about 1 / this
+        "cpu_us": None if server_cpu is None else server_cpu / len(workload.requests) * 1e6,
     }
 
 
@@ -432,12 +457,13 @@ def main(argv: list[str] | None = None) -> int:
           f" uvicorn --http {args.http} ({parser_impl} available), --loop {args.loop}; client {args.client}."
           f" {os.cpu_count()} CPUs, Python {platform.python_version()}.\n")
     print("| backend | workers | conns | offered | callbacks | messages | seconds | callbacks/s | p50 ms | p99 ms"
-          " | max ms | non-200 | wrong final | lost | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          " | max ms | non-200 | wrong final | lost | server CPU µs/callback | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['backend']} | {r['workers']} | {r['concurrency']} | {r['offered']} | {r['callbacks']} |"
               f" {r['messages']} | {r['seconds']:.1f} | {r['rate']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} |"
-              f" {r['max']:.1f} | {r['non_200']} | {r['wrong_final']} | {r['lost']} | {r['load']:.1f} |")
+              f" {r['max']:.1f} | {r['non_200']} | {r['wrong_final']} | {r['lost']} |"
+              f" {'-' if r['cpu_us'] is None else format(r['cpu_us'], '.0f')} | {r['load']:.1f} |")
     failed = [r for r in results if r["lost"] or not r["events_ok"]]
     for r in failed:
         print(f"\n{r['backend']}: LOST {r['lost']} (non-200 {r['non_200']}, wrong final {r['wrong_final']});"
