@@ -93,9 +93,16 @@ async def run_daemon(jobs: DaemonJobs, web_app: Any, host: str, port: int,
     cfg = jobs.config.scheduler
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        # Stop claiming at once: the start-up pass below may still be running, and it
+        # would otherwise drain the whole outbox before the stop is even looked at.
+        jobs.sender.stop_claiming()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, request_stop)
 
     server = _QuietServer(uvicorn.Config(web_app, host=host, port=port, log_level="warning", lifespan="off",
                                          access_log=False))
