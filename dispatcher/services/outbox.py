@@ -34,6 +34,8 @@ from dispatcher.domain import Action, CaseSnapshot, Channel, MessageStatus
 from dispatcher.links import LinkSigner
 from dispatcher.logs import mask
 from dispatcher.policy import decide_channel
+from dispatcher.policy.calendar import WorkingCalendar
+from dispatcher.policy.window import windows_for
 from dispatcher.services.pacing import SenderLimits
 from dispatcher.services.planner import zone_info
 from dispatcher.store import repository
@@ -53,6 +55,7 @@ _ACCEPTED = {
     MessageStatus.COMPLETED,
 }
 _LEAVE_IN_FLIGHT = object()  # reconcile could not reach the provider
+_WINDOW_CLOSED = object()  # its turn at the rate limiter came after the contact window closed
 
 
 @dataclass
@@ -151,6 +154,7 @@ class Sender:
         self._semaphore = asyncio.Semaphore(config.sending.concurrency)
         self._stopping = False
         self._catalog_cache: Mapping[tuple[Channel, str, str], tuple[str, ...]] | None = None
+        self._calendars: dict[str, WorkingCalendar] = {}
 
     def _catalog(self) -> Mapping[tuple[Channel, str, str], tuple[str, ...]]:
         """The approved templates, read once per pass (it hashes every template file)."""
@@ -225,29 +229,55 @@ class Sender:
             for s in repository.iter_snapshots(self.engine, case_ids=sorted({c.case_id for c in claimed}), now=now)
         }
         writes = _Writes()
-        ready: list[tuple[_Claimed, OutboundMessage]] = []
+        ready: list[tuple[_Claimed, OutboundMessage, float | None]] = []
         for item in claimed:
-            outbound = self._prepare(item, snapshots.get(item.case_id), now, writes, summary)
+            snapshot = snapshots.get(item.case_id)
+            outbound = self._prepare(item, snapshot, now, writes, summary)
             if outbound is not None:
-                ready.append((item, outbound))
+                assert snapshot is not None
+                closes = None if item.kind == "system" else self._window_closes(snapshot, now)
+                ready.append((item, outbound, closes))
                 writes.stamped.append({"b_id": item.id, "b_now": now})
         with self.engine.begin() as conn:
             writes.apply(conn)
-        results = await asyncio.gather(*(self._call(outbound) for _item, outbound in ready))
+        results = await asyncio.gather(*(self._call(outbound, closes) for _item, outbound, closes in ready))
         settled = await asyncio.gather(
-            *(self._reconcile_if_ambiguous(item, outbound, result) for (item, outbound), result in zip(
+            *(self._reconcile_if_ambiguous(item, outbound, result) for (item, outbound, _c), result in zip(
                 ready, results, strict=True))
         )
         writes = _Writes()
         done_at = self.clock.now()
-        for (item, outbound), raw, result in zip(ready, results, settled, strict=True):
-            self._outcome(item, outbound, result, done_at, writes, summary, attempt_error=raw.error)
+        for (item, outbound, _c), raw, result in zip(ready, results, settled, strict=True):
+            attempt_error = raw.error if isinstance(raw, SendResult) else None
+            self._outcome(item, outbound, result, done_at, writes, summary, attempt_error=attempt_error)
         with self.engine.begin() as conn:
             writes.apply(conn)
 
-    async def _call(self, outbound: OutboundMessage) -> SendResult:
+    def _window_closes(self, snapshot: CaseSnapshot, now: dt.datetime) -> float | None:
+        """When the case's contact window (every one of its zones) closes, as POSIX seconds.
+
+        The gate ran at `now`, but a rate-limited batch reaches the provider over seconds
+        (at 5 calls/s, 200 calls take 40 s): `_call` checks this just before the call."""
+        profile = self.config.jurisdictions.get(snapshot.case.jurisdiction)
+        if profile is None:
+            return None
+        calendar = self._calendars.get(snapshot.case.jurisdiction)
+        if calendar is None:
+            calendar = self._calendars[snapshot.case.jurisdiction] = WorkingCalendar.for_profile(profile)
+        ts = now.timestamp()
+        closes = []
+        for window in windows_for(snapshot.zones or tuple(profile.default_timezones), profile, calendar):
+            bounds = window.bounds(window.ordinal(ts))
+            if bounds is None or not bounds[0] <= ts < bounds[1]:
+                return ts  # not legal now (the gate would not have let it through)
+            closes.append(bounds[1])
+        return float(min(closes))
+
+    async def _call(self, outbound: OutboundMessage, window_closes: float | None) -> SendResult | object:
         async with self._semaphore:
             await self.limits.bucket(outbound.channel.value, outbound.sender).acquire()
+            if window_closes is not None and self.clock.now().timestamp() >= window_closes:
+                return _WINDOW_CLOSED
             try:
                 return await self.channels[outbound.channel].send(outbound)
             except Exception as exc:  # an adapter bug: the outcome is unknown, treat it as ambiguous
@@ -256,10 +286,10 @@ class Sender:
                                   error=f"channel error: {type(exc).__name__}")
 
     async def _reconcile_if_ambiguous(self, item: _Claimed, outbound: OutboundMessage,
-                                      result: SendResult) -> SendResult | object | None:
+                                      result: SendResult | object) -> SendResult | object | None:
         """The result to record; None when the provider proved it never got the message
         (safe to retry); `_LEAVE_IN_FLIGHT` when it could not be asked."""
-        if not result.ambiguous:
+        if not isinstance(result, SendResult) or not result.ambiguous:
             return result
         try:
             found = await self.channels[item.channel].reconcile(outbound, item.claimed_at)
@@ -394,6 +424,10 @@ class Sender:
                  now: dt.datetime, writes: _Writes, summary: SendSummary, *,
                  attempt_error: str | None = None) -> None:
         if result is _LEAVE_IN_FLIGHT:
+            return
+        if result is _WINDOW_CLOSED:  # never reached the provider: the gate defers it on the next claim
+            self._requeue(item, now, "the contact window closed before its turn at the rate limiter", now, writes)
+            summary.deferred += 1
             return
         if result is None:  # the provider has no trace of it: a retry cannot duplicate
             # Keep what the attempt saw (e.g. the 503), or a give-up would not say why.

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from dispatcher.channels.base import ChannelAdapter
 from dispatcher.channels.registry import build_channels
 from dispatcher.channels.smtp_email import UNKNOWN_AFTER_DATA
-from dispatcher.clock import FakeClock
+from dispatcher.clock import FakeClock, StartedClock
 from dispatcher.config import Config
 from dispatcher.domain import Case, CaseStatus, Channel, Product, Reason
 from dispatcher.links import LinkSigner
@@ -631,3 +631,44 @@ async def test_two_senders_racing_on_the_same_rows_send_each_message_once(world:
     emails = world.sandbox.emails()
     assert len(emails) == cases and all(e["count"] == 1 for e in emails)
     assert {m["sid"] for m in sms} == {r.provider_id for r in rows if r.channel == "sms"}
+
+
+# ------------------------------------------------------------ the window, in real time
+
+
+async def test_a_rate_limited_batch_never_spills_past_the_window_close(world: World) -> None:
+    """The gate runs when a batch is prepared, but a rate-limited batch reaches the
+    provider over seconds: a message whose turn comes after the window closed must be
+    deferred, not sent late. Here the clock runs in real time from 20:59:58 and the
+    SMS limit is 5/s, so only the first ~10 of 20 SMS may go out before 21:00."""
+    world.add_cases(*(cn_case(n, due=DUE_DPD30) for n in range(1, 21)))
+    world.plan()
+    sms_ids = [r.id for r in world.rows(channel="sms")]
+    close = dt.datetime(2026, 12, 7, 21, 0, tzinfo=SHANGHAI)
+    clock = StartedClock(close - dt.timedelta(seconds=2))
+    paced = world.config.model_copy(update={"sending": world.config.sending.model_copy(update={
+        "rate_per_second": {"sms": 5.0, "voice": 5.0, "email": 5.0}, "batch_size": 50})})
+    with run_sandbox_in_thread(clock=clock, callback_delay_ms=0) as sandbox:
+        settings = Settings(twilio_account_sid=sandbox.account_sid, twilio_auth_token=sandbox.auth_token,
+                            twilio_api_url=sandbox.twilio_url, smtp_url=sandbox.smtp_url,
+                            public_url="http://127.0.0.1:9")
+        channels = build_channels(settings, timeout=CLIENT_TIMEOUT_S, channels=[Channel.SMS])
+        sender = Sender(world.engine, paced, world.templates, channels, clock, LinkSigner(KEY),
+                        settings.public_url, "paced")
+        try:
+            summary = await sender.send_due(only_ids=sms_ids)
+        finally:
+            for adapter in channels.values():
+                await adapter.aclose()
+        received = sandbox.messages()
+
+    late = [m for m in received if dt.datetime.fromisoformat(m["date_created"]) >= close]
+    assert not late, f"{len(late)} SMS reached the provider after the window closed"
+    assert 5 <= len(received) <= 14, len(received)
+    assert summary.sent == len(received)
+    rows = [world.row(i) for i in sms_ids]
+    tuesday_9 = dt.datetime(2026, 12, 8, 9, 0, tzinfo=SHANGHAI)
+    waiting = [r for r in rows if r.status == "queued"]
+    assert len(waiting) == 20 - len(received)
+    assert all(r.scheduled_at == tuesday_9 for r in waiting)
+    assert {r.provider_id for r in rows if r.status in ACCEPTED} == {m["sid"] for m in received}
