@@ -20,7 +20,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -211,18 +211,60 @@ class Sender:
         summary = SendSummary()
         self._catalog_cache = None  # templates may have been edited or approved since the last pass
         batch = self.config.sending.batch_size
-        while not self._stopping:
-            limit = batch if max_messages is None else min(batch, max_messages - summary.claimed)
-            if limit <= 0:
-                break
-            claimed = self.claim(limit, only_ids)
-            if not claimed:
-                break
-            summary.claimed += len(claimed)
-            await self._send_batch(claimed, summary)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                limit = batch if max_messages is None else min(batch, max_messages - summary.claimed)
+                if limit <= 0:
+                    break
+                claimed = self.claim(limit, only_ids)
+                if not claimed:
+                    if not in_flight:
+                        break
+                    # A batch still in flight may put rows back that are due now (its
+                    # window closed at the rate limiter): claim again once it is recorded.
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    self._collect(in_flight)
+                    continue
+                summary.claimed += len(claimed)
+                started = asyncio.Event()
+                task = asyncio.create_task(self._send_batch(claimed, summary, started))
+                in_flight.add(task)
+                # The next claim waits until every provider call of this batch has begun:
+                # only this batch's tail (the last answers, the recording) overlaps the
+                # next batch's gate and render, so the gate is as fresh as before and the
+                # rate limiter does not idle between batches.
+                waiter = asyncio.ensure_future(started.wait())
+                try:
+                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    await asyncio.gather(waiter, return_exceptions=True)
+                self._collect(in_flight)
+            await asyncio.gather(*in_flight)
+        except BaseException:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            raise
         return summary
 
-    async def _send_batch(self, claimed: list[_Claimed], summary: SendSummary) -> None:
+    @staticmethod
+    def _collect(in_flight: set[asyncio.Task[None]]) -> None:
+        for done in [t for t in in_flight if t.done()]:
+            in_flight.discard(done)
+            done.result()  # a failed batch stops the pass (its rows stay in flight)
+
+    async def _send_batch(self, claimed: list[_Claimed], summary: SendSummary,
+                          started: asyncio.Event | None = None) -> None:
+        try:
+            await self._send_batch_calls(claimed, summary, started)
+        finally:
+            if started is not None:
+                started.set()
+
+    async def _send_batch_calls(self, claimed: list[_Claimed], summary: SendSummary,
+                                started: asyncio.Event | None) -> None:
         now = self.clock.now()
         snapshots = {
             s.case.case_id: s
@@ -240,7 +282,18 @@ class Sender:
                 writes.stamped.append({"b_id": item.id, "b_now": now})
         with self.engine.begin() as conn:
             writes.apply(conn)
-        results = await asyncio.gather(*(self._call(outbound, closes) for _item, outbound, closes in ready))
+        waiting = len(ready)
+
+        def one_started() -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting == 0 and started is not None:
+                started.set()
+
+        if not ready and started is not None:
+            started.set()
+        results = await asyncio.gather(*(self._call(outbound, closes, one_started)
+                                         for _item, outbound, closes in ready))
         settled = await asyncio.gather(
             *(self._reconcile_if_ambiguous(item, outbound, result) for (item, outbound, _c), result in zip(
                 ready, results, strict=True))
@@ -273,9 +326,12 @@ class Sender:
             closes.append(bounds[1])
         return float(min(closes))
 
-    async def _call(self, outbound: OutboundMessage, window_closes: float | None) -> SendResult | object:
+    async def _call(self, outbound: OutboundMessage, window_closes: float | None,
+                    on_start: Callable[[], None] | None = None) -> SendResult | object:
         async with self._semaphore:
             await self.limits.bucket(outbound.channel.value, outbound.sender).acquire()
+            if on_start is not None:
+                on_start()
             if window_closes is not None and self.clock.now().timestamp() >= window_closes:
                 return _WINDOW_CLOSED
             try:
@@ -352,6 +408,17 @@ class Sender:
             status_callback=f"{self.public_url}/twilio/sms/status?m={item.id}",
         )
 
+    def _approved_locale(self, channel: Channel, template_id: str, case_locale: str, default: str) -> str:
+        """`pick_locale(..., approved_only=True)` answered from this pass's approved
+        catalog (it otherwise stats, reads and hashes the template file per message);
+        `render(require_approved=True)` still checks the file it renders."""
+        stage = template_id.split("/")[1] if template_id.count("/") == 2 else ""
+        catalog = self._catalog()
+        for locale in dict.fromkeys((case_locale, default)):
+            if locale and template_id in catalog.get((channel, stage, locale), ()):
+                return locale
+        return pick_locale(self.templates, template_id, case_locale, default, approved_only=True)
+
     def _render(self, item: _Claimed, snapshot: CaseSnapshot, template_id: str, stage: str | None,
                 now: dt.datetime, writes: _Writes) -> OutboundMessage:
         case_ = snapshot.case
@@ -362,7 +429,7 @@ class Sender:
         payment_link = f"{self.public_url}/p/{self.signer.payment_token(item.id, expires)}"
         email = item.channel is Channel.EMAIL
         unsubscribe_url = f"{self.public_url}/email/unsubscribe/{self.signer.unsubscribe_token(item.id)}"
-        locale = pick_locale(self.templates, template_id, case_.locale, profile.default_locale, approved_only=True)
+        locale = self._approved_locale(item.channel, template_id, case_.locale, profile.default_locale)
         context = build_context(
             case_,
             config=self.config,
