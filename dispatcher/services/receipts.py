@@ -40,6 +40,7 @@ from dispatcher.clock import Clock
 from dispatcher.config import Config, Jurisdiction
 from dispatcher.domain import Channel, MessageStatus, Reason
 from dispatcher.links import LinkSigner
+from dispatcher.logs import mask
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.replies import (
     STATUS_RANK,
@@ -116,16 +117,6 @@ def _encode(data: dict[str, Any]) -> str:
 def _ranks_below(status: MessageStatus) -> Any:
     """SQL: the message's current status ranks below `status`."""
     return _RANK_SQL < status_rank(status)  # noqa: SIM300 (SQL expression, not a Yoda condition)
-
-
-def mask(address: str | None) -> str:
-    """Mask an address for logs: +86138****5678, a***@example.com."""
-    if not address:
-        return "-"
-    if "@" in address:
-        local, _, domain = address.partition("@")
-        return f"{local[:1]}***@{domain}"
-    return address[:6] + "****" + address[-4:] if len(address) > 10 else "****" + address[-2:]
 
 
 # ----------------------------------------------------------------------- outcomes
