@@ -15,12 +15,9 @@ import json
 import random
 import re
 import shutil
-import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -101,34 +98,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def _serve_in_thread(app: Any, port: int) -> Iterator[int]:
-    """Our web app on a loopback port, in a thread with its own event loop."""
-    from dispatcher.sandbox.asgi_server import AsgiServer
-
-    server = AsgiServer(app, "127.0.0.1", port)
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        holder["loop"] = asyncio.get_running_loop()
-        holder["stop"] = asyncio.Event()
-        holder["port"] = await server.start()
-        ready.set()
-        await holder["stop"].wait()
-        await server.stop()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="dispatcher-web", daemon=True)
-    thread.start()
-    if not ready.wait(30):
-        raise RuntimeError("the web app did not start within 30 s")
-    try:
-        yield int(holder["port"])
-    finally:
-        holder["loop"].call_soon_threadsafe(holder["stop"].set)
-        thread.join(30)
-
-
 def demo_config(config: Config) -> Config:
     """The shipped config with sender rate limits raised for a loopback sandbox."""
     sending = config.sending.model_copy(update={
@@ -152,6 +121,7 @@ def run_demo(
     """Run the whole simulation in `workdir` (recreated) and return what happened."""
     from dispatcher.channels.registry import build_channels
     from dispatcher.links import LinkSigner
+    from dispatcher.sandbox.asgi_server import serve_in_thread
     from dispatcher.sandbox.server import run_sandbox_in_thread
     from dispatcher.services.importer import import_file
     from dispatcher.services.outbox import Sender
@@ -211,7 +181,7 @@ def run_demo(
         )
         app = create_app(engine=engine, config=config, clock=clock, settings=settings, signer=signer,
                          templates=templates)
-        with _serve_in_thread(app, web_port):
+        with serve_in_thread(app, "127.0.0.1", web_port, name="dispatcher-web"):
             ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
                      for d in range(days) for t in TICK_TIMES]
             asyncio.run(_simulate(ticks, engine, config, catalog, templates, clock, signer, settings, sandbox,

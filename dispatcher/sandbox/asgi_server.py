@@ -101,3 +101,42 @@ class AsgiServer:
         await self._task
         self._server = None
         self._task = None
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
+                    name: str = "asgi-server") -> Iterator[int]:
+    """Serve `app` from a background thread with its own event loop; yields the port.
+
+    For sync callers (the demo, tests) that need our web app reachable over loopback."""
+    import threading
+
+    server = AsgiServer(app, host, port)
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        holder["loop"] = asyncio.get_running_loop()
+        holder["stop"] = asyncio.Event()
+        try:
+            holder["port"] = await server.start()
+        except BaseException as exc:
+            holder["error"] = exc
+            ready.set()
+            return
+        ready.set()
+        await holder["stop"].wait()
+        await server.stop()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name=name, daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError(f"the web app did not start on {host}:{port} within 30 s")
+    if "error" in holder:
+        thread.join(5)
+        raise holder["error"]
+    try:
+        yield int(holder["port"])
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(30)
