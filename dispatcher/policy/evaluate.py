@@ -97,12 +97,28 @@ class _Profile:
 
 
 class _Runtime:
-    __slots__ = ("config", "profiles", "stages")
+    __slots__ = ("config", "profiles", "stages", "heads")
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.profiles = {name: _Profile(p) for name, p in config.jurisdictions.items()}
         self.stages: dict[int, tuple[Stage, tuple[tuple[Channel, int], ...]] | None] = {}
+        self.heads: dict[tuple[int, dt.date], _Head] = {}
+
+    def head(self, today: int, due_date: dt.date) -> _Head:
+        """Days past due, stage and detail prefix of a case due on `due_date`, seen on
+        local date `today` (an ordinal): the same for every case due that day."""
+        key = (today, due_date)
+        head = self.heads.get(key)
+        if head is None:
+            if len(self.heads) >= _TIME_CACHE_LIMIT:
+                self.heads.clear()
+            dpd = today - due_date.toordinal()
+            entry = self.stage(dpd)
+            stage_name = None if entry is None else entry[0].name
+            prefix = f"DPD {dpd} (due {due_date.isoformat()}), stage {stage_name or 'none'}"
+            head = self.heads[key] = (dpd, entry, prefix)
+        return head
 
     def stage(self, dpd: int) -> tuple[Stage, tuple[tuple[Channel, int], ...]] | None:
         try:
@@ -115,6 +131,8 @@ class _Runtime:
             self.stages[dpd] = value
             return value
 
+
+_Head = tuple[int, "tuple[Stage, tuple[tuple[Channel, int], ...]] | None", str]
 
 _RUNTIMES: dict[int, tuple[Config, _Runtime]] = {}
 
@@ -145,6 +163,19 @@ class _TimeVerdict:
 
 _FMT_CACHE: dict[tuple[float, str], str] = {}
 _ISO_CACHE: dict[int, str] = {}
+_LOCAL_CACHE: dict[tuple[float, str], dt.datetime] = {}
+
+
+def _local(ts: float, window: ContactWindow) -> dt.datetime:
+    """POSIX instant `ts` as an aware datetime in the window's zone (many cases share a
+    not_before: cached; datetimes are immutable, so one object serves them all)."""
+    key = (ts, window.zone)
+    local = _LOCAL_CACHE.get(key)
+    if local is None:
+        if len(_LOCAL_CACHE) >= _TIME_CACHE_LIMIT:
+            _LOCAL_CACHE.clear()
+        local = _LOCAL_CACHE[key] = dt.datetime.fromtimestamp(ts, window.tz)
+    return local
 
 
 def _fmt_ts(ts: float, window: ContactWindow) -> str:
@@ -154,7 +185,7 @@ def _fmt_ts(ts: float, window: ContactWindow) -> str:
     if text is None:
         if len(_FMT_CACHE) >= _TIME_CACHE_LIMIT:
             _FMT_CACHE.clear()
-        local = dt.datetime.fromtimestamp(ts, window.tz)
+        local = _local(ts, window)
         text = _FMT_CACHE[key] = f"{format_day(local.date())} {local:%H:%M} {window.zone}"
     return text
 
@@ -288,15 +319,13 @@ class _Case:
         self.now_ts = _timestamp(now)
         time = self.time = prof.time_at(zones, self.now_ts)
         self.windows = time.windows
-        self.dpd = time.today - case.due_date.toordinal()
-        entry = rt.stage(self.dpd)
+        self.dpd, entry, self.prefix = rt.head(time.today, case.due_date)
         self.stage: Stage | None = None
         self.stage_name: str | None = None
         self.channels: tuple[tuple[Channel, int], ...] = ()
         if entry is not None:
             self.stage, self.channels = entry
             self.stage_name = self.stage.name
-        self.prefix = f"DPD {self.dpd} (due {case.due_date.isoformat()}), stage {self.stage_name or 'none'}"
         self.case_reason = (
             _case_reason(snapshot, now) if snapshot.holds or case.status in CLOSED_STATUSES else None
         )
@@ -354,13 +383,27 @@ def _channel_block(snapshot: CaseSnapshot, channel: Channel) -> tuple[Reason, st
     return Reason.OPTED_OUT, f"the debtor opted out of {ch}"
 
 
+#: sorted, de-duplicated candidates per catalog value; only immutable (tuple) values are
+#: remembered, so a changed catalog can never be answered from here
+_ORDERED: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
 def _candidates(
     templates: TemplateCatalog, channel: Channel, stage: str, locale: str, default_locale: str
-) -> list[str]:
+) -> Sequence[str]:
     found = templates.get((channel, stage, locale))
     if not found and default_locale != locale:
         found = templates.get((channel, stage, default_locale))
-    return sorted(set(found)) if found else []
+    if not found:
+        return ()
+    if type(found) is not tuple:
+        return sorted(set(found))
+    ordered = _ORDERED.get(found)
+    if ordered is None:
+        if len(_ORDERED) >= _TIME_CACHE_LIMIT:
+            _ORDERED.clear()
+        ordered = _ORDERED[found] = tuple(sorted(set(found)))
+    return ordered
 
 
 def _override_approved(
@@ -445,13 +488,13 @@ def _line(
     windows = c.windows
     next_ts = time.next_ts
     if usage.per_day:
-        first_day = windows[0].ordinal(next_ts)
+        first_day = _local(next_ts, windows[0]).toordinal()
         later = cap.check(usage, first_day)
         if later is not None:
             next_ts = find_legal_ts(next_ts, windows, lambda o: cap.check(usage, o) is None)
             if not time.legal:
                 why += f"; then {later.detail}"
-    not_before = dt.datetime.fromtimestamp(next_ts, windows[0].tz)
+    not_before = _local(next_ts, windows[0])
     return c.decision(
         channel, _DEFER, reason,
         f"{why}; next legal moment {_fmt_ts(next_ts, windows[0])}; template {chosen}",

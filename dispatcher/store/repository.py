@@ -12,11 +12,12 @@ addresses or names.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -547,10 +548,13 @@ def iter_snapshots(
             for start in range(0, len(wanted), step):
                 chunk = wanted[start : start + step]
                 rows = conn.execute(decode.cases_query(lambda col, ids=chunk: col.in_(ids))).all()
+                if not rows:
+                    conn.rollback()
+                    continue
                 found = [r[0] for r in rows]
-                batch = reader.build(conn, rows, lambda col, ids=found: col.in_(ids)) if rows else []
+                holds, history = reader.related(conn, lambda col, ids=found: col.in_(ids))
                 conn.rollback()  # end the read transaction between batches
-                yield from batch
+                yield from reader.snapshots(rows, holds, history)
             return
         last: str | None = None
         while True:
@@ -565,9 +569,9 @@ def iter_snapshots(
             def in_batch(col: Any, low: str | None = low, high: str = high) -> ColumnElement[bool]:
                 return col <= high if low is None else and_(col > low, col <= high)
 
-            batch = reader.build(conn, rows, in_batch)
-            conn.rollback()
-            yield from batch
+            holds, history = reader.related(conn, in_batch)
+            conn.rollback()  # end the read transaction between batches
+            yield from reader.snapshots(rows, holds, history)
             last = high
 
 
@@ -579,9 +583,11 @@ def _after(last: str | None) -> Callable[[Any], ColumnElement[bool]]:
 
 
 class _BatchReader:
-    """Builds the snapshots of one batch of case rows (which carry their contact
-    points): one query each for holds and history. Interns the zones and
-    escalated-stages values, whose few distinct values repeat across cases."""
+    """Reads the holds and history of one batch of case rows (which carry their contact
+    points) with one query each, then builds the batch's snapshots one at a time as they
+    are consumed, so only one batch of raw rows is held, not a batch of object graphs.
+    Interns the zones and escalated-stages values, whose few distinct values repeat
+    across cases."""
 
     def __init__(self, decode: _Decoders, now: dt.datetime, cutoff: dt.datetime) -> None:
         self.decode = decode
@@ -590,11 +596,13 @@ class _BatchReader:
         self.zone_values: dict[str, tuple[str, ...]] = {}
         self.stage_values: dict[str, frozenset[str]] = {}
 
-    def build(self, conn: Connection, case_rows: Sequence[Any], in_batch: Any) -> list[CaseSnapshot]:
+    def related(
+        self, conn: Connection, in_batch: Any
+    ) -> tuple[dict[str, list[Hold]], dict[str, list[SentMessage]]]:
+        """The active holds and the recent history of the batch's cases, by case_id."""
         decode = self.decode
-        flag, instant, money, rate_of, date_of = decode.flag, decode.instant, decode.money, decode.rate, decode.date
+        flag, instant = decode.flag, decode.instant
         channels = _CHANNELS
-        email_channel = Channel.EMAIL
 
         holds: dict[str, list[Hold]] = defaultdict(list)
         reasons = _REASONS
@@ -620,46 +628,46 @@ class _BatchReader:
                 SentMessage(channels[channel], instant(when), statuses[status], stage, template,  # type: ignore[arg-type]
                             flag(conversation), message_id)
             )
+        return holds, history
 
-        snapshots = []
+    def snapshots(
+        self,
+        case_rows: Sequence[Any],
+        holds: dict[str, list[Hold]],
+        history: dict[str, list[SentMessage]],
+    ) -> Iterator[CaseSnapshot]:
+        """The snapshot of each case row, in row order. Pure: the rows are already read."""
+        decode = self.decode
+        flag, money, rate_of, date_of = decode.flag, decode.money, decode.rate, decode.date
+        sms, email_ch, voice = _JOINED_CHANNELS
         case_statuses, products = _CASE_STATUSES, _PRODUCTS
         zone_values, stage_values = self.zone_values, self.stage_values
         no_items: tuple[Any, ...] = ()
-        sms_voice_email = _JOINED_CHANNELS
-        for row in case_rows:
-            (case_id, name, jurisdiction, locale, currency, principal, interest, penalty, fees, amount_due,
-             due_date, timezone, rate, status, product, zones, escalated) = row[:17]
-            contact_points = []
+        new_case, new_snapshot, new_contact = Case, CaseSnapshot, ContactPoint
+        for (case_id, name, jurisdiction, locale, currency, principal, interest, penalty, fees, amount_due,
+             due_date, timezone, rate, status, product, zones, escalated,
+             sms_address, sms_consent, sms_opted_out, sms_invalid,
+             email_address, email_consent, email_opted_out, email_invalid,
+             voice_address, voice_consent, voice_opted_out, voice_invalid) in case_rows:
+            # A NULL consent means the outer join found no contact point for the channel.
+            # Phone: the voice address when there is one, else the SMS address.
+            contacts = []
             phone = email = None
-            for i, channel in enumerate(sms_voice_email):
-                address, consent, opted_out, invalid = row[17 + 4 * i : 21 + 4 * i]
-                if consent is None:  # no contact point for this channel
-                    continue
-                contact_points.append(ContactPoint(channel, address, flag(consent), flag(opted_out), flag(invalid)))
-                if address:
-                    if channel is email_channel:
-                        email = address
-                    else:
-                        phone = address
-            case_obj = Case(
-                case_id=case_id,
-                name=name,
-                jurisdiction=jurisdiction,
-                locale=locale,
-                currency=currency,
-                principal=money(principal),
-                interest=money(interest),
-                penalty=money(penalty),
-                fees=money(fees),
-                amount_due=money(amount_due),
-                due_date=date_of(due_date),
-                timezone=timezone,
-                phone=phone,
-                email=email,
-                penalty_rate_daily=rate_of(rate),
-                status=case_statuses[status],
-                product=products[product],
-            )
+            if sms_consent is not None:
+                contacts.append(new_contact(sms, sms_address, flag(sms_consent), flag(sms_opted_out),
+                                            flag(sms_invalid)))
+                if sms_address:
+                    phone = sms_address
+            if email_consent is not None:
+                contacts.append(new_contact(email_ch, email_address, flag(email_consent), flag(email_opted_out),
+                                            flag(email_invalid)))
+                if email_address:
+                    email = email_address
+            if voice_consent is not None:
+                contacts.append(new_contact(voice, voice_address, flag(voice_consent), flag(voice_opted_out),
+                                            flag(voice_invalid)))
+                if voice_address:
+                    phone = voice_address
             zone_tuple = zone_values.get(zones)
             if zone_tuple is None:
                 zone_tuple = zone_values[zones] = _split(zones)
@@ -667,20 +675,35 @@ class _BatchReader:
             if stages is None:
                 stages = stage_values[escalated] = frozenset(_split(escalated))
             case_holds, case_history = holds.get(case_id), history.get(case_id)
-            snapshots.append(
-                CaseSnapshot(
-                    case=case_obj,
-                    contacts=tuple(contact_points),
-                    holds=no_items if case_holds is None else tuple(case_holds),
-                    history=no_items if case_history is None else tuple(case_history),
-                    escalated_stages=stages,
-                    zones=zone_tuple,
-                )
+            # positional: field order checked by _POSITIONAL_FIELDS at import
+            yield new_snapshot(
+                new_case(case_id, name, jurisdiction, locale, currency, money(principal), money(interest),
+                         money(penalty), money(fees), money(amount_due), date_of(due_date), timezone, phone,
+                         email, rate_of(rate), case_statuses[status], products[product]),
+                tuple(contacts),
+                no_items if case_holds is None else tuple(case_holds),
+                no_items if case_history is None else tuple(case_history),
+                stages,
+                zone_tuple,
             )
         for values in (zone_values, stage_values):
             if len(values) > 10_000:  # distinct values are few; never let them grow without bound
                 values.clear()
-        return snapshots
+
+
+#: `_BatchReader.snapshots` builds these positionally (a third cheaper than keywords on
+#: this path); a reordered dataclass must fail loudly here, not silently swap fields.
+_POSITIONAL_FIELDS = {
+    Case: ("case_id", "name", "jurisdiction", "locale", "currency", "principal", "interest", "penalty", "fees",
+           "amount_due", "due_date", "timezone", "phone", "email", "penalty_rate_daily", "status", "product"),
+    CaseSnapshot: ("case", "contacts", "holds", "history", "escalated_stages", "zones"),
+    ContactPoint: ("channel", "address", "consent", "opted_out", "invalid"),
+    SentMessage: ("channel", "at", "status", "stage", "template", "conversation", "message_id"),
+    Hold: ("reason", "until"),
+}
+for _cls, _names in _POSITIONAL_FIELDS.items():
+    if tuple(f.name for f in dataclasses.fields(_cls)) != _names:  # pragma: no cover - a domain change
+        raise ImportError(f"{_cls.__name__} fields changed: update _BatchReader.snapshots positional calls")
 
 
 def get_snapshot(engine: Engine, case_id: str, now: dt.datetime, *, history_days: int = 60) -> CaseSnapshot:
