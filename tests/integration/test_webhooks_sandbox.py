@@ -6,12 +6,10 @@ and bounces. SQLite store."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import shutil
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +26,7 @@ from dispatcher.domain import Action, Case, Channel, Product, Reason
 from dispatcher.links import LinkSigner
 from dispatcher.policy import decide_case
 from dispatcher.sandbox import CallBehaviour, Sandbox, run_sandbox_in_thread
-from dispatcher.sandbox.asgi_server import AsgiServer
+from dispatcher.sandbox.asgi_server import serve_in_thread
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.settings import Settings
@@ -55,31 +53,6 @@ def cn_case(n: int, phone: str, email: str) -> ImportedCase:
         penalty_rate_daily=Decimal("0.0005"), product=Product.CREDIT_CARD,
     )
     return ImportedCase(case=case, zones=("Asia/Shanghai",), sms_consent=True, email_consent=True, voice_consent=True)
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """An ASGI app on a free loopback port, in its own thread and event loop."""
-    server = AsgiServer(app, "127.0.0.1", 0)
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        holder["loop"] = asyncio.get_running_loop()
-        holder["stop"] = asyncio.Event()
-        holder["port"] = await server.start()
-        ready.set()
-        await holder["stop"].wait()
-        await server.stop()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="e2e-web", daemon=True)
-    thread.start()
-    assert ready.wait(30), "the web app did not start"
-    try:
-        yield f"http://127.0.0.1:{holder['port']}"
-    finally:
-        holder["loop"].call_soon_threadsafe(holder["stop"].set)
-        thread.join(30)
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
@@ -146,10 +119,12 @@ async def e2e(_sqlite_template: Path, tmp_path: Path, config: Config, fake_clock
     app = None
     channels: dict[Channel, Any] = {}
     try:
-        with serve_in_thread(late_app) as url, run_sandbox_in_thread(
+        with serve_in_thread(late_app, name="e2e-web") as port, run_sandbox_in_thread(
             seed=5, clock=fake_clock, callback_delay_ms=1, call_behaviours=behaviours,
-            email_rules={"bounce-*@example.com": "async_hard"}, bounce_url=f"{url}/email/bounce", bounce_key=KEY,
+            email_rules={"bounce-*@example.com": "async_hard"},
+            bounce_url=f"http://127.0.0.1:{port}/email/bounce", bounce_key=KEY,
         ) as sandbox:
+            url = f"http://127.0.0.1:{port}"
             web = Settings(twilio_auth_token=sandbox.auth_token, signing_key=KEY, public_url=url)
             app = create_app(engine=engine, config=config, clock=fake_clock, settings=web, signer=LinkSigner(KEY),
                              templates=templates)
