@@ -25,6 +25,7 @@ class EventKind(StrEnum):
     MESSAGE_RECONCILED = "message_reconciled"
     STATUS_RECEIVED = "status_received"
     REPLY_RECEIVED = "reply_received"
+    KEYWORD_RECEIVED = "keyword_received"
     KEYPRESS = "keypress"
     CALL_ANSWERED = "call_answered"
     OPTED_OUT = "opted_out"

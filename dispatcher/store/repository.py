@@ -621,7 +621,9 @@ class _BatchReader:
         for case_id, channel, when, status, stage, template, conversation, message_id in conn.execute(
             select(m.case_id, m.channel, _raw(at, "at"), m.status, m.stage, m.template_id,
                    _raw(m.conversation, "conversation"), m.id)
-            .where(in_batch(m.case_id), at >= self.cutoff)
+            # System replies (STOP/HELP confirmations, a requested link) were asked for by
+            # the debtor: they count for neither cadence nor caps.
+            .where(in_batch(m.case_id), at >= self.cutoff, m.kind != "system")
             .order_by(m.case_id, at, m.id)
         ).all():
             history[case_id].append(
