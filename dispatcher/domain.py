@@ -187,6 +187,8 @@ class CaseSnapshot:
     escalated_stages: frozenset[str] = field(default_factory=frozenset)
     #: zones the case may be in, primary first (explicit, from the phone, or the profile's)
     zones: tuple[str, ...] = ()
+    #: a promise to pay was broken and no payment has come in since: firmer wording
+    promise_broken: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,11 +97,14 @@ class _Profile:
 
 
 class _Runtime:
-    __slots__ = ("config", "profiles", "stages", "heads")
+    __slots__ = ("config", "profiles", "stages", "heads", "firmer")
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.profiles = {name: _Profile(p) for name, p in config.jurisdictions.items()}
+        ordered = sorted(config.stages, key=lambda s: s.dpd_min)
+        #: the stage whose (firmer) wording a case uses after a broken promise to pay
+        self.firmer: dict[str, str] = {a.name: b.name for a, b in zip(ordered, ordered[1:], strict=False)}
         self.stages: dict[int, tuple[Stage, tuple[tuple[Channel, int], ...]] | None] = {}
         self.heads: dict[tuple[int, dt.date], _Head] = {}
 
@@ -460,9 +463,17 @@ def _line(
             )
         chosen: str | None = template
     else:
+        wording = stage_name
+        if snapshot.promise_broken:
+            # A broken promise to pay moves the case to the next stage's, firmer wording
+            # (the last stage is already the firmest); cadence and caps stay the stage's.
+            firmer = c.rt.firmer.get(stage_name)
+            if firmer and _candidates(templates, channel, firmer, case.locale, profile.default_locale):
+                wording = firmer
+                cadence += f"; promise to pay broken: firmer {firmer} wording"
         chosen = rotate(
-            _candidates(templates, channel, stage_name, case.locale, profile.default_locale),
-            h.template, c.case_id, ch, stage_name,
+            _candidates(templates, channel, wording, case.locale, profile.default_locale),
+            h.template, c.case_id, ch, wording,
         )
         if chosen is None:
             return c.decision(

@@ -936,7 +936,9 @@ def resume_broken_promises(engine: Engine, now: dt.datetime) -> int:
             released = conn.execute(
                 update(holds_t)
                 .where(h.id == hold.id, h.released_at.is_(None))
-                .values(released_at=now, released_by=ACTOR_SYSTEM)
+                .values(released_at=now, released_by=ACTOR_SYSTEM,
+                        # the snapshot reads this note: firmer templates until a payment
+                        note=repository.BROKEN_PROMISE_NOTE if is_broken else h.note)
             ).rowcount
             if not released:
                 continue

@@ -29,6 +29,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    exists,
     func,
     insert,
     or_,
@@ -69,6 +70,9 @@ from dispatcher.store.tables import (
     MessageRow,
     PaymentRow,
 )
+
+#: The note on a promise_to_pay hold released because the promise was broken.
+BROKEN_PROMISE_NOTE = "promise_broken"
 
 cases_t: Table = CaseRow.__table__  # type: ignore[attr-defined]
 contacts_t: Table = ContactPointRow.__table__  # type: ignore[attr-defined]
@@ -595,6 +599,7 @@ class _BatchReader:
         self.cutoff = cutoff
         self.zone_values: dict[str, tuple[str, ...]] = {}
         self.stage_values: dict[str, frozenset[str]] = {}
+        self.broken: set[str] = set()  # case ids of the current batch with a broken promise
 
     def related(
         self, conn: Connection, in_batch: Any
@@ -607,12 +612,23 @@ class _BatchReader:
         holds: dict[str, list[Hold]] = defaultdict(list)
         reasons = _REASONS
         h = holds_t.c
-        for case_id, reason, until in conn.execute(
-            select(h.case_id, h.reason, _raw(h.until, "until"))
-            .where(in_batch(h.case_id), h.released_at.is_(None), or_(h.until.is_(None), h.until > self.now))
+        active = and_(h.released_at.is_(None), or_(h.until.is_(None), h.until > self.now))
+        # A promise to pay released as broken, with no payment since: the case gets firmer
+        # templates until it pays (SPEC section 6; see receipts.resume_broken_promises).
+        broken = and_(
+            h.reason == Reason.PROMISE_TO_PAY.value, h.note == BROKEN_PROMISE_NOTE, h.released_at >= self.cutoff,
+            ~exists().where(payments_t.c.case_id == h.case_id, payments_t.c.at >= h.released_at),
+        )
+        self.broken = set()
+        for case_id, reason, until, released in conn.execute(
+            select(h.case_id, h.reason, _raw(h.until, "until"), h.released_at.is_not(None))
+            .where(in_batch(h.case_id), or_(active, broken))
             .order_by(h.case_id, h.placed_at, h.id)
         ).all():
-            holds[case_id].append(Hold(reasons[reason], instant(until)))
+            if released:
+                self.broken.add(case_id)
+            else:
+                holds[case_id].append(Hold(reasons[reason], instant(until)))
 
         history: dict[str, list[SentMessage]] = defaultdict(list)
         statuses = _MESSAGE_STATUSES
@@ -644,6 +660,7 @@ class _BatchReader:
         sms, email_ch, voice = _JOINED_CHANNELS
         case_statuses, products = _CASE_STATUSES, _PRODUCTS
         zone_values, stage_values = self.zone_values, self.stage_values
+        broken = self.broken
         no_items: tuple[Any, ...] = ()
         new_case, new_snapshot, new_contact = Case, CaseSnapshot, ContactPoint
         for (case_id, name, jurisdiction, locale, currency, principal, interest, penalty, fees, amount_due,
@@ -687,6 +704,7 @@ class _BatchReader:
                 no_items if case_history is None else tuple(case_history),
                 stages,
                 zone_tuple,
+                case_id in broken,
             )
         for values in (zone_values, stage_values):
             if len(values) > 10_000:  # distinct values are few; never let them grow without bound
@@ -698,7 +716,7 @@ class _BatchReader:
 _POSITIONAL_FIELDS = {
     Case: ("case_id", "name", "jurisdiction", "locale", "currency", "principal", "interest", "penalty", "fees",
            "amount_due", "due_date", "timezone", "phone", "email", "penalty_rate_daily", "status", "product"),
-    CaseSnapshot: ("case", "contacts", "holds", "history", "escalated_stages", "zones"),
+    CaseSnapshot: ("case", "contacts", "holds", "history", "escalated_stages", "zones", "promise_broken"),
     ContactPoint: ("channel", "address", "consent", "opted_out", "invalid"),
     SentMessage: ("channel", "at", "status", "stage", "template", "conversation", "message_id"),
     Hold: ("reason", "until"),
