@@ -29,6 +29,7 @@ class Settings:
     transport: str | None = None  # "file" replaces every provider
     spool_dir: Path = Path("var/spool")
     instance_id: str = ""
+    api_token: str = ""  # DISPATCHER_API_TOKEN: enables the collectors' HTTP API
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -53,5 +54,6 @@ class Settings:
             signing_key=env.get("DISPATCHER_SIGNING_KEY", ""),
             transport=env.get("DISPATCHER_TRANSPORT") or None,
             spool_dir=Path(env.get("DISPATCHER_SPOOL_DIR") or "var/spool"),
+            api_token=env.get("DISPATCHER_API_TOKEN", ""),
             instance_id=env.get("DISPATCHER_INSTANCE_ID", "") or f"{os.uname().nodename}-{os.getpid()}",
         )

@@ -1,0 +1,107 @@
+"""The collectors' HTTP API: a case's timeline, and one-off messages through the same
+compliance gate as everything else (SPEC section 4, one-off messages).
+
+    GET  /api/cases/{case_id}              the timeline (the `case show --format json` shape)
+    POST /api/cases/{case_id}/messages     {"channel": "sms", "template": null, "by": "agent7"}
+         202 {"message_id", "action": "send"|"defer", "reason", "template", "not_before"}
+         422 {"refused": "<reason code>", "detail"}     any `skip` reason refuses it
+         404 unknown case, 400 bad body, 401 bad token, 503 API disabled
+
+Authentication: `Authorization: Bearer <DISPATCHER_API_TOKEN>`; with no token configured
+the API is disabled. The daemon's sender sends a queued one-off on its next pass.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from dispatcher.domain import Action, Channel
+from dispatcher.services.oneoff import request_one_off
+from dispatcher.store import repository
+
+router = APIRouter(prefix="/api")
+
+
+def _refuse(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _check_token(request: Request) -> JSONResponse | None:
+    token = request.app.state.settings.api_token
+    if not token:
+        return _refuse(503, "the collector API is disabled: set DISPATCHER_API_TOKEN to enable it")
+    supplied = request.headers.get("authorization", "")
+    if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+        return _refuse(401, "send Authorization: Bearer <DISPATCHER_API_TOKEN>")
+    return None
+
+
+def _catalog(request: Request) -> Any:
+    templates = request.app.state.templates
+    if templates is None:
+        from dispatcher.templates import TemplateSet
+
+        config = request.app.state.config
+        templates = request.app.state.templates = TemplateSet(config.resolve(config.templates.directory), config)
+    return templates.approved_catalog()
+
+
+@router.get("/cases/{case_id}")
+async def case_timeline(case_id: str, request: Request) -> JSONResponse:
+    if (denied := _check_token(request)) is not None:
+        return denied
+    engine, clock = request.app.state.engine, request.app.state.clock
+
+    def read() -> dict[str, Any]:
+        with engine.connect() as conn:
+            return repository.case_timeline(conn, case_id, now=clock.now())
+
+    try:
+        timeline = await run_in_threadpool(read)
+    except repository.CaseNotFound as exc:
+        return _refuse(404, str(exc))
+    return JSONResponse(json.loads(json.dumps(timeline, ensure_ascii=False, default=str)))
+
+
+@router.post("/cases/{case_id}/messages")
+async def one_off(case_id: str, request: Request) -> JSONResponse:
+    if (denied := _check_token(request)) is not None:
+        return denied
+    try:
+        body = json.loads(await request.body() or b"{}")
+        channel = Channel(body["channel"])
+        by = str(body["by"]).strip()
+        template = body.get("template")
+        if not by or (template is not None and not isinstance(template, str)):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        return _refuse(400, 'send JSON {"channel": "sms"|"email"|"voice", "by": "<user>", "template": null}')
+    state = request.app.state
+    catalog = await run_in_threadpool(_catalog, request)
+    try:
+        result = await run_in_threadpool(
+            lambda: request_one_off(state.engine, state.config, catalog, state.clock.now(), case_id=case_id,
+                                    channel=channel, template=template, by=by[:64])
+        )
+    except repository.CaseNotFound as exc:
+        return _refuse(404, str(exc))
+    decision = result.decision
+    if result.refused:
+        return JSONResponse({"refused": decision.reason.value, "detail": decision.detail}, status_code=422)
+    return JSONResponse(
+        {
+            "message_id": result.message_id,
+            "action": decision.action.value,
+            "reason": decision.reason.value,
+            "template": decision.template,
+            "not_before": decision.not_before.isoformat() if decision.action is Action.DEFER and
+            decision.not_before else None,
+        },
+        status_code=202,
+    )
