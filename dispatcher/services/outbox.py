@@ -6,12 +6,20 @@ At-most-once protocol, per claimed batch:
    PostgreSQL; SQLite has a single writer), stamped with `claimed_by`/`claimed_at`;
 2. gate + render every row; one transaction records the rendered content and stamps
    `status_at` *before* any provider call: from then on "the provider may have it";
-3. the provider calls run concurrently under the per-sender rate limits;
+3. the provider calls run concurrently under the per-sender rate limits. Just before
+   each call (its turn at the rate limiter may come seconds later) the row goes back
+   to the queue instead if the case's contact window has closed since the gate, or if
+   the claim's lease (2 x provider timeout) has run out;
 4. one transaction records every result. An ambiguous result (timeout, reset, 5xx) is
    reconciled with the provider first; only a provider with no trace of the message
    lets it be retried. A crash leaves rows in `sending`; the reconcile job settles
-   them the same way (rows whose provider call never started are simply re-queued).
-Retries go back through the gate, so a retry never leaves the contact window.
+   rows older than lease + 3 x timeout the same way (rows whose provider call never
+   started are simply re-queued) — by then no live owner can still call the provider.
+Every write is guarded by the claim (`claimed_by`, `claimed_at`) it was made under, so
+a writer that lost its claim can never re-queue or overwrite a row someone else owns.
+The next batch is claimed as soon as every call of the current one has begun, so the
+rate limiter does not idle between batches. Retries go back through the gate, so a
+retry never leaves the contact window.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ _ACCEPTED = {
 }
 _LEAVE_IN_FLIGHT = object()  # reconcile could not reach the provider
 _WINDOW_CLOSED = object()  # its turn at the rate limiter came after the contact window closed
+_CLAIM_EXPIRED = object()  # its turn came after the claim's lease: another instance may reconcile it
 
 
 @dataclass
@@ -82,6 +91,7 @@ class _Claimed:
     claimed_at: dt.datetime
     to_address: str | None = None
     body: str | None = None
+    claimed_by: str | None = None  # with claimed_at: the claim every write of ours must still match
 
 
 @dataclass
@@ -93,12 +103,27 @@ class _Writes:
     rendered: list[dict[str, Any]] = field(default_factory=list)
     stamped: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
+    unstamp: list[dict[str, Any]] = field(default_factory=list)  # stamped, but never handed over
     events: list[dict[str, Any]] = field(default_factory=list)
-    invalid: list[tuple[str, str, dt.datetime]] = field(default_factory=list)
+    invalid: list[tuple[str, str, dt.datetime, int]] = field(default_factory=list)
+    #: message id -> (claimed_by, claimed_at): a row is written only while it still carries
+    #: that claim, so a writer that lost it (another instance's reconcile re-queued it, and
+    #: maybe someone sent it since) can never put it back in the queue or overwrite it.
+    claims: dict[int, tuple[str | None, dt.datetime]] = field(default_factory=dict)
+
+    def claim(self, item: _Claimed) -> None:
+        self.claims[item.id] = (item.claimed_by, item.claimed_at)
 
     def apply(self, conn: Connection) -> None:
+        """The sender's own batch: one executemany per kind of write, each guarded by the claim."""
         m = MessageRow.__table__.c
-        by_id = m.id == bindparam("b_id")
+        by_id = and_(m.id == bindparam("b_id"), m.claimed_by.is_not_distinct_from(bindparam("b_owner")),
+                     m.claimed_at == bindparam("b_claimed"))
+        for rows in (self.requeue, self.finish, self.rendered, self.stamped, self.sent, self.unstamp):
+            for row in rows:
+                row["b_owner"], row["b_claimed"] = self.claims[row["b_id"]]
+        if self.unstamp:
+            conn.execute(update(MessageRow).where(by_id).values(attempts=m.attempts - 1), self.unstamp)
         if self.requeue:
             conn.execute(update(MessageRow).where(by_id).values(
                 status=MessageStatus.QUEUED.value, scheduled_at=bindparam("b_when"), claimed_by=None,
@@ -124,8 +149,45 @@ class _Writes:
                 status=case((m.status == MessageStatus.SENDING.value, bindparam("b_status")), else_=m.status),
                 provider_id=bindparam("b_provider"), sent_at=bindparam("b_now"), last_error=None), self.sent)
         insert_events(conn, self.events)
-        for channel, address, at in self.invalid:
+        for channel, address, at, _message_id in self.invalid:
             repository.mark_address_invalid(conn, channel, address, at)
+
+    def apply_stale(self, conn: Connection) -> set[int]:
+        """Another instance's abandoned rows (`reconcile_stale`): row by row, each only if it
+        is still in flight under the claim that was read, events only for the rows written.
+        Two instances reconciling the same rows at once therefore settle each row once.
+        Returns the ids written."""
+        m = MessageRow.__table__.c
+        written: set[int] = set()
+
+        def guarded(row: dict[str, Any], *, in_flight: bool) -> Any:
+            owner, claimed_at = self.claims[row["b_id"]]
+            condition = and_(m.id == row["b_id"], m.claimed_by.is_not_distinct_from(owner),
+                             m.claimed_at == claimed_at)
+            if in_flight:
+                condition = and_(condition, m.status == MessageStatus.SENDING.value)
+            return update(MessageRow).where(condition)
+
+        for row in self.requeue:
+            if conn.execute(guarded(row, in_flight=True).values(
+                    status=MessageStatus.QUEUED.value, scheduled_at=row["b_when"], claimed_by=None,
+                    last_error=row["b_error"])).rowcount:
+                written.add(row["b_id"])
+        for row in self.finish:
+            if conn.execute(guarded(row, in_flight=True).values(
+                    status=row["b_status"], status_at=row["b_now"], last_error=row["b_error"],
+                    provider_id=row["b_provider"])).rowcount:
+                written.add(row["b_id"])
+        for row in self.sent:
+            if conn.execute(guarded(row, in_flight=False).values(
+                    status=case((m.status == MessageStatus.SENDING.value, row["b_status"]), else_=m.status),
+                    provider_id=row["b_provider"], sent_at=row["b_now"], last_error=None)).rowcount:
+                written.add(row["b_id"])
+        insert_events(conn, [e for e in self.events if e.get("message_id") in written])
+        for channel, address, at, message_id in self.invalid:
+            if message_id in written:
+                repository.mark_address_invalid(conn, channel, address, at)
+        return written
 
 
 class Sender:
@@ -155,6 +217,14 @@ class Sender:
         self._stopping = False
         self._catalog_cache: Mapping[tuple[Channel, str, str], tuple[str, ...]] | None = None
         self._calendars: dict[str, WorkingCalendar] = {}
+        timeout = dt.timedelta(seconds=config.sending.provider_timeout_seconds)
+        #: A claimed message is handed to the provider only this long after its claim;
+        #: later (still waiting at the rate limiter), it goes back to the queue.
+        self.claim_lease = 2 * timeout
+        #: Rows in flight longer than this belong to an instance that is gone: a call
+        #: started within the lease has answered (or timed out) and been reconciled
+        #: (another timeout) by then, so `reconcile_stale` cannot race a live owner.
+        self.stale_after = self.claim_lease + 3 * timeout
 
     def _catalog(self) -> Mapping[tuple[Channel, str, str], tuple[str, ...]]:
         """The approved templates, read once per pass (it hashes every template file)."""
@@ -200,7 +270,7 @@ class Sender:
             rows = conn.execute(stmt).all()
         return [
             _Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind, r.attempts, now,
-                     r.to_address, r.body)
+                     r.to_address, r.body, self.instance_id)
             for r in sorted(rows, key=lambda r: r.id)
         ]
 
@@ -271,6 +341,8 @@ class Sender:
             for s in repository.iter_snapshots(self.engine, case_ids=sorted({c.case_id for c in claimed}), now=now)
         }
         writes = _Writes()
+        for item in claimed:
+            writes.claim(item)
         ready: list[tuple[_Claimed, OutboundMessage, float | None]] = []
         for item in claimed:
             snapshot = snapshots.get(item.case_id)
@@ -292,13 +364,16 @@ class Sender:
 
         if not ready and started is not None:
             started.set()
-        results = await asyncio.gather(*(self._call(outbound, closes, one_started)
+        lease_ends = (claimed[0].claimed_at + self.claim_lease).timestamp() if claimed else None
+        results = await asyncio.gather(*(self._call(outbound, closes, one_started, lease_ends)
                                          for _item, outbound, closes in ready))
         settled = await asyncio.gather(
             *(self._reconcile_if_ambiguous(item, outbound, result) for (item, outbound, _c), result in zip(
                 ready, results, strict=True))
         )
         writes = _Writes()
+        for item, _outbound, _c in ready:
+            writes.claim(item)
         done_at = self.clock.now()
         for (item, outbound, _c), raw, result in zip(ready, results, settled, strict=True):
             attempt_error = raw.error if isinstance(raw, SendResult) else None
@@ -327,12 +402,15 @@ class Sender:
         return float(min(closes))
 
     async def _call(self, outbound: OutboundMessage, window_closes: float | None,
-                    on_start: Callable[[], None] | None = None) -> SendResult | object:
+                    on_start: Callable[[], None] | None = None, lease_ends: float | None = None) -> SendResult | object:
         async with self._semaphore:
             await self.limits.bucket(outbound.channel.value, outbound.sender).acquire()
             if on_start is not None:
                 on_start()
-            if window_closes is not None and self.clock.now().timestamp() >= window_closes:
+            now = self.clock.now().timestamp()
+            if lease_ends is not None and now >= lease_ends:
+                return _CLAIM_EXPIRED
+            if window_closes is not None and now >= window_closes:
                 return _WINDOW_CLOSED
             try:
                 return await self.channels[outbound.channel].send(outbound)
@@ -492,8 +570,13 @@ class Sender:
                  attempt_error: str | None = None) -> None:
         if result is _LEAVE_IN_FLIGHT:
             return
-        if result is _WINDOW_CLOSED:  # never reached the provider: the gate defers it on the next claim
-            self._requeue(item, now, "the contact window closed before its turn at the rate limiter", now, writes)
+        if result is _WINDOW_CLOSED or result is _CLAIM_EXPIRED:
+            # Never handed over: back in the queue, due now (the gate defers it to the next
+            # legal moment if the window closed), and the stamp's attempt does not count.
+            why = ("the contact window closed before its turn at the rate limiter" if result is _WINDOW_CLOSED
+                   else "its claim expired before its turn at the rate limiter")
+            writes.unstamp.append({"b_id": item.id})
+            self._requeue(item, now, why, now, writes)
             summary.deferred += 1
             return
         if result is None:  # the provider has no trace of it: a retry cannot duplicate
@@ -523,7 +606,7 @@ class Sender:
                      provider_id=result.provider_id)
         error = (result.error or "").lower()
         if "invalid address" in error or "hard bounce" in error:
-            writes.invalid.append((item.channel.value, outbound.to, now))
+            writes.invalid.append((item.channel.value, outbound.to, now, item.id))
 
     def _retry(self, item: _Claimed, error: str, retry_after: float | None, now: dt.datetime, writes: _Writes,
                summary: SendSummary) -> None:
@@ -563,36 +646,39 @@ class Sender:
     async def reconcile_stale(self, older_than: dt.timedelta | None = None) -> int:
         """Settle rows left in `sending` by a crash or a failed reconcile."""
         now = self.clock.now()
-        cutoff = now - (older_than or dt.timedelta(seconds=self.config.sending.provider_timeout_seconds * 2))
+        cutoff = now - (older_than or self.stale_after)
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(MessageRow.id, MessageRow.case_id, MessageRow.channel, MessageRow.stage,
                        MessageRow.template_id, MessageRow.kind, MessageRow.attempts, MessageRow.claimed_at,
-                       MessageRow.status_at, MessageRow.to_address, MessageRow.body, MessageRow.subject)
+                       MessageRow.status_at, MessageRow.to_address, MessageRow.body, MessageRow.subject,
+                       MessageRow.claimed_by)
                 .where(MessageRow.status == MessageStatus.SENDING.value, MessageRow.claimed_at < cutoff)
                 .with_for_update(skip_locked=True)
             ).all()
         writes = _Writes()
         summary = SendSummary()
-        settled = 0
         for r in rows:
             item = _Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind,
-                            max(r.attempts - 1, 0), r.claimed_at, r.to_address, r.body)
+                            max(r.attempts - 1, 0), r.claimed_at, r.to_address, r.body, r.claimed_by)
+            writes.claim(item)
             started = r.status_at is not None and r.status_at >= r.claimed_at
             if not started:
                 self._requeue(item, now, "claimed but never sent (instance stopped); re-queued", now, writes)
-                settled += 1
                 continue
+            # The e-mail's Message-ID is ours and deterministic: the record must name the
+            # one the SMTP server was given (bounces and the sink are matched by it).
+            message_ref = (f"<dispatcher-{r.id}@{self.config.organisation.bounce_domain}>"
+                           if r.channel == Channel.EMAIL.value else None)
             outbound = OutboundMessage(message_id=r.id, case_id=r.case_id, channel=Channel(r.channel),
                                        to=r.to_address or "", body=r.body or "", idempotency_key=f"m{r.id}",
-                                       subject=r.subject)
+                                       subject=r.subject, message_ref=message_ref)
             result = await self._reconcile_if_ambiguous(
                 item, outbound, SendResult(None, MessageStatus.SENDING, retryable=True, ambiguous=True,
                                            error="left in flight"))
             if result is _LEAVE_IN_FLIGHT:
                 continue
             self._outcome(item, outbound, result, now, writes, summary)
-            settled += 1
         with self.engine.begin() as conn:
-            writes.apply(conn)
+            settled = len(writes.apply_stale(conn))
         return settled

@@ -125,7 +125,7 @@ async def test_twenty_percent_faults_every_message_sent_once_or_failed_never_out
                     for name in ("claimed", "sent", "failed", "retried", "deferred", "cancelled", "reconciled"):
                         setattr(totals, name, getattr(totals, name) + getattr(summary, name))
                     # Past the stale cutoff, then settle anything left in flight.
-                    clock.advance(seconds=2 * CLIENT_TIMEOUT_S + 1)
+                    clock.advance(sender.stale_after + dt.timedelta(seconds=1))
                     await sender.reconcile_stale()
                     due = next_due(engine)
                     if due is None and not statuses(engine).get("sending"):

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -476,7 +476,7 @@ async def test_reconcile_stale_requeues_rows_claimed_but_never_started(world: Wo
 
     survivor = world.sender("survivor")
     assert await survivor.reconcile_stale() == 0  # too fresh: the owner may still be working
-    world.clock.advance(seconds=2 * CLIENT_TIMEOUT_S + 1)
+    world.clock.advance(survivor.stale_after + dt.timedelta(seconds=1))
     assert await survivor.reconcile_stale() == 6
     rows = world.rows()
     assert {r.status for r in rows} == {"queued"}
@@ -510,7 +510,7 @@ async def test_reconcile_stale_settles_a_started_call_with_the_provider(world: W
     assert row.status == "sending" and row.status_at is not None and row.attempts == 1
 
     survivor = world.sender("survivor")
-    world.clock.advance(seconds=2 * CLIENT_TIMEOUT_S + 1)
+    world.clock.advance(survivor.stale_after + dt.timedelta(seconds=1))
     assert await survivor.reconcile_stale() == 1
     row = world.row(sms_id)
     (received,) = world.sandbox.messages()
@@ -565,7 +565,7 @@ async def test_reconcile_stale_retries_a_started_message_the_provider_never_got(
         conn.execute(update(MessageRow).where(MessageRow.id == email_id).values(to_address="debtor1@example.com"))
 
     survivor = world.sender("survivor")
-    world.clock.advance(seconds=2 * CLIENT_TIMEOUT_S + 1)
+    world.clock.advance(survivor.stale_after + dt.timedelta(seconds=1))
     assert await survivor.reconcile_stale() == 2
     call = world.row(voice_id)
     assert call.status == "queued" and "no trace" in call.last_error
@@ -573,6 +573,8 @@ async def test_reconcile_stale_retries_a_started_message_the_provider_never_got(
     # SMTP cannot be asked whether it accepted a message: at most once means failed, with why.
     mail = world.row(email_id)
     assert mail.status == "failed" and mail.last_error == UNKNOWN_AFTER_DATA
+    # ... recorded under the Message-ID it was sent with (bounces are matched by it).
+    assert mail.provider_id == f"<dispatcher-{email_id}@{world.config.organisation.bounce_domain}>"
     assert not world.sandbox.calls() and not world.sandbox.emails()
 
     world.clock.advance(seconds=world.config.sending.retry_backoff_seconds)
@@ -672,3 +674,73 @@ async def test_a_rate_limited_batch_never_spills_past_the_window_close(world: Wo
     assert len(waiting) == 20 - len(received)
     assert all(r.scheduled_at == tuesday_9 for r in waiting)
     assert {r.provider_id for r in rows if r.status in ACCEPTED} == {m["sid"] for m in received}
+
+
+# ------------------------------------------------- reconcilers and live owners racing
+
+
+async def test_two_instances_reconciling_the_same_stale_rows_never_resend_a_message(world: World) -> None:
+    """Every instance runs `reconcile_stale` on a timer, so two may settle the same rows
+    at once. The slow one must not put back in the queue a row the fast one re-queued
+    and a third instance has sent meanwhile."""
+    world.add_cases(cn_case(1), cn_case(2), cn_case(3))
+    world.plan()
+    started_id, *fresh_ids = [world.message_id(f"cn-000{n}", Channel.SMS) for n in (1, 2, 3)]
+    world.sender("crashed").claim(10, only_ids=[started_id, *fresh_ids])
+    with world.engine.begin() as conn:  # one of them was stamped before the crash
+        conn.execute(update(MessageRow).where(MessageRow.id == started_id).values(
+            status_at=MessageRow.claimed_at, attempts=MessageRow.attempts + 1, to_address="+8613800000001",
+            body="body"))
+    slow, fast = world.sender("slow-reconciler"), world.sender("fast-reconciler")
+    world.clock.advance(slow.stale_after + dt.timedelta(seconds=1))
+
+    # The slow one reads the stale rows, then waits on the provider for the stamped one.
+    world.sandbox.options = replace(world.sandbox.options, latency_ms=600)
+    slow_task = asyncio.create_task(slow.reconcile_stale())
+    await asyncio.sleep(0.2)
+    world.sandbox.options = replace(world.sandbox.options, latency_ms=0)
+    assert await fast.reconcile_stale() == 3
+    sent = await world.sender("next").send_due(only_ids=fresh_ids)
+    assert sent.sent == 2
+    assert await slow_task == 0  # everything it read had been settled by someone else
+
+    for message_id in fresh_ids:
+        assert world.row(message_id).status in ACCEPTED
+    world.clock.advance(minutes=5)
+    assert (await world.sender("later").send_due(only_ids=fresh_ids)).claimed == 0
+    received = world.sandbox.messages()
+    assert len(received) == 2 and all(m["count"] == 1 for m in received)
+
+
+async def test_a_live_senders_slow_batch_is_not_resent_by_another_instances_reconcile(world: World) -> None:
+    """A batch waiting at the rate limiter longer than the stale cutoff is not abandoned:
+    its owner stops handing rows over when its claim's lease ends, so the rows another
+    instance re-queues are never also sent by the owner."""
+    world.add_cases(*(cn_case(n, due=DUE_DPD30) for n in range(1, 11)))
+    world.plan()
+    sms_ids = [r.id for r in world.rows(channel="sms")]
+    paced = world.config.model_copy(update={"sending": world.config.sending.model_copy(update={
+        "rate_per_second": {"sms": 2.0, "voice": 2.0, "email": 2.0}})})
+    owner = world.sender("owner", config=paced)
+    owner_task = asyncio.create_task(owner.send_due(only_ids=sms_ids))
+    await wait_until(lambda: len(world.sandbox.messages()) >= 2, what="the owner's first SMS")
+
+    # Business time passes (the owner is slow, not dead); another instance reconciles.
+    other = world.sender("other")
+    world.clock.advance(other.stale_after + dt.timedelta(seconds=1))
+    await other.reconcile_stale()
+    world.clock.advance(seconds=world.config.sending.retry_backoff_seconds)
+    await other.send_due(only_ids=sms_ids)
+    owner_summary = await owner_task
+
+    # (a re-render carries a new payment link, so a duplicate shows per number, not per body)
+    per_number = Counter(m["to"] for m in world.sandbox.messages())
+    assert max(per_number.values()) == 1, f"sent twice: {[n for n, c in per_number.items() if c > 1]}"
+    assert owner_summary.deferred > 0  # it stopped handing rows over when the lease ended
+    world.clock.advance(minutes=5)
+    await other.send_due(only_ids=sms_ids)
+    rows = [world.row(i) for i in sms_ids]
+    assert all(r.status in ACCEPTED for r in rows), Counter(r.status for r in rows)
+    received = world.sandbox.messages()
+    assert len(received) == 10 and len({m["to"] for m in received}) == 10
+    assert {m["sid"] for m in received} == {r.provider_id for r in rows}
