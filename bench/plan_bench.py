@@ -3,200 +3,373 @@
     python bench/plan_bench.py                    # 100,000 cases, both databases
     python bench/plan_bench.py --cases 1000000
     python bench/plan_bench.py --db sqlite        # one backend only
+    python bench/plan_bench.py --url URL          # measure an existing database (no load)
 
-For each backend it loads N cases (with contact points and some message history),
-then, each in a fresh child process so peak RSS is its own:
-  - baseline: a plain streamed SELECT of the same case and contact rows;
-  - plan: the real pipeline (store stream -> pure policy -> JSON Lines to /dev/null).
-It reports cases/s, peak RSS and the ratio plan/baseline. Results go in BENCHMARKS.md.
+For each backend it bulk-loads N generated cases (three contact points each, an SMS in
+the history of every third case) into a fresh database (SQLite: executemany; PostgreSQL:
+COPY), analyses it, then runs two measurements, each in a fresh child process so that
+peak RSS is its own:
+
+  - select: a plain streamed SELECT of the rows the plan reads (cases, contact points,
+    active holds, the 60-day message history) in keyset batches of 5,000 cases through
+    SQLAlchemy Core, rows fetched and dropped;
+  - plan: the `dispatcher plan` command itself (`--format jsonl`), run in-process with
+    its standard output going to /dev/null. Timed from the call to the command's return,
+    so it includes the command's start (configuration, template catalog, schema check)
+    but not the interpreter's start and imports.
+
+It prints the machine, then one row per backend: cases/s of each, their ratio
+(plan/select), wall and CPU seconds of the plan, peak RSS of each child and the 1-minute
+load average when the plan ended (this machine is shared: a load above the core count
+means the figures are low). Results go in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import multiprocessing as mp
 import os
+import platform
 import resource
+import sqlite3
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 NOW = dt.datetime(2026, 12, 7, 2, 0, tzinfo=dt.UTC)  # Mon 10:00 in Shanghai
 PG_ADMIN = os.environ.get("DISPATCHER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+CONFIG = ROOT / "config" / "dispatcher.toml"
+BATCH = 5000  # the plan's keyset batch (plan_decisions' default)
+LOAD_CHUNK = 50_000  # cases per load transaction
+
+CASE_COLUMNS = (
+    "case_id", "name", "jurisdiction", "locale", "timezone", "zones", "escalated_stages", "currency",
+    "principal", "interest", "penalty", "fees", "amount_due", "penalty_rate_daily", "due_date", "status",
+    "product", "paid_total", "created_at", "updated_at",
+)
+CONTACT_COLUMNS = ("case_id", "channel", "address", "consent", "opted_out", "invalid", "updated_at")
+MESSAGE_COLUMNS = (
+    "case_id", "channel", "stage", "kind", "template_id", "status", "idempotency_key", "scheduled_at",
+    "created_at", "sent_at", "attempts", "conversation",
+)
 
 
-def load(url: str, n: int) -> None:
-    """Bulk-load n generated cases (+contact points, +a little history) with Core inserts."""
-    from decimal import Decimal
+# ------------------------------------------------------------------------------- load
 
-    from sqlalchemy import insert
 
+def generated_rows(n: int) -> Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...] | None]]:
+    """(case, contact points, message or None) per generated case, in the column orders above."""
     from dispatcher.config import load_config
     from dispatcher.domain import Case
     from dispatcher.policy import resolve_zones
     from dispatcher.services.portfolio import generate_cases
+
+    config = load_config(CONFIG)
+    zone_cache: dict[tuple[str, str], str] = {}
+    zero = Decimal(0)
+    for i, row in enumerate(generate_cases(n, NOW.date(), seed=11)):
+        # zones as the importer stores them, resolved once per (jurisdiction, prefix, zone)
+        key = (row["jurisdiction"], row["phone"][:6] + row["timezone"])
+        zones = zone_cache.get(key)
+        if zones is None:
+            case = Case(case_id=row["case_id"], name=row["name"], jurisdiction=row["jurisdiction"],
+                        locale=row["locale"], currency=row["currency"], principal=zero, interest=zero,
+                        penalty=zero, fees=zero, amount_due=zero,
+                        due_date=dt.date.fromisoformat(row["due_date"]), timezone=row["timezone"] or None,
+                        phone=row["phone"] or None)
+            zones = zone_cache[key] = ",".join(resolve_zones(case, config.jurisdictions[row["jurisdiction"]]))
+        case_id = row["case_id"]
+        case_row = (
+            case_id, row["name"], row["jurisdiction"], row["locale"], row["timezone"] or None, zones, "",
+            row["currency"], Decimal(row["principal"]), Decimal(row["interest"]), Decimal(row["penalty"]),
+            Decimal(row["fees"]), Decimal(row["amount_due"]),
+            Decimal(row["penalty_rate_daily"]) if row["penalty_rate_daily"] else None,
+            dt.date.fromisoformat(row["due_date"]), "active", row["product"], zero, NOW, NOW,
+        )
+        contacts = [
+            (case_id, channel, address or None, consent == "true", False, False, NOW)
+            for channel, address, consent in (("sms", row["phone"], row["sms_consent"]),
+                                              ("voice", row["phone"], row["voice_consent"]),
+                                              ("email", row["email"], row["email_consent"]))
+        ]
+        message = None
+        if i % 3 == 0:  # a third of the cases have a recent SMS
+            sent = NOW - dt.timedelta(days=(i % 9) + 1)
+            message = (case_id, "sms", None, "scheduled", "sms/early/v1", "delivered", f"bench-{case_id}",
+                       sent, sent, sent, 1, False)
+        yield case_row, contacts, message
+
+
+class BulkWriter:
+    """Appends rows to a table of the store: executemany on SQLite, COPY on PostgreSQL.
+    Values go through the columns' own SQLAlchemy bind processing (Money as text on
+    SQLite, UTC datetimes ...), so the rows are stored exactly as the store writes them."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self.raw = engine.raw_connection()
+        self.dbapi = self.raw.driver_connection
+
+    def write(self, table: Any, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        procs = [table.c[name].type.dialect_impl(self.dialect).bind_processor(self.dialect) for name in columns]
+        converted = [tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=True)) for row in rows]
+        names = ", ".join(columns)
+        if self.dialect.name == "postgresql":
+            with self.dbapi.cursor() as cur, cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+                for row in converted:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join("?" * len(columns))
+            self.dbapi.executemany(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", converted)
+
+    def commit(self) -> None:
+        self.dbapi.commit()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def load(url: str, n: int) -> None:
+    """Bulk-load n generated cases into an empty store at `url`, then analyse it."""
     from dispatcher.store.db import ensure_schema, make_engine
     from dispatcher.store.tables import CaseRow, ContactPointRow, MessageRow
 
-    config = load_config(ROOT / "config/dispatcher.toml")
     engine = make_engine(url)
     ensure_schema(engine)
-    cases, contacts, messages = [], [], []
-    zone_cache: dict[tuple[str, str], str] = {}
+    writer = BulkWriter(engine)
+    cases: list[tuple[Any, ...]] = []
+    contacts: list[tuple[Any, ...]] = []
+    messages: list[tuple[Any, ...]] = []
 
     def flush() -> None:
-        with engine.begin() as conn:
-            conn.execute(insert(CaseRow), cases)
-            conn.execute(insert(ContactPointRow), contacts)
-            if messages:
-                conn.execute(insert(MessageRow), messages)
+        writer.write(CaseRow.__table__, CASE_COLUMNS, cases)  # type: ignore[attr-defined]
+        writer.write(ContactPointRow.__table__, CONTACT_COLUMNS, contacts)  # type: ignore[attr-defined]
+        writer.write(MessageRow.__table__, MESSAGE_COLUMNS, messages)  # type: ignore[attr-defined]
+        writer.commit()
         cases.clear()
         contacts.clear()
         messages.clear()
 
-    for i, row in enumerate(generate_cases(n, NOW.date(), seed=11)):
-        profile = config.jurisdictions[row["jurisdiction"]]
-        key = (row["jurisdiction"], row["phone"][:6] + row["timezone"])
-        if key not in zone_cache:
-            case = Case(case_id=row["case_id"], name=row["name"], jurisdiction=row["jurisdiction"],
-                        locale=row["locale"], currency=row["currency"], principal=Decimal(0), interest=Decimal(0),
-                        penalty=Decimal(0), fees=Decimal(0), amount_due=Decimal(0),
-                        due_date=dt.date.fromisoformat(row["due_date"]), timezone=row["timezone"] or None,
-                        phone=row["phone"] or None)
-            zone_cache[key] = ",".join(resolve_zones(case, profile))
-        cases.append({
-            "case_id": row["case_id"], "name": row["name"], "jurisdiction": row["jurisdiction"],
-            "locale": row["locale"], "timezone": row["timezone"] or None, "zones": zone_cache[key],
-            "escalated_stages": "", "currency": row["currency"],
-            "principal": Decimal(row["principal"]), "interest": Decimal(row["interest"]),
-            "penalty": Decimal(row["penalty"]), "fees": Decimal(row["fees"]),
-            "amount_due": Decimal(row["amount_due"]),
-            "penalty_rate_daily": Decimal(row["penalty_rate_daily"]) if row["penalty_rate_daily"] else None,
-            "due_date": dt.date.fromisoformat(row["due_date"]), "status": "active", "product": row["product"],
-            "paid_total": Decimal(0), "created_at": NOW, "updated_at": NOW,
-        })
-        for channel, address, consent in (("sms", row["phone"], row["sms_consent"]),
-                                          ("voice", row["phone"], row["voice_consent"]),
-                                          ("email", row["email"], row["email_consent"])):
-            contacts.append({"case_id": row["case_id"], "channel": channel, "address": address or None,
-                             "consent": consent == "true", "opted_out": False, "invalid": False,
-                             "updated_at": NOW})
-        if i % 3 == 0:  # a third of the cases have a recent SMS
-            sent = NOW - dt.timedelta(days=(i % 9) + 1)
-            messages.append({"case_id": row["case_id"], "channel": "sms", "stage": None, "kind": "scheduled",
-                             "template_id": "sms/early/v1", "status": "delivered",
-                             "idempotency_key": f"bench-{row['case_id']}", "scheduled_at": sent,
-                             "created_at": sent, "sent_at": sent, "attempts": 1, "conversation": False})
-        if len(cases) >= 10_000:
+    try:
+        for case_row, case_contacts, message in generated_rows(n):
+            cases.append(case_row)
+            contacts.extend(case_contacts)
+            if message is not None:
+                messages.append(message)
+            if len(cases) >= LOAD_CHUNK:
+                flush()
+        if cases:
             flush()
-    if cases:
-        flush()
+    finally:
+        writer.close()
+    # Statistics as a live database has them (autovacuum / a routine ANALYZE), and no
+    # bulk-load aftermath (PostgreSQL hint bits, an un-checkpointed SQLite WAL) billed to
+    # whichever measurement happens to read the rows first.
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
+    else:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     engine.dispose()
 
 
-def _baseline(url: str, queue: mp.Queue) -> None:
-    from sqlalchemy import select
+# ------------------------------------------------------------------------ measurements
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: a spawned child starts
+    as a fork of the parent, and ru_maxrss survives the exec, so it would report the
+    parent's size (after loading N cases) whenever that is larger."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _select(url: str, queue: Any) -> None:
+    """The baseline: the plan's rows, plainly selected and dropped."""
+    from sqlalchemy import and_, func, or_, select, true
 
     from dispatcher.store.db import make_engine
-    from dispatcher.store.tables import CaseRow, ContactPointRow
+    from dispatcher.store.tables import CaseRow, ContactPointRow, HoldRow, MessageRow
 
+    cases, contacts = CaseRow.__table__, ContactPointRow.__table__  # type: ignore[attr-defined]
+    holds, messages = HoldRow.__table__, MessageRow.__table__  # type: ignore[attr-defined]
+    cutoff = NOW - dt.timedelta(days=60)
     engine = make_engine(url)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     count = 0
     with engine.connect() as conn:
-        last = ""
+        last: str | None = None
         while True:
-            rows = conn.execute(select(CaseRow.__table__).where(CaseRow.case_id > last)
-                                .order_by(CaseRow.case_id).limit(5000)).all()
+            after = true() if last is None else cases.c.case_id > last
+            rows = conn.execute(select(cases).where(after).order_by(cases.c.case_id).limit(BATCH)).all()
             if not rows:
                 break
-            ids = [r.case_id for r in rows]
-            conn.execute(select(ContactPointRow.__table__).where(ContactPointRow.case_id.in_(ids))).all()
+            high = rows[-1].case_id
+
+            def in_range(col: Any, low: str | None = last, high: str = high) -> Any:
+                return col <= high if low is None else and_(col > low, col <= high)
+
+            conn.execute(select(contacts).where(in_range(contacts.c.case_id))).all()
+            conn.execute(select(holds).where(in_range(holds.c.case_id), holds.c.released_at.is_(None),
+                                             or_(holds.c.until.is_(None), holds.c.until > NOW))).all()
+            conn.execute(select(messages).where(
+                in_range(messages.c.case_id), func.coalesce(messages.c.sent_at, messages.c.scheduled_at) >= cutoff
+            )).all()
+            conn.rollback()
             count += len(rows)
-            last = ids[-1]
-    elapsed = time.perf_counter() - start
+            last = high
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     engine.dispose()
-    queue.put({"cases": count, "seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    queue.put({"cases": count, "seconds": elapsed, "cpu": cpu, "rss_mb": _peak_rss_mb()})
 
 
-def _plan(url: str, queue: mp.Queue) -> None:
-    from dispatcher.config import load_config
-    from dispatcher.services.planner import plan_decisions
-    from dispatcher.store.db import make_engine
-    from dispatcher.templates import TemplateSet
+class _CountingSink:
+    """Standard output of the plan child: counts decision lines and cases, then writes to
+    /dev/null (so the text is still encoded, as for a real file or pipe)."""
 
-    config = load_config(ROOT / "config/dispatcher.toml")
-    catalog = TemplateSet(ROOT / "templates", config).approved_catalog()
-    engine = make_engine(url)
-    start = time.perf_counter()
-    count = decisions = 0
-    with open(os.devnull, "w") as sink:
-        for _snapshot, ds in plan_decisions(engine, config, catalog, NOW):
-            count += 1
-            for d in ds:
-                decisions += 1
-                sink.write(json.dumps(d.as_json(), ensure_ascii=False) + "\n")
-    elapsed = time.perf_counter() - start
-    engine.dispose()
-    queue.put({"cases": count, "decisions": decisions, "seconds": elapsed,
-               "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    def __init__(self) -> None:
+        self.null = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.lines = 0
+        self.cases = 0
+        self.last_case: str | None = None
+
+    def write(self, text: str) -> int:
+        for line in (text,) if text.count("\n") == 1 else text.splitlines():
+            self.lines += 1
+            case_id = line[13 : line.find('"', 13)]  # {"case_id": "...
+            if case_id != self.last_case:
+                self.cases += 1
+                self.last_case = case_id
+        return self.null.write(text)
+
+    def flush(self) -> None:
+        self.null.flush()
+
+    def close(self) -> None:
+        self.null.close()
 
 
-def run_child(target, url: str) -> dict:  # type: ignore[no-untyped-def]
+def _plan(url: str, queue: Any) -> None:
+    """`dispatcher --config ... --db URL --now NOW plan`, in this process."""
+    from dispatcher.cli import app
+
+    sink = _CountingSink()
+    stdout = sys.stdout
+    start, cpu = time.perf_counter(), time.process_time()
+    sys.stdout = sink  # type: ignore[assignment]
+    try:
+        code = app(["--config", str(CONFIG), "--db", url, "--now", NOW.isoformat(), "plan"], standalone_mode=False)
+    finally:
+        sys.stdout = stdout
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    sink.close()
+    if code not in (None, 0):
+        raise SystemExit(f"dispatcher plan exited with {code}")
+    queue.put({"cases": sink.cases, "decisions": sink.lines, "seconds": elapsed, "cpu": cpu,
+               "rss_mb": _peak_rss_mb(), "load_1m": os.getloadavg()[0]})
+
+
+def run_child(target: Callable[[str, Any], None], url: str) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    queue: mp.Queue = ctx.Queue()
+    queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(url, queue))
     proc.start()
-    result = queue.get()
+    result: dict[str, Any] = queue.get()
     proc.join()
     return result
 
 
-def bench_backend(name: str, url: str, n: int) -> dict:
-    t0 = time.perf_counter()
-    load(url, n)
-    load_s = time.perf_counter() - t0
-    base = run_child(_baseline, url)
+def count_cases(url: str) -> int:
+    from sqlalchemy import func, select
+
+    from dispatcher.store.db import make_engine
+    from dispatcher.store.tables import CaseRow
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(CaseRow.__table__)).scalar_one()  # type: ignore[attr-defined]
+    engine.dispose()
+    return int(n)
+
+
+def bench_backend(name: str, url: str, n: int | None) -> dict[str, Any]:
+    load_s: float | None = None
+    if n is not None:
+        t0 = time.perf_counter()
+        load(url, n)
+        load_s = time.perf_counter() - t0
+    else:
+        n = count_cases(url)
+    base = run_child(_select, url)
     plan = run_child(_plan, url)
-    assert plan["cases"] == n == base["cases"], (plan, base)
+    assert plan["cases"] == n == base["cases"], (n, plan, base)
     return {
         "backend": name,
         "cases": n,
-        "load_s": round(load_s, 1),
-        "baseline_cases_s": round(n / base["seconds"]),
-        "plan_cases_s": round(n / plan["seconds"]),
         "decisions": plan["decisions"],
+        "load_s": "-" if load_s is None else round(load_s, 1),
+        "select_cases_s": round(n / base["seconds"]),
+        "plan_cases_s": round(n / plan["seconds"]),
+        "plan_vs_select": round(base["seconds"] / plan["seconds"], 2),
         "plan_s": round(plan["seconds"], 1),
+        "plan_cpu_s": round(plan["cpu"], 1),
         "plan_peak_rss_mb": round(plan["rss_mb"]),
-        "baseline_peak_rss_mb": round(base["rss_mb"]),
-        "plan_vs_select": round(base["seconds"] / plan["seconds"], 3),
+        "select_peak_rss_mb": round(base["rss_mb"]),
+        "load_avg_1m": round(plan["load_1m"], 2),
     }
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    mem = ""
+    if Path("/proc/meminfo").exists():
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    return (f"{os.cpu_count()} CPUs ({model}){mem}; Python {platform.python_version()},"
+            f" SQLite {sqlite3.sqlite_version}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--url", help="measure this existing database instead (nothing loaded or dropped)")
     args = parser.parse_args()
+    print(machine(), flush=True)
     results = []
-    if args.db in ("sqlite", "both"):
+    if args.url:
+        results.append(bench_backend(args.url.split(":", 1)[0], args.url, None))
+    if not args.url and args.db in ("sqlite", "both"):
         path = ROOT / "var" / f"plan_bench_{uuid.uuid4().hex[:8]}.db"
         try:
             results.append(bench_backend("sqlite", f"sqlite:///{path}", args.cases))
         finally:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
-    if args.db in ("postgres", "both"):
+    if not args.url and args.db in ("postgres", "both"):
         import psycopg
 
         name = f"dispatcher_bench_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            version = admin.execute("SHOW server_version").fetchone()
+            print(f"PostgreSQL {version[0] if version else '?'}", flush=True)
             admin.execute(f'CREATE DATABASE "{name}"')
         try:
             base = PG_ADMIN.rsplit("/", 1)[0]

@@ -10,18 +10,20 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import json
 import threading
 import zoneinfo
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from json.encoder import encode_basestring as _json_str  # ensure_ascii=False escaping
 
 from sqlalchemy import insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.config import Config
-from dispatcher.domain import Action, CaseSnapshot, Channel, Decision, MessageKind
+from dispatcher.domain import Action, CaseSnapshot, Channel, Decision, MessageKind, Reason
 from dispatcher.policy import decide_case
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, event_values, insert_events
@@ -65,6 +67,56 @@ def plan_decisions(
             yield snapshot, decide_case(snapshot, config, templates, now)
 
 
+_JSON_SMALL: dict[str | None, str] = {None: "null"}
+
+
+def _json_small(value: str | None) -> str:
+    """JSON text of one of the few distinct stage/channel/action/reason/template values."""
+    text = _JSON_SMALL.get(value)
+    if text is None:
+        if len(_JSON_SMALL) >= 10_000:
+            _JSON_SMALL.clear()
+            _JSON_SMALL[None] = "null"
+        text = _JSON_SMALL[value] = _json_str(value)  # type: ignore[arg-type]
+    return text
+
+
+def _generic_line(decision: Decision) -> str:
+    return json.dumps(decision.as_json(), ensure_ascii=False) + "\n"
+
+
+def _fast_line(decision: Decision) -> str:
+    # the text of _generic_line, built without a dict or an encoder object per line
+    d = decision
+    channel, not_before = d.channel, d.not_before
+    return (
+        f'{{"case_id": {_json_str(d.case_id)}, "stage": {_json_small(d.stage)}, '
+        f'"channel": {"null" if channel is None else _json_small(channel.value)}, '
+        f'"action": {_json_small(d.action.value)}, "reason": {_json_small(d.reason.value)}, '
+        f'"template": {_json_small(d.template)}, '
+        f'"not_before": {"null" if not_before is None else _json_str(not_before.isoformat())}, '
+        f'"detail": {_json_str(d.detail)}}}\n'
+    )
+
+
+def _fast_line_agrees() -> bool:
+    """Does `_fast_line` still write what `Decision.as_json` says? (Fields, order, escapes.)"""
+    samples = (
+        Decision("C-1 \"x\"", "dpd30", Channel.SMS, Action.DEFER, Reason.OUTSIDE_HOURS, "sms/dpd30/v1",
+                 dt.datetime(2026, 5, 6, 9, 0, tzinfo=zoneinfo.ZoneInfo("Asia/Shanghai")),
+                 "21:30 王伟\t\u2028 \\ \x01 \U0001f600"),
+        Decision("C-2", None, None, Action.SKIP, Reason.NOT_OVERDUE),
+    )
+    return all(_fast_line(d) == _generic_line(d) for d in samples)
+
+
+#: `decision` as one line of `dispatcher plan --format jsonl`, newline included: the text
+#: of ``json.dumps(decision.as_json(), ensure_ascii=False) + "\\n"``, about three times
+#: cheaper (a plan writes millions of lines). Should `Decision.as_json` ever change shape,
+#: the import-time check falls back to the generic encoder: slower, never different.
+decision_line: Callable[[Decision], str] = _fast_line if _fast_line_agrees() else _generic_line
+
+
 #: The young-generation threshold of the cyclic garbage collector while plans stream.
 PLAN_GC_THRESHOLD = 20_000
 _gc_lock = threading.Lock()
@@ -78,8 +130,7 @@ def _fewer_collections() -> Iterator[None]:
 
     A plan allocates a dozen container objects per case, which reference counting frees
     (there are no cycles); with CPython's default threshold of 700 the collector still
-    runs every ~60 cases and walks the whole heap every few thousand: a sixth of a plan's
-    CPU. The last stream to end restores the previous thresholds. A threshold already
+    runs every ~60 cases and walks the whole heap every ~10,000: a sixth of a plan's CPU. The last stream to end restores the previous thresholds. A threshold already
     higher, or 0 (collector off), is left alone.
     """
     global _gc_streams, _gc_saved
