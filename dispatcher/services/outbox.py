@@ -321,6 +321,11 @@ class Sender:
             raise
         return summary
 
+    def _apply(self, writes: _Writes) -> None:
+        """One transaction (run in a worker thread: the loop keeps the calls flowing)."""
+        with self.engine.begin() as conn:
+            writes.apply(conn)
+
     @staticmethod
     def _collect(in_flight: set[asyncio.Task[None]]) -> None:
         for done in [t for t in in_flight if t.done()]:
@@ -357,8 +362,7 @@ class Sender:
                 closes = None if item.kind == "system" else self._window_closes(snapshot, now)
                 ready.append((item, outbound, closes))
                 writes.stamped.append({"b_id": item.id, "b_now": now})
-        with self.engine.begin() as conn:
-            writes.apply(conn)
+        await asyncio.to_thread(self._apply, writes)
         waiting = len(ready)
         # The next batch is prepared while the second half of this one's calls wait for
         # their turn at the rate limiter (claiming it any earlier would only age its gate).
@@ -386,8 +390,7 @@ class Sender:
         for (item, outbound, _c), raw, result in zip(ready, results, settled, strict=True):
             attempt_error = raw.error if isinstance(raw, SendResult) else None
             self._outcome(item, outbound, result, done_at, writes, summary, attempt_error=attempt_error)
-        with self.engine.begin() as conn:
-            writes.apply(conn)
+        await asyncio.to_thread(self._apply, writes)
 
     def _window_closes(self, snapshot: CaseSnapshot, now: dt.datetime) -> float | None:
         """When the case's contact window (every one of its zones) closes, as POSIX seconds.
