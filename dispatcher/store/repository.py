@@ -542,24 +542,34 @@ def iter_snapshots(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     reader = _BatchReader(_decoders(engine.dialect.name), now, now - dt.timedelta(days=history_days))
+    if case_ids is None:
+        with contextlib.closing(_scan(engine, reader, batch_size)) as batches:
+            for batch in batches:  # a consumer that stops early ends the scan at once
+                yield from reader.snapshots(batch)
+        return
     decode = reader.decode
     with engine.connect() as conn:
-        if case_ids is not None:
-            wanted = sorted(set(case_ids))
-            # the id list is bound once per joined table: stay far below SQLite's 32766
-            # and PostgreSQL's 65535 parameters per statement
-            step = min(batch_size, 1000)
-            for start in range(0, len(wanted), step):
-                chunk = wanted[start : start + step]
-                rows = conn.execute(decode.cases_query(lambda col, ids=chunk: col.in_(ids))).all()
-                if not rows:
-                    conn.rollback()
-                    continue
-                found = [r[0] for r in rows]
-                holds, history = reader.related(conn, lambda col, ids=found: col.in_(ids))
-                conn.rollback()  # end the read transaction between batches
-                yield from reader.snapshots(rows, holds, history)
-            return
+        wanted = sorted(set(case_ids))
+        # the id list is bound once per joined table: stay far below SQLite's 32766
+        # and PostgreSQL's 65535 parameters per statement
+        step = min(batch_size, 1000)
+        for start in range(0, len(wanted), step):
+            chunk = wanted[start : start + step]
+            rows = conn.execute(decode.cases_query(lambda col, ids=chunk: col.in_(ids))).all()
+            if not rows:
+                conn.rollback()
+                continue
+            found = [r[0] for r in rows]
+            batch = reader.read(conn, rows, lambda col, ids=found: col.in_(ids))
+            conn.rollback()  # end the read transaction between batches
+            yield from reader.snapshots(batch)
+
+
+def _scan(engine: Engine, reader: _BatchReader, batch_size: int) -> Generator[_Batch, None, None]:
+    """Every case in keyset batches (`case_id > last ORDER BY case_id LIMIT n`), each
+    read in its own short transaction."""
+    decode = reader.decode
+    with engine.connect() as conn:
         last: str | None = None
         while True:
             rows = conn.execute(decode.cases_query(_after(last)).limit(batch_size)).all()
@@ -573,9 +583,9 @@ def iter_snapshots(
             def in_batch(col: Any, low: str | None = low, high: str = high) -> ColumnElement[bool]:
                 return col <= high if low is None else and_(col > low, col <= high)
 
-            holds, history = reader.related(conn, in_batch)
+            batch = reader.read(conn, rows, in_batch)
             conn.rollback()  # end the read transaction between batches
-            yield from reader.snapshots(rows, holds, history)
+            yield batch
             last = high
 
 
@@ -584,6 +594,16 @@ def _after(last: str | None) -> Callable[[Any], ColumnElement[bool]]:
     if last is None:
         return lambda col: true()
     return lambda col: col > last
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One batch of case rows (contact points joined in) and everything else read with it."""
+
+    rows: Sequence[Any]
+    holds: dict[str, list[Hold]]
+    history: dict[str, list[SentMessage]]
+    broken: set[str]  # case ids with a broken promise to pay and no payment since
 
 
 class _BatchReader:
@@ -599,12 +619,10 @@ class _BatchReader:
         self.cutoff = cutoff
         self.zone_values: dict[str, tuple[str, ...]] = {}
         self.stage_values: dict[str, frozenset[str]] = {}
-        self.broken: set[str] = set()  # case ids of the current batch with a broken promise
 
-    def related(
-        self, conn: Connection, in_batch: Any
-    ) -> tuple[dict[str, list[Hold]], dict[str, list[SentMessage]]]:
-        """The active holds and the recent history of the batch's cases, by case_id."""
+    def read(self, conn: Connection, case_rows: Sequence[Any], in_batch: Any) -> _Batch:
+        """The batch's case rows with their active holds, recent history and broken
+        promises, read by `in_batch` (a condition on a case_id column)."""
         decode = self.decode
         flag, instant = decode.flag, decode.instant
         channels = _CHANNELS
@@ -619,14 +637,14 @@ class _BatchReader:
             h.reason == Reason.PROMISE_TO_PAY.value, h.note == BROKEN_PROMISE_NOTE, h.released_at >= self.cutoff,
             ~exists().where(payments_t.c.case_id == h.case_id, payments_t.c.at >= h.released_at),
         )
-        self.broken = set()
+        broken_promises: set[str] = set()
         for case_id, reason, until, released in conn.execute(
             select(h.case_id, h.reason, _raw(h.until, "until"), h.released_at.is_not(None))
             .where(in_batch(h.case_id), or_(active, broken))
             .order_by(h.case_id, h.placed_at, h.id)
         ).all():
             if released:
-                self.broken.add(case_id)
+                broken_promises.add(case_id)
             else:
                 holds[case_id].append(Hold(reasons[reason], instant(until)))
 
@@ -646,28 +664,23 @@ class _BatchReader:
                 SentMessage(channels[channel], instant(when), statuses[status], stage, template,  # type: ignore[arg-type]
                             flag(conversation), message_id)
             )
-        return holds, history
+        return _Batch(case_rows, holds, history, broken_promises)
 
-    def snapshots(
-        self,
-        case_rows: Sequence[Any],
-        holds: dict[str, list[Hold]],
-        history: dict[str, list[SentMessage]],
-    ) -> Iterator[CaseSnapshot]:
+    def snapshots(self, batch: _Batch) -> Iterator[CaseSnapshot]:
         """The snapshot of each case row, in row order. Pure: the rows are already read."""
+        holds, history, broken = batch.holds, batch.history, batch.broken
         decode = self.decode
         flag, money, rate_of, date_of = decode.flag, decode.money, decode.rate, decode.date
         sms, email_ch, voice = _JOINED_CHANNELS
         case_statuses, products = _CASE_STATUSES, _PRODUCTS
         zone_values, stage_values = self.zone_values, self.stage_values
-        broken = self.broken
         no_items: tuple[Any, ...] = ()
         new_case, new_snapshot, new_contact = Case, CaseSnapshot, ContactPoint
         for (case_id, name, jurisdiction, locale, currency, principal, interest, penalty, fees, amount_due,
              due_date, timezone, rate, status, product, zones, escalated,
              sms_address, sms_consent, sms_opted_out, sms_invalid,
              email_address, email_consent, email_opted_out, email_invalid,
-             voice_address, voice_consent, voice_opted_out, voice_invalid) in case_rows:
+             voice_address, voice_consent, voice_opted_out, voice_invalid) in batch.rows:
             # A NULL consent means the outer join found no contact point for the channel.
             # Phone: the voice address when there is one, else the SMS address.
             contacts = []
