@@ -193,43 +193,41 @@ async def world(_sqlite_template: Path, tmp_path: Path, test_config: Config,
     shutil.copyfile(_sqlite_template, path)
     engine = make_engine(f"sqlite:///{path}")
     templates = TemplateSet(test_config.resolve(test_config.templates.directory), test_config)
-    with run_sandbox_in_thread(seed=11, clock=fake_clock, callback_delay_ms=1, retry_after_s=RETRY_AFTER_S,
-                               timeout_hold_s=5) as sandbox:
-        web_settings = Settings(twilio_auth_token=sandbox.auth_token, signing_key=KEY,
-                                public_url="http://127.0.0.1:1")  # replaced below; signatures use the real one
-        app = None
-        try:
-            with contextlib.ExitStack() as stack:
-                # The app must know its public URL (signature checks) before it serves, and
-                # the port is only known once it listens: bind first, then wire.
-                holder: dict[str, Any] = {}
+    try:
+        with run_sandbox_in_thread(seed=11, clock=fake_clock, callback_delay_ms=1, retry_after_s=RETRY_AFTER_S,
+                                   timeout_hold_s=5) as sandbox, contextlib.ExitStack() as stack:
+            # The app must know its public URL (signature checks) before it serves, and the
+            # port is only known once it listens: bind first, then wire.
+            holder: dict[str, Any] = {}
 
-                def late_app(scope: Any, receive: Any, send: Any) -> Any:
-                    return holder["app"](scope, receive, send)
+            def late_app(scope: Any, receive: Any, send: Any) -> Any:
+                return holder["app"](scope, receive, send)
 
-                url = stack.enter_context(serve_in_thread(late_app))
-                web_settings = Settings(twilio_auth_token=sandbox.auth_token, signing_key=KEY, public_url=url)
-                app = create_app(engine=engine, config=test_config, clock=fake_clock, settings=web_settings,
-                                 signer=LinkSigner(KEY), templates=templates)
-                holder["app"] = app
-                settings = Settings(
-                    twilio_account_sid=sandbox.account_sid,
-                    twilio_auth_token=sandbox.auth_token,
-                    twilio_api_url=sandbox.twilio_url,
-                    smtp_url=sandbox.smtp_url,
-                    public_url=url,
-                    signing_key=KEY,
-                )
-                w = World(engine, test_config, fake_clock, sandbox, templates, settings)
-                try:
-                    yield w
-                    sandbox.drain_threadsafe(10)
-                finally:
-                    await w.aclose()
-        finally:
-            if app is not None:
-                app.state.receipts.close()
-            engine.dispose()
+            def close_receipts() -> None:  # registered first: runs after the server stopped
+                if "app" in holder:
+                    holder["app"].state.receipts.close()
+
+            stack.callback(close_receipts)
+            url = stack.enter_context(serve_in_thread(late_app))
+            web_settings = Settings(twilio_auth_token=sandbox.auth_token, signing_key=KEY, public_url=url)
+            holder["app"] = create_app(engine=engine, config=test_config, clock=fake_clock, settings=web_settings,
+                                       signer=LinkSigner(KEY), templates=templates)
+            settings = Settings(
+                twilio_account_sid=sandbox.account_sid,
+                twilio_auth_token=sandbox.auth_token,
+                twilio_api_url=sandbox.twilio_url,
+                smtp_url=sandbox.smtp_url,
+                public_url=url,
+                signing_key=KEY,
+            )
+            w = World(engine, test_config, fake_clock, sandbox, templates, settings)
+            try:
+                yield w
+                sandbox.drain_threadsafe(10)
+            finally:
+                await w.aclose()
+    finally:
+        engine.dispose()
 
 
 # ------------------------------------------------------------------------ happy path
