@@ -127,7 +127,6 @@ def run_demo(
     from dispatcher.services.outbox import Sender
     from dispatcher.services.receipts import resume_broken_promises
     from dispatcher.services.report import build_report, report_html, report_json
-    from dispatcher.store import repository
     from dispatcher.store.db import ensure_schema, make_engine
     from dispatcher.store.tables import EventRow, HoldRow, MessageRow
     from dispatcher.templates import TemplateSet
@@ -214,7 +213,6 @@ def run_demo(
     result.report_html.write_text(report_html(kpis), encoding="utf-8")
     result.report_json.write_text(report_json(kpis), encoding="utf-8")
     engine.dispose()
-    _ = repository  # imported for its side-effect-free helpers in _simulate
     result.seconds = time.perf_counter() - started
     return result
 

@@ -194,7 +194,8 @@ class SmtpEmailChannel:
         except Exception as exc:  # mapped onto a typed result; nothing escapes
             result = _result_for_error(exc, phase)
             log.warning("email %s: %s", message.message_id, result.error)
-            client.close() if client.is_connected else None
+            if client.is_connected:
+                client.close()
             return result
         self._checkin(client)
         log.info("email %s accepted as %s", message.message_id, message_id)
