@@ -225,7 +225,7 @@ def plan_cmd(
     case: Annotated[list[str] | None, typer.Option("--case", help="only this case (repeatable)")] = None,
 ) -> None:
     """Dry run: one decision per case and channel at "now". Writes nothing."""
-    from dispatcher.services.planner import plan_decisions
+    from dispatcher.services.planner import decision_line, plan_decisions
 
     if fmt not in ("jsonl", "table"):
         raise fail(f"--format {fmt!r}: use jsonl or table")
@@ -244,7 +244,7 @@ def plan_cmd(
         write = sys.stdout.write
         for _snapshot, decisions in stream:
             for decision in decisions:
-                write(json.dumps(decision.as_json(), ensure_ascii=False) + "\n")
+                write(decision_line(decision))
         return
     table = Table("case", "stage", "channel", "action", "reason", "template", "not_before", "detail")
     for _snapshot, decisions in stream:
