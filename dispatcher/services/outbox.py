@@ -132,16 +132,28 @@ class _Writes:
             conn.execute(update(MessageRow).where(by_id).values(
                 status=bindparam("b_status"), status_at=bindparam("b_now"), last_error=bindparam("b_error"),
                 provider_id=bindparam("b_provider")), self.finish)
-        if self.rendered:
-            conn.execute(update(MessageRow).where(by_id).values(
-                template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
-                stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
-                body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"),
-                to_address=bindparam("b_to")), self.rendered)
-        if self.stamped:
-            # The provider may have it from here on: stamped and committed before the call.
-            conn.execute(update(MessageRow).where(by_id).values(
-                status_at=bindparam("b_now"), attempts=m.attempts + 1), self.stamped)
+        # A rendered row is stamped by the same statement (one pass over the batch, not two).
+        stamps = {row["b_id"]: row for row in self.stamped}
+        rendered_stamped: list[dict[str, Any]] = []
+        rendered_only: list[dict[str, Any]] = []
+        for row in self.rendered:
+            stamped = stamps.pop(row["b_id"], None)
+            if stamped is None:
+                rendered_only.append(row)
+            else:
+                rendered_stamped.append(row | {"b_now": stamped["b_now"]})
+        render = dict(
+            template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
+            stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
+            body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"), to_address=bindparam("b_to"))
+        # The provider may have it from here on: stamped and committed before the call.
+        stamp = dict(status_at=bindparam("b_now"), attempts=m.attempts + 1)
+        if rendered_stamped:
+            conn.execute(update(MessageRow).where(by_id).values(**render, **stamp), rendered_stamped)
+        if rendered_only:
+            conn.execute(update(MessageRow).where(by_id).values(**render), rendered_only)
+        if stamps:
+            conn.execute(update(MessageRow).where(by_id).values(**stamp), list(stamps.values()))
         if self.sent:
             conn.execute(update(MessageRow).where(by_id).values(
                 # A status callback may already have moved it on (e.g. delivered):
@@ -517,7 +529,8 @@ class Sender:
         expires = now + dt.timedelta(days=self.config.links.payment_link_days)
         payment_link = f"{self.public_url}/p/{self.signer.payment_token(item.id, expires)}"
         email = item.channel is Channel.EMAIL
-        unsubscribe_url = f"{self.public_url}/email/unsubscribe/{self.signer.unsubscribe_token(item.id)}"
+        unsubscribe_url = (f"{self.public_url}/email/unsubscribe/{self.signer.unsubscribe_token(item.id)}"
+                           if email else None)
         locale = self._approved_locale(item.channel, template_id, case_.locale, profile.default_locale)
         context = build_context(
             case_,
@@ -525,9 +538,9 @@ class Sender:
             channel=item.channel,
             today=today,
             payment_link=payment_link,
-            opt_out=opt_out_text(item.channel, locale, unsubscribe_url if email else None),
+            opt_out=opt_out_text(item.channel, locale, unsubscribe_url),
             locale=locale,
-            unsubscribe_url=unsubscribe_url if email else None,
+            unsubscribe_url=unsubscribe_url,
         )
         rendered = self.templates.render(template_id, locale, context, require_approved=True)
         to = next((c.address for c in snapshot.contacts if c.channel is item.channel), None) or ""

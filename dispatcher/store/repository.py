@@ -447,8 +447,7 @@ class _Decoders:
         join would otherwise read the contact index from the start for every batch."""
         columns = list(self.case_columns)
         source: Any = cases_t
-        for channel in _JOINED_CHANNELS:
-            cp = contacts_t.alias(f"cp_{channel.value}")
+        for channel, cp in zip(_JOINED_CHANNELS, _contact_aliases(), strict=True):
             source = source.outerjoin(
                 cp, and_(cp.c.case_id == cases_t.c.case_id, cp.c.channel == channel.value, which(cp.c.case_id))
             )
@@ -463,6 +462,14 @@ class _Decoders:
 
 #: Channels in the order their contact-point columns follow the case columns.
 _JOINED_CHANNELS = tuple(Channel)
+
+
+@functools.cache
+def _contact_aliases() -> tuple[Any, ...]:
+    """The contact-point table aliased once per joined channel. Made once: building an
+    alias copies every column, and the sender asks for a batch's snapshots every few
+    hundred messages (the same aliases also keep the statement cache key stable)."""
+    return tuple(contacts_t.alias(f"cp_{channel.value}") for channel in _JOINED_CHANNELS)
 
 
 @functools.lru_cache(maxsize=4096)

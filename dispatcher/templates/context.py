@@ -13,12 +13,16 @@ import functools
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from babel import Locale
 from babel.dates import format_date
-from babel.numbers import format_currency
 
 from dispatcher.config import Config
 from dispatcher.domain import Case, Channel, Product
+from dispatcher.templates.money import babel_locale, format_money
+
+__all__ = [
+    "CONTEXT_KEYS", "SUPPORTED_LOCALES", "build_context", "days_past_due", "format_day", "format_money",
+    "opt_out_text", "penalty_explanation",
+]
 
 #: Locales the shipped templates and the sentences below are written for.
 SUPPORTED_LOCALES = ("en-US", "zh-CN")
@@ -31,26 +35,14 @@ _PRODUCT_NAMES = {
 }
 
 
-@functools.lru_cache(maxsize=64)
-def _babel_locale(locale: str) -> Locale:
-    # Parsing a locale scans babel's data directory; cache it, rendering is a hot path.
-    return Locale.parse(locale.replace("-", "_"))
-
-
 def _is_zh(locale: str) -> bool:
     return locale.lower().startswith("zh")
 
 
 @functools.lru_cache(maxsize=4096)
-def format_money(amount: Decimal, currency: str, locale: str) -> str:
-    """Locale-aware money with its currency: `¥10,000.00` (zh-CN, CNY), `$10,000.00`
-    (en-US, USD); a foreign currency is marked (`CN¥`, `US$`)."""
-    return format_currency(amount, currency, locale=_babel_locale(locale))
-
-
 def format_day(day: dt.date, locale: str) -> str:
-    """A localised long date: `November 7, 2026` / `2026年11月7日`."""
-    return format_date(day, format="long", locale=_babel_locale(locale))
+    """A localised long date: `November 7, 2026` / `2026年11月7日` (due dates repeat: cached)."""
+    return format_date(day, format="long", locale=babel_locale(locale))
 
 
 def days_past_due(case: Case, today: dt.date) -> int:

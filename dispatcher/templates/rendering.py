@@ -183,6 +183,8 @@ class TemplateSet:
         self.directory = Path(directory)
         self.config = config
         self._cache: dict[Path, _Compiled] = {}
+        #: (template id, locale) -> (path, its str for os.stat, path relative to the tree)
+        self._files: dict[tuple[str, str], tuple[Path, str, str]] = {}
         self._approvals_stamp: tuple[int, int] | None = None
         self._approvals: dict[str, Any] = {}
 
@@ -248,10 +250,21 @@ class TemplateSet:
 
     # -- compile & render ------------------------------------------------------------
 
+    def _file(self, template_id: str, locale: str) -> tuple[Path, str, str]:
+        key = (template_id, locale)
+        found = self._files.get(key)
+        if found is None:
+            path = self.path_of(template_id, locale)
+            found = (path, str(path), path.relative_to(self.directory).as_posix())
+            if len(self._files) > 10_000:  # ids come from the tree, but bound it anyway
+                self._files.clear()
+            self._files[key] = found
+        return found
+
     def _compiled(self, template_id: str, locale: str) -> tuple[Path, _Compiled]:
-        path = self.path_of(template_id, locale)
+        path, os_path, _rel = self._file(template_id, locale)
         try:
-            st = path.stat()
+            st = os.stat(os_path)
         except FileNotFoundError:
             raise self.unknown(template_id, locale) from None
         stamp = (st.st_mtime_ns, st.st_size)
@@ -293,7 +306,7 @@ class TemplateSet:
         """Render one template file. With `require_approved`, refuse (`NotApproved`)
         unless the exact content rendered has an approval (the sender's last gate)."""
         path, compiled = self._compiled(template_id, locale)
-        if require_approved and not self._hash_approved(path, compiled.content_hash):
+        if require_approved and not self._hash_approved(self._file(template_id, locale)[2], compiled.content_hash):
             raise NotApproved(
                 f"{template_id} ({locale}) has no approval for its current content;"
                 f" run: dispatcher templates approve {template_id} --by USER"
@@ -375,8 +388,8 @@ class TemplateSet:
             self._approvals_stamp = stamp
         return self._approvals
 
-    def _hash_approved(self, path: Path, sha: str) -> bool:
-        approval = self._load_approvals().get(path.relative_to(self.directory).as_posix())
+    def _hash_approved(self, relpath: str, sha: str) -> bool:
+        approval = self._load_approvals().get(relpath)
         return approval is not None and approval.sha256 == sha
 
     def approval_status(self, template_id: str, locale: str) -> str:
