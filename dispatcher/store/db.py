@@ -6,7 +6,9 @@ The schema is owned by the Alembic migrations in `dispatcher/store/migrations`;
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
@@ -59,6 +61,28 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
         _serialise_sqlite_writers(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _use_wal(cur: sqlite3.Cursor, patience: float = 30.0) -> None:
+    """Switch the database file to WAL (a persistent setting: once per new file).
+
+    The switch needs the file to itself, and SQLite answers "database is locked" at once
+    instead of waiting in its busy handler when another connection holds a lock, which
+    is what happens when several instances open a brand-new database together. Retried
+    with a short backoff until `patience` seconds have passed."""
+    if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 _WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "BEGIN I", "BEGIN E")
