@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import mmap
+import os
+import struct
 import time
 from typing import Protocol
 
@@ -52,6 +55,50 @@ class FakeClock:
     def advance(self, delta: dt.timedelta | None = None, **kwargs: float) -> dt.datetime:
         self._now = self._now + (delta or dt.timedelta(**kwargs))
         return self._now
+
+
+class SharedClock:
+    """A `FakeClock` that several processes of one simulation read (the demo runs the
+    sandbox and the webhook server in processes of their own, on the driver's clock).
+
+    The instant lives in a small file mapped into each process's memory, as
+    microseconds since the epoch in one aligned 8-byte word: a write is one store, so a
+    reader sees the old instant or the new one, never a mix. Pickles as its file path,
+    so it can be handed to a spawned process."""
+
+    _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+
+    def __init__(self, path: str | os.PathLike[str], start: dt.datetime | None = None) -> None:
+        self.path = os.fspath(path)
+        if start is not None:
+            _require_aware(start)
+            with open(self.path, "wb") as f:
+                f.write(bytes(8))
+        with open(self.path, "r+b") as f:
+            self._map = mmap.mmap(f.fileno(), 8)
+        if start is not None:
+            self.set(start)
+
+    def __reduce__(self) -> tuple[type[SharedClock], tuple[str]]:
+        return (SharedClock, (self.path,))
+
+    def now(self) -> dt.datetime:
+        (micros,) = struct.unpack_from("<q", self._map)
+        return self._EPOCH + dt.timedelta(microseconds=micros)
+
+    def set(self, instant: dt.datetime) -> None:
+        _require_aware(instant)
+        delta = instant - self._EPOCH
+        micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        struct.pack_into("<q", self._map, 0, micros)
+
+    def advance(self, delta: dt.timedelta | None = None, **kwargs: float) -> dt.datetime:
+        instant = self.now() + (delta or dt.timedelta(**kwargs))
+        self.set(instant)
+        return instant
+
+    def close(self) -> None:
+        self._map.close()
 
 
 def parse_instant(text: str) -> dt.datetime:

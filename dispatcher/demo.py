@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from dispatcher.clock import FakeClock
+from dispatcher.clock import SharedClock
 from dispatcher.config import Config
 from dispatcher.services.planner import run_planner
 from dispatcher.services.portfolio import REALISTIC_DPD_BUCKETS, generate_cases, write_csv
@@ -75,8 +75,9 @@ def _call_behaviour(number: str) -> Any:
     return CallBehaviour(digits=("1",))  # listens, then hangs up
 
 
-def _log_to_file(path: Path) -> None:
-    """The demo's structured logs go to a file, so the console shows the progress bar."""
+def log_to_file(path: Path) -> None:
+    """The demo's structured logs go to a file, so the console shows the progress bar
+    (its web process appends to the same file)."""
     import logging
 
     from dispatcher.logs import JsonFormatter
@@ -121,8 +122,7 @@ def run_demo(
     """Run the whole simulation in `workdir` (recreated) and return what happened."""
     from dispatcher.channels.registry import build_channels
     from dispatcher.links import LinkSigner
-    from dispatcher.sandbox.asgi_server import serve_in_thread
-    from dispatcher.sandbox.server import run_sandbox_in_thread
+    from dispatcher.sandbox.server import run_sandbox_in_process
     from dispatcher.services.importer import import_file
     from dispatcher.services.outbox import Sender
     from dispatcher.services.receipts import resume_broken_promises
@@ -130,16 +130,16 @@ def run_demo(
     from dispatcher.store.db import ensure_schema, make_engine
     from dispatcher.store.tables import EventRow, HoldRow, MessageRow
     from dispatcher.templates import TemplateSet
-    from dispatcher.web.app import create_app
+    from dispatcher.web.process import run_web_in_process
 
     console = console or Console()
     started = time.perf_counter()
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    _log_to_file(workdir / "dispatcher.log")
+    log_to_file(workdir / "dispatcher.log")
     config = demo_config(config)
-    clock = FakeClock(START)
+    clock = SharedClock(workdir / "clock", START)
     signing_key = "demo-signing-key-not-for-production"
     engine = make_engine(f"sqlite:///{workdir / 'demo.db'}")
     ensure_schema(engine)
@@ -166,7 +166,10 @@ def run_demo(
         bounce_url=f"{public_url}/email/bounce",
         bounce_key=signing_key,
     )
-    with run_sandbox_in_thread(**sandbox_opts) as sandbox:
+    # Three processes, so the sender, the sandbox and our webhooks each get a core's
+    # worth of interpreter (in one process they would take turns on one lock), all on
+    # the driver's simulated clock.
+    with run_sandbox_in_process(**sandbox_opts) as sandbox:
         settings = Settings(
             config_path=config.source or Path("config/dispatcher.toml"),
             db_url=str(engine.url),
@@ -178,14 +181,12 @@ def run_demo(
             signing_key=signing_key,
             instance_id="demo",
         )
-        app = create_app(engine=engine, config=config, clock=clock, settings=settings, signer=signer,
-                         templates=templates)
-        with serve_in_thread(app, "127.0.0.1", web_port, name="dispatcher-web"):
+        with run_web_in_process(settings, settings.config_path, clock, web_port,
+                                log_path=workdir / "dispatcher.log"):
             ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
                      for d in range(days) for t in TICK_TIMES]
             asyncio.run(_simulate(ticks, engine, config, catalog, templates, clock, signer, settings, sandbox,
                                   rng, result, console, build_channels, Sender, resume_broken_promises))
-            sandbox.drain_threadsafe(30)
 
     with engine.connect() as conn:
         statuses = dict(conn.execute(select(MessageRow.status, func.count()).group_by(MessageRow.status)).all())
@@ -242,7 +243,7 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
                 sent = await sender.send_due()
                 result.timings["send"] = result.timings.get("send", 0.0) + time.perf_counter() - t0
                 t0 = time.perf_counter()
-                await asyncio.to_thread(sandbox.drain_threadsafe, 30)
+                await sandbox.drain(30)
                 result.timings["callbacks"] = result.timings.get("callbacks", 0.0) + time.perf_counter() - t0
                 # Debtors react to what they received in this tick.
                 with engine.connect() as conn:
@@ -255,8 +256,7 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
                 for case_id, channel, to_address, status, stage, body in fresh:
                     if channel == "sms" and status == "delivered" and to_address and rng.random() < 0.04:
                         reply = rng.choices([b for b, _ in SMS_REPLIES], [w for _, w in SMS_REPLIES])[0]
-                        await asyncio.to_thread(sandbox.simulate_inbound_threadsafe, to_address,
-                                                "+10000000000", reply, inbound_url)
+                        await sandbox.simulate_inbound(to_address, "+10000000000", reply, inbound_url)
                     link = _PAY_LINK.search(body or "")
                     if channel != "voice" and link and rng.random() < 0.05:
                         clicks.append(link.group(0))
@@ -270,6 +270,7 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
                     await sender.send_due()  # confirmations, HELP replies, requested payment links
                 progress.update(task, advance=1,
                                 description=f"{instant:%Y-%m-%d %H:%M} UTC  sent {sent.sent:>4}")
+        await sandbox.drain(30)  # the last tick's callbacks
     finally:
         for adapter in channels.values():
             await adapter.aclose()

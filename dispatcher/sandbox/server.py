@@ -10,7 +10,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
@@ -253,6 +253,91 @@ def run_sandbox_in_thread(**options: Any) -> Iterator[Sandbox]:
     finally:
         holder["loop"].call_soon_threadsafe(holder["stop"].set)
         thread.join(timeout=30)
+
+
+@dataclass(frozen=True)
+class SandboxProcess:
+    """A sandbox running in a process of its own (`run_sandbox_in_process`): its
+    addresses, and its control endpoints over HTTP."""
+
+    twilio_url: str
+    smtp_url: str
+    account_sid: str
+    auth_token: str
+    pid: int
+
+    async def drain(self, max_wait: float = 10.0) -> None:
+        """Wait until every callback, call flow and bounce in flight is done."""
+        reply = await self._post("/sandbox/drain", {"max_wait": max_wait}, read_seconds=max_wait + 5)
+        if reply.status_code != 200:
+            raise TimeoutError(f"the sandbox is still busy after {max_wait:g} s")
+
+    async def simulate_inbound(self, from_: str, to: str, body: str, url: str) -> dict[str, Any]:
+        """POST a signed inbound SMS to `url`; returns {message_sid, status, body, error}."""
+        reply = await self._post("/sandbox/inbound", {"from": from_, "to": to, "body": body, "url": url},
+                                 read_seconds=30)
+        reply.raise_for_status()
+        result: dict[str, Any] = reply.json()
+        return result
+
+    async def _post(self, path: str, payload: dict[str, Any], *, read_seconds: float) -> Any:
+        import httpx
+
+        async with httpx.AsyncClient(base_url=self.twilio_url, timeout=read_seconds) as client:
+            return await client.post(path, json=payload)
+
+
+def _sandbox_process_main(options: SandboxOptions, conn: Any) -> None:
+    """The spawned process: start, report the addresses, serve until SIGTERM."""
+
+    async def main() -> None:
+        sandbox = Sandbox(options)
+        try:
+            await sandbox.start()
+        except BaseException as exc:
+            conn.send({"error": f"{type(exc).__name__}: {exc}"})
+            raise
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        conn.send({"twilio_url": sandbox.twilio_url, "smtp_url": sandbox.smtp_url,
+                   "account_sid": sandbox.account_sid, "auth_token": sandbox.auth_token})
+        try:
+            await stop.wait()
+        finally:
+            await sandbox.stop()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def run_sandbox_in_process(**options: Any) -> Iterator[SandboxProcess]:
+    """Run a sandbox in a spawned process (the demo: its CPU is then its own, not the
+    sender's). Options must pickle: a clock shared with the caller is a `SharedClock`,
+    behaviours are module-level functions. Stopped with SIGTERM on exit."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_sandbox_process_main, args=(SandboxOptions(**options), child),
+                              name="dispatcher-sandbox", daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the sandbox process did not start within 60 s")
+        started = parent.recv()
+        if "error" in started:
+            raise RuntimeError(f"the sandbox process failed to start: {started['error']}")
+        assert process.pid is not None
+        yield SandboxProcess(pid=process.pid, **started)
+    finally:
+        process.terminate()
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        parent.close()
 
 
 def serve(

@@ -224,6 +224,7 @@ class TwilioApi:
                 Route("/sandbox/inbound", self.sandbox_inbound_list, methods=["GET"]),
                 Route("/sandbox/inbound", self.sandbox_inbound, methods=["POST"]),
                 Route("/sandbox/faults", self.sandbox_faults, methods=["POST"]),
+                Route("/sandbox/drain", self.sandbox_drain, methods=["POST"]),
                 Route("/sandbox/reset", self.sandbox_reset, methods=["POST"]),
                 Route("/sandbox/health", self.health, methods=["GET"]),
             ]
@@ -444,6 +445,22 @@ class TwilioApi:
         except (ValueError, FaultSpecError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"faults": str(self.sim.faults.plan), "next": self.sim.faults.forced})
+
+    async def sandbox_drain(self, request: Request) -> Response:
+        """Wait until every callback, call flow and bounce in flight is done:
+        `{"max_wait": seconds}` (default 10); 504 if they are still running then."""
+        try:
+            payload = json.loads(await request.body() or b"{}")
+            max_wait = float(payload.get("max_wait", 10.0))
+            if not 0 < max_wait <= 600:
+                raise ValueError
+        except (ValueError, TypeError, AttributeError):
+            return JSONResponse({"error": 'send JSON {"max_wait": seconds} (0 < seconds <= 600)'}, status_code=400)
+        try:
+            await self.sim.drain(max_wait)
+        except TimeoutError:
+            return JSONResponse({"idle": False, "error": f"still busy after {max_wait:g} s"}, status_code=504)
+        return JSONResponse({"idle": True})
 
     async def sandbox_reset(self, request: Request) -> Response:
         self.sandbox.reset()

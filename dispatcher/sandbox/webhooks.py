@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import aiohttp
 from twilio.request_validator import RequestValidator
+
+from dispatcher.channels.http11 import Http11Client, form_body
 
 log = logging.getLogger("dispatcher.sandbox")
 
@@ -29,17 +30,12 @@ class WebhookReply:
 
 
 class WebhookClient:
-    """One aiohttp session for every callback, TwiML fetch, inbound and bounce POST."""
+    """One keep-alive HTTP client for every callback, TwiML fetch, inbound and bounce POST."""
 
     def __init__(self, auth_token: str, timeout: float = 10.0) -> None:
         self.validator = RequestValidator(auth_token)
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers={"User-Agent": USER_AGENT})
-        return self._session
+        self._timeout = timeout
+        self._http = Http11Client(user_agent=USER_AGENT)
 
     async def signed(self, url: str, params: Mapping[str, str], method: str = "POST") -> WebhookReply:
         """Send a Twilio-signed form request (POST) or query request (GET)."""
@@ -50,7 +46,7 @@ class WebhookClient:
             full = urlunsplit(parts._replace(query=query))
             headers = {"X-Twilio-Signature": self.validator.compute_signature(full, {})}
             return await self._send("GET", full, None, headers)
-        body = urlencode(params).encode()
+        body = form_body(params.items())
         headers = {
             "X-Twilio-Signature": self.validator.compute_signature(url, params),
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
@@ -62,13 +58,12 @@ class WebhookClient:
 
     async def _send(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> WebhookReply:
         try:
-            async with self._client().request(method, url, data=body, headers=headers) as resp:
-                return WebhookReply(resp.status, await resp.text())
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            status, _headers, data = await self._http.request(
+                method, url, headers=headers.items(), body=body, timeout=self._timeout)
+            return WebhookReply(status, data.decode("utf-8", "replace"))
+        except (TimeoutError, OSError, ValueError) as exc:
             log.debug("sandbox webhook %s %s failed: %s", method, urlsplit(url).path, type(exc).__name__)
             return WebhookReply(None, "", type(exc).__name__)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()

@@ -190,3 +190,9 @@ routes = [
     Route("/twilio/voice/answer", voice_answer, methods=["POST"]),
     Route("/twilio/voice/gather", voice_gather, methods=["POST"]),
 ]
+
+#: Served without FastAPI's middleware stack and router (see `web.app.DispatcherApp`).
+fast_routes = {
+    "/twilio/sms/status": sms_status,
+    "/twilio/voice/status": voice_status,
+}

@@ -1,0 +1,77 @@
+"""The web app in a spawned process of its own, on a given port.
+
+For the demo: the sender, the sandbox and our webhooks each keep a core busy, and in one
+process they would share one interpreter lock. The child builds the app from the same
+settings and configuration (a composition root of its own, like `create_app_from_env`),
+on a clock shared with the parent (`SharedClock`), and serves it with uvicorn until
+SIGTERM, closing its database connections on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from dispatcher.clock import Clock
+from dispatcher.settings import Settings
+
+
+def _web_process_main(settings: Settings, config_path: str, clock: Clock, port: int, log_path: str | None) -> None:
+    import uvicorn
+
+    from dispatcher.config import load_config
+    from dispatcher.links import LinkSigner
+    from dispatcher.store.db import make_engine
+    from dispatcher.web.app import create_app
+
+    if log_path:
+        from dispatcher.demo import log_to_file
+
+        log_to_file(Path(log_path))
+    engine = make_engine(settings.db_url)
+    app = create_app(engine=engine, config=load_config(Path(config_path)), clock=clock, settings=settings,
+                     signer=LinkSigner(settings.signing_key))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="on",
+                                           log_config=None, access_log=False, ws="none", timeout_keep_alive=75))
+    try:
+        server.run()  # uvicorn stops gracefully on SIGTERM
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def run_web_in_process(settings: Settings, config_path: Path, clock: Clock, port: int, *,
+                       log_path: Path | None = None, start_timeout: float = 60.0) -> Iterator[int]:
+    """Serve the web app from a spawned process on 127.0.0.1:`port` until the block ends;
+    yields the child's pid once `/healthz` answers. `clock` must pickle (`SharedClock`)."""
+    import multiprocessing
+
+    import httpx
+
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(
+        target=_web_process_main,
+        args=(settings, str(config_path), clock, port, str(log_path) if log_path else None),
+        name="dispatcher-web", daemon=True)
+    process.start()
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if not process.is_alive():
+                raise RuntimeError(f"the web process exited during start-up (exit code {process.exitcode})")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the web process did not answer on port {port} within {start_timeout:g} s")
+            time.sleep(0.1)
+        assert process.pid is not None
+        yield process.pid
+    finally:
+        process.terminate()
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+            process.join()
