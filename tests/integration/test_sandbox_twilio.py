@@ -480,3 +480,38 @@ def test_serve_prints_its_addresses_and_stops_on_sigterm() -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# -- the sandbox in a process of its own (the demo's layout) --------------------------
+
+
+async def test_a_sandbox_process_on_a_shared_clock_drains_and_posts_inbound(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dispatcher.clock import SharedClock
+    from dispatcher.sandbox.server import run_sandbox_in_process
+
+    start = dt.datetime(2026, 12, 7, 2, 0, tzinfo=dt.UTC)
+    clock = SharedClock(tmp_path / "clock", start)
+    async with WebhookReceiver(auth_token="process-token") as rx:
+        with run_sandbox_in_process(seed=3, clock=clock, auth_token="process-token", callback_delay_ms=20) as sb:
+            assert sb.pid != os.getpid()
+            client = Client(sb.account_sid, sb.auth_token, http_client=AsyncTwilioHttpClient())
+            client.api.base_url = sb.twilio_url
+            try:
+                created = await client.api.account.messages.create_async(
+                    to=TO, from_=FROM, body="hello", status_callback=rx.url("/status"))
+                # the record is stamped with the driver's simulated instant, not the wall clock
+                assert created.date_created == start
+                clock.set(start + dt.timedelta(days=1))
+                await sb.drain(30)  # returns only when every callback has been answered
+                statuses = [r.form["MessageStatus"] for r in rx.received("/status")]
+                assert statuses[-1] in {"delivered", "undelivered", "failed"}
+                later = await client.api.account.messages.create_async(to=TO, from_=FROM, body="again")
+                assert later.date_created == start + dt.timedelta(days=1)
+            finally:
+                await client.http_client.close()  # type: ignore[attr-defined]
+            result = await sb.simulate_inbound(TO, FROM, "STOP", rx.url("/inbound"))
+            assert result["status"] == 200
+            inbound = rx.received("/inbound")
+            assert len(inbound) == 1 and inbound[0].form["Body"] == "STOP"
+            assert inbound[0].signature_valid is True
+            assert all(r.signature_valid for r in rx.received("/status"))
