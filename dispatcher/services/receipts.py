@@ -316,6 +316,56 @@ class _AsyncPgPool:
             self._discard(conn)
 
 
+class _GroupCommit:
+    """SQLite status writes, many callbacks per transaction.
+
+    SQLite has one writer, and per callback the transaction (and the hand-off to the
+    writer thread) cost more than its two statements. Callbacks that arrive while a
+    batch is being written join the next one; each batch is one transaction on the one
+    writer thread, applied in arrival order, which is what one transaction each would
+    have done. Every request still waits for its own commit before it is answered."""
+
+    MAX_BATCH = 200
+
+    def __init__(self, apply_many: Any, executor: concurrent.futures.Executor) -> None:
+        self._apply_many = apply_many
+        self._executor = executor
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
+        self._writing = False
+
+    async def submit(self, params: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # tests run one loop each; a new loop starts afresh
+            self._loop, self._pending, self._writing = loop, [], False
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((params, future))
+        if not self._writing:
+            self._writing = True
+            loop.create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending and self._loop is loop:
+                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+                try:
+                    results = await loop.run_in_executor(self._executor, self._apply_many, [p for p, _ in batch])
+                except BaseException as exc:  # the executor itself failed (shut down): fail the batch
+                    results = [exc] * len(batch)
+                for (_params, future), result in zip(batch, results, strict=True):
+                    if future.done():  # the request was cancelled meanwhile
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            if self._loop is loop:
+                self._writing = False
+
+
 class _StatusSQL:
     """The hot path of status callbacks as prepared SQL (built once, compiled once).
 
@@ -377,6 +427,7 @@ class _StatusSQL:
             self._pg_learn_sql = _pyformat(self._LEARN_SID)
         else:
             self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-sqlite")
+            self._group = _GroupCommit(self._apply_many_sqlite, self._executor)
         self._finalizer = weakref.finalize(self, _StatusSQL._release, self._pool, self._executor)
 
     @staticmethod
@@ -418,25 +469,45 @@ class _StatusSQL:
                 conn.commit()
             return None if row is None else _Match(bool(row.applied), row.id, row.case_id, row.to_address, row.status)
         with self.engine.begin() as conn:
-            updated = conn.execute(self._update, params).first()
-            if updated is not None:
-                conn.execute(self._event, {"case_id": updated.case_id, "message_id": updated.id, "now": now,
-                                           "data": data})
-                return _Match(True, updated.id, updated.case_id, updated.to_address)
-            found = conn.execute(self._find, params).first()
-            if found is None:
-                return None
-            if found.provider_id is None:  # the callback beat the sender's record: learn the SID
-                conn.execute(self._learn, {"sid": sid, "id": found.id})
-            return _Match(False, found.id, found.case_id, found.to_address, found.status)
+            return self._apply_sqlite(conn, params)
+
+    def _apply_sqlite(self, conn: Connection, params: dict[str, Any]) -> _Match | None:
+        updated = conn.execute(self._update, params).first()
+        if updated is not None:
+            conn.execute(self._event, {"case_id": updated.case_id, "message_id": updated.id, "now": params["now"],
+                                       "data": params["data"]})
+            return _Match(True, updated.id, updated.case_id, updated.to_address)
+        found = conn.execute(self._find, params).first()
+        if found is None:
+            return None
+        if found.provider_id is None:  # the callback beat the sender's record: learn the SID
+            conn.execute(self._learn, {"sid": params["sid"], "id": found.id})
+        return _Match(False, found.id, found.case_id, found.to_address, found.status)
+
+    def _apply_many_sqlite(self, batch: list[dict[str, Any]]) -> list[_Match | None | BaseException]:
+        """Several callbacks in one transaction, in arrival order (on the writer thread).
+        Should the transaction fail, each is applied again on its own, so one bad
+        callback fails only itself."""
+        try:
+            with self.engine.begin() as conn:
+                return [self._apply_sqlite(conn, params) for params in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+        results: list[_Match | None | BaseException] = []
+        for params in batch:
+            try:
+                with self.engine.begin() as conn:
+                    results.append(self._apply_sqlite(conn, params))
+            except Exception as exc:  # noqa: BLE001 - handed to that callback's request
+                results.append(exc)
+        return results
 
     async def apply_async(self, channel: Channel, sid: str, status: MessageStatus, message_id: int | None,
                           now: dt.datetime, answered_by: str | None, data: str) -> _Match | None:
         """`apply` without blocking the event loop."""
         if self._pool is None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor, self.apply, channel, sid, status, message_id, now, answered_by, data)
+            return await self._group.submit(self._params(channel, sid, status, message_id, now, answered_by, data))
         params = self._params(channel, sid, status, message_id, now.astimezone(dt.UTC), answered_by, data)
         rows = await self._pool.fetch(self._pg_apply_sql, params)
         if not rows:

@@ -121,10 +121,11 @@ def rejected_response(request: Request, exc: Rejected) -> Response:
 class DispatcherApp(FastAPI):
     """FastAPI with a short way in for the status callbacks.
 
-    Status callbacks are most of the webhook traffic (two to six per message), and
-    FastAPI's middleware stack and router cost more CPU per request than the handler.
-    They go through the same `GuardMiddleware` (body limit, no 500s, counters) straight
-    to the same handler; every other request takes the full stack."""
+    Twilio's webhooks are most of the traffic (two to six status callbacks per message,
+    plus the IVR's TwiML requests), and FastAPI's middleware stack and router cost more
+    CPU per request than the handler. They go through the same `GuardMiddleware` (body
+    limit, no 500s, counters) straight to the same handler, with the same answer to a
+    refused request; every other request takes the full stack."""
 
     fast_routes: dict[str, Any]
     fast_guard: dict[str, Any]

@@ -34,7 +34,8 @@ def _web_process_main(settings: Settings, config_path: str, clock: Clock, port: 
     app = create_app(engine=engine, config=load_config(Path(config_path)), clock=clock, settings=settings,
                      signer=LinkSigner(settings.signing_key))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="on",
-                                           log_config=None, access_log=False, ws="none", timeout_keep_alive=75))
+                                           log_config=None, access_log=False, ws="none", timeout_keep_alive=75,
+                                           proxy_headers=False))
     try:
         server.run()  # uvicorn stops gracefully on SIGTERM
     finally:

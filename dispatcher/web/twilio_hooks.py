@@ -191,8 +191,6 @@ routes = [
     Route("/twilio/voice/gather", voice_gather, methods=["POST"]),
 ]
 
-#: Served without FastAPI's middleware stack and router (see `web.app.DispatcherApp`).
-fast_routes = {
-    "/twilio/sms/status": sms_status,
-    "/twilio/voice/status": voice_status,
-}
+#: Served without FastAPI's middleware stack and router (see `web.app.DispatcherApp`):
+#: every Twilio webhook is a POST with a form body and the same error handling.
+fast_routes = {route.path: route.endpoint for route in routes}
