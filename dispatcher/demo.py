@@ -246,6 +246,7 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
                 await sandbox.drain(30)
                 result.timings["callbacks"] = result.timings.get("callbacks", 0.0) + time.perf_counter() - t0
                 # Debtors react to what they received in this tick.
+                t0 = time.perf_counter()
                 with engine.connect() as conn:
                     fresh = conn.execute(
                         select(MessageRow.case_id, MessageRow.channel, MessageRow.to_address, MessageRow.status,
@@ -253,27 +254,44 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
                         .where(MessageRow.sent_at == instant, MessageRow.kind != "system")
                     ).all()
                 clicks: list[str] = []
+                replies: list[tuple[str, str]] = []
+                payers: list[str] = []
                 for case_id, channel, to_address, status, stage, body in fresh:
                     if channel == "sms" and status == "delivered" and to_address and rng.random() < 0.04:
-                        reply = rng.choices([b for b, _ in SMS_REPLIES], [w for _, w in SMS_REPLIES])[0]
-                        await sandbox.simulate_inbound(to_address, "+10000000000", reply, inbound_url)
+                        replies.append((to_address, rng.choices([b for b, _ in SMS_REPLIES],
+                                                                [w for _, w in SMS_REPLIES])[0]))
                     link = _PAY_LINK.search(body or "")
                     if channel != "voice" and link and rng.random() < 0.05:
                         clicks.append(link.group(0))
                     # Early-stage debtors mostly pay after a reminder; the tail rarely does.
                     pay_chance = 0.10 if stage in ("pre_due", "early") else 0.025
                     if rng.random() < pay_chance:
-                        await asyncio.to_thread(_pay, engine, repository, case_id, instant, rng)
+                        payers.append(case_id)
+                await _reply_all(sandbox, replies, inbound_url)
+                if payers:
+                    await asyncio.to_thread(_pay_all, engine, repository, payers, instant, rng)
                 if clicks:
                     await _click(clicks)
                 if fresh:
                     await sender.send_due()  # confirmations, HELP replies, requested payment links
+                result.timings["reactions"] = result.timings.get("reactions", 0.0) + time.perf_counter() - t0
                 progress.update(task, advance=1,
                                 description=f"{instant:%Y-%m-%d %H:%M} UTC  sent {sent.sent:>4}")
         await sandbox.drain(30)  # the last tick's callbacks
     finally:
         for adapter in channels.values():
             await adapter.aclose()
+
+
+async def _reply_all(sandbox: Any, replies: list[tuple[str, str]], inbound_url: str) -> None:
+    """Debtors answer by SMS, a few at a time (the sandbox signs and posts each to us)."""
+    gate = asyncio.Semaphore(16)
+
+    async def reply_once(number: str, text: str) -> None:
+        async with gate:
+            await sandbox.simulate_inbound(number, "+10000000000", text, inbound_url)
+
+    await asyncio.gather(*(reply_once(number, text) for number, text in replies))
 
 
 _PAY_LINK = re.compile(r"https?://127\.0\.0\.1:\d+/p/[A-Za-z0-9._-]+")
@@ -288,18 +306,20 @@ async def _click(links: list[str]) -> None:
             await client.get(link)
 
 
-def _pay(engine, repository, case_id: str, instant: dt.datetime, rng: random.Random) -> None:  # type: ignore[no-untyped-def]
+def _pay_all(engine, repository, case_ids: list[str], instant: dt.datetime, rng: random.Random) -> None:  # type: ignore[no-untyped-def]
+    """This tick's payments from the lender's feed: most pay in full, some half."""
     from dispatcher.store.tables import CaseRow
 
     with engine.begin() as conn:
-        row = conn.execute(select(CaseRow.amount_due, CaseRow.paid_total, CaseRow.status)
-                           .where(CaseRow.case_id == case_id)).one()
-        if row.status != "active":
-            return
-        owed = row.amount_due - row.paid_total
-        amount = owed if rng.random() < 0.7 else (owed / 2).quantize(Decimal("0.01"))
-        if amount > 0:
-            repository.record_payment(conn, case_id, amount, "demo-payment-feed", instant)
+        for case_id in case_ids:
+            row = conn.execute(select(CaseRow.amount_due, CaseRow.paid_total, CaseRow.status)
+                               .where(CaseRow.case_id == case_id)).one()
+            if row.status != "active":
+                continue
+            owed = row.amount_due - row.paid_total
+            amount = owed if rng.random() < 0.7 else (owed / 2).quantize(Decimal("0.01"))
+            if amount > 0:
+                repository.record_payment(conn, case_id, amount, "demo-payment-feed", instant)
 
 
 def print_summary(result: DemoResult, console: Console) -> None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
 import threading
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from dispatcher.channels.http11 import Http11Client
 from dispatcher.clock import SystemClock
 from dispatcher.sandbox.asgi_server import AsgiServer
 from dispatcher.sandbox.options import SandboxOptions
@@ -265,26 +267,27 @@ class SandboxProcess:
     account_sid: str
     auth_token: str
     pid: int
+    _http: Http11Client = field(default_factory=Http11Client, compare=False, repr=False)
 
     async def drain(self, max_wait: float = 10.0) -> None:
         """Wait until every callback, call flow and bounce in flight is done."""
-        reply = await self._post("/sandbox/drain", {"max_wait": max_wait}, read_seconds=max_wait + 5)
-        if reply.status_code != 200:
+        status, _ = await self._post("/sandbox/drain", {"max_wait": max_wait}, read_seconds=max_wait + 5)
+        if status != 200:
             raise TimeoutError(f"the sandbox is still busy after {max_wait:g} s")
 
     async def simulate_inbound(self, from_: str, to: str, body: str, url: str) -> dict[str, Any]:
         """POST a signed inbound SMS to `url`; returns {message_sid, status, body, error}."""
-        reply = await self._post("/sandbox/inbound", {"from": from_, "to": to, "body": body, "url": url},
-                                 read_seconds=30)
-        reply.raise_for_status()
-        result: dict[str, Any] = reply.json()
-        return result
+        status, result = await self._post("/sandbox/inbound", {"from": from_, "to": to, "body": body, "url": url},
+                                          read_seconds=30)
+        if status != 200:
+            raise RuntimeError(f"the sandbox refused the inbound SMS: {status} {result}")
+        return result  # type: ignore[no-any-return]
 
-    async def _post(self, path: str, payload: dict[str, Any], *, read_seconds: float) -> Any:
-        import httpx
-
-        async with httpx.AsyncClient(base_url=self.twilio_url, timeout=read_seconds) as client:
-            return await client.post(path, json=payload)
+    async def _post(self, path: str, payload: dict[str, Any], *, read_seconds: float) -> tuple[int, Any]:
+        status, _headers, body = await self._http.request(
+            "POST", f"{self.twilio_url}{path}", headers=[("Content-Type", "application/json")],
+            body=json.dumps(payload).encode(), timeout=read_seconds)
+        return status, json.loads(body or b"null")
 
 
 def _sandbox_process_main(options: SandboxOptions, conn: Any) -> None:
@@ -330,7 +333,11 @@ def run_sandbox_in_process(**options: Any) -> Iterator[SandboxProcess]:
         if "error" in started:
             raise RuntimeError(f"the sandbox process failed to start: {started['error']}")
         assert process.pid is not None
-        yield SandboxProcess(pid=process.pid, **started)
+        handle = SandboxProcess(pid=process.pid, **started)
+        try:
+            yield handle
+        finally:
+            handle._http.close()
     finally:
         process.terminate()
         process.join(30)
