@@ -565,7 +565,10 @@ class Sender:
             "b_id": item.id, "b_template": template_id, "b_variant": rendered.variant, "b_locale": locale,
             "b_stage": stage or item.stage, "b_hash": rendered.content_hash, "b_subject": rendered.subject,
             "b_body": rendered.text, "b_html": rendered.html,
-            "b_parts": json.dumps(dict(rendered.blocks), ensure_ascii=False) if rendered.blocks else None,
+            # the IVR needs the voice blocks (identity, script, voicemail) when the call is
+            # answered; an SMS or e-mail is all in body/subject/html already
+            "b_parts": (json.dumps(dict(rendered.blocks), ensure_ascii=False)
+                        if item.channel is Channel.VOICE and rendered.blocks else None),
             "b_to": to,
         })
         return OutboundMessage(
