@@ -26,6 +26,7 @@ from sqlalchemy import (
     Numeric,
     Table,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -555,6 +556,7 @@ def iter_snapshots(
                 yield from reader.snapshots(batch)
         return
     decode = reader.decode
+    among = _among_for(engine.dialect.name)
     with engine.connect() as conn:
         wanted = sorted(set(case_ids))
         # the id list is bound once per joined table: stay far below SQLite's 32766
@@ -562,14 +564,24 @@ def iter_snapshots(
         step = min(batch_size, 1000)
         for start in range(0, len(wanted), step):
             chunk = wanted[start : start + step]
-            rows = conn.execute(decode.cases_query(lambda col, ids=chunk: col.in_(ids))).all()
+            rows = conn.execute(decode.cases_query(lambda col, ids=chunk: among(col, ids))).all()
             if not rows:
                 conn.rollback()
                 continue
             found = [r[0] for r in rows]
-            batch = reader.read(conn, rows, lambda col, ids=found: col.in_(ids))
+            batch = reader.read(conn, rows, lambda col, ids=found: among(col, ids))
             conn.rollback()  # end the read transaction between batches
             yield from reader.snapshots(batch)
+
+
+def _among_for(dialect: str) -> Callable[[Any, Sequence[str]], ColumnElement[bool]]:
+    """`column IN (ids)`. On PostgreSQL as `column = ANY(:array)`: one parameter instead
+    of one per id, so the statement text stays the same whatever the ids, and psycopg
+    converts it once instead of re-parsing a query of thousands of placeholders for
+    every batch of the sender."""
+    if dialect == "postgresql":
+        return lambda col, ids: col == any_(bindparam(None, list(ids), type_=ARRAY(col.type)))
+    return lambda col, ids: col.in_(list(ids))
 
 
 def _scan(engine: Engine, reader: _BatchReader, batch_size: int) -> Generator[_Batch, None, None]:
