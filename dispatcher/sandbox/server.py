@@ -320,31 +320,25 @@ def run_sandbox_in_process(**options: Any) -> Iterator[SandboxProcess]:
     behaviours are module-level functions. Stopped with SIGTERM on exit."""
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_sandbox_process_main, args=(SandboxOptions(**options), child),
-                              name="dispatcher-sandbox", daemon=True)
-    process.start()
-    child.close()
-    try:
-        if not parent.poll(60):
-            raise RuntimeError("the sandbox process did not start within 60 s")
-        started = parent.recv()
-        if "error" in started:
-            raise RuntimeError(f"the sandbox process failed to start: {started['error']}")
-        assert process.pid is not None
-        handle = SandboxProcess(pid=process.pid, **started)
+    from dispatcher.spawn import spawned
+
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    with spawned(_sandbox_process_main, (SandboxOptions(**options), child), name="dispatcher-sandbox") as process:
+        child.close()
         try:
-            yield handle
+            if not parent.poll(60):
+                raise RuntimeError("the sandbox process did not start within 60 s")
+            started = parent.recv()
+            if "error" in started:
+                raise RuntimeError(f"the sandbox process failed to start: {started['error']}")
+            assert process.pid is not None
+            handle = SandboxProcess(pid=process.pid, **started)
+            try:
+                yield handle
+            finally:
+                handle._http.close()
         finally:
-            handle._http.close()
-    finally:
-        process.terminate()
-        process.join(30)
-        if process.is_alive():
-            process.kill()
-            process.join()
-        parent.close()
+            parent.close()
 
 
 def serve(

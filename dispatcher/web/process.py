@@ -47,17 +47,12 @@ def run_web_in_process(settings: Settings, config_path: Path, clock: Clock, port
                        log_path: Path | None = None, start_timeout: float = 60.0) -> Iterator[int]:
     """Serve the web app from a spawned process on 127.0.0.1:`port` until the block ends;
     yields the child's pid once `/healthz` answers. `clock` must pickle (`SharedClock`)."""
-    import multiprocessing
-
     import httpx
 
-    context = multiprocessing.get_context("spawn")
-    process = context.Process(
-        target=_web_process_main,
-        args=(settings, str(config_path), clock, port, str(log_path) if log_path else None),
-        name="dispatcher-web", daemon=True)
-    process.start()
-    try:
+    from dispatcher.spawn import spawned
+
+    args = (settings, str(config_path), clock, port, str(log_path) if log_path else None)
+    with spawned(_web_process_main, args, name="dispatcher-web") as process:
         deadline = time.monotonic() + start_timeout
         while True:
             if not process.is_alive():
@@ -70,9 +65,3 @@ def run_web_in_process(settings: Settings, config_path: Path, clock: Clock, port
             time.sleep(0.1)
         assert process.pid is not None
         yield process.pid
-    finally:
-        process.terminate()
-        process.join(30)
-        if process.is_alive():
-            process.kill()
-            process.join()
