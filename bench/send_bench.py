@@ -19,7 +19,7 @@
   synchronous Twilio SDK (`Client(...).messages.create`) against the same sandbox, for
   `--baseline-seconds` (default: `--seconds`). No gate, no rendering, no database.
 - For reference, the channel alone: the Twilio SMS channel (the official async SDK on
-  our aiohttp client) sending `--floor-messages` prepared messages with the same
+  our HTTP client, `channels.http11`) sending `--floor-messages` prepared messages with the same
   concurrency and no rate limit: the CPU floor of a message before any of our work.
 - The load average is printed before and after: this machine class is shared.
 
