@@ -564,12 +564,12 @@ def iter_snapshots(
         step = min(batch_size, 1000)
         for start in range(0, len(wanted), step):
             chunk = wanted[start : start + step]
-            rows = conn.execute(decode.cases_query(lambda col, ids=chunk: among(col, ids))).all()
+            rows = conn.execute(decode.cases_query(functools.partial(_among_ids, among, chunk))).all()
             if not rows:
                 conn.rollback()
                 continue
             found = [r[0] for r in rows]
-            batch = reader.read(conn, rows, lambda col, ids=found: among(col, ids))
+            batch = reader.read(conn, rows, functools.partial(_among_ids, among, found))
             conn.rollback()  # end the read transaction between batches
             yield from reader.snapshots(batch)
 
@@ -582,6 +582,11 @@ def _among_for(dialect: str) -> Callable[[Any, Sequence[str]], ColumnElement[boo
     if dialect == "postgresql":
         return lambda col, ids: col == any_(bindparam(None, list(ids), type_=ARRAY(col.type)))
     return lambda col, ids: col.in_(list(ids))
+
+
+def _among_ids(among: Callable[[Any, Sequence[str]], ColumnElement[bool]], ids: Sequence[str],
+               col: Any) -> ColumnElement[bool]:
+    return among(col, ids)
 
 
 def _scan(engine: Engine, reader: _BatchReader, batch_size: int) -> Generator[_Batch, None, None]:
