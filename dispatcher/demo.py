@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from dispatcher.clock import SharedClock
 from dispatcher.config import Config
@@ -189,9 +190,11 @@ def run_demo(
                                   rng, result, console, build_channels, Sender, resume_broken_promises))
 
     with engine.connect() as conn:
-        statuses = dict(conn.execute(select(MessageRow.status, func.count()).group_by(MessageRow.status)).all())
-        kinds = dict(conn.execute(select(EventRow.kind, func.count()).group_by(EventRow.kind)).all())
-        result.holds = dict(conn.execute(select(HoldRow.reason, func.count()).group_by(HoldRow.reason)).all())
+        statuses = dict(conn.execute(
+            select(col(MessageRow.status), func.count()).group_by(col(MessageRow.status))).all())
+        kinds = dict(conn.execute(select(col(EventRow.kind), func.count()).group_by(col(EventRow.kind))).all())
+        result.holds = dict(conn.execute(
+            select(col(HoldRow.reason), func.count()).group_by(col(HoldRow.reason))).all())
         result.counts = {
             "sent": sum(v for k, v in statuses.items() if k not in ("queued", "sending", "cancelled")),
             "delivered": sum(statuses.get(k, 0) for k in ("delivered", "read", "completed")),
@@ -249,9 +252,9 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
                 t0 = time.perf_counter()
                 with engine.connect() as conn:
                     fresh = conn.execute(
-                        select(MessageRow.case_id, MessageRow.channel, MessageRow.to_address, MessageRow.status,
-                               MessageRow.stage, MessageRow.body)
-                        .where(MessageRow.sent_at == instant, MessageRow.kind != "system")
+                        select(col(MessageRow.case_id), col(MessageRow.channel), col(MessageRow.to_address),
+                               col(MessageRow.status), col(MessageRow.stage), col(MessageRow.body))
+                        .where(col(MessageRow.sent_at) == instant, col(MessageRow.kind) != "system")
                     ).all()
                 clicks: list[str] = []
                 replies: list[tuple[str, str]] = []
@@ -312,8 +315,8 @@ def _pay_all(engine, repository, case_ids: list[str], instant: dt.datetime, rng:
 
     with engine.begin() as conn:
         for case_id in case_ids:
-            row = conn.execute(select(CaseRow.amount_due, CaseRow.paid_total, CaseRow.status)
-                               .where(CaseRow.case_id == case_id)).one()
+            row = conn.execute(select(col(CaseRow.amount_due), col(CaseRow.paid_total), col(CaseRow.status))
+                               .where(col(CaseRow.case_id) == case_id)).one()
             if row.status != "active":
                 continue
             owed = row.amount_due - row.paid_total

@@ -19,6 +19,7 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from dispatcher.clock import Clock
 from dispatcher.config import Config
@@ -77,8 +78,8 @@ class DaemonJobs:
 
         def _purge() -> tuple[int, int]:
             with self.engine.begin() as conn:
-                m = conn.execute(delete(MessageRow).where(MessageRow.created_at < cutoff)).rowcount
-                e = conn.execute(delete(EventRow).where(EventRow.at < cutoff)).rowcount
+                m = conn.execute(delete(MessageRow).where(col(MessageRow.created_at) < cutoff)).rowcount
+                e = conn.execute(delete(EventRow).where(col(EventRow.at) < cutoff)).rowcount
             return m, e
 
         messages, events = await asyncio.to_thread(_purge)

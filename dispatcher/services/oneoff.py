@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from dispatcher.config import Config
 from dispatcher.domain import Action, Channel, Decision, MessageKind
@@ -49,9 +50,9 @@ def request_one_off(
     with engine.begin() as conn:
         enqueue_decisions(conn, [(snapshot, [decision])], now, created_by=by, kind=MessageKind.ONE_OFF)
         message_id = conn.execute(
-            select(MessageRow.id)
-            .where(MessageRow.case_id == case_id, MessageRow.kind == MessageKind.ONE_OFF.value)
-            .order_by(MessageRow.id.desc())
+            select(col(MessageRow.id))
+            .where(col(MessageRow.case_id) == case_id, col(MessageRow.kind) == MessageKind.ONE_OFF.value)
+            .order_by(col(MessageRow.id).desc())
             .limit(1)
         ).scalar_one()
     return OneOffResult(decision, message_id)

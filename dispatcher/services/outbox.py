@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, case, select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import col
 
 from dispatcher.channels.base import ChannelAdapter, OutboundMessage, SendResult
 from dispatcher.clock import Clock
@@ -116,7 +117,7 @@ class _Writes:
 
     def apply(self, conn: Connection) -> None:
         """The sender's own batch: one executemany per kind of write, each guarded by the claim."""
-        m = MessageRow.__table__.c
+        m = repository.messages_t.c
         by_id = and_(m.id == bindparam("b_id"), m.claimed_by.is_not_distinct_from(bindparam("b_owner")),
                      m.claimed_at == bindparam("b_claimed"))
         for rows in (self.requeue, self.finish, self.rendered, self.stamped, self.sent, self.unstamp):
@@ -142,7 +143,7 @@ class _Writes:
                 rendered_only.append(row)
             else:
                 rendered_stamped.append(row | {"b_now": stamped["b_now"]})
-        render = dict(
+        render: dict[str, Any] = dict(
             template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
             stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
             body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"), to_address=bindparam("b_to"))
@@ -169,7 +170,7 @@ class _Writes:
         is still in flight under the claim that was read, events only for the rows written.
         Two instances reconciling the same rows at once therefore settle each row once.
         Returns the ids written."""
-        m = MessageRow.__table__.c
+        m = repository.messages_t.c
         written: set[int] = set()
 
         def guarded(row: dict[str, Any], *, in_flight: bool) -> Any:
@@ -253,12 +254,13 @@ class Sender:
     def claim(self, limit: int, only_ids: list[int] | None = None) -> list[_Claimed]:
         """Move up to `limit` due rows from queued to sending, for this instance only."""
         now = self.clock.now()
-        due = select(MessageRow.id).where(
-            and_(MessageRow.status == MessageStatus.QUEUED.value, MessageRow.scheduled_at <= now)
+        due = select(col(MessageRow.id)).where(
+            and_(col(MessageRow.status) == MessageStatus.QUEUED.value, col(MessageRow.scheduled_at) <= now)
         )
         if only_ids is not None:
-            due = due.where(MessageRow.id.in_(only_ids))
-        due = due.order_by(MessageRow.scheduled_at, MessageRow.id).limit(limit).with_for_update(skip_locked=True)
+            due = due.where(col(MessageRow.id).in_(only_ids))
+        due = (due.order_by(col(MessageRow.scheduled_at), col(MessageRow.id)).limit(limit)
+               .with_for_update(skip_locked=True))
         if self.engine.dialect.name == "postgresql":
             # A materialized CTE runs the locking LIMIT query exactly once. As `id IN
             # (subquery)` PostgreSQL may pick a nested loop that re-runs the subquery per
@@ -267,16 +269,17 @@ class Sender:
             # whole outbox instead of `limit` rows, in seconds of CPU. The rows come back
             # locked and re-checked as queued, so the join is by primary key only.
             due_rows = due.cte("due").prefix_with("MATERIALIZED")
-            picked = MessageRow.id == due_rows.c.id
+            picked = col(MessageRow.id) == due_rows.c.id
         else:  # SQLite: one writer; the status guard makes a lost race claim nothing
-            picked = and_(MessageRow.id.in_(due.scalar_subquery()), MessageRow.status == MessageStatus.QUEUED.value)
+            picked = and_(col(MessageRow.id).in_(due.scalar_subquery()),
+                          col(MessageRow.status) == MessageStatus.QUEUED.value)
         stmt = (
             update(MessageRow)
             .where(picked)
             .values(status=MessageStatus.SENDING.value, claimed_by=self.instance_id, claimed_at=now)
-            .returning(MessageRow.id, MessageRow.case_id, MessageRow.channel, MessageRow.stage,
-                       MessageRow.template_id, MessageRow.kind, MessageRow.attempts, MessageRow.to_address,
-                       MessageRow.body)
+            .returning(col(MessageRow.id), col(MessageRow.case_id), col(MessageRow.channel), col(MessageRow.stage),
+                       col(MessageRow.template_id), col(MessageRow.kind), col(MessageRow.attempts),
+                       col(MessageRow.to_address), col(MessageRow.body))
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
@@ -546,6 +549,7 @@ class Sender:
         to = next((c.address for c in snapshot.contacts if c.channel is item.channel), None) or ""
         headers: dict[str, str] = {}
         return_path = message_ref = status_callback = voice_url = None
+        sender: str | None
         if email:
             sender = self.config.organisation.email_from
             headers = {
@@ -676,11 +680,11 @@ class Sender:
         cutoff = now - (older_than or self.stale_after)
         with self.engine.begin() as conn:
             rows = conn.execute(
-                select(MessageRow.id, MessageRow.case_id, MessageRow.channel, MessageRow.stage,
-                       MessageRow.template_id, MessageRow.kind, MessageRow.attempts, MessageRow.claimed_at,
-                       MessageRow.status_at, MessageRow.to_address, MessageRow.body, MessageRow.subject,
-                       MessageRow.claimed_by)
-                .where(MessageRow.status == MessageStatus.SENDING.value, MessageRow.claimed_at < cutoff)
+                select(col(MessageRow.id), col(MessageRow.case_id), col(MessageRow.channel), col(MessageRow.stage),
+                       col(MessageRow.template_id), col(MessageRow.kind), col(MessageRow.attempts),
+                       col(MessageRow.claimed_at), col(MessageRow.status_at), col(MessageRow.to_address),
+                       col(MessageRow.body), col(MessageRow.subject), col(MessageRow.claimed_by))
+                .where(col(MessageRow.status) == MessageStatus.SENDING.value, col(MessageRow.claimed_at) < cutoff)
                 .with_for_update(skip_locked=True)
             ).all()
         writes = _Writes()

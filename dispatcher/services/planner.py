@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from json.encoder import encode_basestring as _json_str  # ensure_ascii=False escaping
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Insert, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import col
 
 from dispatcher.config import Config
 from dispatcher.domain import Action, CaseSnapshot, Channel, Decision, MessageKind, Reason
@@ -172,6 +173,7 @@ def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, object]])
     if not rows:
         return set()
     dialect = conn.dialect.name
+    stmt: Insert
     if dialect == "postgresql":
         stmt = postgresql.insert(MessageRow).on_conflict_do_nothing(index_elements=["idempotency_key"])
     elif dialect == "sqlite":
@@ -185,7 +187,7 @@ def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, object]])
     for start in range(0, len(keys), 500):
         chunk = keys[start:start + 500]
         existing.update(conn.execute(
-            select(MessageRow.idempotency_key).where(MessageRow.idempotency_key.in_(chunk))).scalars())
+            select(col(MessageRow.idempotency_key)).where(col(MessageRow.idempotency_key).in_(chunk))).scalars())
     fresh: dict[str, dict[str, object]] = {}
     for row in rows:
         key = str(row["idempotency_key"])

@@ -18,6 +18,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from dispatcher.store.tables import CaseRow, EventRow, HoldRow, MessageRow, PaymentRow
 
@@ -91,13 +92,14 @@ def build_report(engine: Engine, now: dt.datetime, since: dt.date | None = None)
     contacts: dict[str, list[tuple[dt.datetime, tuple[str, str, str]]]] = defaultdict(list)
     by_message: dict[int, tuple[str, str, str]] = {}
     first_delivered: dict[str, tuple[dt.datetime, tuple[str, str, str]]] = {}
+    key: tuple[str, str, str] | None  # (stage, channel, template); None: nothing to attribute to
     with engine.connect() as conn:
-        q = select(MessageRow.id, MessageRow.case_id, MessageRow.stage, MessageRow.channel,
-                   MessageRow.template_id, MessageRow.status, MessageRow.sent_at).where(
-            MessageRow.sent_at.is_not(None))
+        q = select(col(MessageRow.id), col(MessageRow.case_id), col(MessageRow.stage), col(MessageRow.channel),
+                   col(MessageRow.template_id), col(MessageRow.status), col(MessageRow.sent_at)).where(
+            col(MessageRow.sent_at).is_not(None))
         if since_at:
-            q = q.where(MessageRow.sent_at >= since_at)
-        for m in conn.execute(q.order_by(MessageRow.sent_at)):
+            q = q.where(col(MessageRow.sent_at) >= since_at)
+        for m in conn.execute(q.order_by(col(MessageRow.sent_at))):
             key = (m.stage or "-", m.channel, m.template_id or "(system)")
             row = rows.get(key) or rows.setdefault(key, KpiRow(*key))
             row.sent += 1
@@ -117,10 +119,11 @@ def build_report(engine: Engine, now: dt.datetime, since: dt.date | None = None)
             i = bisect.bisect_right(seq, (at, ("\uffff",) * 3)) - 1
             return seq[i][1] if i >= 0 else None
 
-        eq = select(EventRow.case_id, EventRow.message_id, EventRow.kind, EventRow.at, EventRow.data).where(
-            EventRow.kind.in_(["reply_received", "opted_out", "link_clicked"]))
+        eq = select(col(EventRow.case_id), col(EventRow.message_id), col(EventRow.kind), col(EventRow.at),
+                    col(EventRow.data)).where(
+            col(EventRow.kind).in_(["reply_received", "opted_out", "link_clicked"]))
         if since_at:
-            eq = eq.where(EventRow.at >= since_at)
+            eq = eq.where(col(EventRow.at) >= since_at)
         for e in conn.execute(eq):
             key = by_message.get(e.message_id) if e.message_id else None
             key = key or attribute(e.case_id, e.at)
@@ -132,12 +135,12 @@ def build_report(engine: Engine, now: dt.datetime, since: dt.date | None = None)
                 rows[key].opt_outs += 1
             else:
                 rows[key].replies += 1
-        hq = select(HoldRow.case_id, HoldRow.placed_at).where(HoldRow.reason == "dispute_hold")
+        hq = select(col(HoldRow.case_id), col(HoldRow.placed_at)).where(col(HoldRow.reason) == "dispute_hold")
         for h in conn.execute(hq):
             key = attribute(h.case_id, h.placed_at)
             if key is not None:
                 rows[key].complaints += 1
-        pq = select(PaymentRow.case_id, PaymentRow.at)
+        pq = select(col(PaymentRow.case_id), col(PaymentRow.at))
         for p in conn.execute(pq):
             key = attribute(p.case_id, p.at)
             if key is None:
@@ -147,7 +150,7 @@ def build_report(engine: Engine, now: dt.datetime, since: dt.date | None = None)
             if p.at - last <= dt.timedelta(days=7):
                 rows[key].payments_7d += 1
         if first_delivered:
-            due = dict(conn.execute(select(CaseRow.case_id, CaseRow.due_date)).all())
+            due = dict(conn.execute(select(col(CaseRow.case_id), col(CaseRow.due_date))).all())
             for case_id, (at, key) in first_delivered.items():
                 due_date = due.get(case_id)
                 if due_date is not None and at.date() > due_date:

@@ -58,7 +58,7 @@ def record_event(
     **data: Any,
 ) -> None:
     """Append one event. Works on an ORM session or a Core connection."""
-    values = {
+    values: dict[str, Any] = {
         "case_id": case_id,
         "message_id": message_id,
         "at": at,
