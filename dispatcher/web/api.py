@@ -42,7 +42,8 @@ def _check_token(request: Request) -> JSONResponse | None:
     return None
 
 
-def _catalog(request: Request) -> Any:
+def approved_catalog(request: Request) -> Any:
+    """The approved templates (read from the tree on each call: approvals may change)."""
     templates = request.app.state.templates
     if templates is None:
         from dispatcher.templates import TemplateSet
@@ -83,7 +84,7 @@ async def one_off(case_id: str, request: Request) -> JSONResponse:
     except (ValueError, KeyError, TypeError):
         return _refuse(400, 'send JSON {"channel": "sms"|"email"|"voice", "by": "<user>", "template": null}')
     state = request.app.state
-    catalog = await run_in_threadpool(_catalog, request)
+    catalog = await run_in_threadpool(approved_catalog, request)
     try:
         result = await run_in_threadpool(
             lambda: request_one_off(state.engine, state.config, catalog, state.clock.now(), case_id=case_id,

@@ -29,7 +29,7 @@ from dispatcher.config import Config
 from dispatcher.links import LinkSigner
 from dispatcher.services.receipts import Receipts
 from dispatcher.settings import Settings
-from dispatcher.web import api, email_hooks, payment_links, twilio_hooks
+from dispatcher.web import api, console, email_hooks, payment_links, twilio_hooks
 from dispatcher.web.guard import GuardMiddleware
 from dispatcher.web.metrics import WebhookMetrics
 from dispatcher.web.security import Rejected
@@ -78,6 +78,7 @@ def create_app(
     app.include_router(email_hooks.router)
     app.include_router(payment_links.router)
     app.include_router(api.router)
+    app.include_router(console.router)
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> Response:
