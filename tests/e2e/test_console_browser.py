@@ -1,0 +1,150 @@
+"""The collectors' console in a real headless Chromium (Playwright driving the system's
+Chromium) against the app served by uvicorn on loopback, on SQLite.
+
+A collector signs in, opens a case, reads why each channel waits or sends, sends a
+one-off SMS through the gate, places and releases a hold. Chromium comes from the
+system (Debian's `chromium`; `DISPATCHER_CHROMIUM` names another binary). Without it
+these tests skip, unless DISPATCHER_REQUIRE_BROWSER=1 (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from dispatcher.clock import FakeClock
+from dispatcher.config import Config
+from dispatcher.links import LinkSigner
+from dispatcher.sandbox.asgi_server import serve_in_thread
+from dispatcher.settings import Settings
+from dispatcher.store import repository as repo
+from dispatcher.store.db import ensure_schema, make_engine
+from dispatcher.templates import TemplateSet
+from dispatcher.web.app import create_app
+from tests.integration.test_collector_api import imported
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "browser-test-token"
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium() -> str:
+    found = os.environ.get("DISPATCHER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        found = None
+    if not found:
+        message = ("no Chromium (install Debian's `chromium` or set DISPATCHER_CHROMIUM) or no Playwright"
+                   " (pip install -e '.[dev]')")
+        if os.environ.get("DISPATCHER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{message}; DISPATCHER_REQUIRE_BROWSER=1 makes the browser tests mandatory", pytrace=False)
+        pytest.skip(f"{message} — these tests are mandatory in CI (DISPATCHER_REQUIRE_BROWSER=1)")
+    return found
+
+
+@pytest.fixture
+def served(tmp_path: Path, config: Config) -> Iterator[tuple[str, Engine, FakeClock]]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'console.db'}")
+    ensure_schema(engine)
+    clock = FakeClock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=SHANGHAI))
+    with engine.begin() as conn:
+        repo.upsert_cases(conn, [imported("A1")], clock.now())
+    app = create_app(engine=engine, config=config, clock=clock,
+                     settings=Settings(public_url="http://127.0.0.1", api_token=TOKEN, signing_key="browser-key"),
+                     signer=LinkSigner("browser-key"), templates=TemplateSet(ROOT / "templates", config))
+    try:
+        with serve_in_thread(app, name="console-web") as port:
+            yield f"http://127.0.0.1:{port}", engine, clock
+    finally:
+        app.state.receipts.close()
+        engine.dispose()
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    executable = _chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            context = await browser.new_context()
+            context.set_default_timeout(10_000)
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+async def test_a_collector_signs_in_reads_the_case_and_sends_a_one_off(
+        served: tuple[str, Engine, FakeClock], page: Any) -> None:
+    base, engine, _clock = served
+    await page.goto(f"{base}/ui/cases/A1")
+    assert page.url.startswith(f"{base}/ui/login")  # no session: the sign-in page, then back here
+    await page.fill("#user", "agent7")
+    await page.fill("#token", "not-the-token")
+    await page.click("#sign-in")
+    assert "not right" in await page.inner_text("#error")
+    await page.fill("#token", TOKEN)
+    await page.click("#sign-in")
+    await page.wait_for_url(f"{base}/ui/cases/A1")
+    assert await page.inner_text("#who") == "agent7"
+    assert await page.inner_text("#case-id") == "A1"
+    assert await page.inner_text("#case-stage") == "dpd30"
+    sms_row = page.locator('#decisions tr[data-channel="sms"]')
+    assert "send" in await sms_row.inner_text() and "due" in await sms_row.inner_text()
+
+    await page.select_option("#channel", "sms")
+    await page.click("#send")
+    await page.wait_for_selector("#result")
+    assert "queued (send, due): it goes out now" in await page.inner_text("#result")
+    with engine.connect() as conn:
+        row = conn.execute(select(repo.messages_t).where(repo.messages_t.c.kind == "one_off")).one()
+    assert (row.case_id, row.channel, row.status, row.created_by) == ("A1", "sms", "queued", "agent7")
+    assert str(row.id) in await page.locator(f'#messages tr[data-id="{row.id}"]').inner_text()
+
+
+async def test_a_hold_from_the_page_stops_every_channel_until_released(
+        served: tuple[str, Engine, FakeClock], page: Any) -> None:
+    base, engine, _clock = served
+    await page.goto(f"{base}/ui/login?next=/ui/cases/A1")
+    await page.fill("#user", "lead.li")
+    await page.fill("#token", TOKEN)
+    await page.click("#sign-in")
+    await page.wait_for_url(f"{base}/ui/cases/A1")
+
+    await page.select_option("#hold-reason", "collector_hold")
+    await page.fill("#hold-until", "2026-12-20")
+    await page.fill("#hold-note", "customer asked to call back")
+    await page.click("#hold")
+    await page.wait_for_selector("#result")
+    assert await page.inner_text("#result") == "Hold collector_hold placed."
+    for channel in ("sms", "email"):  # the channels of stage dpd30
+        row = await page.locator(f'#decisions tr[data-channel="{channel}"]').inner_text()
+        assert "skip" in row and "collector_hold" in row
+    holds = await page.inner_text("#holds")
+    assert "2026-12-20T00:00:00+00:00" in holds and "lead.li" in holds
+
+    # a one-off is refused while the hold is in force, with its reason code
+    await page.click("#send")
+    await page.wait_for_selector("#result")
+    assert (await page.inner_text("#result")).startswith("Refused: collector_hold")
+
+    await page.click('#holds button:has-text("Release")')
+    await page.wait_for_selector("#no-holds")
+    assert await page.inner_text("#result") == "Released 1 hold(s)."
+    with engine.connect() as conn:
+        hold = conn.execute(select(repo.holds_t)).one()
+        one_offs = conn.execute(select(repo.messages_t)).all()
+    assert (hold.reason, hold.placed_by, hold.released_by) == ("collector_hold", "lead.li", "lead.li")
+    assert one_offs == []
