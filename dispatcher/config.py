@@ -168,6 +168,8 @@ class Sending(_Model):
     max_attempts: PositiveInt = 5
     retry_backoff_seconds: float = Field(default=30.0, gt=0)
     provider_timeout_seconds: float = Field(default=15.0, gt=0)
+    #: after a 429, the sender's bucket pauses for the Retry-After, at most this long
+    rate_limit_pause_max_seconds: float = Field(default=30.0, ge=0)
 
 
 class Scheduler(_Model):

@@ -430,7 +430,8 @@ class Sender:
     async def _call(self, outbound: OutboundMessage, window_closes: float | None,
                     on_start: Callable[[], None] | None = None, lease_ends: float | None = None) -> SendResult | object:
         async with self._semaphore:
-            await self.limits.bucket(outbound.channel.value, outbound.sender).acquire()
+            bucket = self.limits.bucket(outbound.channel.value, outbound.sender)
+            await bucket.acquire()
             if on_start is not None:
                 on_start()
             now = self.clock.now().timestamp()
@@ -439,11 +440,16 @@ class Sender:
             if window_closes is not None and now >= window_closes:
                 return _WINDOW_CLOSED
             try:
-                return await self.channels[outbound.channel].send(outbound)
+                result = await self.channels[outbound.channel].send(outbound)
             except Exception as exc:  # an adapter bug: the outcome is unknown, treat it as ambiguous
                 log.exception("message %s: channel raised", outbound.message_id)
                 return SendResult(None, MessageStatus.FAILED, retryable=True, ambiguous=True,
                                   error=f"channel error: {type(exc).__name__}")
+            if result.retry_after:
+                # the provider throttles this sender: the other messages waiting at the same
+                # bucket pause too, instead of each meeting its own 429
+                bucket.penalise(min(result.retry_after, self.config.sending.rate_limit_pause_max_seconds))
+            return result
 
     async def _reconcile_if_ambiguous(self, item: _Claimed, outbound: OutboundMessage,
                                       result: SendResult | object) -> SendResult | object | None:

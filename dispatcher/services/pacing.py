@@ -36,19 +36,26 @@ class TokenBucket:
         async with self._lock:
             loop = asyncio.get_running_loop()
             while True:
-                now = loop.time()
-                if self._last is None:
-                    self._last = now
-                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-                self._last = now
+                self._refill(loop.time())
                 if self._tokens >= 1:
                     self._tokens -= 1
                     return
                 await asyncio.sleep(max(self._min_wait, (1 - self._tokens) / self.rate))
 
+    def _refill(self, now: float) -> None:
+        if self._last is None:
+            self._last = now
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
     def penalise(self, seconds: float) -> None:
-        """A provider said 429: hold further requests for `seconds`."""
-        self._tokens -= seconds * self.rate
+        """A provider said 429 (Retry-After `seconds`): nothing more goes through this
+        bucket for `seconds` from now. Several 429s at once (the calls in flight) hold it
+        once, for the longest of them, not once each."""
+        if seconds <= 0:
+            return
+        self._refill(asyncio.get_running_loop().time())
+        self._tokens = min(self._tokens, -seconds * self.rate)
 
 
 class SenderLimits:

@@ -67,3 +67,21 @@ def test_one_bucket_per_channel_and_sender() -> None:
     assert limits.bucket("sms", "+1") is not limits.bucket("sms", "+2")
     assert limits.bucket("sms", None).rate == 50.0
     assert limits.bucket("voice", None).rate == 10.0  # unconfigured channel: the default
+
+
+async def test_a_429_pauses_the_bucket_once_not_once_per_answer() -> None:
+    loop = asyncio.get_running_loop()
+    bucket = TokenBucket(1000.0)  # tokens to spare: only the pause can hold a caller
+    await bucket.acquire()
+    bucket.penalise(0.3)
+    bucket.penalise(0.3)  # a second 429 from a call that was in flight at the same time
+    bucket.penalise(0.1)
+    started = loop.time()
+    await bucket.acquire()
+    waited = loop.time() - started
+    assert waited >= 0.3 - 0.005
+    assert waited < 0.6  # held for the longest Retry-After, not for their sum
+    bucket.penalise(0)  # nothing to hold
+    started = loop.time()
+    await bucket.acquire()
+    assert loop.time() - started < 0.05
