@@ -230,8 +230,7 @@ async def case_page(case_id: str, request: Request) -> Response:
     try:
         timeline, snapshot, decisions = await run_in_threadpool(read)
     except repository.CaseNotFound:
-        return _page("console_message.html", 404, title="No such case", user=user,
-                     message=f"There is no case {case_id}. Check the id, or import the case first.")
+        return _no_case(case_id, user)
     stage = next((d.stage for d in decisions if d.stage), None)
     locale = snapshot.case.locale if snapshot is not None else ""
     templates = {ch.value: list(catalog.get((ch, stage, locale), ())) for ch in Channel} if stage else {}
@@ -296,6 +295,11 @@ async def _authorised_form(request: Request) -> tuple[str, dict[str, str]] | Res
     return user, form
 
 
+def _no_case(case_id: str, user: str) -> HTMLResponse:
+    return _page("console_message.html", 404, title="No such case", user=user,
+                 message=f"There is no case {case_id}. Check the id, or import the case first.")
+
+
 def _back(case_id: str, **params: Any) -> RedirectResponse:
     query = urlencode({k: v for k, v in params.items() if v is not None})
     return RedirectResponse(f"/ui/cases/{quote(case_id)}?{query}", status_code=303)
@@ -319,8 +323,7 @@ async def send_one_off(case_id: str, request: Request) -> Response:
             lambda: request_one_off(state.engine, state.config, catalog, state.clock.now(), case_id=case_id,
                                     channel=channel, template=template, by=user))
     except repository.CaseNotFound:
-        return _page("console_message.html", 404, title="No such case", user=user,
-                     message=f"There is no case {case_id}.")
+        return _no_case(case_id, user)
     decision = result.decision
     if result.refused:
         return _back(case_id, refused=decision.reason.value, detail=decision.detail)
@@ -358,7 +361,7 @@ async def place_hold(case_id: str, request: Request) -> Response:
     try:
         await run_in_threadpool(write)
     except repository.CaseNotFound:
-        return _page("console_message.html", 404, title="No such case", user=user, message=f"There is no case {case_id}.")
+        return _no_case(case_id, user)
     return _back(case_id, held=reason_text)
 
 
@@ -381,5 +384,5 @@ async def release_holds(case_id: str, request: Request) -> Response:
     try:
         count = await run_in_threadpool(write)
     except repository.CaseNotFound:
-        return _page("console_message.html", 404, title="No such case", user=user, message=f"There is no case {case_id}.")
+        return _no_case(case_id, user)
     return _back(case_id, released=count)
