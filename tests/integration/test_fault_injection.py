@@ -62,6 +62,10 @@ def faulty_config(config: Config) -> Config:
         "batch_size": 100,
         "provider_timeout_seconds": CLIENT_TIMEOUT_S,
         "retry_backoff_seconds": 60.0,
+        # one create in five answers 429 here, at random: a test of at-most-once, not of a
+        # throttling provider, so the bucket's pause after a 429 is kept short (the pause
+        # itself is tested in test_outbox_sender)
+        "rate_limit_pause_max_seconds": 0.02,
     })
     return config.model_copy(update={"sending": sending})
 
