@@ -13,7 +13,7 @@ What the caller learns about a failure matters for at-most-once sending:
   sent and a retry cannot duplicate anything;
 - `ResponseError` (an `OSError`): the request was (or may have been) written but no
   complete response came back: the outcome is unknown;
-- `TimeoutError`: likewise unknown.
+- `TimeoutError`: likewise unknown (a timeout while still connecting is a `ConnectError`).
 """
 
 from __future__ import annotations
@@ -182,13 +182,19 @@ class Http11Client:
             lines.append(f"Content-Length: {len(body)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         request = head + body if body else head
-        async with asyncio.timeout(timeout):
-            conn = await self._connection(origin, tls)
-            try:
-                status, response_headers, data, keep = await conn.exchange(request)
-            except BaseException:
-                conn.abort()  # a cancelled or failed exchange leaves the framing unknown
-                raise
+        conn: _Connection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await self._connection(origin, tls)
+                try:
+                    status, response_headers, data, keep = await conn.exchange(request)
+                except BaseException:
+                    conn.abort()  # a cancelled or failed exchange leaves the framing unknown
+                    raise
+        except TimeoutError:
+            if conn is None:  # still connecting: nothing was sent
+                raise ConnectError(f"timed out connecting to {parts.hostname}:{port}") from None
+            raise
         if keep and not conn.closed:
             self._release(origin, conn)
         else:

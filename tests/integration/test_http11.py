@@ -236,3 +236,30 @@ async def test_https_with_a_verified_certificate(certificate: tuple[Path, Path])
 @given(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=80)), max_size=6))
 def test_form_body_is_urlencode(pairs: list[tuple[str, str]]) -> None:
     assert form_body(pairs) == urlencode(pairs).encode()
+
+
+async def test_a_connect_that_times_out_is_a_connect_error(client: Http11Client) -> None:
+    # a listening socket whose backlog is full never completes the handshake
+    import contextlib
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue (nobody accepts)
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            fillers.append(s)
+        # the handshake never completes, so the request was never written: nothing can
+        # have reached the server, and the caller may retry without reconciling
+        with pytest.raises(ConnectError, match="timed out connecting"):
+            await client.request("POST", f"http://127.0.0.1:{port}/x", body=b"a=1", timeout=0.3)
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
