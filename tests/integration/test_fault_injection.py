@@ -120,7 +120,14 @@ async def test_twenty_percent_faults_every_message_sent_once_or_failed_never_out
                         doomed = Sender(engine, cfg, templates, doomed_channels, clock, signer,
                                         settings.public_url, f"doomed-{passes}")
                         task = asyncio.create_task(doomed.send_due())
-                        await asyncio.sleep(0.03)
+                        # Crash it once it has claimed rows (a fixed delay raced it: a whole
+                        # batch can be sent in tens of milliseconds), a moment later, so
+                        # some of its calls have begun and some not.
+                        for _ in range(5000):  # at most ~5 s
+                            if task.done() or statuses(engine).get("sending"):
+                                break
+                            await asyncio.sleep(0.001)
+                        await asyncio.sleep(0.003)
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
