@@ -182,7 +182,7 @@ def run_demo(
             signing_key=signing_key,
             instance_id="demo",
         )
-        with run_web_in_process(settings, settings.config_path, clock, web_port,
+        with run_web_in_process(settings, clock, web_port,
                                 log_path=workdir / "dispatcher.log"):
             ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
                      for d in range(days) for t in TICK_TIMES]

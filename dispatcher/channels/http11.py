@@ -130,8 +130,7 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes, bool]:
         """Write `request` and wait for the whole response: (status, headers, body, keep-alive)."""
         assert self.transport is not None
-        self._reset_message()
-        self._parser = httptools.HttpResponseParser(self)
+        self._reset_message()  # the parser itself goes on to the next response on its own
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         try:

@@ -283,6 +283,10 @@ class SandboxProcess:
             raise RuntimeError(f"the sandbox refused the inbound SMS: {status} {result}")
         return result  # type: ignore[no-any-return]
 
+    def close(self) -> None:
+        """Close the control connection (the process is stopped by `run_sandbox_in_process`)."""
+        self._http.close()
+
     async def _post(self, path: str, payload: dict[str, Any], *, read_seconds: float) -> tuple[int, Any]:
         status, _headers, body = await self._http.request(
             "POST", f"{self.twilio_url}{path}", headers=[("Content-Type", "application/json")],
@@ -336,7 +340,7 @@ def run_sandbox_in_process(**options: Any) -> Iterator[SandboxProcess]:
             try:
                 yield handle
             finally:
-                handle._http.close()
+                handle.close()
         finally:
             parent.close()
 

@@ -28,6 +28,12 @@ class OneOffResult:
     def refused(self) -> bool:
         return self.message_id is None
 
+    @property
+    def not_before(self) -> str | None:
+        """When a deferred message goes out (ISO 8601 with offset); None if it goes now."""
+        d = self.decision
+        return d.not_before.isoformat() if d.action is Action.DEFER and d.not_before else None
+
 
 def request_one_off(
     engine: Engine,

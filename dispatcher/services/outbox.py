@@ -133,28 +133,18 @@ class _Writes:
             conn.execute(update(MessageRow).where(by_id).values(
                 status=bindparam("b_status"), status_at=bindparam("b_now"), last_error=bindparam("b_error"),
                 provider_id=bindparam("b_provider")), self.finish)
-        # A rendered row is stamped by the same statement (one pass over the batch, not two).
-        stamps = {row["b_id"]: row for row in self.stamped}
-        rendered_stamped: list[dict[str, Any]] = []
-        rendered_only: list[dict[str, Any]] = []
-        for row in self.rendered:
-            stamped = stamps.pop(row["b_id"], None)
-            if stamped is None:
-                rendered_only.append(row)
-            else:
-                rendered_stamped.append(row | {"b_now": stamped["b_now"]})
-        render: dict[str, Any] = dict(
-            template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
-            stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
-            body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"), to_address=bindparam("b_to"))
-        # The provider may have it from here on: stamped and committed before the call.
-        stamp = dict(status_at=bindparam("b_now"), attempts=m.attempts + 1)
-        if rendered_stamped:
-            conn.execute(update(MessageRow).where(by_id).values(**render, **stamp), rendered_stamped)
-        if rendered_only:
-            conn.execute(update(MessageRow).where(by_id).values(**render), rendered_only)
-        if stamps:
-            conn.execute(update(MessageRow).where(by_id).values(**stamp), list(stamps.values()))
+        # The provider may have it from here on: stamped and committed before the call. A
+        # rendered row carries its stamp (one statement renders and stamps it); `stamped`
+        # holds the messages sent without rendering (system replies).
+        stamp: dict[str, Any] = dict(status_at=bindparam("b_now"), attempts=m.attempts + 1)
+        if self.rendered:
+            conn.execute(update(MessageRow).where(by_id).values(
+                template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
+                stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
+                body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"),
+                to_address=bindparam("b_to"), **stamp), self.rendered)
+        if self.stamped:
+            conn.execute(update(MessageRow).where(by_id).values(**stamp), self.stamped)
         if self.sent:
             conn.execute(update(MessageRow).where(by_id).values(
                 # A status callback may already have moved it on (e.g. delivered):
@@ -376,7 +366,8 @@ class Sender:
                 assert snapshot is not None
                 closes = None if item.kind == "system" else self._window_closes(snapshot, now)
                 ready.append((item, outbound, closes))
-                writes.stamped.append({"b_id": item.id, "b_now": now})
+                if item.kind == "system":  # a rendered message is stamped with its render row
+                    writes.stamped.append({"b_id": item.id, "b_now": now})
         await asyncio.to_thread(self._apply, writes)
         waiting = len(ready)
         # The next batch is prepared while the second half of this one's calls wait for
@@ -572,7 +563,7 @@ class Sender:
             status_callback = f"{self.public_url}/twilio/voice/status?m={item.id}"
             voice_url = f"{self.public_url}/twilio/voice/answer?m={item.id}"
         writes.rendered.append({
-            "b_id": item.id, "b_template": template_id, "b_variant": rendered.variant, "b_locale": locale,
+            "b_id": item.id, "b_now": now, "b_template": template_id, "b_variant": rendered.variant, "b_locale": locale,
             "b_stage": stage or item.stage, "b_hash": rendered.content_hash, "b_subject": rendered.subject,
             "b_body": rendered.text, "b_html": rendered.html,
             # the IVR needs the voice blocks (identity, script, voicemail) when the call is

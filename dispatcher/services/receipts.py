@@ -352,7 +352,7 @@ class _GroupCommit:
                 batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
                 try:
                     results = await loop.run_in_executor(self._executor, self._apply_many, [p for p, _ in batch])
-                except BaseException as exc:  # the executor itself failed (shut down): fail the batch
+                except Exception as exc:  # the executor itself failed (shut down): fail the batch
                     results = [exc] * len(batch)
                 for (_params, future), result in zip(batch, results, strict=True):
                     if future.done():  # the request was cancelled meanwhile

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from dispatcher.domain import Action, Channel
+from dispatcher.domain import Channel
 from dispatcher.services.oneoff import request_one_off
 from dispatcher.store import repository
 
@@ -101,8 +101,7 @@ async def one_off(case_id: str, request: Request) -> JSONResponse:
             "action": decision.action.value,
             "reason": decision.reason.value,
             "template": decision.template,
-            "not_before": decision.not_before.isoformat() if decision.action is Action.DEFER and
-            decision.not_before else None,
+            "not_before": result.not_before,
         },
         status_code=202,
     )

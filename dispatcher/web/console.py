@@ -34,11 +34,12 @@ from itsdangerous import BadSignature, Signer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from dispatcher.domain import HOLD_REASONS, Action, Channel, Reason
+from dispatcher.domain import HOLD_REASONS, Channel, Reason
 from dispatcher.logs import mask
 from dispatcher.services.oneoff import request_one_off
 from dispatcher.services.planner import plan_decisions
 from dispatcher.store import repository
+from dispatcher.web.api import approved_catalog
 
 router = APIRouter(prefix="/ui")
 
@@ -71,6 +72,8 @@ class ConsoleSessions:
     """Signed session cookies and the CSRF tokens derived from them (no server state)."""
 
     def __init__(self, signing_key: str) -> None:
+        if not signing_key:
+            raise ValueError("the console's sessions need DISPATCHER_SIGNING_KEY")
         self._session = Signer(signing_key, salt="dispatcher.console.session")
         self._csrf = Signer(signing_key, salt="dispatcher.console.csrf")
 
@@ -103,7 +106,7 @@ def _sessions(request: Request) -> ConsoleSessions:
     state = request.app.state
     sessions = getattr(state, "console_sessions", None)
     if sessions is None:
-        sessions = state.console_sessions = ConsoleSessions(state.settings.signing_key or "unset")
+        sessions = state.console_sessions = ConsoleSessions(state.settings.signing_key)
     return sessions  # type: ignore[no-any-return]
 
 
@@ -116,18 +119,21 @@ def _disabled(request: Request) -> HTMLResponse | None:
     return None
 
 
-def _current_user(request: Request) -> str | None:
-    return _sessions(request).user(request.cookies.get(COOKIE), request.app.state.clock.now())
-
-
-def _to_login(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
+def _signed_in(request: Request) -> str | Response:
+    """The signed-in collector's name; else the answer: console disabled, or to sign in."""
+    if (denied := _disabled(request)) is not None:
+        return denied
+    user = _sessions(request).user(request.cookies.get(COOKIE), request.app.state.clock.now())
+    if user is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
+    return user
 
 
 def _safe_next(value: str | None) -> str:
-    # only our own pages: no scheme, no host, no protocol-relative //evil.example
-    if value and value.startswith("/ui/") and not value.startswith("//") and "\\" not in value:
+    # only our own pages: no scheme, no host (a protocol-relative //evil.example cannot
+    # start with /ui/), no backslash that a browser might read as a slash
+    if value and value.startswith("/ui/") and "\\" not in value:
         return value
     return "/ui/cases"
 
@@ -184,41 +190,35 @@ async def logout(request: Request) -> Response:
 
 @router.get("/cases")
 async def find_case(request: Request, case_id: str | None = None) -> Response:
-    if (denied := _disabled(request)) is not None:
-        return denied
-    user = _current_user(request)
-    if user is None:
-        return _to_login(request)
-    error = None
-    if case_id is not None:
-        case_id = case_id.strip()
-        if _CASE_ID.match(case_id):
-            engine = request.app.state.engine
+    user = _signed_in(request)
+    if isinstance(user, Response):
+        return user
+    if case_id is None:
+        return _page("console_search.html", title="Find a case", user=user, error=None, case_id="")
+    wanted = case_id.strip()
+    if not _CASE_ID.match(wanted):
+        return _page("console_search.html", title="Find a case", user=user, case_id=wanted,
+                     error="A case id is 1 to 64 letters, digits or . _ -")
+    engine = request.app.state.engine
 
-            def missing() -> list[str]:
-                with engine.connect() as conn:
-                    return repository.missing_case_ids(conn, [case_id])  # type: ignore[list-item]
+    def missing() -> list[str]:
+        with engine.connect() as conn:
+            return repository.missing_case_ids(conn, [wanted])
 
-            if not await run_in_threadpool(missing):
-                return RedirectResponse(f"/ui/cases/{quote(case_id)}", status_code=303)
-            error = f"No case {case_id}: check the id, or import the case first."
-        else:
-            error = "A case id is 1 to 64 letters, digits or . _ -"
-    return _page("console_search.html", 404 if error and case_id and _CASE_ID.match(case_id) else 200,
-                 title="Find a case", user=user, error=error, case_id=case_id or "",
-                 csrf=_sessions(request).csrf_token(request.cookies.get(COOKIE, "")))
+    if not await run_in_threadpool(missing):
+        return RedirectResponse(f"/ui/cases/{quote(wanted)}", status_code=303)
+    return _page("console_search.html", 404, title="Find a case", user=user, case_id=wanted,
+                 error=f"No case {wanted}: check the id, or import the case first.")
 
 
 @router.get("/cases/{case_id}")
 async def case_page(case_id: str, request: Request) -> Response:
-    if (denied := _disabled(request)) is not None:
-        return denied
-    user = _current_user(request)
-    if user is None:
-        return _to_login(request)
+    user = _signed_in(request)
+    if isinstance(user, Response):
+        return user
     state = request.app.state
     now = state.clock.now()
-    catalog = await run_in_threadpool(_catalog, request)
+    catalog = await run_in_threadpool(approved_catalog, request)
 
     def read() -> tuple[dict[str, Any], Any, list[Any]]:
         with state.engine.connect() as conn:
@@ -254,12 +254,6 @@ async def case_page(case_id: str, request: Request) -> Response:
     )
 
 
-def _catalog(request: Request) -> Any:
-    from dispatcher.web.api import approved_catalog
-
-    return approved_catalog(request)
-
-
 def _result_banner(params: Any) -> dict[str, str] | None:
     """What the last action did, from the redirect's query (shown once, at the top)."""
     if "refused" in params:
@@ -282,11 +276,9 @@ def _result_banner(params: Any) -> dict[str, str] | None:
 
 
 async def _authorised_form(request: Request) -> tuple[str, dict[str, str]] | Response:
-    if (denied := _disabled(request)) is not None:
-        return denied
-    user = _current_user(request)
-    if user is None:
-        return _to_login(request)
+    user = _signed_in(request)
+    if isinstance(user, Response):
+        return user
     form = await _form(request)
     if not _sessions(request).csrf_ok(request.cookies.get(COOKIE, ""), form.get("csrf")):
         return _page("console_message.html", 403, title="Form expired", user=user,
@@ -317,7 +309,7 @@ async def send_one_off(case_id: str, request: Request) -> Response:
         return _back(case_id, error="Choose a channel: sms, email or voice.")
     template = form.get("template") or None
     state = request.app.state
-    catalog = await run_in_threadpool(_catalog, request)
+    catalog = await run_in_threadpool(approved_catalog, request)
     try:
         result = await run_in_threadpool(
             lambda: request_one_off(state.engine, state.config, catalog, state.clock.now(), case_id=case_id,
@@ -327,10 +319,8 @@ async def send_one_off(case_id: str, request: Request) -> Response:
     decision = result.decision
     if result.refused:
         return _back(case_id, refused=decision.reason.value, detail=decision.detail)
-    not_before = (decision.not_before.isoformat() if decision.action is Action.DEFER and decision.not_before
-                  else None)
     return _back(case_id, queued=result.message_id, action=decision.action.value, reason=decision.reason.value,
-                 not_before=not_before)
+                 not_before=result.not_before)
 
 
 @router.post("/cases/{case_id}/holds")

@@ -18,7 +18,7 @@ from dispatcher.clock import Clock
 from dispatcher.settings import Settings
 
 
-def _web_process_main(settings: Settings, config_path: str, clock: Clock, port: int, log_path: str | None) -> None:
+def _web_process_main(settings: Settings, clock: Clock, port: int, log_path: str | None) -> None:
     import uvicorn
 
     from dispatcher.config import load_config
@@ -31,7 +31,7 @@ def _web_process_main(settings: Settings, config_path: str, clock: Clock, port: 
 
         log_to_file(Path(log_path))
     engine = make_engine(settings.db_url)
-    app = create_app(engine=engine, config=load_config(Path(config_path)), clock=clock, settings=settings,
+    app = create_app(engine=engine, config=load_config(Path(settings.config_path)), clock=clock, settings=settings,
                      signer=LinkSigner(settings.signing_key))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="on",
                                            log_config=None, access_log=False, ws="none", timeout_keep_alive=75,
@@ -43,7 +43,7 @@ def _web_process_main(settings: Settings, config_path: str, clock: Clock, port: 
 
 
 @contextlib.contextmanager
-def run_web_in_process(settings: Settings, config_path: Path, clock: Clock, port: int, *,
+def run_web_in_process(settings: Settings, clock: Clock, port: int, *,
                        log_path: Path | None = None, start_timeout: float = 60.0) -> Iterator[int]:
     """Serve the web app from a spawned process on 127.0.0.1:`port` until the block ends;
     yields the child's pid once `/healthz` answers. `clock` must pickle (`SharedClock`)."""
@@ -51,7 +51,7 @@ def run_web_in_process(settings: Settings, config_path: Path, clock: Clock, port
 
     from dispatcher.spawn import spawned
 
-    args = (settings, str(config_path), clock, port, str(log_path) if log_path else None)
+    args = (settings, clock, port, str(log_path) if log_path else None)
     with spawned(_web_process_main, args, name="dispatcher-web") as process:
         deadline = time.monotonic() + start_timeout
         while True:
