@@ -49,7 +49,7 @@ from dispatcher.services.pacing import SenderLimits
 from dispatcher.services.planner import zone_info
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, event_values, insert_events
-from dispatcher.store.tables import MessageRow
+from dispatcher.store.tables import MessageRow, messages_t
 from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
 
 log = logging.getLogger("dispatcher.outbox")
@@ -117,7 +117,7 @@ class _Writes:
 
     def apply(self, conn: Connection) -> None:
         """The sender's own batch: one executemany per kind of write, each guarded by the claim."""
-        m = repository.messages_t.c
+        m = messages_t.c
         by_id = and_(m.id == bindparam("b_id"), m.claimed_by.is_not_distinct_from(bindparam("b_owner")),
                      m.claimed_at == bindparam("b_claimed"))
         for rows in (self.requeue, self.finish, self.rendered, self.stamped, self.sent, self.unstamp):
@@ -160,7 +160,7 @@ class _Writes:
         is still in flight under the claim that was read, events only for the rows written.
         Two instances reconciling the same rows at once therefore settle each row once.
         Returns the ids written."""
-        m = repository.messages_t.c
+        m = messages_t.c
         written: set[int] = set()
 
         def guarded(row: dict[str, Any], *, in_flight: bool) -> Any:

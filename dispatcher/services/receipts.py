@@ -55,23 +55,17 @@ from dispatcher.policy.window import is_legal
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, record_event
 from dispatcher.store.tables import (
-    CaseRow,
-    ContactPointRow,
-    EventRow,
-    HoldRow,
-    MessageRow,
-    PaymentRow,
     UTCDateTime,
+    cases_t,
+    contacts_t,
+    events_t,
+    holds_t,
+    messages_t,
+    payments_t,
 )
 
 log = logging.getLogger("dispatcher.receipts")
 
-messages_t = MessageRow.__table__  # type: ignore[attr-defined]
-events_t = EventRow.__table__  # type: ignore[attr-defined]
-holds_t = HoldRow.__table__  # type: ignore[attr-defined]
-contacts_t = ContactPointRow.__table__  # type: ignore[attr-defined]
-cases_t = CaseRow.__table__  # type: ignore[attr-defined]
-payments_t = PaymentRow.__table__  # type: ignore[attr-defined]
 
 #: Event kind of an inbound SMS that was a keyword (free text is `reply_received`).
 #: Not in `EventKind` yet: the string is the contract of the timeline.

@@ -63,25 +63,18 @@ from dispatcher.domain import (
 )
 from dispatcher.store.events import EventKind, _encode
 from dispatcher.store.tables import (
-    CaseRow,
-    ContactPointRow,
-    EscalationRow,
-    EventRow,
-    HoldRow,
-    MessageRow,
-    PaymentRow,
+    cases_t,
+    contacts_t,
+    escalations_t,
+    events_t,
+    holds_t,
+    messages_t,
+    payments_t,
 )
 
 #: The note on a promise_to_pay hold released because the promise was broken.
 BROKEN_PROMISE_NOTE = "promise_broken"
 
-cases_t: Table = CaseRow.__table__  # type: ignore[attr-defined]
-contacts_t: Table = ContactPointRow.__table__  # type: ignore[attr-defined]
-messages_t: Table = MessageRow.__table__  # type: ignore[attr-defined]
-events_t: Table = EventRow.__table__  # type: ignore[attr-defined]
-holds_t: Table = HoldRow.__table__  # type: ignore[attr-defined]
-payments_t: Table = PaymentRow.__table__  # type: ignore[attr-defined]
-escalations_t: Table = EscalationRow.__table__  # type: ignore[attr-defined]
 
 Executor = Connection | Session
 

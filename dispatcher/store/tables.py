@@ -11,7 +11,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, Index, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Numeric, String, Table, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -222,3 +222,20 @@ class TemplateApprovalRow(SQLModel, table=True):
     content_hash: str = Field(max_length=64)
     approved_by: str = Field(max_length=64)
     approved_at: dt.datetime = _utc(nullable=False)
+
+
+def _core(model: Any) -> Table:
+    """The Core table of a SQLModel class (SQLModel's stubs do not declare `__table__`)."""
+    table: Table = model.__table__
+    return table
+
+
+#: The Core tables, exported once: Core SQL imports these, never `Row.__table__`.
+cases_t = _core(CaseRow)
+contacts_t = _core(ContactPointRow)
+messages_t = _core(MessageRow)
+events_t = _core(EventRow)
+holds_t = _core(HoldRow)
+payments_t = _core(PaymentRow)
+escalations_t = _core(EscalationRow)
+template_approvals_t = _core(TemplateApprovalRow)
