@@ -265,7 +265,10 @@ class Http11Client:
         self._ssl = ssl_context  # default: the system's trust store, verified
         self._user_agent = _check_header("User-Agent", user_agent) if user_agent else None
         self._idle_timeout = idle_timeout
-        self._proxies = _proxy_settings() if trust_env else {}
+        found = getproxies_environment() if trust_env else {}
+        # parsed now: a proxy this client cannot use fails the start, not a later send
+        self._proxies = {scheme: _parse_proxy(found[scheme]) for scheme in ("http", "https") if found.get(scheme)}
+        self._no_proxy = found.get("no", "")
         self._proxy_for: dict[Route, tuple[Route, str | None] | None] = {}
 
     async def request(
@@ -350,10 +353,9 @@ class Http11Client:
         key = (scheme, hostname, port)
         if key in self._proxy_for:
             return self._proxy_for[key]
-        chosen = None
-        url = self._proxies.get(scheme)
-        if url and not _is_loopback(hostname) and not _no_proxy(hostname, port, self._proxies.get("no", "")):
-            chosen = _parse_proxy(url)
+        chosen = self._proxies.get(scheme)
+        if chosen is not None and (_is_loopback(hostname) or _no_proxy(hostname, port, self._no_proxy)):
+            chosen = None
         self._proxy_for[key] = chosen
         return chosen
 
@@ -430,12 +432,6 @@ class Http11Client:
 
     async def aclose(self) -> None:
         self.close()
-
-
-def _proxy_settings() -> dict[str, str]:
-    """`getproxies_environment()` with only what this client uses (http, https, no)."""
-    found = getproxies_environment()
-    return {k: v for k, v in found.items() if k in ("http", "https", "no") and v}
 
 
 def _parse_proxy(url: str) -> tuple[Route, str | None]:
