@@ -14,7 +14,10 @@ httpx (already a dependency) is decided by what each costs per message.
   - `httpx`: the same adapter on one `httpx.AsyncClient` (keep-alive pool, per-request
     timeout, exceptions mapped onto connect error / ambiguous failure);
   - `aiohttp`: the SDK's own `AsyncTwilioHttpClient` (for reference only: it ignores its
-    timeout and hides response headers).
+    timeout and hides response headers);
+  - `before` (with `--before FILE`): the shipped adapter over the `Http11Client` of another
+    version of `http11.py`, e.g. `git show main:dispatcher/channels/http11.py > /tmp/h.py`,
+    to compare two versions in one process.
 - Two measurements per variant: "SDK + transport" (`channel.send` of a ready message:
   the floor of a message before any of our work) and "transport alone" (the adapter's
   `request` with the same form fields and auth, without the SDK around it).
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import statistics
@@ -45,7 +49,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from send_bench import BASELINE_BODY, PUBLIC_URL, SMS_FROM, SandboxProcess, cpu_seconds, machine, sandbox_process  # noqa: E402
+from send_bench import (  # noqa: E402
+    BASELINE_BODY,
+    PUBLIC_URL,
+    SMS_FROM,
+    SandboxProcess,
+    cpu_seconds,
+    machine,
+    sandbox_process,
+)
 
 from dispatcher.channels.base import OutboundMessage  # noqa: E402
 from dispatcher.channels.http11 import ConnectError, ResponseError, form_body  # noqa: E402
@@ -93,9 +105,23 @@ class HttpxTwilioHttpClient(AsyncHttpClient):
         await self._client.aclose()
 
 
+BEFORE: Any = None  # the module loaded from --before
+
+
+def load_module(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location("http11_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_channel(variant: str, sandbox: SandboxProcess, concurrency: int) -> TwilioSmsChannel:
     channel = TwilioSmsChannel(sandbox.account_sid, sandbox.auth_token, sandbox.twilio_url, timeout=15.0)
     if variant == "http11":
+        return channel
+    if variant == "before":
+        channel._http._http = BEFORE.Http11Client()
         return channel
     http: Any
     if variant == "httpx":
@@ -159,8 +185,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--variants", default="http11,httpx,aiohttp")
+    parser.add_argument("--before", default=None, help="another http11.py: adds the variant `before`")
     args = parser.parse_args()
     variants = args.variants.split(",")
+    if args.before:
+        global BEFORE
+        BEFORE = load_module(args.before)
+        variants.insert(1, "before")
     for name in ("TWILIO_REGION", "TWILIO_EDGE"):
         os.environ.pop(name, None)
     warnings.simplefilter("ignore", DeprecationWarning)  # aiohttp's, through the SDK

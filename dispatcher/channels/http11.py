@@ -75,15 +75,6 @@ class ResponseError(OSError):
     """The request went out (or may have) but no complete, valid response came back."""
 
 
-def _check_header(name: str, value: str) -> str:
-    """`name: value`, or ValueError for what would let a value start a header of its own."""
-    if not _TOKEN.fullmatch(name):
-        raise ValueError(f"invalid HTTP header name {name!r}")
-    if _BAD_VALUE.search(value):
-        raise ValueError(f"CR, LF or NUL in the value of HTTP header {name!r}")
-    return f"{name}: {value}"
-
-
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -111,6 +102,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._header_name = b""
         self._headers_done = False
+        self._keep_alive: str | None = None  # the Keep-Alive header's name as sent
         self.answered = False
 
     # -- asyncio.Protocol --------------------------------------------------------
@@ -153,7 +145,10 @@ class _Connection(asyncio.Protocol):
         # llhttp may split a header across calls: an empty name continues the previous one
         if name:
             self._header_name = name
-            self._headers[name.decode("latin-1")] = value.decode("latin-1")
+            key = name.decode("latin-1")
+            self._headers[key] = value.decode("latin-1")
+            if len(name) == 10 and name.lower() == b"keep-alive":
+                self._keep_alive = key
         else:
             key = self._header_name.decode("latin-1")
             self._headers[key] = self._headers.get(key, "") + value.decode("latin-1")
@@ -181,6 +176,13 @@ class _Connection(asyncio.Protocol):
     def _read_until_close(self) -> bool:
         lowered = {k.lower() for k in self._headers}
         return "content-length" not in lowered and "transfer-encoding" not in lowered
+
+    def keep_alive_timeout(self) -> float | None:
+        """N of the last response's `Keep-Alive: timeout=N` (RFC 2068 19.7.1.1), if sent."""
+        if self._keep_alive is None:
+            return None
+        found = _KEEP_ALIVE_TIMEOUT.search(self._headers[self._keep_alive])
+        return float(found.group(1)) if found else None
 
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -238,18 +240,21 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-class _Target:
-    """Where one request goes: the pool key, the request-target, the proxy's credentials."""
+class _Origin:
+    """How requests to one (scheme, netloc) are written and where they go."""
 
-    __slots__ = ("route", "tunnel", "target", "host", "proxy_auth")
+    __slots__ = ("key", "route", "tunnel", "prefix", "head", "breaks", "proxy_auth", "proxied")
 
-    def __init__(self, route: Route, tunnel: tuple[str, int] | None, target: str, host: str,
+    def __init__(self, route: Route, tunnel: tuple[str, int] | None, prefix: str, head: str,
                  proxy_auth: str | None) -> None:
+        self.key = (route, tunnel)  # of the idle pool
         self.route = route  # the socket's peer: the origin, or the proxy
         self.tunnel = tunnel  # (host, port) to CONNECT to through the proxy at `route`
-        self.target = target
-        self.host = host
-        self.proxy_auth = proxy_auth  # a Proxy-Authorization header line
+        self.prefix = prefix  # before the path: "" (origin-form) or "http://host" (to a proxy)
+        self.head = head  # the Host line, the proxy's credentials for plain http
+        self.breaks = head.count("\n")
+        self.proxy_auth = proxy_auth  # a Proxy-Authorization line, for CONNECT or plain http
+        self.proxied = tunnel is not None or bool(prefix)
 
 
 class Http11Client:
@@ -263,13 +268,16 @@ class Http11Client:
         self._idle: dict[tuple[Route, tuple[str, int] | None], deque[_Connection]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl = ssl_context  # default: the system's trust store, verified
-        self._user_agent = _check_header("User-Agent", user_agent) if user_agent else None
+        self._tokens: set[str] = set()  # method and header names already checked
+        self._user_agent = f"\r\nUser-Agent: {user_agent}" if user_agent else ""
+        if user_agent and _BAD_VALUE.search(user_agent):
+            raise ValueError("CR, LF or NUL in the User-Agent")
         self._idle_timeout = idle_timeout
         found = getproxies_environment() if trust_env else {}
         # parsed now: a proxy this client cannot use fails the start, not a later send
         self._proxies = {scheme: _parse_proxy(found[scheme]) for scheme in ("http", "https") if found.get(scheme)}
         self._no_proxy = found.get("no", "")
-        self._proxy_for: dict[Route, tuple[Route, str | None] | None] = {}
+        self._origins: dict[tuple[str, str], _Origin] = {}
 
     async def request(
         self,
@@ -282,20 +290,29 @@ class Http11Client:
     ) -> tuple[int, dict[str, str], bytes]:
         """One request; (status, headers, body). Raises ConnectError, ResponseError or
         TimeoutError (see the module docstring), ValueError for a request that cannot be
-        written safely (a header value with CR/LF, a space in the URL)."""
+        written safely (CR, LF or NUL in a header, a space in the URL)."""
         parts = urlsplit(url)
-        where = self._target(parts)
-        if not _TOKEN.fullmatch(method):
-            raise ValueError(f"invalid HTTP method {method!r}")
-        lines = [f"{method} {where.target} HTTP/1.1", f"Host: {where.host}"]
-        if where.proxy_auth and where.tunnel is None:
-            lines.append(where.proxy_auth)
-        if self._user_agent:
-            lines.append(self._user_agent)
-        lines += [_check_header(name, value) for name, value in headers]
+        where = self._origins.get((parts.scheme, parts.netloc)) or self._origin(parts)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if _BAD_TARGET.search(target):
+            raise ValueError("a URL for HTTP/1.1 must be printable ASCII without spaces (percent-encode it)")
+        tokens = self._tokens
+        if method not in tokens:
+            self._token(method, "method")
+        lines = [f"{method} {where.prefix}{target} HTTP/1.1{where.head}{self._user_agent}"]
+        for name, value in headers:
+            if name not in tokens:
+                self._token(name, "header name")
+            lines.append(f"{name}: {value}")
         if body is not None:
             lines.append(f"Content-Length: {len(body)}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        text = "\r\n".join(lines)
+        # one scan instead of one per value: a CR, LF or NUL inside a value (which would
+        # start a header of its own) shows as more line ends than were joined
+        breaks = len(lines) - 1 + where.breaks + bool(self._user_agent)
+        if text.count("\r") != breaks or text.count("\n") != breaks or "\x00" in text:
+            raise ValueError("CR, LF or NUL in the value of an HTTP header")
+        head = (text + "\r\n\r\n").encode("latin-1")
         request = head + body if body else head
         conn: _Connection | None = None
         sent = False
@@ -313,7 +330,6 @@ class Http11Client:
                         # before: the server most likely dropped it idle. Only a safe
                         # method may go again (a POST may have been acted on).
                         if reused and not conn.answered and method in SAFE_METHODS:
-                            conn = None
                             continue
                         raise
                     except BaseException:
@@ -324,48 +340,55 @@ class Http11Client:
                 raise ConnectError(f"timed out connecting to {where.route[1]}:{where.route[2]}") from None
             raise
         if keep and not conn.closed:
-            self._release(where, conn, response_headers)
+            self._release(where, conn)
         else:
             conn.abort()
         return status, response_headers, data
 
-    def _target(self, parts: SplitResult) -> _Target:
+    def proxy_for(self, url: str) -> tuple[str, int] | None:
+        """The proxy (host, port) that requests to `url` go through, or None (direct)."""
+        where = self._origin(urlsplit(url))
+        return (where.route[1], where.route[2]) if where.proxied else None
+
+    def _token(self, name: str, what: str) -> None:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid HTTP {what} {name!r}")
+        if len(self._tokens) < 1024:  # names come from code: a handful
+            self._tokens.add(name)
+
+    def _origin(self, parts: SplitResult) -> _Origin:
+        """How to reach (scheme, netloc): directly, through a tunnel, or via a proxy."""
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {parts.geturl()!r}")
+        host = parts.netloc.rpartition("@")[2]  # keeps an IPv6 literal's brackets
+        if _BAD_TARGET.search(host):
+            raise ValueError(f"invalid host in URL: {host!r}")
         tls = parts.scheme == "https"
         port = parts.port or (443 if tls else 80)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host = parts.netloc.rpartition("@")[2]  # keeps an IPv6 literal's brackets
-        if _BAD_TARGET.search(target) or _BAD_TARGET.search(host):
-            raise ValueError("a URL for HTTP/1.1 must be printable ASCII without spaces (percent-encode it)")
-        origin = (parts.scheme, parts.hostname, port)
-        proxy = self._proxy(parts.scheme, parts.hostname, port)
+        proxy = self._proxies.get(parts.scheme)
+        if proxy is not None and (_is_loopback(parts.hostname) or _no_proxy(parts.hostname, port, self._no_proxy)):
+            proxy = None
         if proxy is None:
-            return _Target(origin, None, target, host, None)
-        route, authorization = proxy
-        proxy_auth = f"Proxy-Authorization: {authorization}" if authorization else None
-        if tls:  # the proxy sees only CONNECT; inside the tunnel the request is as usual
-            return _Target(route, (parts.hostname, port), target, host, proxy_auth)
-        return _Target(route, None, f"http://{host}{target}", host, proxy_auth)
+            where = _Origin((parts.scheme, parts.hostname, port), None, "", f"\r\nHost: {host}", None)
+        else:
+            route, authorization = proxy
+            proxy_auth = f"Proxy-Authorization: {authorization}" if authorization else None
+            if tls:  # the proxy sees only CONNECT; inside the tunnel the request is as usual
+                where = _Origin(route, (parts.hostname, port), "", f"\r\nHost: {host}", proxy_auth)
+            else:
+                head = f"\r\nHost: {host}" + (f"\r\n{proxy_auth}" if proxy_auth else "")
+                where = _Origin(route, None, f"http://{host}", head, proxy_auth)
+        if len(self._origins) < 1024:
+            self._origins[(parts.scheme, parts.netloc)] = where
+        return where
 
-    def _proxy(self, scheme: str, hostname: str, port: int) -> tuple[Route, str | None] | None:
-        """The proxy (its route, its Proxy-Authorization) for this origin, or None."""
-        key = (scheme, hostname, port)
-        if key in self._proxy_for:
-            return self._proxy_for[key]
-        chosen = self._proxies.get(scheme)
-        if chosen is not None and (_is_loopback(hostname) or _no_proxy(hostname, port, self._no_proxy)):
-            chosen = None
-        self._proxy_for[key] = chosen
-        return chosen
-
-    async def _connection(self, where: _Target) -> tuple[_Connection, bool]:
+    async def _connection(self, where: _Origin) -> tuple[_Connection, bool]:
         """An idle connection still worth using (True), or a new one (False)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # connections belong to the loop that opened them
             self.close()
             self._loop = loop
-        idle = self._idle.get((where.route, where.tunnel))
+        idle = self._idle.get(where.key)
         if idle:
             now = loop.time()
             while idle:
@@ -389,7 +412,7 @@ class Http11Client:
                 raise
         return conn, False
 
-    async def _open_tunnel(self, conn: _Connection, where: _Target) -> None:
+    async def _open_tunnel(self, conn: _Connection, where: _Origin) -> None:
         assert where.tunnel is not None
         host, port = where.tunnel
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -403,9 +426,9 @@ class Http11Client:
             self._ssl = ssl.create_default_context()
         return self._ssl
 
-    def _release(self, where: _Target, conn: _Connection, headers: dict[str, str]) -> None:
+    def _release(self, where: _Origin, conn: _Connection) -> None:
         lifetime = self._idle_timeout
-        hint = _keep_alive_timeout(headers)
+        hint = conn.keep_alive_timeout()
         if hint is not None:
             # the server's clock started when it sent its last byte, a little before ours
             lifetime = min(lifetime, hint - min(1.0, hint / 2))
@@ -414,7 +437,7 @@ class Http11Client:
             return
         assert self._loop is not None
         conn.expires_at = self._loop.time() + lifetime
-        idle = self._idle.setdefault((where.route, where.tunnel), deque())
+        idle = self._idle.setdefault(where.key, deque())
         while idle and (idle[0].closed or idle[0].expires_at <= self._loop.time()):
             idle.popleft().abort()  # the oldest first: they hold sockets nobody will use
         if len(idle) >= MAX_IDLE_PER_ORIGIN:
@@ -486,15 +509,6 @@ def _is_loopback(hostname: str) -> bool:
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False
-
-
-def _keep_alive_timeout(headers: dict[str, str]) -> float | None:
-    """N of `Keep-Alive: timeout=N` (RFC 2068 19.7.1.1), when the server says it."""
-    for name, value in headers.items():
-        if len(name) == 10 and name.lower() == "keep-alive":
-            found = _KEEP_ALIVE_TIMEOUT.search(value)
-            return float(found.group(1)) if found else None
-    return None
 
 
 def form_body(pairs: Iterable[tuple[str, Any]]) -> bytes:

@@ -609,17 +609,18 @@ def test_no_proxy_rules(host: str, port: int, no_proxy: str, exempt: bool) -> No
 
 
 def test_the_environment_is_read_once_and_only_when_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
-    # which route a name takes is checked without connecting: these names resolve nowhere
+    # which route a URL takes is checked without connecting: these names resolve nowhere
     for name in ("http_proxy", "https_proxy", "no_proxy", "REQUEST_METHOD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
     monkeypatch.setenv("NO_PROXY", "internal.test")
     client = Http11Client()
-    assert client._proxy("http", "hooks.example.test", 80) == (("http", "proxy.test", 3128), None)
-    assert client._proxy("http", "svc.internal.test", 80) is None
-    assert client._proxy("https", "api.twilio.com", 443) is None  # HTTPS_PROXY is not set
+    assert client.proxy_for("http://hooks.example.test/x") == ("proxy.test", 3128)
+    assert client.proxy_for("http://svc.internal.test/x") is None
+    assert client.proxy_for("http://[::1]:8080/x") is None  # loopback
+    assert client.proxy_for("https://api.twilio.com/x") is None  # HTTPS_PROXY is not set
     monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
-    assert client._proxy("https", "api.twilio.com", 443) is None  # read when the client was made
+    assert client.proxy_for("https://api.twilio.com/x") is None  # read when the client was made
     with pytest.raises(ValueError, match="only http:// proxies"):
         Http11Client()
-    assert Http11Client(trust_env=False)._proxy("http", "hooks.example.test", 80) is None
+    assert Http11Client(trust_env=False).proxy_for("http://hooks.example.test/x") is None
