@@ -2,13 +2,13 @@
 
 Why not aiohttp or httpx: a provider call is one short request and one short response
 on a kept-alive connection, and the general-purpose clients spend most of a message's
-CPU budget around it. Measured with `bench/transport_bench.py` (BENCHMARKS.md,
-"transport"): the SDK's aiohttp client costs 1.5–2.5x this one per SMS, and httpx
-7–40x, because httpcore's pool rescans every connection for every queued request (its
-cost grows with the square of the concurrency). This client does only that exchange:
-the request is written in one piece, the response is parsed by `httptools` (the C
-parser uvicorn uses: chunked bodies, keep-alive rules), idle connections are reused per
-origin. Timeouts are `asyncio.timeout`.
+CPU budget around it. Measured through the SDK with `bench/transport_bench.py`
+(BENCHMARKS.md, "transport"), per SMS the SDK's aiohttp client costs 1.6–1.9x this one,
+httpx 3.4x one request at a time and 8–18x at a concurrency of 16–64 (httpcore's pool
+asks every connection whether it expired for every queued request). This client does
+only that exchange: the request is written in one piece, the response is parsed by
+`httptools` (the C parser uvicorn uses: chunked bodies, keep-alive rules), idle
+connections are reused per origin. Timeouts are `asyncio.timeout`.
 
 What the caller learns about a failure matters for at-most-once sending:
 - `ConnectError` (an `OSError`): the connection (or the proxy's tunnel) could not be
