@@ -141,7 +141,7 @@ class BulkWriter:
 def load(url: str, n: int) -> None:
     """Bulk-load n generated cases into an empty store at `url`, then analyse it."""
     from dispatcher.store.db import ensure_schema, make_engine
-    from dispatcher.store.tables import CaseRow, ContactPointRow, MessageRow
+    from dispatcher.store.tables import cases_t, contacts_t, messages_t
 
     engine = make_engine(url)
     ensure_schema(engine)
@@ -151,9 +151,9 @@ def load(url: str, n: int) -> None:
     messages: list[tuple[Any, ...]] = []
 
     def flush() -> None:
-        writer.write(CaseRow.__table__, CASE_COLUMNS, cases)  # type: ignore[attr-defined]
-        writer.write(ContactPointRow.__table__, CONTACT_COLUMNS, contacts)  # type: ignore[attr-defined]
-        writer.write(MessageRow.__table__, MESSAGE_COLUMNS, messages)  # type: ignore[attr-defined]
+        writer.write(cases_t, CASE_COLUMNS, cases)
+        writer.write(contacts_t, CONTACT_COLUMNS, contacts)
+        writer.write(messages_t, MESSAGE_COLUMNS, messages)
         writer.commit()
         cases.clear()
         contacts.clear()
@@ -205,10 +205,11 @@ def _select(url: str, queue: Any) -> None:
     from sqlalchemy import and_, func, or_, select, true
 
     from dispatcher.store.db import make_engine
-    from dispatcher.store.tables import CaseRow, ContactPointRow, HoldRow, MessageRow
+    from dispatcher.store.tables import cases_t as cases
+    from dispatcher.store.tables import contacts_t as contacts
+    from dispatcher.store.tables import holds_t as holds
+    from dispatcher.store.tables import messages_t as messages
 
-    cases, contacts = CaseRow.__table__, ContactPointRow.__table__  # type: ignore[attr-defined]
-    holds, messages = HoldRow.__table__, MessageRow.__table__  # type: ignore[attr-defined]
     cutoff = NOW - dt.timedelta(days=60)
     engine = make_engine(url)
     start, cpu = time.perf_counter(), time.process_time()
@@ -299,11 +300,11 @@ def count_cases(url: str) -> int:
     from sqlalchemy import func, select
 
     from dispatcher.store.db import make_engine
-    from dispatcher.store.tables import CaseRow
+    from dispatcher.store.tables import cases_t
 
     engine = make_engine(url)
     with engine.connect() as conn:
-        n = conn.execute(select(func.count()).select_from(CaseRow.__table__)).scalar_one()  # type: ignore[attr-defined]
+        n = conn.execute(select(func.count()).select_from(cases_t)).scalar_one()
     engine.dispose()
     return int(n)
 

@@ -66,7 +66,7 @@ from dispatcher.settings import Settings  # noqa: E402
 from dispatcher.store import repository  # noqa: E402
 from dispatcher.store.db import ensure_schema, make_engine  # noqa: E402
 from dispatcher.store.repository import ImportedCase  # noqa: E402
-from dispatcher.store.tables import MessageRow  # noqa: E402
+from dispatcher.store.tables import messages_t  # noqa: E402
 from dispatcher.templates import TemplateSet  # noqa: E402
 
 #: Mon 2026-12-07 10:00 in Shanghai: inside the Chinese window; the clock stays there.
@@ -168,7 +168,7 @@ def fill_outbox(engine: Engine, count: int) -> None:
         ids = range(start, min(count, start + chunk))
         with engine.begin() as conn:
             repository.upsert_cases(conn, [case(i) for i in ids], NOW)
-            conn.execute(insert(MessageRow.__table__), [
+            conn.execute(insert(messages_t), [
                 {"case_id": f"B{i:08d}", "channel": "sms", "stage": "dpd30", "kind": "scheduled",
                  "status": "queued", "idempotency_key": f"B{i:08d}:sms:dpd30:2026-12-07", "scheduled_at": NOW,
                  "created_at": NOW, "attempts": 0, "conversation": False}

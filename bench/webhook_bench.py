@@ -52,8 +52,8 @@ from sqlalchemy import func, insert, make_url, select  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
 from dispatcher.policy.replies import map_provider_status, status_rank  # noqa: E402
-from dispatcher.store import repository as repo  # noqa: E402
 from dispatcher.store.db import ensure_schema, make_engine  # noqa: E402
+from dispatcher.store.tables import cases_t, events_t, messages_t  # noqa: E402
 
 TOKEN = "bench-auth-token"
 PUBLIC = "https://hooks.bench.example"
@@ -128,10 +128,10 @@ def seed_and_build(db_url: str, messages: int, duplicate_share: float, seed: int
             for i in range(500)
         ]
         with engine.begin() as conn:
-            conn.execute(insert(repo.cases_t), cases)
+            conn.execute(insert(cases_t), cases)
             for start in range(0, len(rows), 5000):
-                conn.execute(insert(repo.messages_t), rows[start:start + 5000])
-            ids = dict(conn.execute(select(repo.messages_t.c.idempotency_key, repo.messages_t.c.id)).all())
+                conn.execute(insert(messages_t), rows[start:start + 5000])
+            ids = dict(conn.execute(select(messages_t.c.idempotency_key, messages_t.c.id)).all())
     finally:
         engine.dispose()
     validator = RequestValidator(TOKEN)
@@ -363,11 +363,11 @@ def verify(db_url: str, workload: Workload) -> tuple[int, int, int]:
     try:
         with engine.connect() as conn:
             final = dict(conn.execute(
-                select(repo.messages_t.c.id, repo.messages_t.c.status)
-                .where(repo.messages_t.c.id.in_(list(workload.expected)))
+                select(messages_t.c.id, messages_t.c.status)
+                .where(messages_t.c.id.in_(list(workload.expected)))
             ).all())
             events = dict(conn.execute(
-                select(repo.events_t.c.kind, func.count()).group_by(repo.events_t.c.kind)
+                select(events_t.c.kind, func.count()).group_by(events_t.c.kind)
             ).all())
     finally:
         engine.dispose()

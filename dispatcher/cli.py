@@ -398,15 +398,16 @@ def case_show(
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """The case's timeline: messages, statuses, replies, clicks, holds (oldest first)."""
-    from dispatcher.store import repository
+    from dispatcher.store.repository import CaseNotFound
+    from dispatcher.store.timeline import case_timeline
 
     if fmt not in ("table", "json"):
         raise fail(f"--format {fmt!r}: use table or json")
     runtime = rt(ctx)
     with runtime.engine.connect() as conn:
         try:
-            timeline = repository.case_timeline(conn, case_id, now=runtime.clock.now())
-        except repository.CaseNotFound as exc:
+            timeline = case_timeline(conn, case_id, now=runtime.clock.now())
+        except CaseNotFound as exc:
             raise fail(str(exc)) from None
     if fmt == "json":
         print(json.dumps(timeline, ensure_ascii=False, indent=2, default=str))
@@ -549,9 +550,9 @@ def templates_preview(
     runtime = rt(ctx)
     now = runtime.clock.now()
     if case_id:
-        from dispatcher.store import repository
+        from dispatcher.store.snapshots import iter_snapshots
 
-        snapshot = next(iter(repository.iter_snapshots(runtime.engine, case_ids=[case_id], now=now)), None)
+        snapshot = next(iter(iter_snapshots(runtime.engine, case_ids=[case_id], now=now)), None)
         if snapshot is None:
             raise fail(f"no such case: {case_id}; check the id or import it first")
         case, today = snapshot.case, now.date()

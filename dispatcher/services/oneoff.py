@@ -15,7 +15,8 @@ from dispatcher.config import Config
 from dispatcher.domain import Action, Channel, Decision, MessageKind
 from dispatcher.policy import decide_channel
 from dispatcher.services.planner import enqueue_decisions
-from dispatcher.store import repository
+from dispatcher.store.repository import CaseNotFound
+from dispatcher.store.snapshots import iter_snapshots
 from dispatcher.store.tables import MessageRow
 
 
@@ -47,9 +48,9 @@ def request_one_off(
     by: str,
 ) -> OneOffResult:
     """Gate a collector's message; queue it (now or at `not_before`) or refuse it."""
-    snapshot = next(iter(repository.iter_snapshots(engine, case_ids=[case_id], now=now)), None)
+    snapshot = next(iter(iter_snapshots(engine, case_ids=[case_id], now=now)), None)
     if snapshot is None:
-        raise repository.CaseNotFound(case_id)
+        raise CaseNotFound(case_id)
     decision = decide_channel(snapshot, config, templates, now, channel, apply_cadence=False, template=template)
     if decision.action not in (Action.SEND, Action.DEFER):
         return OneOffResult(decision, None)

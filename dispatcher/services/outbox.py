@@ -49,6 +49,7 @@ from dispatcher.services.pacing import SenderLimits
 from dispatcher.services.planner import zone_info
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, event_values, insert_events
+from dispatcher.store.snapshots import iter_snapshots
 from dispatcher.store.tables import MessageRow, messages_t
 from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
 
@@ -350,7 +351,7 @@ class Sender:
         now = self.clock.now()
         case_ids = sorted({c.case_id for c in claimed})
         snapshots = await asyncio.to_thread(
-            lambda: {s.case.case_id: s for s in repository.iter_snapshots(self.engine, case_ids=case_ids, now=now)})
+            lambda: {s.case.case_id: s for s in iter_snapshots(self.engine, case_ids=case_ids, now=now)})
         writes = _Writes()
         for item in claimed:
             writes.claim(item)

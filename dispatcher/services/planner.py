@@ -28,6 +28,7 @@ from dispatcher.domain import Action, CaseSnapshot, Channel, Decision, MessageKi
 from dispatcher.policy import decide_case
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, event_values, insert_events
+from dispatcher.store.snapshots import iter_snapshots
 from dispatcher.store.tables import MessageRow
 
 TemplateCatalog = Mapping[tuple[Channel, str, str], Sequence[str]]
@@ -62,7 +63,7 @@ def plan_decisions(
 ) -> Iterator[tuple[CaseSnapshot, list[Decision]]]:
     """Evaluate every case (or the named ones) at `now`. Writes nothing."""
     with _fewer_collections():
-        for snapshot in repository.iter_snapshots(
+        for snapshot in iter_snapshots(
             engine, case_ids=list(case_ids) if case_ids else None, batch_size=batch_size, now=now
         ):
             yield snapshot, decide_case(snapshot, config, templates, now)

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from dispatcher.domain import Channel
 from dispatcher.services.oneoff import request_one_off
 from dispatcher.store import repository
+from dispatcher.store.timeline import case_timeline as read_case_timeline
 
 router = APIRouter(prefix="/api")
 
@@ -61,7 +62,7 @@ async def case_timeline(case_id: str, request: Request) -> JSONResponse:
 
     def read() -> dict[str, Any]:
         with engine.connect() as conn:
-            return repository.case_timeline(conn, case_id, now=clock.now())
+            return read_case_timeline(conn, case_id, now=clock.now())
 
     try:
         timeline = await run_in_threadpool(read)

@@ -39,6 +39,7 @@ from dispatcher.logs import mask
 from dispatcher.services.oneoff import request_one_off
 from dispatcher.services.planner import plan_decisions
 from dispatcher.store import repository
+from dispatcher.store.timeline import case_timeline
 from dispatcher.web.api import approved_catalog
 
 router = APIRouter(prefix="/ui")
@@ -222,7 +223,7 @@ async def case_page(case_id: str, request: Request) -> Response:
 
     def read() -> tuple[dict[str, Any], Any, list[Any]]:
         with state.engine.connect() as conn:
-            timeline = repository.case_timeline(conn, case_id, now=now)
+            timeline = case_timeline(conn, case_id, now=now)
         found = next(iter(plan_decisions(state.engine, state.config, catalog, now, case_ids=[case_id])), None)
         snapshot, decisions = found if found is not None else (None, [])
         return timeline, snapshot, decisions

@@ -27,6 +27,7 @@ from dispatcher.sandbox.asgi_server import serve_in_thread
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.db import ensure_schema, make_engine
+from dispatcher.store.tables import holds_t, messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from tests.integration.test_collector_api import imported
@@ -109,7 +110,7 @@ async def test_a_collector_signs_in_reads_the_case_and_sends_a_one_off(
     await page.wait_for_selector("#result")
     assert "queued (send, due): it goes out now" in await page.inner_text("#result")
     with engine.connect() as conn:
-        row = conn.execute(select(repo.messages_t).where(repo.messages_t.c.kind == "one_off")).one()
+        row = conn.execute(select(messages_t).where(messages_t.c.kind == "one_off")).one()
     assert (row.case_id, row.channel, row.status, row.created_by) == ("A1", "sms", "queued", "agent7")
     assert str(row.id) in await page.locator(f'#messages tr[data-id="{row.id}"]').inner_text()
 
@@ -144,7 +145,7 @@ async def test_a_hold_from_the_page_stops_every_channel_until_released(
     await page.wait_for_selector("#no-holds")
     assert await page.inner_text("#result") == "Released 1 hold(s)."
     with engine.connect() as conn:
-        hold = conn.execute(select(repo.holds_t)).one()
-        one_offs = conn.execute(select(repo.messages_t)).all()
+        hold = conn.execute(select(holds_t)).one()
+        one_offs = conn.execute(select(messages_t)).all()
     assert (hold.reason, hold.placed_by, hold.released_by) == ("collector_hold", "lead.li", "lead.li")
     assert one_offs == []

@@ -14,6 +14,7 @@ from dispatcher.domain import Channel, Reason
 from dispatcher.policy import decide_case
 from dispatcher.services.receipts import resume_broken_promises
 from dispatcher.store import repository as repo
+from dispatcher.store.snapshots import get_snapshot
 
 CATALOG = {(ch, stage, "zh-CN"): (f"{ch.value}/{stage}/v1", f"{ch.value}/{stage}/v2")
            for ch in Channel for stage in ("pre_due", "early", "dpd30", "dpd60", "dpd90")}
@@ -28,13 +29,13 @@ def test_broken_promise_gives_firmer_wording_until_a_payment(engine: Engine, con
         repo.record_payment(conn, "K1", Decimal("100.00"), "bank-feed", NOW + dt.timedelta(days=1))
 
     during = NOW + dt.timedelta(days=1)
-    assert [d.reason for d in decide_case(repo.get_snapshot(engine, "P1", during), config, CATALOG, during)
+    assert [d.reason for d in decide_case(get_snapshot(engine, "P1", during), config, CATALOG, during)
             if d.channel] == [Reason.PROMISE_TO_PAY, Reason.PROMISE_TO_PAY]
 
     later = NOW + dt.timedelta(days=3)
     assert resume_broken_promises(engine, later) == 1  # K1 paid: its promise was kept
-    broken = repo.get_snapshot(engine, "P1", later)
-    kept = repo.get_snapshot(engine, "K1", later)
+    broken = get_snapshot(engine, "P1", later)
+    kept = get_snapshot(engine, "K1", later)
     assert broken.promise_broken and not broken.holds
     assert not kept.promise_broken and not kept.holds
     firm = {d.channel: d for d in decide_case(broken, config, CATALOG, later) if d.channel}
@@ -44,4 +45,4 @@ def test_broken_promise_gives_firmer_wording_until_a_payment(engine: Engine, con
 
     with engine.begin() as conn:
         repo.record_payment(conn, "P1", Decimal("50.00"), "bank-feed", later + dt.timedelta(hours=1))
-    assert not repo.get_snapshot(engine, "P1", later + dt.timedelta(hours=2)).promise_broken
+    assert not get_snapshot(engine, "P1", later + dt.timedelta(hours=2)).promise_broken

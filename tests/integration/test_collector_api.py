@@ -19,6 +19,7 @@ from dispatcher.domain import Case, CaseStatus
 from dispatcher.links import LinkSigner
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
+from dispatcher.store.tables import messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 
@@ -59,7 +60,7 @@ async def test_one_off_is_queued_through_the_gate(client: tuple[httpx.AsyncClien
     assert (body["action"], body["reason"], body["not_before"]) == ("send", "due", None)
     assert body["template"].startswith("sms/dpd30/")
     with engine.connect() as conn:
-        row = conn.execute(select(repo.messages_t).where(repo.messages_t.c.id == body["message_id"])).one()
+        row = conn.execute(select(messages_t).where(messages_t.c.id == body["message_id"])).one()
     assert (row.kind, row.status, row.created_by) == ("one_off", "queued", "agent7")
 
     clock.set(dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.timezone(dt.timedelta(hours=8))))
@@ -78,7 +79,7 @@ async def test_refusals_and_errors(client: tuple[httpx.AsyncClient, FakeClock], 
     assert (await c.post("/api/cases/A1/messages", json={"channel": "sms", "by": "x"})).status_code == 401
     assert (await c.get("/api/cases/A1", headers={"Authorization": "Bearer wrong"})).status_code == 401
     with engine.connect() as conn:
-        assert conn.execute(select(repo.messages_t)).first() is None  # nothing was queued by any of these
+        assert conn.execute(select(messages_t)).first() is None  # nothing was queued by any of these
 
 
 async def test_timeline(client: tuple[httpx.AsyncClient, FakeClock]) -> None:

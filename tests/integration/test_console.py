@@ -19,6 +19,7 @@ from dispatcher.domain import CaseStatus
 from dispatcher.links import LinkSigner
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
+from dispatcher.store.tables import holds_t, messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.web.console import COOKIE, ConsoleSessions
@@ -105,7 +106,7 @@ async def test_one_off_through_the_gate_and_its_refusal(console: tuple[httpx.Asy
     page = (await c.get(r.headers["location"])).text
     assert re.search(r"Message \d+ queued \(send, due\): it goes out now", page)
     with engine.connect() as conn:
-        row = conn.execute(select(repo.messages_t).where(repo.messages_t.c.kind == "one_off")).one()
+        row = conn.execute(select(messages_t).where(messages_t.c.kind == "one_off")).one()
     assert (row.case_id, row.channel, row.status, row.created_by) == ("A1", "sms", "queued", "agent7")
 
     # outside the window: queued for the next legal moment
@@ -130,8 +131,8 @@ async def test_forms_without_the_csrf_token_change_nothing(console: tuple[httpx.
         r = await c.post(path, data={**data, "csrf": "forged"})
         assert r.status_code == 403 and "expired" in r.text
     with engine.connect() as conn:
-        assert conn.execute(select(repo.messages_t)).first() is None
-        assert conn.execute(select(repo.holds_t)).first() is None
+        assert conn.execute(select(messages_t)).first() is None
+        assert conn.execute(select(holds_t)).first() is None
 
 
 async def test_holds_placed_and_released_from_the_page(console: tuple[httpx.AsyncClient, FakeClock]) -> None:

@@ -38,7 +38,7 @@ from dispatcher.services.planner import local_day, run_planner
 from dispatcher.services.portfolio import generate_cases, write_csv
 from dispatcher.settings import Settings
 from dispatcher.store.db import make_engine
-from dispatcher.store.tables import CaseRow, MessageRow
+from dispatcher.store.tables import CaseRow, MessageRow, messages_t
 from dispatcher.templates import TemplateSet
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
@@ -150,7 +150,7 @@ async def test_twenty_percent_faults_every_message_sent_once_or_failed_never_out
             injected = Counter(m["fault"] for m in [*sms, *calls] if m["fault"])
 
         with engine.connect() as conn:
-            rows = list(conn.execute(select(MessageRow.__table__)))
+            rows = list(conn.execute(select(messages_t)))
             cases = {r.case_id: r for r in conn.execute(select(CaseRow.case_id, CaseRow.jurisdiction, CaseRow.zones))}
     finally:
         engine.dispose()

@@ -26,7 +26,9 @@ from dispatcher.services.importer import (
     RowError,
     import_file,
 )
-from dispatcher.store import repository as repo
+from dispatcher.store.snapshots import get_snapshot
+from dispatcher.store.tables import cases_t
+from dispatcher.store.timeline import case_timeline
 
 NOW = dt.datetime(2026, 12, 7, 2, 0, tzinfo=dt.UTC)
 US_ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
@@ -70,7 +72,7 @@ def run(engine: Engine, config: Config, fake_clock: FakeClock, tmp_path: Path): 
 
 
 def snapshot(engine: Engine, case_id: str):  # type: ignore[no-untyped-def]
-    return repo.get_snapshot(engine, case_id, NOW)
+    return get_snapshot(engine, case_id, NOW)
 
 
 def contacts(engine: Engine, case_id: str) -> dict[Channel, tuple[str | None, bool]]:
@@ -79,7 +81,7 @@ def contacts(engine: Engine, case_id: str) -> dict[Channel, tuple[str | None, bo
 
 def count_cases(engine: Engine) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(repo.cases_t)).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(cases_t)).scalar_one())
 
 
 # -------------------------------------------------------------------------- happy paths
@@ -123,7 +125,7 @@ def test_csv_happy_path(run, engine: Engine, tmp_path: Path) -> None:  # type: i
         Channel.EMAIL: ("john.smith@example.com", True),
     }
     with engine.connect() as conn:
-        assert [e["kind"] for e in repo.case_timeline(conn, "US-0001")["events"]] == ["case_imported"]
+        assert [e["kind"] for e in case_timeline(conn, "US-0001")["events"]] == ["case_imported"]
 
 
 def test_jsonl_happy_path_with_numbers_booleans_and_nulls(run, engine: Engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -45,7 +45,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.db import make_engine
 from dispatcher.store.repository import ImportedCase
-from dispatcher.store.tables import MessageRow
+from dispatcher.store.tables import MessageRow, messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 
@@ -149,7 +149,7 @@ class World:
         return summary.queued
 
     def rows(self, **where: Any) -> list[Any]:
-        query = select(MessageRow.__table__).order_by(MessageRow.id)
+        query = select(messages_t).order_by(MessageRow.id)
         for name, value in where.items():
             query = query.where(getattr(MessageRow, name) == value)
         with self.engine.connect() as conn:

@@ -36,7 +36,7 @@ from dispatcher.services.importer import import_file
 from dispatcher.services.planner import local_day, run_planner
 from dispatcher.services.portfolio import generate_cases, write_csv
 from dispatcher.store.db import ensure_schema, make_engine
-from dispatcher.store.tables import CaseRow, MessageRow
+from dispatcher.store.tables import CaseRow, MessageRow, messages_t
 from dispatcher.templates import TemplateSet
 
 pytestmark = pytest.mark.postgres
@@ -148,7 +148,7 @@ def planner_counts(outputs: list[str]) -> list[int | None]:
 
 def outbox(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
-        return list(conn.execute(select(MessageRow.__table__).order_by(MessageRow.id)))
+        return list(conn.execute(select(messages_t).order_by(MessageRow.id)))
 
 
 def check_exactly_once(engine: Engine, sandbox: Sandbox) -> dict[str, int]:

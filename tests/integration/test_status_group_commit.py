@@ -13,25 +13,25 @@ from sqlalchemy.exc import StatementError
 
 from dispatcher.domain import Channel, MessageStatus
 from dispatcher.services.receipts import _StatusSQL
-from dispatcher.store import repository as repo
 from dispatcher.store.db import ensure_schema, make_engine
+from dispatcher.store.tables import cases_t, events_t, messages_t
 
 NOW = dt.datetime(2026, 12, 7, 2, 0, tzinfo=dt.UTC)
 
 
 def _seed(engine, messages: int) -> list[int]:  # type: ignore[no-untyped-def]
     with engine.begin() as conn:
-        conn.execute(insert(repo.cases_t), [{
+        conn.execute(insert(cases_t), [{
             "case_id": "G1", "name": "Group Commit", "jurisdiction": "cn", "locale": "zh-CN", "currency": "CNY",
             "principal": Decimal("100.00"), "interest": Decimal("0.00"), "penalty": Decimal("0.00"),
             "fees": Decimal("0.00"), "amount_due": Decimal("100.00"), "paid_total": Decimal("0.00"),
             "due_date": dt.date(2026, 10, 1), "status": "active", "product": "other", "zones": "Asia/Shanghai",
             "escalated_stages": "", "created_at": NOW, "updated_at": NOW}])
-        conn.execute(insert(repo.messages_t), [
+        conn.execute(insert(messages_t), [
             {"case_id": "G1", "channel": "sms", "kind": "scheduled", "status": "sent", "provider_id": f"SM{n:032x}",
              "idempotency_key": f"g:{n}", "scheduled_at": NOW, "created_at": NOW, "to_address": "+8613800000000"}
             for n in range(messages)])
-        return [row[0] for row in conn.execute(select(repo.messages_t.c.id).order_by(repo.messages_t.c.id))]
+        return [row[0] for row in conn.execute(select(messages_t.c.id).order_by(messages_t.c.id))]
 
 
 async def test_concurrent_callbacks_share_commits_and_keep_their_own_outcomes(tmp_path: Path) -> None:
@@ -74,9 +74,9 @@ async def test_concurrent_callbacks_share_commits_and_keep_their_own_outcomes(tm
     assert isinstance(bad, StatementError) and "naive" in str(bad)
     assert all(not isinstance(m, BaseException) and m is not None and m.applied for m in mixed)
     with engine.connect() as conn:
-        statuses = dict(conn.execute(select(repo.messages_t.c.status, func.count()).group_by(
-            repo.messages_t.c.status)).all())
-        events = conn.execute(select(func.count()).select_from(repo.events_t)).scalar_one()
+        statuses = dict(conn.execute(select(messages_t.c.status, func.count()).group_by(
+            messages_t.c.status)).all())
+        events = conn.execute(select(func.count()).select_from(events_t)).scalar_one()
     engine.dispose()
     assert statuses == {"delivered": 60}
     assert events == 60  # one per status that moved, none for the duplicate, the late one or the bad one

@@ -25,6 +25,18 @@ from dispatcher.domain import (
 )
 from dispatcher.store import repository as repo
 from dispatcher.store.repository import CaseNotFound, ImportedCase
+from dispatcher.store.snapshots import case_row_to_domain, get_snapshot, iter_snapshots
+from dispatcher.store.tables import (
+    cases_t,
+    contacts_t,
+    escalations_t,
+    events_t,
+    holds_t,
+    messages_t,
+    payments_t,
+)
+from dispatcher.store.timeline import case_timeline
+from dispatcher.store.values import cents
 
 NOW = dt.datetime(2026, 12, 7, 2, 0, tzinfo=dt.UTC)
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
@@ -75,13 +87,13 @@ def add_message(conn: Connection, case_id: str, channel: str, status: str, sched
         "conversation": False,
         **extra,
     }
-    return int(conn.execute(insert(repo.messages_t).values(**values)).inserted_primary_key[0])
+    return int(conn.execute(insert(messages_t).values(**values)).inserted_primary_key[0])
 
 
 def events_of(conn: Connection, case_id: str, kind: str | None = None) -> list[dict[str, Any]]:
-    query = select(repo.events_t).where(repo.events_t.c.case_id == case_id).order_by(repo.events_t.c.id)
+    query = select(events_t).where(events_t.c.case_id == case_id).order_by(events_t.c.id)
     if kind:
-        query = query.where(repo.events_t.c.kind == kind)
+        query = query.where(events_t.c.kind == kind)
     return [{"kind": e.kind, "actor": e.actor, "message_id": e.message_id, **json.loads(e.data)}
             for e in conn.execute(query)]
 
@@ -92,7 +104,7 @@ def import_cases(engine: Engine, *cases: ImportedCase, now: dt.datetime = NOW) -
 
 
 def contact(engine: Engine, case_id: str, channel: Channel) -> ContactPoint:
-    snapshot = repo.get_snapshot(engine, case_id, NOW)
+    snapshot = get_snapshot(engine, case_id, NOW)
     return next(c for c in snapshot.contacts if c.channel is channel)
 
 
@@ -105,11 +117,11 @@ def test_upsert_counts_inserts_and_updates(engine: Engine) -> None:
     # the same id twice in one batch: applied once (last wins), counted as an update the second time
     assert import_cases(engine, make_case("A5", name="First"), make_case("A5", name="Second")) == (1, 1)
 
-    assert repo.get_snapshot(engine, "A2", NOW).case.name == "Li Na"
-    assert repo.get_snapshot(engine, "A5", NOW).case.name == "Second"
+    assert get_snapshot(engine, "A2", NOW).case.name == "Li Na"
+    assert get_snapshot(engine, "A5", NOW).case.name == "Second"
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(repo.cases_t)).scalar() == 5
-        assert conn.execute(select(func.count()).select_from(repo.contacts_t)).scalar() == 15
+        assert conn.execute(select(func.count()).select_from(cases_t)).scalar() == 5
+        assert conn.execute(select(func.count()).select_from(contacts_t)).scalar() == 15
         assert [e["kind"] for e in events_of(conn, "A2")] == ["case_imported", "case_updated"]
         assert [e["kind"] for e in events_of(conn, "A5")] == ["case_imported", "case_updated"]
         assert events_of(conn, "A1")[0]["actor"] == "import"
@@ -119,7 +131,7 @@ def test_upsert_counts_inserts_and_updates(engine: Engine) -> None:
 def test_case_round_trips_to_the_domain(engine: Engine) -> None:
     imported = make_case("RT-1", timezone="Asia/Shanghai", status=CaseStatus.ACTIVE, product=Product.LOAN)
     import_cases(engine, imported)
-    snapshot = repo.get_snapshot(engine, "RT-1", NOW)
+    snapshot = get_snapshot(engine, "RT-1", NOW)
     assert snapshot.case == imported.case
     assert snapshot.zones == ("Asia/Shanghai",)
     assert snapshot.escalated_stages == frozenset()
@@ -132,7 +144,7 @@ def test_case_round_trips_to_the_domain(engine: Engine) -> None:
 
 def test_case_without_addresses_has_empty_contact_points(engine: Engine) -> None:
     import_cases(engine, make_case("NA-1", phone=None, email=None, email_consent=False))
-    snapshot = repo.get_snapshot(engine, "NA-1", NOW)
+    snapshot = get_snapshot(engine, "NA-1", NOW)
     assert snapshot.case.phone is None and snapshot.case.email is None
     assert {(c.channel, c.address, c.consent) for c in snapshot.contacts} == {
         (Channel.SMS, None, True),
@@ -157,7 +169,7 @@ def test_money_is_exact(engine: Engine, amounts: tuple[str, ...]) -> None:
         make_case("M-1", principal=principal, interest=interest, penalty=penalty, fees=fees, amount_due=due,
                   penalty_rate_daily=Decimal("0.00012345")),
     )
-    case = repo.get_snapshot(engine, "M-1", NOW).case
+    case = get_snapshot(engine, "M-1", NOW).case
     assert (case.principal, case.interest, case.penalty, case.fees, case.amount_due) == (
         principal, interest, penalty, fees, due)
     # the same text on every backend, not just equal values
@@ -176,8 +188,8 @@ def test_payments_of_a_cent_add_up_exactly(engine: Engine) -> None:
     assert [str(o.paid_total) for o in outcomes] == ["0.01", "0.02", "0.03"]
     assert [o.closed for o in outcomes] == [False, False, True]
     with engine.connect() as conn:
-        assert repo.case_timeline(conn, "P-C")["paid_total"] == "0.03"
-        amounts = conn.execute(select(repo.payments_t.c.amount)).scalars().all()
+        assert case_timeline(conn, "P-C")["paid_total"] == "0.03"
+        amounts = conn.execute(select(payments_t.c.amount)).scalars().all()
     assert sum(amounts, Decimal(0)) == Decimal("0.03")
 
 
@@ -188,7 +200,7 @@ def test_datetimes_come_back_aware_utc(engine: Engine) -> None:
         repo.place_hold(conn, "T-1", Reason.COLLECTOR_HOLD, until, "agent7", NOW)
     with engine.connect() as conn:
         (hold,) = repo.active_holds(conn, "T-1", NOW)
-        placed_at = conn.execute(select(repo.holds_t.c.placed_at)).scalar_one()
+        placed_at = conn.execute(select(holds_t.c.placed_at)).scalar_one()
     assert hold.until == until
     assert hold.until.utcoffset() == dt.timedelta(0)
     assert hold.until.isoformat() == "2026-12-10T13:30:15.123456+00:00"
@@ -220,7 +232,7 @@ def test_holds_place_expire_and_release(engine: Engine) -> None:
         # the collector hold has expired a day later
         assert [h.reason for h in repo.active_holds(conn, "H-1", later)] == [
             Reason.DISPUTE_HOLD, Reason.PAYMENT_CLAIMED]
-    assert [h.reason for h in repo.get_snapshot(engine, "H-1", later).holds] == [
+    assert [h.reason for h in get_snapshot(engine, "H-1", later).holds] == [
         Reason.DISPUTE_HOLD, Reason.PAYMENT_CLAIMED]
 
     with engine.begin() as conn:
@@ -237,7 +249,7 @@ def test_holds_place_expire_and_release(engine: Engine) -> None:
         ("hold_released", "dispute_hold"),
         ("hold_released", "payment_claimed"),
     ]
-    assert repo.get_snapshot(engine, "H-1", later).holds == ()
+    assert get_snapshot(engine, "H-1", later).holds == ()
 
 
 def test_place_hold_through_an_orm_session(engine: Engine) -> None:
@@ -289,7 +301,7 @@ def test_payment_closes_the_case_and_cancels_queued_messages(engine: Engine) -> 
     assert full.cancelled_message_ids == tuple(sorted((queued_sms, queued_email)))
 
     with engine.connect() as conn:
-        statuses = dict(conn.execute(select(repo.messages_t.c.id, repo.messages_t.c.status)).all())
+        statuses = dict(conn.execute(select(messages_t.c.id, messages_t.c.status)).all())
         assert statuses == {queued_sms: "cancelled", queued_email: "cancelled", in_flight: "sending",
                             sent: "sent", other_case: "queued"}
         kinds = [e["kind"] for e in events_of(conn, "P-1")]
@@ -298,7 +310,7 @@ def test_payment_closes_the_case_and_cancels_queued_messages(engine: Engine) -> 
         cancelled_events = events_of(conn, "P-1", "message_cancelled")
         assert {e["message_id"] for e in cancelled_events} == {queued_sms, queued_email}
         assert all(e["reason"] == "case_closed" for e in cancelled_events)
-    assert repo.get_snapshot(engine, "P-1", NOW).case.status is CaseStatus.PAID
+    assert get_snapshot(engine, "P-1", NOW).case.status is CaseStatus.PAID
 
     # an overpayment on a closed case is recorded; nothing is closed twice
     with engine.begin() as conn:
@@ -306,8 +318,8 @@ def test_payment_closes_the_case_and_cancels_queued_messages(engine: Engine) -> 
     assert (extra.closed, extra.status, str(extra.paid_total), str(extra.amount)) == (
         False, CaseStatus.PAID, "1026.75", "1.00")
     with engine.connect() as conn:
-        amounts = conn.execute(select(repo.payments_t.c.amount).order_by(repo.payments_t.c.id)).scalars().all()
-    assert [str(repo._cents(a)) for a in amounts] == ["25.75", "1000.00", "1.00"]
+        amounts = conn.execute(select(payments_t.c.amount).order_by(payments_t.c.id)).scalars().all()
+    assert [str(cents(a)) for a in amounts] == ["25.75", "1000.00", "1.00"]
 
 
 def test_payment_errors(engine: Engine) -> None:
@@ -330,12 +342,12 @@ def test_reimport_preserves_paid_total_and_keeps_a_paid_case_closed(engine: Engi
     # the bank's next export still says active with the same amount due
     assert import_cases(engine, make_case("P-4")) == (0, 1)
     with engine.connect() as conn:
-        timeline = repo.case_timeline(conn, "P-4")
+        timeline = case_timeline(conn, "P-4")
     assert (timeline["status"], timeline["paid_total"]) == ("paid", "1025.75")
     # a larger amount due (new charges) reopens it
     import_cases(engine, make_case("P-4", penalty=Decimal("105.25"), amount_due=Decimal("1125.75")))
     with engine.connect() as conn:
-        timeline = repo.case_timeline(conn, "P-4")
+        timeline = case_timeline(conn, "P-4")
     assert (timeline["status"], timeline["paid_total"]) == ("active", "1025.75")
 
 
@@ -415,10 +427,10 @@ def test_escalation_is_idempotent_and_survives_reimport(engine: Engine) -> None:
         with pytest.raises(CaseNotFound):
             repo.mark_escalated(conn, "NOPE", "dpd90", NOW)
         assert [e["stage"] for e in events_of(conn, "E-1", "escalated")] == ["dpd90", "dpd120"]
-        assert conn.execute(select(func.count()).select_from(repo.escalations_t)).scalar() == 2
-    assert repo.get_snapshot(engine, "E-1", NOW).escalated_stages == {"dpd90", "dpd120"}
+        assert conn.execute(select(func.count()).select_from(escalations_t)).scalar() == 2
+    assert get_snapshot(engine, "E-1", NOW).escalated_stages == {"dpd90", "dpd120"}
     import_cases(engine, make_case("E-1", name="Renamed"))
-    snapshot = repo.get_snapshot(engine, "E-1", NOW)
+    snapshot = get_snapshot(engine, "E-1", NOW)
     assert snapshot.escalated_stages == {"dpd90", "dpd120"}
     assert snapshot.case.name == "Renamed"
 
@@ -444,7 +456,7 @@ def test_iter_snapshots_streams_every_case_in_batches_with_history(engine: Engin
                         NOW - dt.timedelta(days=2))  # expired
         repo.mark_escalated(conn, "S-052", "dpd90", NOW)
 
-    snapshots = list(repo.iter_snapshots(engine, batch_size=7, now=NOW))
+    snapshots = list(iter_snapshots(engine, batch_size=7, now=NOW))
     assert [s.case.case_id for s in snapshots] == [f"S-{i:03d}" for i in range(n)]
     by_id = {s.case.case_id: s for s in snapshots}
     s0 = by_id["S-000"]
@@ -464,31 +476,31 @@ def test_iter_snapshots_streams_every_case_in_batches_with_history(engine: Engin
     assert all(s.zones == ("Asia/Shanghai", "Asia/Urumqi") for s in snapshots)
     assert all(len(s.contacts) == 3 for s in snapshots)
     # a shorter history window
-    short = next(repo.iter_snapshots(engine, case_ids=["S-000"], history_days=5, now=NOW))
+    short = next(iter_snapshots(engine, case_ids=["S-000"], history_days=5, now=NOW))
     assert [m.channel for m in short.history] == [Channel.VOICE, Channel.EMAIL]
 
 
 def test_iter_snapshots_named_cases(engine: Engine) -> None:
     import_cases(engine, *(make_case(f"N-{i}") for i in range(10)))
-    got = [s.case.case_id for s in repo.iter_snapshots(engine, case_ids=["N-7", "N-2", "N-7", "MISSING", "N-9"],
+    got = [s.case.case_id for s in iter_snapshots(engine, case_ids=["N-7", "N-2", "N-7", "MISSING", "N-9"],
                                                         batch_size=2, now=NOW)]
     assert got == ["N-2", "N-7", "N-9"]
     with engine.connect() as conn:
         assert repo.missing_case_ids(conn, ["N-1", "MISSING", "N-3", "ALSO"]) == ["MISSING", "ALSO"]
     with pytest.raises(CaseNotFound, match="MISSING"):
-        repo.get_snapshot(engine, "MISSING", NOW)
-    assert list(repo.iter_snapshots(engine, case_ids=[], now=NOW)) == []
+        get_snapshot(engine, "MISSING", NOW)
+    assert list(iter_snapshots(engine, case_ids=[], now=NOW)) == []
 
 
 def test_iter_snapshots_on_an_empty_store(engine: Engine) -> None:
-    assert list(repo.iter_snapshots(engine, now=NOW)) == []
+    assert list(iter_snapshots(engine, now=NOW)) == []
 
 
 def test_iter_snapshots_holds_one_batch_at_a_time(engine: Engine) -> None:
     """Consuming lazily: the generator has read only the first batch when the first
     snapshot arrives, so cases imported meanwhile behind it still show up."""
     import_cases(engine, *(make_case(f"L-{i:02d}") for i in range(10)))
-    stream = repo.iter_snapshots(engine, batch_size=4, now=NOW)
+    stream = iter_snapshots(engine, batch_size=4, now=NOW)
     try:
         assert next(stream).case.case_id == "L-00"
         import_cases(engine, make_case("L-99"))
@@ -512,10 +524,10 @@ def test_case_timeline_shape(engine: Engine) -> None:
                         NOW - dt.timedelta(days=1))
         repo.record_payment(conn, "TL-1", Decimal("25.75"), "cashier", NOW + dt.timedelta(minutes=1))
     with engine.connect() as conn:
-        timeline = repo.case_timeline(conn, "TL-1", now=NOW)
-        everything = repo.case_timeline(conn, "TL-1")
+        timeline = case_timeline(conn, "TL-1", now=NOW)
+        everything = case_timeline(conn, "TL-1")
         with pytest.raises(CaseNotFound):
-            repo.case_timeline(conn, "NOPE")
+            case_timeline(conn, "NOPE")
     json.dumps(timeline)  # serialisable as is
     assert timeline["case_id"] == "TL-1" and timeline["status"] == "active"
     assert timeline["holds"][0]["reason"] == "payment_claimed"
@@ -540,12 +552,12 @@ def test_case_timeline_shape(engine: Engine) -> None:
 
 def test_case_is_frozen_domain_object(engine: Engine) -> None:
     import_cases(engine, make_case("FZ-1"))
-    case = repo.get_snapshot(engine, "FZ-1", NOW).case
+    case = get_snapshot(engine, "FZ-1", NOW).case
     with pytest.raises(dataclasses.FrozenInstanceError):
         case.name = "x"  # type: ignore[misc]
     with engine.connect() as conn:
-        row = conn.execute(select(repo.cases_t).where(repo.cases_t.c.case_id == "FZ-1")).one()
-    assert repo.case_row_to_domain(row, phone="+8613812345678", email="debtor@example.com") == case
+        row = conn.execute(select(cases_t).where(cases_t.c.case_id == "FZ-1")).one()
+    assert case_row_to_domain(row, phone="+8613812345678", email="debtor@example.com") == case
 
 
 def test_iter_snapshots_many_named_cases(engine: Engine) -> None:
@@ -553,5 +565,5 @@ def test_iter_snapshots_many_named_cases(engine: Engine) -> None:
     n = 2500
     import_cases(engine, *(make_case(f"K-{i:05d}", phone=None, email=None) for i in range(n)))
     wanted = [f"K-{i:05d}" for i in range(n)] + ["K-missing"]
-    got = [s.case.case_id for s in repo.iter_snapshots(engine, case_ids=wanted, batch_size=20_000, now=NOW)]
+    got = [s.case.case_id for s in iter_snapshots(engine, case_ids=wanted, batch_size=20_000, now=NOW)]
     assert got == sorted(wanted[:-1])

@@ -30,6 +30,8 @@ from dispatcher.services.receipts import KEYWORD_RECEIVED, resume_broken_promise
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.repository import ImportedCase
+from dispatcher.store.snapshots import get_snapshot
+from dispatcher.store.tables import contacts_t, events_t, holds_t, messages_t
 from dispatcher.web.app import create_app
 from dispatcher.web.security import bounce_signature
 
@@ -81,12 +83,12 @@ def add_message(engine: Engine, case_id: str, channel: str, *, status: str = "se
     at = at or dt.datetime(2026, 12, 7, 1, 0, tzinfo=dt.UTC)
     with engine.begin() as conn:
         return int(conn.execute(
-            insert(repo.messages_t).values(
+            insert(messages_t).values(
                 case_id=case_id, channel=channel, stage="dpd60", kind="scheduled", template_id=f"{channel}/dpd60/v1",
                 locale=locale, to_address=to, body="body", parts=json.dumps(parts, ensure_ascii=False) if parts else None,
                 status=status, provider_id=provider_id, idempotency_key=f"{case_id}:{channel}:{provider_id}:{at}:{to}",
                 scheduled_at=at, created_at=at, sent_at=at if status != "queued" else None,
-            ).returning(repo.messages_t.c.id)
+            ).returning(messages_t.c.id)
         ).scalar_one())
 
 
@@ -128,42 +130,42 @@ class World:
 
     def message(self, message_id: int) -> Any:
         with self.engine.connect() as conn:
-            return conn.execute(select(repo.messages_t).where(repo.messages_t.c.id == message_id)).one()
+            return conn.execute(select(messages_t).where(messages_t.c.id == message_id)).one()
 
     def events(self, kind: str | None = None) -> list[Any]:
-        query = select(repo.events_t).order_by(repo.events_t.c.id)
+        query = select(events_t).order_by(events_t.c.id)
         if kind is not None:
-            query = query.where(repo.events_t.c.kind == kind)
+            query = query.where(events_t.c.kind == kind)
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
     def event_count(self) -> int:
-        return int(self.scalar(select(func.count()).select_from(repo.events_t)))
+        return int(self.scalar(select(func.count()).select_from(events_t)))
 
     def contact(self, case_id: str, channel: str) -> Any:
         with self.engine.connect() as conn:
             return conn.execute(
-                select(repo.contacts_t).where(repo.contacts_t.c.case_id == case_id, repo.contacts_t.c.channel == channel)
+                select(contacts_t).where(contacts_t.c.case_id == case_id, contacts_t.c.channel == channel)
             ).one()
 
     def holds(self, case_id: str) -> list[Any]:
         with self.engine.connect() as conn:
             return list(conn.execute(
-                select(repo.holds_t).where(repo.holds_t.c.case_id == case_id).order_by(repo.holds_t.c.id)
+                select(holds_t).where(holds_t.c.case_id == case_id).order_by(holds_t.c.id)
             ))
 
     def system_messages(self) -> list[Any]:
         with self.engine.connect() as conn:
             return list(conn.execute(
-                select(repo.messages_t).where(repo.messages_t.c.kind == "system").order_by(repo.messages_t.c.id)
+                select(messages_t).where(messages_t.c.kind == "system").order_by(messages_t.c.id)
             ))
 
     def snapshot(self) -> tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """Everything a refused request must leave alone."""
         with self.engine.connect() as conn:
-            messages = [tuple(r) for r in conn.execute(select(repo.messages_t).order_by(repo.messages_t.c.id))]
-            contacts = [tuple(r) for r in conn.execute(select(repo.contacts_t).order_by(repo.contacts_t.c.id))]
-            holds = [tuple(r) for r in conn.execute(select(repo.holds_t).order_by(repo.holds_t.c.id))]
+            messages = [tuple(r) for r in conn.execute(select(messages_t).order_by(messages_t.c.id))]
+            contacts = [tuple(r) for r in conn.execute(select(contacts_t).order_by(contacts_t.c.id))]
+            holds = [tuple(r) for r in conn.execute(select(holds_t).order_by(holds_t.c.id))]
         return self.event_count(), messages, contacts, holds
 
 
@@ -777,14 +779,13 @@ async def test_broken_promises_resume_contact(world: World) -> None:
 
 
 async def test_promise_placed_by_phone_blocks_the_next_plan(world: World) -> None:
-    from dispatcher.store.repository import get_snapshot
 
     await gather(world, "identity", "1")
     await gather(world, "options", "2")
     snap = get_snapshot(world.engine, "cn-1", world.clock.now())
     assert [h.reason for h in snap.holds] == [Reason.PROMISE_TO_PAY]
     with world.engine.begin() as conn:
-        conn.execute(update(repo.messages_t).where(repo.messages_t.c.id == world.voice_id).values(status="completed"))
+        conn.execute(update(messages_t).where(messages_t.c.id == world.voice_id).values(status="completed"))
     await gather(world, "identity", "1")
     snap = get_snapshot(world.engine, "cn-1", world.clock.now())
     assert any(h.conversation for h in snap.history if h.channel is Channel.VOICE)
@@ -811,10 +812,10 @@ def test_blocking_api_under_concurrent_callbacks(engine: Engine, config: Config,
         receipts.close()
     assert {o.result for o in outcomes} <= {"applied", "stale"}
     with engine.connect() as conn:
-        final = dict(conn.execute(select(repo.messages_t.c.id, repo.messages_t.c.status)
-                                  .where(repo.messages_t.c.id.in_(ids))).all())
-        received = conn.execute(select(func.count()).select_from(repo.events_t)
-                                .where(repo.events_t.c.kind == "status_received")).scalar()
+        final = dict(conn.execute(select(messages_t.c.id, messages_t.c.status)
+                                  .where(messages_t.c.id.in_(ids))).all())
+        received = conn.execute(select(func.count()).select_from(events_t)
+                                .where(events_t.c.kind == "status_received")).scalar()
     assert set(final.values()) == {"read"}
     assert sum(o.result == "applied" for o in outcomes) == received
     assert len(ids) <= received <= 3 * len(ids)  # one event per upward move, none for the rest

@@ -33,6 +33,9 @@ from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.db import make_engine
 from dispatcher.store.repository import ImportedCase
+from dispatcher.store.snapshots import get_snapshot
+from dispatcher.store.tables import contacts_t, messages_t
+from dispatcher.store.timeline import case_timeline
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 
@@ -75,20 +78,20 @@ class E2E:
 
     def timeline(self, case_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            return repo.case_timeline(conn, case_id, self.clock.now())
+            return case_timeline(conn, case_id, self.clock.now())
 
     def message(self, case_id: str, channel: str, kind: str = "scheduled") -> Any:
         with self.engine.connect() as conn:
             return conn.execute(
-                select(repo.messages_t).where(repo.messages_t.c.case_id == case_id,
-                                              repo.messages_t.c.channel == channel,
-                                              repo.messages_t.c.kind == kind)
+                select(messages_t).where(messages_t.c.case_id == case_id,
+                                              messages_t.c.channel == channel,
+                                              messages_t.c.kind == kind)
             ).one()
 
     def contact(self, case_id: str, channel: str) -> Any:
         with self.engine.connect() as conn:
-            return conn.execute(select(repo.contacts_t).where(repo.contacts_t.c.case_id == case_id,
-                                                              repo.contacts_t.c.channel == channel)).one()
+            return conn.execute(select(contacts_t).where(contacts_t.c.case_id == case_id,
+                                                              contacts_t.c.channel == channel)).one()
 
     def call_to(self, phone: str) -> dict[str, Any]:
         (call,) = [c for c in self.sandbox.calls() if c["to"] == phone]
@@ -178,7 +181,7 @@ async def test_a_person_confirms_identity_and_promises_to_pay(e2e: E2E) -> None:
     assert (voice.status, voice.answered_by) == ("completed", "human")
     holds = e2e.timeline("e2e-1")["holds"]
     assert [h["reason"] for h in holds] == [Reason.PROMISE_TO_PAY.value]
-    snapshot = repo.get_snapshot(e2e.engine, "e2e-1", e2e.clock.now())
+    snapshot = get_snapshot(e2e.engine, "e2e-1", e2e.clock.now())
     assert {d.reason for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())} \
         == {Reason.PROMISE_TO_PAY}
 
@@ -199,7 +202,7 @@ async def test_an_answering_machine_gets_a_voicemail_that_names_no_debt(e2e: E2E
 async def test_option_9_opts_the_number_out_of_calls(e2e: E2E) -> None:
     await send_everything(e2e, cn_case(3, PHONE_SILENT, "three@example.com"))
     await wait_until(lambda: e2e.contact("e2e-3", "voice").opted_out, "voice opt-out")
-    snapshot = repo.get_snapshot(e2e.engine, "e2e-3", e2e.clock.now())
+    snapshot = get_snapshot(e2e.engine, "e2e-3", e2e.clock.now())
     voice = [d for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())
              if d.channel is Channel.VOICE]
     assert [(d.action, d.reason) for d in voice] == [(Action.SKIP, Reason.OPTED_OUT)]
@@ -213,7 +216,7 @@ async def test_inbound_tuiding_opts_out_and_the_confirmation_is_sent_once(e2e: E
     assert e2e.contact("e2e-5", "sms").opted_out is True
     # the next plan says opted_out for SMS
     e2e.clock.advance(days=3)
-    snapshot = repo.get_snapshot(e2e.engine, "e2e-5", e2e.clock.now())
+    snapshot = get_snapshot(e2e.engine, "e2e-5", e2e.clock.now())
     sms = [d for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())
            if d.channel is Channel.SMS]
     assert [(d.action, d.reason) for d in sms] == [(Action.SKIP, Reason.OPTED_OUT)]

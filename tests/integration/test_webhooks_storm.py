@@ -28,6 +28,7 @@ from dispatcher.domain import Case, MessageStatus
 from dispatcher.policy.replies import map_provider_status, status_rank
 from dispatcher.store import repository as repo
 from dispatcher.store.repository import ImportedCase
+from dispatcher.store.tables import events_t, messages_t
 
 try:  # httpcore imports sniffio on every request; when it is absent, cache the miss
     import sniffio  # noqa: F401
@@ -143,10 +144,10 @@ def seed(engine: Engine, now: dt.datetime, rnd: random.Random) -> dict[int, tupl
         })
     with engine.begin() as conn:
         repo.upsert_cases(conn, cases, now)
-        conn.execute(insert(repo.messages_t), rows)
+        conn.execute(insert(messages_t), rows)
         ids = conn.execute(
-            select(repo.messages_t.c.id, repo.messages_t.c.channel, repo.messages_t.c.status,
-                   repo.messages_t.c.idempotency_key)
+            select(messages_t.c.id, messages_t.c.channel, messages_t.c.status,
+                   messages_t.c.idempotency_key)
         ).all()
     by_n = {int(r.idempotency_key.split(":")[1]): r for r in ids}
     return {by_n[n].id: (rows[n]["channel"], rows[n]["status"], f"{'SM' if rows[n]['channel'] == 'sms' else 'CA'}{n:030d}")
@@ -227,10 +228,10 @@ async def test_storm_of_duplicated_shuffled_callbacks_ends_in_the_highest_status
     assert elapsed < 60
 
     with engine.connect() as conn:
-        final = dict(conn.execute(select(repo.messages_t.c.id, repo.messages_t.c.status)).all())
-        sids = dict(conn.execute(select(repo.messages_t.c.id, repo.messages_t.c.provider_id)).all())
+        final = dict(conn.execute(select(messages_t.c.id, messages_t.c.status)).all())
+        sids = dict(conn.execute(select(messages_t.c.id, messages_t.c.provider_id)).all())
         events = conn.execute(
-            select(repo.events_t.c.kind, func.count()).group_by(repo.events_t.c.kind)
+            select(events_t.c.kind, func.count()).group_by(events_t.c.kind)
         ).all()
     wrong = {m: (final[m], want) for m, want in expected.items() if final[m] != want}
     assert wrong == {}
