@@ -1,4 +1,4 @@
-"""Cost of the pure decision core: microseconds per case for `decide_case`.
+"""Cost of the pure decision core: microseconds per case for `Gate.decide_case`.
 
     .venv/bin/python bench/policy_bench.py [--cases 20000] [--repeat 7]
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dispatcher.config import load_config
 from dispatcher.domain import Case, CaseSnapshot, Channel, ContactPoint, MessageStatus, SentMessage
-from dispatcher.policy import decide_case
+from dispatcher.policy import Gate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,21 +72,22 @@ def main() -> None:
     # Thu 2026-12-10 10:00 in Shanghai (21:00 the day before in New York)
     now = dt.datetime(2026, 12, 10, 2, 0, tzinfo=dt.UTC)
     snapshots = portfolio(args.cases, now, [s.name for s in config.stages])
+    gate = Gate(config)
 
     mix: Counter[str] = Counter()
     lines = 0
     for snapshot in snapshots:  # warm the caches, as the first batch of a plan run does
-        for d in decide_case(snapshot, config, catalog, now):
+        for d in gate.decide_case(snapshot, catalog, now):
             mix[f"{d.action.value}:{d.reason.value}"] += 1
             lines += 1
     best = float("inf")
     for _ in range(args.repeat):
         t0 = time.process_time()
         for snapshot in snapshots:
-            decide_case(snapshot, config, catalog, now)
+            gate.decide_case(snapshot, catalog, now)
         best = min(best, time.process_time() - t0)
     per_case = best / len(snapshots) * 1e6
-    print(f"decide_case: {per_case:.1f} us/case ({len(snapshots) / best:,.0f} cases/s on one core, CPU time),"
+    print(f"Gate.decide_case: {per_case:.1f} us/case ({len(snapshots) / best:,.0f} cases/s on one core, CPU time),"
           f" {lines / len(snapshots):.2f} lines/case")
     for key, count in mix.most_common():
         print(f"  {key:28} {count / lines:6.1%}")

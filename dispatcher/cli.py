@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from rich.table import Table
 from dispatcher.clock import Clock, FakeClock, StartedClock, SystemClock, parse_instant
 from dispatcher.config import Config, ConfigError, load_config
 from dispatcher.settings import Settings
+
+if TYPE_CHECKING:
+    from dispatcher.policy import Gate
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL, EXIT_REFUSED = 0, 1, 2, 3, 4
 
@@ -64,6 +67,14 @@ class Runtime:
             return load_config(self.settings.config_path)
         except ConfigError as exc:
             raise fail(str(exc)) from None
+
+    @cached_property
+    def gate(self) -> Gate:
+        """The compliance gate, one per process: the planner, the sender, the one-off
+        path and the web pages share its caches."""
+        from dispatcher.policy import Gate
+
+        return Gate(self.config)
 
     @cached_property
     def engine(self):  # type: ignore[no-untyped-def]
@@ -119,6 +130,7 @@ class Runtime:
             self.signer,
             self.settings.public_url,
             self.settings.instance_id,
+            gate=self.gate,
         )
 
     def close(self) -> None:
@@ -225,10 +237,18 @@ def plan_cmd(
     case: Annotated[list[str] | None, typer.Option("--case", help="only this case (repeatable)")] = None,
 ) -> None:
     """Dry run: one decision per case and channel at "now". Writes nothing."""
-    from dispatcher.services.planner import decision_line, plan_decisions
+    import gc
+
+    from dispatcher.services.planner import PLAN_GC_THRESHOLD, decision_line, plan_decisions
 
     if fmt not in ("jsonl", "table"):
         raise fail(f"--format {fmt!r}: use jsonl or table")
+    # Here only, for this command's own run (never inside a server that also plans):
+    # restored when the command's context closes.
+    saved = gc.get_threshold()
+    if 0 < saved[0] < PLAN_GC_THRESHOLD:  # a higher threshold, or 0 (collector off), is left alone
+        gc.set_threshold(PLAN_GC_THRESHOLD, *saved[1:])
+        ctx.call_on_close(lambda: gc.set_threshold(*saved))
     runtime = rt(ctx)
     now = runtime.clock.now()
     catalog = runtime.templates.approved_catalog()
@@ -239,7 +259,7 @@ def plan_cmd(
             missing = repository.missing_case_ids(conn, case)
         if missing:
             raise fail(f"no such case: {', '.join(missing)}; check the id or import it first")
-    stream = plan_decisions(runtime.engine, runtime.config, catalog, now, case_ids=case)
+    stream = plan_decisions(runtime.engine, runtime.gate, catalog, now, case_ids=case)
     if fmt == "jsonl":
         write = sys.stdout.write
         for _snapshot, decisions in stream:
@@ -271,7 +291,7 @@ def _tick(runtime: Runtime, channels: dict[Any, Any]) -> dict[str, Any]:
 
     now = runtime.clock.now()
     resume_broken_promises(runtime.engine, now)
-    planned = run_planner(runtime.engine, runtime.config, runtime.templates.approved_catalog(), now)
+    planned = run_planner(runtime.engine, runtime.gate, runtime.templates.approved_catalog(), now)
     sender = runtime.sender(channels)
 
     async def _send() -> Any:
@@ -338,7 +358,7 @@ def send_cmd(
     try:
         result = request_one_off(
             runtime.engine,
-            runtime.config,
+            runtime.gate,
             runtime.templates.approved_catalog(),
             runtime.clock.now(),
             case_id=case_id,
@@ -692,6 +712,7 @@ def build_web_app(runtime: Runtime):  # type: ignore[no-untyped-def]
         settings=runtime.settings,
         signer=runtime.signer,
         templates=runtime.templates,
+        gate=runtime.gate,
     )
 
 
@@ -718,6 +739,7 @@ def run_cmd(
     jobs = DaemonJobs(
         engine=runtime.engine,
         config=runtime.config,
+        gate=runtime.gate,
         clock=runtime.clock,
         sender=sender,
         catalog=runtime.templates.approved_catalog,

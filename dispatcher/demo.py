@@ -31,6 +31,7 @@ from sqlmodel import col
 
 from dispatcher.clock import SharedClock
 from dispatcher.config import Config
+from dispatcher.policy import Gate
 from dispatcher.services.planner import run_planner
 from dispatcher.services.portfolio import REALISTIC_DPD_BUCKETS, generate_cases, write_csv
 from dispatcher.settings import Settings
@@ -227,7 +228,8 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
     from dispatcher.store.tables import MessageRow
 
     channels = build_channels(settings, timeout=config.sending.provider_timeout_seconds)
-    sender = sender_cls(engine, config, templates, channels, clock, signer, settings.public_url, "demo")
+    gate = Gate(config)  # one for the whole run: the planner and the sender share its caches
+    sender = sender_cls(engine, config, templates, channels, clock, signer, settings.public_url, "demo", gate=gate)
     inbound_url = f"{settings.public_url}/twilio/sms/inbound"
     try:
         with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(),
@@ -238,7 +240,7 @@ async def _simulate(ticks, engine, config, catalog, templates, clock, signer, se
                 clock.set(instant)
                 t0 = time.perf_counter()
                 await asyncio.to_thread(resume_broken_promises, engine, instant)
-                summary = await asyncio.to_thread(run_planner, engine, config, catalog, instant)
+                summary = await asyncio.to_thread(run_planner, engine, gate, catalog, instant)
                 result.timings["plan"] = result.timings.get("plan", 0.0) + time.perf_counter() - t0
                 if summary is not None:
                     result.decisions.update(summary.by_reason)

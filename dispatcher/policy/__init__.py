@@ -1,10 +1,11 @@
 """The pure compliance decision core: who is contacted, when, on which channel, with
-which template, and why not. Pure functions of (case snapshot, config, approved
-templates, now); no I/O, no imports from adapters."""
+which template, and why not. `Gate(config).decide_case` / `decide_channel` are pure
+functions of (case snapshot, config, approved templates, now) — the gate only caches;
+no I/O, no imports from adapters."""
 
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.caps import NOT_COUNTED, CapBlock, ChannelUsage, FrequencyCap, counts
-from dispatcher.policy.evaluate import TemplateCatalog, decide_case, decide_channel
+from dispatcher.policy.evaluate import Gate, TemplateCatalog
 from dispatcher.policy.rotation import choose_template, last_template
 from dispatcher.policy.stages import days_past_due, stage_for
 from dispatcher.policy.window import (
@@ -23,14 +24,13 @@ __all__ = [
     "ChannelUsage",
     "ContactWindow",
     "FrequencyCap",
+    "Gate",
     "NoLegalInstantError",
     "TemplateCatalog",
     "WorkingCalendar",
     "choose_template",
     "counts",
     "days_past_due",
-    "decide_case",
-    "decide_channel",
     "is_legal",
     "last_template",
     "local_date",

@@ -26,9 +26,14 @@ history known now; it is expressed in the primary zone.
 The snapshot's history must not contain the message being re-checked (the sender
 removes it), otherwise that message counts against its own caps.
 
-Everything that depends only on (profile, zone, date) or on (profile, zones, now) is
-cached, so a plan run over many cases at one `now` costs a few dict lookups per case
-for the time rules.
+`Gate(config)` is the gate for one configuration. It owns the caches that make a plan
+run cheap: everything that depends only on (profile, zone, date) or on (profile, zones,
+now), the stage per days past due, the formatted instants that many cases share; so a
+run over many cases at one `now` costs a few dict lookups per case for the time rules.
+Build one per configuration and keep it (the planner, the sender and the one-off path
+each receive theirs); a configuration is immutable once loaded, so a gate never goes
+stale. Its caches only memoise pure functions, each entry written whole, so threads may
+share a gate.
 """
 
 from __future__ import annotations
@@ -65,92 +70,6 @@ _CH = {ch: ch.value for ch in Channel}
 _SEND, _DEFER, _SKIP, _ESCALATE = Action.SEND, Action.DEFER, Action.SKIP, Action.ESCALATE
 
 
-# -- per-config runtime ----------------------------------------------------------------
-
-
-class _Profile:
-    """A profile with its calendar, caps and per-zones caches."""
-
-    __slots__ = ("profile", "calendar", "caps", "windows", "times")
-
-    def __init__(self, profile: Jurisdiction) -> None:
-        self.profile = profile
-        self.calendar = WorkingCalendar.for_profile(profile)
-        self.caps = {ch: FrequencyCap.for_profile(profile, ch) for ch in Channel}
-        self.windows: dict[tuple[str, ...], tuple[ContactWindow, ...]] = {}
-        self.times: dict[tuple[tuple[str, ...], float], _TimeVerdict] = {}
-
-    def windows_for(self, zones: tuple[str, ...]) -> tuple[ContactWindow, ...]:
-        windows = self.windows.get(zones)
-        if windows is None:
-            windows = self.windows[zones] = windows_for(zones, self.profile, self.calendar)
-        return windows
-
-    def time_at(self, zones: tuple[str, ...], ts: float) -> _TimeVerdict:
-        key = (zones, ts)
-        verdict = self.times.get(key)
-        if verdict is None:
-            if len(self.times) >= _TIME_CACHE_LIMIT:
-                self.times.clear()
-            verdict = self.times[key] = _time_verdict(self.windows_for(tuple(zones)), ts)
-        return verdict
-
-
-class _Runtime:
-    __slots__ = ("config", "profiles", "stages", "heads", "firmer")
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.profiles = {name: _Profile(p) for name, p in config.jurisdictions.items()}
-        ordered = sorted(config.stages, key=lambda s: s.dpd_min)
-        #: the stage whose (firmer) wording a case uses after a broken promise to pay
-        self.firmer: dict[str, str] = {a.name: b.name for a, b in zip(ordered, ordered[1:], strict=False)}
-        self.stages: dict[int, tuple[Stage, tuple[tuple[Channel, int], ...]] | None] = {}
-        self.heads: dict[tuple[int, dt.date], _Head] = {}
-
-    def head(self, today: int, due_date: dt.date) -> _Head:
-        """Days past due, stage and detail prefix of a case due on `due_date`, seen on
-        local date `today` (an ordinal): the same for every case due that day."""
-        key = (today, due_date)
-        head = self.heads.get(key)
-        if head is None:
-            if len(self.heads) >= _TIME_CACHE_LIMIT:
-                self.heads.clear()
-            dpd = today - due_date.toordinal()
-            entry = self.stage(dpd)
-            stage_name = None if entry is None else entry[0].name
-            prefix = f"DPD {dpd} (due {due_date.isoformat()}), stage {stage_name or 'none'}"
-            head = self.heads[key] = (dpd, entry, prefix)
-        return head
-
-    def stage(self, dpd: int) -> tuple[Stage, tuple[tuple[Channel, int], ...]] | None:
-        try:
-            return self.stages[dpd]
-        except KeyError:
-            stage = self.config.stage_for(dpd)
-            value = None
-            if stage is not None:
-                value = (stage, tuple((ch, c.every_days) for ch, c in stage.channels.items()))
-            self.stages[dpd] = value
-            return value
-
-
-_Head = tuple[int, "tuple[Stage, tuple[tuple[Channel, int], ...]] | None", str]
-
-_RUNTIMES: dict[int, tuple[Config, _Runtime]] = {}
-
-
-def _runtime(config: Config) -> _Runtime:
-    entry = _RUNTIMES.get(id(config))
-    if entry is not None and entry[0] is config:
-        return entry[1]
-    if len(_RUNTIMES) > 64:
-        _RUNTIMES.clear()
-    runtime = _Runtime(config)
-    _RUNTIMES[id(config)] = (config, runtime)  # holds `config`, so its id stays unique
-    return runtime
-
-
 # -- time ------------------------------------------------------------------------------
 
 
@@ -164,50 +83,54 @@ class _TimeVerdict:
     next_ts: float  # earliest legal instant >= now, ignoring caps
 
 
-_FMT_CACHE: dict[tuple[float, str], str] = {}
-_ISO_CACHE: dict[int, str] = {}
-_LOCAL_CACHE: dict[tuple[float, str], dt.datetime] = {}
+class _Instants:
+    """Instants as the decisions show them: many cases share a `not_before`, so each is
+    converted and formatted once (datetimes are immutable: one object serves them all)."""
+
+    __slots__ = ("_local", "_text", "_iso")
+
+    def __init__(self) -> None:
+        self._local: dict[tuple[float, str], dt.datetime] = {}
+        self._text: dict[tuple[float, str], str] = {}
+        self._iso: dict[int, str] = {}
+
+    def local(self, ts: float, window: ContactWindow) -> dt.datetime:
+        """POSIX instant `ts` as an aware datetime in the window's zone."""
+        key = (ts, window.zone)
+        local = self._local.get(key)
+        if local is None:
+            if len(self._local) >= _TIME_CACHE_LIMIT:
+                self._local.clear()
+            local = self._local[key] = dt.datetime.fromtimestamp(ts, window.tz)
+        return local
+
+    def text(self, ts: float, window: ContactWindow) -> str:
+        """`Wed 2026-05-06 09:00 Asia/Shanghai`."""
+        key = (ts, window.zone)
+        text = self._text.get(key)
+        if text is None:
+            if len(self._text) >= _TIME_CACHE_LIMIT:
+                self._text.clear()
+            local = self.local(ts, window)
+            text = self._text[key] = f"{format_day(local.date())} {local:%H:%M} {window.zone}"
+        return text
+
+    def iso(self, ordinal: int) -> str:
+        """The ISO date of a proleptic ordinal."""
+        text = self._iso.get(ordinal)
+        if text is None:
+            if len(self._iso) >= _TIME_CACHE_LIMIT:
+                self._iso.clear()
+            text = self._iso[ordinal] = dt.date.fromordinal(ordinal).isoformat()
+        return text
 
 
-def _local(ts: float, window: ContactWindow) -> dt.datetime:
-    """POSIX instant `ts` as an aware datetime in the window's zone (many cases share a
-    not_before: cached; datetimes are immutable, so one object serves them all)."""
-    key = (ts, window.zone)
-    local = _LOCAL_CACHE.get(key)
-    if local is None:
-        if len(_LOCAL_CACHE) >= _TIME_CACHE_LIMIT:
-            _LOCAL_CACHE.clear()
-        local = _LOCAL_CACHE[key] = dt.datetime.fromtimestamp(ts, window.tz)
-    return local
-
-
-def _fmt_ts(ts: float, window: ContactWindow) -> str:
-    """`Wed 2026-05-06 09:00 Asia/Shanghai` (many cases share a not_before: cached)."""
-    key = (ts, window.zone)
-    text = _FMT_CACHE.get(key)
-    if text is None:
-        if len(_FMT_CACHE) >= _TIME_CACHE_LIMIT:
-            _FMT_CACHE.clear()
-        local = _local(ts, window)
-        text = _FMT_CACHE[key] = f"{format_day(local.date())} {local:%H:%M} {window.zone}"
-    return text
-
-
-def _iso(ordinal: int) -> str:
-    text = _ISO_CACHE.get(ordinal)
-    if text is None:
-        if len(_ISO_CACHE) >= _TIME_CACHE_LIMIT:
-            _ISO_CACHE.clear()
-        text = _ISO_CACHE[ordinal] = dt.date.fromordinal(ordinal).isoformat()
-    return text
-
-
-def _time_verdict(windows: tuple[ContactWindow, ...], ts: float) -> _TimeVerdict:
+def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: _Instants) -> _TimeVerdict:
     primary = windows[0]
     today = primary.ordinal(ts)
     failing = [w for w in windows if not w.contains(ts)]
     if not failing:
-        where = _fmt_ts(ts, primary)
+        where = instants.text(ts, primary)
         if len(windows) > 1:
             where += f" (legal in all of {', '.join(w.zone for w in windows)})"
         return _TimeVerdict(windows, today, True, None, f"inside the contact window at {where}", ts)
@@ -228,6 +151,41 @@ def _time_verdict(windows: tuple[ContactWindow, ...], ts: float) -> _TimeVerdict
     if len(windows) > 1:
         why += f" (must be legal in all of {', '.join(w.zone for w in windows)})"
     return _TimeVerdict(windows, today, False, reason, why, find_legal_ts(ts, windows))
+
+
+# -- per-profile caches ----------------------------------------------------------------
+
+
+class _Profile:
+    """A profile with its calendar, caps and per-zones caches."""
+
+    __slots__ = ("profile", "calendar", "caps", "windows", "times", "instants")
+
+    def __init__(self, profile: Jurisdiction, instants: _Instants) -> None:
+        self.profile = profile
+        self.calendar = WorkingCalendar.for_profile(profile)
+        self.caps = {ch: FrequencyCap.for_profile(profile, ch) for ch in Channel}
+        self.windows: dict[tuple[str, ...], tuple[ContactWindow, ...]] = {}
+        self.times: dict[tuple[tuple[str, ...], float], _TimeVerdict] = {}
+        self.instants = instants
+
+    def windows_for(self, zones: tuple[str, ...]) -> tuple[ContactWindow, ...]:
+        windows = self.windows.get(zones)
+        if windows is None:
+            windows = self.windows[zones] = windows_for(zones, self.profile, self.calendar)
+        return windows
+
+    def time_at(self, zones: tuple[str, ...], ts: float) -> _TimeVerdict:
+        key = (zones, ts)
+        verdict = self.times.get(key)
+        if verdict is None:
+            if len(self.times) >= _TIME_CACHE_LIMIT:
+                self.times.clear()
+            verdict = self.times[key] = _time_verdict(self.windows_for(tuple(zones)), ts, self.instants)
+        return verdict
+
+
+_Head = tuple[int, "tuple[Stage, tuple[tuple[Channel, int], ...]] | None", str]
 
 
 # -- history ---------------------------------------------------------------------------
@@ -302,27 +260,27 @@ class _Case:
     """Everything about one case at one instant that all its channel lines share."""
 
     __slots__ = (
-        "snapshot", "case_id", "rt", "prof", "zones", "windows", "time", "now_ts",
+        "snapshot", "case_id", "gate", "prof", "zones", "windows", "time", "now_ts",
         "dpd", "stage", "stage_name", "channels", "prefix", "case_reason", "_histories",
     )
 
-    def __init__(self, snapshot: CaseSnapshot, config: Config, now: dt.datetime) -> None:
+    def __init__(self, snapshot: CaseSnapshot, gate: Gate, now: dt.datetime) -> None:
         case = snapshot.case
         self.snapshot = snapshot
         self.case_id = case.case_id
-        rt = self.rt = _runtime(config)
+        self.gate = gate
         try:
-            prof = self.prof = rt.profiles[case.jurisdiction]
+            prof = self.prof = gate.profiles[case.jurisdiction]
         except KeyError:
             raise ValueError(
                 f"case {case.case_id}: jurisdiction {case.jurisdiction!r} is not a profile in the"
-                f" configuration (known: {', '.join(sorted(rt.profiles))})"
+                f" configuration (known: {', '.join(sorted(gate.profiles))})"
             ) from None
         zones = self.zones = snapshot.zones or resolve_zones(case, prof.profile)
-        self.now_ts = _timestamp(now)
+        self.now_ts = gate.timestamp(now)
         time = self.time = prof.time_at(zones, self.now_ts)
         self.windows = time.windows
-        self.dpd, entry, self.prefix = rt.head(time.today, case.due_date)
+        self.dpd, entry, self.prefix = gate.head(time.today, case.due_date)
         self.stage: Stage | None = None
         self.stage_name: str | None = None
         self.channels: tuple[tuple[Channel, int], ...] = ()
@@ -349,21 +307,6 @@ class _Case:
         )
 
 
-_last_now: tuple[dt.datetime | None, float] = (None, 0.0)
-
-
-def _timestamp(now: dt.datetime) -> float:
-    """`now.timestamp()`, remembered for the one `now` a whole plan run shares."""
-    global _last_now
-    last, ts = _last_now
-    if last is not now:
-        if now.tzinfo is None or now.utcoffset() is None:
-            raise ValueError("now must be timezone-aware")
-        ts = now.timestamp()
-        _last_now = (now, ts)
-    return ts
-
-
 def _contact(snapshot: CaseSnapshot, channel: Channel) -> ContactPoint | None:
     for contact in snapshot.contacts:
         if contact.channel == channel:
@@ -384,29 +327,6 @@ def _channel_block(snapshot: CaseSnapshot, channel: Channel) -> tuple[Reason, st
     if not contact.consent:
         return Reason.NO_CONSENT, f"no consent to contact by {ch}"
     return Reason.OPTED_OUT, f"the debtor opted out of {ch}"
-
-
-#: sorted, de-duplicated candidates per catalog value; only immutable (tuple) values are
-#: remembered, so a changed catalog can never be answered from here
-_ORDERED: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def _candidates(
-    templates: TemplateCatalog, channel: Channel, stage: str, locale: str, default_locale: str
-) -> Sequence[str]:
-    found = templates.get((channel, stage, locale))
-    if not found and default_locale != locale:
-        found = templates.get((channel, stage, default_locale))
-    if not found:
-        return ()
-    if type(found) is not tuple:
-        return sorted(set(found))
-    ordered = _ORDERED.get(found)
-    if ordered is None:
-        if len(_ORDERED) >= _TIME_CACHE_LIMIT:
-            _ORDERED.clear()
-        ordered = _ORDERED[found] = tuple(sorted(set(found)))
-    return ordered
 
 
 def _override_approved(
@@ -433,18 +353,20 @@ def _line(
         return c.decision(channel, _SKIP, block[0], block[1])
     h = c.history(channel)
     ch = _CH[channel]
+    gate = c.gate
+    iso = gate.instants.iso
     today = c.time.today
     last_day = h.stage_last_day
     if apply_cadence and every_days is not None:
         if last_day is not None and today < last_day + every_days:
             return c.decision(
                 channel, _SKIP, Reason.NOT_DUE,
-                f"last {ch} {_iso(last_day)}, every {every_days} days: next on {_iso(last_day + every_days)}",
+                f"last {ch} {iso(last_day)}, every {every_days} days: next on {iso(last_day + every_days)}",
             )
         if last_day is None:
             cadence = f"no {ch} yet in this stage"
         else:
-            cadence = f"last {ch} {_iso(last_day)}, every {every_days} days: due since {_iso(last_day + every_days)}"
+            cadence = f"last {ch} {iso(last_day)}, every {every_days} days: due since {iso(last_day + every_days)}"
     elif apply_cadence:
         cadence = f"{ch} is not a channel of this stage; cadence not applied"
     else:
@@ -467,12 +389,12 @@ def _line(
         if snapshot.promise_broken:
             # A broken promise to pay moves the case to the next stage's, firmer wording
             # (the last stage is already the firmest); cadence and caps stay the stage's.
-            firmer = c.rt.firmer.get(stage_name)
-            if firmer and _candidates(templates, channel, firmer, case.locale, profile.default_locale):
+            firmer = gate.firmer.get(stage_name)
+            if firmer and gate.candidates(templates, channel, firmer, case.locale, profile.default_locale):
                 wording = firmer
                 cadence += f"; promise to pay broken: firmer {firmer} wording"
         chosen = rotate(
-            _candidates(templates, channel, wording, case.locale, profile.default_locale),
+            gate.candidates(templates, channel, wording, case.locale, profile.default_locale),
             h.template, c.case_id, ch, wording,
         )
         if chosen is None:
@@ -499,66 +421,144 @@ def _line(
     windows = c.windows
     next_ts = time.next_ts
     if usage.per_day:
-        first_day = _local(next_ts, windows[0]).toordinal()
+        first_day = gate.instants.local(next_ts, windows[0]).toordinal()
         later = cap.check(usage, first_day)
         if later is not None:
             next_ts = find_legal_ts(next_ts, windows, lambda o: cap.check(usage, o) is None)
             if not time.legal:
                 why += f"; then {later.detail}"
-    not_before = _local(next_ts, windows[0])
+    not_before = gate.instants.local(next_ts, windows[0])
     return c.decision(
         channel, _DEFER, reason,
-        f"{why}; next legal moment {_fmt_ts(next_ts, windows[0])}; template {chosen}",
+        f"{why}; next legal moment {gate.instants.text(next_ts, windows[0])}; template {chosen}",
         template=chosen, not_before=not_before,
     )
 
 
-def decide_case(
-    snapshot: CaseSnapshot, config: Config, templates: TemplateCatalog, now: dt.datetime
-) -> list[Decision]:
-    """The decisions for one case at `now`: one per channel of its stage (stage order),
-    or one `channel = null` line without a stage, plus an escalation line if due."""
-    c = _Case(snapshot, config, now)
-    stage = c.stage
-    if c.case_reason is not None:
-        reason, detail = c.case_reason
+class Gate:
+    """The compliance gate for one configuration: (case snapshot, approved templates,
+    now) -> decisions. Owns its caches (see the module docstring); build one per
+    configuration and keep it."""
+
+    __slots__ = ("config", "profiles", "firmer", "instants", "_stages", "_heads", "_ordered", "_now")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instants = _Instants()
+        self.profiles = {name: _Profile(p, self.instants) for name, p in config.jurisdictions.items()}
+        ordered = sorted(config.stages, key=lambda s: s.dpd_min)
+        #: the stage whose (firmer) wording a case uses after a broken promise to pay
+        self.firmer: dict[str, str] = {a.name: b.name for a, b in zip(ordered, ordered[1:], strict=False)}
+        self._stages: dict[int, tuple[Stage, tuple[tuple[Channel, int], ...]] | None] = {}
+        self._heads: dict[tuple[int, dt.date], _Head] = {}
+        #: sorted, de-duplicated candidates per catalog value; only immutable (tuple)
+        #: values are remembered, so a changed catalog can never be answered from here
+        self._ordered: dict[tuple[str, ...], tuple[str, ...]] = {}
+        #: the last `now` and its timestamp, as one tuple: threads sharing the gate never
+        #: see one's instant with another's timestamp
+        self._now: tuple[dt.datetime | None, float] = (None, 0.0)
+
+    def decide_case(self, snapshot: CaseSnapshot, templates: TemplateCatalog, now: dt.datetime) -> list[Decision]:
+        """The decisions for one case at `now`: one per channel of its stage (stage order),
+        or one `channel = null` line without a stage, plus an escalation line if due."""
+        c = _Case(snapshot, self, now)
+        stage = c.stage
+        if c.case_reason is not None:
+            reason, detail = c.case_reason
+            if stage is None:
+                return [c.decision(None, _SKIP, reason, detail)]
+            return [c.decision(ch, _SKIP, reason, detail) for ch, _ in c.channels]
         if stage is None:
-            return [c.decision(None, _SKIP, reason, detail)]
-        return [c.decision(ch, _SKIP, reason, detail) for ch, _ in c.channels]
-    if stage is None:
-        return [c.decision(None, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")]
-    out = [
-        _line(c, templates, ch, every, apply_cadence=True, template=None) for ch, every in c.channels
-    ]
-    if stage.escalate and stage.name not in snapshot.escalated_stages:
-        out.append(
-            c.decision(
-                None, _ESCALATE, Reason.LEGAL_HANDOFF,
-                f"stage {stage.name} is marked escalate: hand the case to the legal department",
+            return [c.decision(None, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")]
+        out = [
+            _line(c, templates, ch, every, apply_cadence=True, template=None) for ch, every in c.channels
+        ]
+        if stage.escalate and stage.name not in snapshot.escalated_stages:
+            out.append(
+                c.decision(
+                    None, _ESCALATE, Reason.LEGAL_HANDOFF,
+                    f"stage {stage.name} is marked escalate: hand the case to the legal department",
+                )
             )
-        )
-    return out
+        return out
 
+    def decide_channel(
+        self,
+        snapshot: CaseSnapshot,
+        templates: TemplateCatalog,
+        now: dt.datetime,
+        channel: Channel,
+        *,
+        apply_cadence: bool = True,
+        template: str | None = None,
+    ) -> Decision:
+        """The gate for one channel: one-off sends (`apply_cadence=False`, optionally a
+        chosen `template`, which must be approved for the channel in any stage) and the
+        sender's last-moment re-check. The channel need not belong to the current stage."""
+        channel = Channel(channel)
+        c = _Case(snapshot, self, now)
+        if c.case_reason is not None:
+            reason, detail = c.case_reason
+            return c.decision(channel, _SKIP, reason, detail)
+        if c.stage is None:
+            return c.decision(channel, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")
+        every = dict(c.channels).get(channel)
+        return _line(c, templates, channel, every, apply_cadence=apply_cadence, template=template)
 
-def decide_channel(
-    snapshot: CaseSnapshot,
-    config: Config,
-    templates: TemplateCatalog,
-    now: dt.datetime,
-    channel: Channel,
-    *,
-    apply_cadence: bool = True,
-    template: str | None = None,
-) -> Decision:
-    """The gate for one channel: one-off sends (`apply_cadence=False`, optionally a chosen
-    `template`, which must be approved for the channel in any stage) and the sender's
-    last-moment re-check. The channel need not belong to the current stage."""
-    channel = Channel(channel)
-    c = _Case(snapshot, config, now)
-    if c.case_reason is not None:
-        reason, detail = c.case_reason
-        return c.decision(channel, _SKIP, reason, detail)
-    if c.stage is None:
-        return c.decision(channel, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")
-    every = dict(c.channels).get(channel)
-    return _line(c, templates, channel, every, apply_cadence=apply_cadence, template=template)
+    # -- caches --------------------------------------------------------------------
+
+    def timestamp(self, now: dt.datetime) -> float:
+        """`now.timestamp()`, remembered for the one `now` a whole plan run shares."""
+        last, ts = self._now
+        if last is not now:
+            if now.tzinfo is None or now.utcoffset() is None:
+                raise ValueError("now must be timezone-aware")
+            ts = now.timestamp()
+            self._now = (now, ts)
+        return ts
+
+    def head(self, today: int, due_date: dt.date) -> _Head:
+        """Days past due, stage and detail prefix of a case due on `due_date`, seen on
+        local date `today` (an ordinal): the same for every case due that day."""
+        key = (today, due_date)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= _TIME_CACHE_LIMIT:
+                self._heads.clear()
+            dpd = today - due_date.toordinal()
+            entry = self.stage(dpd)
+            stage_name = None if entry is None else entry[0].name
+            prefix = f"DPD {dpd} (due {due_date.isoformat()}), stage {stage_name or 'none'}"
+            head = self._heads[key] = (dpd, entry, prefix)
+        return head
+
+    def stage(self, dpd: int) -> tuple[Stage, tuple[tuple[Channel, int], ...]] | None:
+        """The stage covering `dpd` with its (channel, every_days) pairs, or None."""
+        try:
+            return self._stages[dpd]
+        except KeyError:
+            stage = self.config.stage_for(dpd)
+            value = None
+            if stage is not None:
+                value = (stage, tuple((ch, c.every_days) for ch, c in stage.channels.items()))
+            self._stages[dpd] = value
+            return value
+
+    def candidates(
+        self, templates: TemplateCatalog, channel: Channel, stage: str, locale: str, default_locale: str
+    ) -> Sequence[str]:
+        """The approved templates for (channel, stage) in `locale`, else in the profile's
+        default locale: sorted, without duplicates."""
+        found = templates.get((channel, stage, locale))
+        if not found and default_locale != locale:
+            found = templates.get((channel, stage, default_locale))
+        if not found:
+            return ()
+        if type(found) is not tuple:
+            return sorted(set(found))
+        ordered = self._ordered.get(found)
+        if ordered is None:
+            if len(self._ordered) >= _TIME_CACHE_LIMIT:
+                self._ordered.clear()
+            ordered = self._ordered[found] = tuple(sorted(set(found)))
+        return ordered

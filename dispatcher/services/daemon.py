@@ -24,6 +24,7 @@ from sqlmodel import col
 from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.domain import Channel
+from dispatcher.policy import Gate
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.store.tables import EventRow, MessageRow
@@ -45,6 +46,7 @@ class DaemonJobs:
 
     engine: Engine
     config: Config
+    gate: Gate  # the planner's compliance gate, kept across ticks
     clock: Clock
     sender: Sender
     catalog: Callable[[], Mapping[tuple[Channel, str, str], Sequence[str]]]
@@ -54,7 +56,7 @@ class DaemonJobs:
         now = self.clock.now()
         if self.after_plan is not None:
             await asyncio.to_thread(self.after_plan, self.engine, now)
-        summary = await asyncio.to_thread(run_planner, self.engine, self.config, self.catalog(), now)
+        summary = await asyncio.to_thread(run_planner, self.engine, self.gate, self.catalog(), now)
         if summary is None:
             log.info("plan: another instance holds the planner lock; skipped")
         else:

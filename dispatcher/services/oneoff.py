@@ -11,9 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from dispatcher.config import Config
 from dispatcher.domain import Action, Channel, Decision, MessageKind
-from dispatcher.policy import decide_channel
+from dispatcher.policy import Gate
 from dispatcher.services.planner import enqueue_decisions
 from dispatcher.store.repository import CaseNotFound
 from dispatcher.store.snapshots import iter_snapshots
@@ -38,7 +37,7 @@ class OneOffResult:
 
 def request_one_off(
     engine: Engine,
-    config: Config,
+    gate: Gate,
     templates: Mapping[tuple[Channel, str, str], Sequence[str]],
     now: dt.datetime,
     *,
@@ -47,11 +46,12 @@ def request_one_off(
     template: str | None,
     by: str,
 ) -> OneOffResult:
-    """Gate a collector's message; queue it (now or at `not_before`) or refuse it."""
+    """Gate a collector's message through `gate`; queue it (now or at `not_before`) or
+    refuse it."""
     snapshot = next(iter(iter_snapshots(engine, case_ids=[case_id], now=now)), None)
     if snapshot is None:
         raise CaseNotFound(case_id)
-    decision = decide_channel(snapshot, config, templates, now, channel, apply_cadence=False, template=template)
+    decision = gate.decide_channel(snapshot, templates, now, channel, apply_cadence=False, template=template)
     if decision.action not in (Action.SEND, Action.DEFER):
         return OneOffResult(decision, None)
     with engine.begin() as conn:

@@ -42,7 +42,7 @@ from dispatcher.config import Config
 from dispatcher.domain import Action, CaseSnapshot, Channel, MessageStatus
 from dispatcher.links import LinkSigner
 from dispatcher.logs import mask
-from dispatcher.policy import decide_channel
+from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.window import windows_for
 from dispatcher.services.pacing import SenderLimits
@@ -207,9 +207,16 @@ class Sender:
         signer: LinkSigner,
         public_url: str,
         instance_id: str,
+        *,
+        gate: Gate | None = None,
     ) -> None:
+        if gate is not None and gate.config is not config:
+            raise ValueError("the sender's gate must be built from the sender's configuration")
         self.engine = engine
         self.config = config
+        #: the compliance gate of the last-moment re-check (shared with the planner when
+        #: the composition root passes one; its caches serve both)
+        self.gate = gate if gate is not None else Gate(config)
         self.templates = templates
         self.channels = channels
         self.clock = clock
@@ -471,9 +478,8 @@ class Sender:
             return self._system_outbound(item, snapshot)
         # The message itself is in the snapshot's history (status sending): leave it out.
         others = tuple(h for h in snapshot.history if h.message_id != item.id)
-        decision = decide_channel(
+        decision = self.gate.decide_channel(
             replace(snapshot, history=others),
-            self.config,
             self._catalog(),
             now,
             item.channel,

@@ -2,16 +2,15 @@
 
 `plan_decisions` is read-only (it backs `dispatcher plan`). `enqueue_decisions` turns
 `send` and `defer` decisions into queued outbox rows (idempotent per case, channel,
-stage and local day) and records each first-time escalation.
+stage and local day) and records each first-time escalation. Both planning entry points
+take the caller's `Gate`, which keeps its caches from one run to the next.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import gc
 import json
-import threading
+import logging
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,15 +22,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
-from dispatcher.config import Config
 from dispatcher.domain import Action, CaseSnapshot, Channel, Decision, MessageKind, Reason
-from dispatcher.policy import decide_case
+from dispatcher.policy import Gate
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, event_values, insert_events
 from dispatcher.store.snapshots import iter_snapshots
 from dispatcher.store.tables import MessageRow
 
 TemplateCatalog = Mapping[tuple[Channel, str, str], Sequence[str]]
+
+log = logging.getLogger("dispatcher.planner")
 
 #: Advisory-lock key electing the single planner per tick on PostgreSQL ("dispatch").
 PLANNER_LOCK_KEY = 0x64697370
@@ -54,19 +54,19 @@ def idempotency_key(case_id: str, channel: Channel | str, stage: str | None, day
 
 def plan_decisions(
     engine: Engine,
-    config: Config,
+    gate: Gate,
     templates: TemplateCatalog,
     now: dt.datetime,
     *,
     case_ids: Sequence[str] | None = None,
     batch_size: int = 5000,
 ) -> Iterator[tuple[CaseSnapshot, list[Decision]]]:
-    """Evaluate every case (or the named ones) at `now`. Writes nothing."""
-    with _fewer_collections():
-        for snapshot in iter_snapshots(
-            engine, case_ids=list(case_ids) if case_ids else None, batch_size=batch_size, now=now
-        ):
-            yield snapshot, decide_case(snapshot, config, templates, now)
+    """Evaluate every case (or the named ones) at `now` through `gate`. Writes nothing."""
+    decide = gate.decide_case
+    for snapshot in iter_snapshots(
+        engine, case_ids=list(case_ids) if case_ids else None, batch_size=batch_size, now=now
+    ):
+        yield snapshot, decide(snapshot, templates, now)
 
 
 _JSON_SMALL: dict[str | None, str] = {None: "null"}
@@ -114,44 +114,39 @@ def _fast_line_agrees() -> bool:
     return all(_fast_line(d) == _generic_line(d) for d in samples)
 
 
+#: Plan lines written by the generic encoder because `_fast_line` no longer writes what
+#: `Decision.as_json` says (0 while the fast line agrees; read by tests and benchmarks).
+fallback_lines = 0
+
+
+def _counted_generic_line(decision: Decision) -> str:
+    global fallback_lines
+    fallback_lines += 1
+    return _generic_line(decision)
+
+
+def choose_decision_line() -> Callable[[Decision], str]:
+    """The plan's line encoder: `_fast_line` while it writes exactly what `Decision.as_json`
+    says (checked on samples), else the generic encoder, with a warning, each line counted
+    in `fallback_lines`: slower, never different."""
+    if _fast_line_agrees():
+        return _fast_line
+    log.warning("plan output: the hand-built JSON line no longer matches Decision.as_json;"
+                " writing lines with json.dumps instead (same text, slower): update planner._fast_line")
+    return _counted_generic_line
+
+
 #: `decision` as one line of `dispatcher plan --format jsonl`, newline included: the text
 #: of ``json.dumps(decision.as_json(), ensure_ascii=False) + "\\n"``, about three times
-#: cheaper (a plan writes millions of lines). Should `Decision.as_json` ever change shape,
-#: the import-time check falls back to the generic encoder: slower, never different.
-decision_line: Callable[[Decision], str] = _fast_line if _fast_line_agrees() else _generic_line
+#: cheaper (a plan writes millions of lines). Chosen once, at import.
+decision_line: Callable[[Decision], str] = choose_decision_line()
 
-
-#: The young-generation threshold of the cyclic garbage collector while plans stream.
+#: The cyclic collector's young-generation threshold for the `plan` command (set by
+#: its entry point in `cli.py`, only there): a plan allocates a dozen container objects
+#: per case, which reference counting frees (there are no cycles); at CPython's default
+#: of 700 the collector still ran every ~60 cases and walked the whole heap every
+#: ~10,000: a sixth of a plan's CPU.
 PLAN_GC_THRESHOLD = 20_000
-_gc_lock = threading.Lock()
-_gc_streams = 0
-_gc_saved: tuple[int, int, int] | None = None
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Run the cyclic collector less often while any plan streams (any thread).
-
-    A plan allocates a dozen container objects per case, which reference counting frees
-    (there are no cycles); with CPython's default threshold of 700 the collector still
-    runs every ~60 cases and walks the whole heap every ~10,000: a sixth of a plan's CPU. The last stream to end restores the previous thresholds. A threshold already
-    higher, or 0 (collector off), is left alone.
-    """
-    global _gc_streams, _gc_saved
-    with _gc_lock:
-        if _gc_streams == 0:
-            _gc_saved = gc.get_threshold()
-            if 0 < _gc_saved[0] < PLAN_GC_THRESHOLD:
-                gc.set_threshold(PLAN_GC_THRESHOLD, *_gc_saved[1:])
-        _gc_streams += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_streams -= 1
-            if _gc_streams == 0 and _gc_saved is not None:
-                gc.set_threshold(*_gc_saved)
-                _gc_saved = None
 
 
 @dataclass
@@ -280,13 +275,13 @@ def try_planner_lock(conn: Connection) -> bool:
 
 def run_planner(
     engine: Engine,
-    config: Config,
+    gate: Gate,
     templates: TemplateCatalog,
     now: dt.datetime,
     *,
     batch_size: int = 2000,
 ) -> EnqueueSummary | None:
-    """One planning pass: evaluate every case and fill the outbox.
+    """One planning pass: evaluate every case through `gate` and fill the outbox.
 
     Returns None when another instance holds the planner lock (PostgreSQL)."""
     summary = EnqueueSummary()
@@ -294,7 +289,7 @@ def run_planner(
         if not try_planner_lock(lock_conn):
             return None
         batch: list[tuple[CaseSnapshot, list[Decision]]] = []
-        for item in plan_decisions(engine, config, templates, now, batch_size=batch_size):
+        for item in plan_decisions(engine, gate, templates, now, batch_size=batch_size):
             batch.append(item)
             if len(batch) >= batch_size:
                 with engine.begin() as conn:

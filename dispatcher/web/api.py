@@ -88,7 +88,7 @@ async def one_off(case_id: str, request: Request) -> JSONResponse:
     catalog = await run_in_threadpool(approved_catalog, request)
     try:
         result = await run_in_threadpool(
-            lambda: request_one_off(state.engine, state.config, catalog, state.clock.now(), case_id=case_id,
+            lambda: request_one_off(state.engine, state.gate, catalog, state.clock.now(), case_id=case_id,
                                     channel=channel, template=template, by=by[:64])
         )
     except repository.CaseNotFound as exc:

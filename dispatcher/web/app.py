@@ -27,6 +27,7 @@ from twilio.request_validator import RequestValidator
 from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.links import LinkSigner
+from dispatcher.policy import Gate
 from dispatcher.services.receipts import Receipts
 from dispatcher.settings import Settings
 from dispatcher.web import api, console, email_hooks, payment_links, twilio_hooks
@@ -48,6 +49,7 @@ def create_app(
     signer: LinkSigner,
     templates: Any = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    gate: Gate | None = None,
 ) -> FastAPI:
     """The FastAPI app wired to its collaborators. `templates` is kept for pages that
     render approved content (unused by the webhooks). On PostgreSQL the status hot path
@@ -66,6 +68,7 @@ def create_app(
         log.warning("TWILIO_AUTH_TOKEN is not set: every /twilio/* request will be refused with 403")
     app.state.engine = engine
     app.state.config = config
+    app.state.gate = gate if gate is not None else Gate(config)  # the one-off and case pages' gate
     app.state.clock = clock
     app.state.settings = settings
     app.state.signer = signer

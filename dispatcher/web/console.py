@@ -224,7 +224,7 @@ async def case_page(case_id: str, request: Request) -> Response:
     def read() -> tuple[dict[str, Any], Any, list[Any]]:
         with state.engine.connect() as conn:
             timeline = case_timeline(conn, case_id, now=now)
-        found = next(iter(plan_decisions(state.engine, state.config, catalog, now, case_ids=[case_id])), None)
+        found = next(iter(plan_decisions(state.engine, state.gate, catalog, now, case_ids=[case_id])), None)
         snapshot, decisions = found if found is not None else (None, [])
         return timeline, snapshot, decisions
 
@@ -313,7 +313,7 @@ async def send_one_off(case_id: str, request: Request) -> Response:
     catalog = await run_in_threadpool(approved_catalog, request)
     try:
         result = await run_in_threadpool(
-            lambda: request_one_off(state.engine, state.config, catalog, state.clock.now(), case_id=case_id,
+            lambda: request_one_off(state.engine, state.gate, catalog, state.clock.now(), case_id=case_id,
                                     channel=channel, template=template, by=user))
     except repository.CaseNotFound:
         return _no_case(case_id, user)

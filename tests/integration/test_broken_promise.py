@@ -11,7 +11,7 @@ from test_store_contract import NOW, import_cases, make_case
 
 from dispatcher.config import Config
 from dispatcher.domain import Channel, Reason
-from dispatcher.policy import decide_case
+from dispatcher.policy import Gate
 from dispatcher.services.receipts import resume_broken_promises
 from dispatcher.store import repository as repo
 from dispatcher.store.snapshots import get_snapshot
@@ -21,6 +21,7 @@ CATALOG = {(ch, stage, "zh-CN"): (f"{ch.value}/{stage}/v1", f"{ch.value}/{stage}
 
 
 def test_broken_promise_gives_firmer_wording_until_a_payment(engine: Engine, config: Config) -> None:
+    gate = Gate(config)
     import_cases(engine, make_case("P1"), make_case("K1"))
     promised_until = NOW + dt.timedelta(days=2)
     with engine.begin() as conn:
@@ -29,7 +30,7 @@ def test_broken_promise_gives_firmer_wording_until_a_payment(engine: Engine, con
         repo.record_payment(conn, "K1", Decimal("100.00"), "bank-feed", NOW + dt.timedelta(days=1))
 
     during = NOW + dt.timedelta(days=1)
-    assert [d.reason for d in decide_case(get_snapshot(engine, "P1", during), config, CATALOG, during)
+    assert [d.reason for d in gate.decide_case(get_snapshot(engine, "P1", during), CATALOG, during)
             if d.channel] == [Reason.PROMISE_TO_PAY, Reason.PROMISE_TO_PAY]
 
     later = NOW + dt.timedelta(days=3)
@@ -38,9 +39,9 @@ def test_broken_promise_gives_firmer_wording_until_a_payment(engine: Engine, con
     kept = get_snapshot(engine, "K1", later)
     assert broken.promise_broken and not broken.holds
     assert not kept.promise_broken and not kept.holds
-    firm = {d.channel: d for d in decide_case(broken, config, CATALOG, later) if d.channel}
+    firm = {d.channel: d for d in gate.decide_case(broken, CATALOG, later) if d.channel}
     assert firm[Channel.SMS].stage == "dpd30" and firm[Channel.SMS].template.startswith("sms/dpd60/")
-    plain = {d.channel: d for d in decide_case(kept, config, CATALOG, later) if d.channel}
+    plain = {d.channel: d for d in gate.decide_case(kept, CATALOG, later) if d.channel}
     assert plain[Channel.SMS].template.startswith("sms/dpd30/")
 
     with engine.begin() as conn:

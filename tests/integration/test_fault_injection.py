@@ -29,6 +29,7 @@ from dispatcher.channels.registry import build_channels
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
 from dispatcher.links import LinkSigner
+from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.window import is_legal
 from dispatcher.sandbox import run_sandbox_in_thread
@@ -93,7 +94,7 @@ async def test_twenty_percent_faults_every_message_sent_once_or_failed_never_out
     write_csv(csv_path, generate_cases(160, START.date(), seed=seed, dpd_range=(0, 100)))
     assert import_file(csv_path, engine, cfg, clock).rejected == 0
     templates = TemplateSet(cfg.resolve(cfg.templates.directory), cfg)
-    planned = run_planner(engine, cfg, templates.approved_catalog(), clock.now())
+    planned = run_planner(engine, Gate(cfg), templates.approved_catalog(), clock.now())
     assert planned is not None and planned.queued + planned.deferred >= 250, planned
 
     email_rules = {"debtor*3@example.com": "tempfail", "debtor*7@example.com": "drop_after_data"}

@@ -37,6 +37,7 @@ from dispatcher.clock import FakeClock, StartedClock
 from dispatcher.config import Config
 from dispatcher.domain import Case, CaseStatus, Channel, Product, Reason
 from dispatcher.links import LinkSigner
+from dispatcher.policy import Gate
 from dispatcher.sandbox import Sandbox, run_sandbox_in_thread
 from dispatcher.sandbox.asgi_server import AsgiServer
 from dispatcher.services.outbox import Sender
@@ -144,7 +145,7 @@ class World:
             repo.upsert_cases(conn, list(cases), self.clock.now())
 
     def plan(self) -> int:
-        summary = run_planner(self.engine, self.config, self.templates.approved_catalog(), self.clock.now())
+        summary = run_planner(self.engine, Gate(self.config), self.templates.approved_catalog(), self.clock.now())
         assert summary is not None
         return summary.queued
 

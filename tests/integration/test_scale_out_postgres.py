@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config, load_config
+from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.window import is_legal
 from dispatcher.sandbox import Sandbox, run_sandbox_in_thread
@@ -202,7 +203,7 @@ def test_three_tick_processes_share_the_outbox_and_send_each_message_once(
     report = import_file(csv_path, pg_engine, cfg, clock)
     assert (report.imported, report.rejected) == (CASES, 0)
     catalog = TemplateSet(cfg.resolve(cfg.templates.directory), cfg).approved_catalog()
-    planned = run_planner(pg_engine, cfg, catalog, DAY_1)
+    planned = run_planner(pg_engine, Gate(cfg), catalog, DAY_1)
     assert planned is not None and planned.queued >= 1500, planned
     due_now = planned.queued
 

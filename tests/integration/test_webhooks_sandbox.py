@@ -24,7 +24,7 @@ from dispatcher.clock import FakeClock
 from dispatcher.config import Config
 from dispatcher.domain import Action, Case, Channel, Product, Reason
 from dispatcher.links import LinkSigner
-from dispatcher.policy import decide_case
+from dispatcher.policy import Gate
 from dispatcher.sandbox import CallBehaviour, Sandbox, run_sandbox_in_thread
 from dispatcher.sandbox.asgi_server import serve_in_thread
 from dispatcher.services.outbox import Sender
@@ -152,7 +152,7 @@ async def e2e(_sqlite_template: Path, tmp_path: Path, config: Config, fake_clock
 async def send_everything(e2e: E2E, *cases: ImportedCase) -> None:
     with e2e.engine.begin() as conn:
         repo.upsert_cases(conn, list(cases), e2e.clock.now())
-    summary = run_planner(e2e.engine, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())
+    summary = run_planner(e2e.engine, Gate(e2e.config), e2e.templates.approved_catalog(), e2e.clock.now())
     assert summary is not None and summary.queued == 3 * len(cases)
     sent = await e2e.sender.send_due()
     assert sent.sent == 3 * len(cases)
@@ -182,7 +182,7 @@ async def test_a_person_confirms_identity_and_promises_to_pay(e2e: E2E) -> None:
     holds = e2e.timeline("e2e-1")["holds"]
     assert [h["reason"] for h in holds] == [Reason.PROMISE_TO_PAY.value]
     snapshot = get_snapshot(e2e.engine, "e2e-1", e2e.clock.now())
-    assert {d.reason for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())} \
+    assert {d.reason for d in Gate(e2e.config).decide_case(snapshot, e2e.templates.approved_catalog(), e2e.clock.now())} \
         == {Reason.PROMISE_TO_PAY}
 
 
@@ -203,7 +203,7 @@ async def test_option_9_opts_the_number_out_of_calls(e2e: E2E) -> None:
     await send_everything(e2e, cn_case(3, PHONE_SILENT, "three@example.com"))
     await wait_until(lambda: e2e.contact("e2e-3", "voice").opted_out, "voice opt-out")
     snapshot = get_snapshot(e2e.engine, "e2e-3", e2e.clock.now())
-    voice = [d for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())
+    voice = [d for d in Gate(e2e.config).decide_case(snapshot, e2e.templates.approved_catalog(), e2e.clock.now())
              if d.channel is Channel.VOICE]
     assert [(d.action, d.reason) for d in voice] == [(Action.SKIP, Reason.OPTED_OUT)]
 
@@ -217,7 +217,7 @@ async def test_inbound_tuiding_opts_out_and_the_confirmation_is_sent_once(e2e: E
     # the next plan says opted_out for SMS
     e2e.clock.advance(days=3)
     snapshot = get_snapshot(e2e.engine, "e2e-5", e2e.clock.now())
-    sms = [d for d in decide_case(snapshot, e2e.config, e2e.templates.approved_catalog(), e2e.clock.now())
+    sms = [d for d in Gate(e2e.config).decide_case(snapshot, e2e.templates.approved_catalog(), e2e.clock.now())
            if d.channel is Channel.SMS]
     assert [(d.action, d.reason) for d in sms] == [(Action.SKIP, Reason.OPTED_OUT)]
     # the confirmation goes out once, through the same channel code

@@ -39,7 +39,7 @@ from dispatcher.domain import (
     Reason,
     SentMessage,
 )
-from dispatcher.policy import decide_case, decide_channel, resolve_zones
+from dispatcher.policy import Gate, resolve_zones
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "config" / "dispatcher.toml")
 STAGES = [s.name for s in CONFIG.stages]
@@ -49,6 +49,8 @@ CATALOG = {
     for ch in stage.channels
     for locale in ("zh-CN", "en-US")
 }
+#: one gate for the whole module, as in a long-running process: its caches are warm
+GATE = Gate(CONFIG)
 US_ALL = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
 ZONE_SETS = {
     "cn": [(), ("Asia/Shanghai",), ("Asia/Shanghai", "Asia/Tokyo"), ("Asia/Urumqi",)],
@@ -249,11 +251,13 @@ def test_decide_case_sends_and_defers_only_to_legal_moments(scenario: tuple[Case
     catalog_before = copy.deepcopy(CATALOG)
     config_before = CONFIG.model_dump()
 
-    first = decide_case(snapshot, CONFIG, CATALOG, now)
-    again = decide_case(snapshot, CONFIG, CATALOG, now)
+    first = GATE.decide_case(snapshot, CATALOG, now)
+    again = GATE.decide_case(snapshot, CATALOG, now)
     assert first == again
+    # a fresh gate (cold caches) decides what the long-lived one does
+    assert Gate(CONFIG).decide_case(snapshot, CATALOG, now) == first
     # the same instant in another offset decides the same
-    assert decide_case(snapshot, CONFIG, CATALOG, now.astimezone(ZoneInfo("Asia/Tokyo"))) == first
+    assert GATE.decide_case(snapshot, CATALOG, now.astimezone(ZoneInfo("Asia/Tokyo"))) == first
 
     assert snapshot == snapshot_before
     assert catalog_before == CATALOG
@@ -271,8 +275,9 @@ def test_decide_case_sends_and_defers_only_to_legal_moments(scenario: tuple[Case
 @given(scenarios(), st.sampled_from(list(Channel)))
 def test_one_off_gate_sends_and_defers_only_to_legal_moments(scenario: tuple[CaseSnapshot, dt.datetime], channel: Channel) -> None:
     snapshot, now = scenario
-    d = decide_channel(snapshot, CONFIG, CATALOG, now, channel, apply_cadence=False)
-    assert d == decide_channel(snapshot, CONFIG, CATALOG, now, channel, apply_cadence=False)
+    d = GATE.decide_channel(snapshot, CATALOG, now, channel, apply_cadence=False)
+    assert d == GATE.decide_channel(snapshot, CATALOG, now, channel, apply_cadence=False)
+    assert d == Gate(CONFIG).decide_channel(snapshot, CATALOG, now, channel, apply_cadence=False)
     assert d.channel is channel
     assert d.reason is not Reason.NOT_DUE
     event(f"{d.action.value}:{d.reason.value}")

@@ -11,7 +11,7 @@ import pytest
 
 from dispatcher.config import Config
 from dispatcher.domain import Action, CaseSnapshot, Channel, ContactPoint, MessageStatus, SentMessage
-from dispatcher.policy import decide_case
+from dispatcher.policy import Gate
 from dispatcher.templates import (
     Approval,
     ApprovalError,
@@ -54,7 +54,7 @@ def snapshot_after(template: str) -> CaseSnapshot:
 
 
 def chosen_sms(templates: TemplateSet, config: Config, last: str) -> str | None:
-    [sms] = [d for d in decide_case(snapshot_after(last), config, templates.approved_catalog(), NOW)
+    [sms] = [d for d in Gate(config).decide_case(snapshot_after(last), templates.approved_catalog(), NOW)
              if d.channel is Channel.SMS]
     assert sms.action is Action.SEND
     return sms.template
