@@ -243,8 +243,8 @@ def plan_cmd(
 
     if fmt not in ("jsonl", "table"):
         raise fail(f"--format {fmt!r}: use jsonl or table")
-    # Here only, for this command's own run (never inside a server that also plans):
-    # restored when the command's context closes.
+    # Fewer cyclic collections while the plan streams (why: planner.PLAN_GC_THRESHOLD), for
+    # this command's own run only, never inside a server that also plans; restored on close.
     saved = gc.get_threshold()
     if 0 < saved[0] < PLAN_GC_THRESHOLD:  # a higher threshold, or 0 (collector off), is left alone
         gc.set_threshold(PLAN_GC_THRESHOLD, *saved[1:])
