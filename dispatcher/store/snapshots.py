@@ -2,14 +2,14 @@
 history and broken promise, streamed as `CaseSnapshot`s for the policy.
 
 Why it is a module of its own, written the way it is: the planner reads *every* case on
-every run (and the sender the cases of every batch it sends), so this
-is the store's hottest read. Through plain SQLAlchemy, the per-value result processing
+every run (and the sender the cases of every batch it sends), so this is the store's
+hottest read. Through plain SQLAlchemy, the per-value result processing
 (type decorators, row mappings) was most of the cost of a row. So the columns come
 through unprocessed (`type_coerce(..., NullType())`, see `_raw`) and are decoded once
 per backend (`_Decoders`); rows are unpacked and domain objects built *positionally*
 (field order checked at import, `_POSITIONAL_FIELDS`); a keyset batch's related rows are
 read by range, one query each; enum and list values are looked up, not constructed.
-Everything else in the store goes through `store.repository`, where clarity wins.
+Everything else in the store (`store.repository`, `store.timeline`) is plain Core SQL.
 
 Benchmark: `bench/plan_bench.py`, the `plan` section of BENCHMARKS.md (the snapshot
 stream went from 28 to 18 µs CPU per case there). `case_row_to_domain` is the plain
