@@ -209,6 +209,8 @@ class Config(_Model):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"stages: names must be unique; repeated: {sorted(dupes)}")
+        if "replies" in names:  # templates/sms/replies/ holds the automatic SMS replies
+            raise ValueError("stages: 'replies' is reserved for the automatic SMS replies; rename the stage")
         ordered = sorted(self.stages, key=lambda s: s.dpd_min)
         for prev, nxt in zip(ordered, ordered[1:], strict=False):
             if prev.dpd_max is None or prev.dpd_max >= nxt.dpd_min:

@@ -113,6 +113,15 @@ class MessageStatus(StrEnum):
     NO_ANSWER = "no-answer"
 
 
+class AddressOutcome(StrEnum):
+    """What a provider's error on a failed message says about the address it went to.
+    The channel maps its provider's codes onto these; the services act on them alone."""
+
+    NONE = "none"  # nothing about the address (or nothing we act on)
+    INVALID = "invalid"  # the address cannot take the channel at all
+    CARRIER_OPT_OUT = "carrier_opt_out"  # the recipient opted out at the carrier (SMS STOP)
+
+
 class MessageKind(StrEnum):
     SCHEDULED = "scheduled"
     ONE_OFF = "one_off"

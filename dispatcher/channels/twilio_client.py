@@ -12,6 +12,10 @@ which in twilio 9.13:
   `TwilioRestException` does not carry them, so a 429's `Retry-After` would be lost;
 - costs ~90 µs of CPU per request in aiohttp alone (see `http11`).
 
+Error codes: `address_outcome` maps a Twilio error code (a refusal, or the `ErrorCode` of
+a failed message's status callback) to a domain `AddressOutcome`; the services act on
+that, never on Twilio's numbers.
+
 Outcome mapping (`result_for_error`), the part of the at-most-once contract that
 depends on Twilio:
 
@@ -45,13 +49,18 @@ from twilio.rest import Client
 
 from dispatcher.channels.base import SendResult
 from dispatcher.channels.http11 import ConnectError, Http11Client, form_body
-from dispatcher.domain import MessageStatus
+from dispatcher.domain import AddressOutcome, MessageStatus
 from dispatcher.logs import mask
 
-#: Twilio error codes that mean the destination address is unusable.
-ADDRESS_ERROR_CODES = frozenset({21211, 21214, 21217, 21401, 21407, 21421, 21612, 21614, 13223, 13224})
-#: The recipient replied STOP at the carrier: Twilio refuses until they reply START.
-OPTED_OUT_CODES = frozenset({21610})
+#: What Twilio error codes say about the destination address. Refusals when sending:
+#: 21211 ... 13224 (not a valid or reachable number); delivery failures in status
+#: callbacks: 30005 (unknown handset) and 30006 (landline or unreachable carrier). 21610:
+#: the recipient replied STOP at the carrier, and Twilio refuses until they reply START.
+ADDRESS_OUTCOMES: Mapping[int, AddressOutcome] = {
+    **dict.fromkeys((21211, 21214, 21217, 21401, 21407, 21421, 21612, 21614, 13223, 13224, 30005, 30006),
+                    AddressOutcome.INVALID),
+    21610: AddressOutcome.CARRIER_OPT_OUT,
+}
 
 MESSAGE_STATUS: Mapping[str, MessageStatus] = {
     "accepted": MessageStatus.SENT,
@@ -170,6 +179,18 @@ def make_client(account_sid: str, auth_token: str, api_url: str | None, timeout:
     return client, http
 
 
+def address_outcome(error_code: str | int | None) -> AddressOutcome:
+    """What a Twilio error code (as an int, or the text of a callback's `ErrorCode`)
+    says about the address; `NONE` for any other or no code."""
+    if error_code is None:
+        return AddressOutcome.NONE
+    try:
+        code = int(str(error_code).strip())
+    except ValueError:
+        return AddressOutcome.NONE
+    return ADDRESS_OUTCOMES.get(code, AddressOutcome.NONE)
+
+
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     """Seconds from a Retry-After header: delta-seconds, or an HTTP date (against Date)."""
     if not headers:
@@ -218,9 +239,10 @@ def result_for_error(exc: BaseException, probe: Mapping[str, Any], what: str) ->
                 retryable=True,
                 error=f"authentication failed, check TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN: {detail}",
             )
-        if code in ADDRESS_ERROR_CODES:
+        outcome = address_outcome(code)
+        if outcome is AddressOutcome.INVALID:
             return SendResult(None, MessageStatus.FAILED, error=f"invalid address: {detail}")
-        if code in OPTED_OUT_CODES:
+        if outcome is AddressOutcome.CARRIER_OPT_OUT:
             return SendResult(None, MessageStatus.FAILED, error=f"recipient opted out at the carrier: {detail}")
         return SendResult(None, MessageStatus.FAILED, error=f"refused: {detail}")
     if isinstance(exc, ConnectError):

@@ -35,12 +35,11 @@ from dispatcher.domain import (
     MessageStatus,
     Reason,
 )
-from dispatcher.store.events import EventKind, _encode
+from dispatcher.store.events import EventKind, event_values, insert_events
 from dispatcher.store.tables import (
     cases_t,
     contacts_t,
     escalations_t,
-    events_t,
     holds_t,
     messages_t,
     payments_t,
@@ -104,17 +103,6 @@ def _dialect_insert(conn: Connection, table: Table) -> Any:
     raise NotImplementedError(f"database {name!r} is not supported; use PostgreSQL or SQLite")
 
 
-def _event(kind: EventKind, at: dt.datetime, case_id: str | None, *, actor: str | None = None,
-           message_id: int | None = None, **data: Any) -> dict[str, Any]:
-    """Values for one events row, as `record_event` writes them (for batched inserts)."""
-    return {
-        "case_id": case_id,
-        "message_id": message_id,
-        "at": at,
-        "kind": str(kind),
-        "actor": actor,
-        "data": _encode(data),
-    }
 
 
 def _bulk_insert(
@@ -146,13 +134,6 @@ def _bulk_insert(
     if conflict is not None and update_set is not None:
         stmt = stmt.on_conflict_do_update(index_elements=conflict, set_=update_set(stmt.excluded))
     conn.execute(stmt, params)
-
-
-def _insert_events(conn: Connection, events: list[dict[str, Any]]) -> None:
-    if len(events) > 1:
-        _bulk_insert(conn, events_t, events)
-    elif events:
-        conn.execute(insert(events_t), events)
 
 
 def _normalise_address(channel: Channel, address: str) -> str:
@@ -223,8 +204,8 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
             seen.add(c.case_id)
         latest[c.case_id] = row
         events.append(
-            _event(kind, now, c.case_id, actor="import", status=c.status.value, currency=c.currency,
-                   amount_due=str(c.amount_due), due_date=c.due_date.isoformat())
+            event_values(kind, now, case_id=c.case_id, actor="import", status=c.status.value,
+                         currency=c.currency, amount_due=str(c.amount_due), due_date=c.due_date.isoformat())
         )
 
     addresses = {a for r in latest.values() for a in (r.case.phone, r.case.email) if a}
@@ -313,7 +294,7 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
         conflict=[contacts_t.c.case_id, contacts_t.c.channel],
         update_set=contact_update,
     )
-    _insert_events(conn, events)
+    insert_events(conn, events)
     return inserted, updated
 
 
@@ -345,10 +326,10 @@ def place_hold(
         )
     )
     hold_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-    _insert_events(
+    insert_events(
         conn,
-        [_event(EventKind.HOLD_PLACED, now, case_id, actor=by, hold_id=hold_id, reason=hold_reason.value,
-                until=None if until is None else until.isoformat(), note=note)],
+        [event_values(EventKind.HOLD_PLACED, now, case_id=case_id, actor=by, hold_id=hold_id,
+                      reason=hold_reason.value, until=None if until is None else until.isoformat(), note=note)],
     )
     return hold_id
 
@@ -390,8 +371,10 @@ def release_holds(
         .where(holds_t.c.id.in_([h.id for h in held]), holds_t.c.released_at.is_(None))
         .values(released_at=now, released_by=by)
     )
-    _insert_events(
-        conn, [_event(EventKind.HOLD_RELEASED, now, case_id, actor=by, hold_id=h.id, reason=h.reason) for h in held]
+    insert_events(
+        conn,
+        [event_values(EventKind.HOLD_RELEASED, now, case_id=case_id, actor=by, hold_id=h.id, reason=h.reason)
+         for h in held],
     )
     return len(held)
 
@@ -407,9 +390,10 @@ def _cancel_queued(conn: Connection, case_id: str, now: dt.datetime, reason: str
         .values(status=MessageStatus.CANCELLED.value, status_at=now, last_error=reason)
         .returning(messages_t.c.id, messages_t.c.channel)
     ).all()
-    _insert_events(
+    insert_events(
         conn,
-        [_event(EventKind.MESSAGE_CANCELLED, now, case_id, message_id=mid, channel=channel, reason=reason)
+        [event_values(EventKind.MESSAGE_CANCELLED, now, case_id=case_id, message_id=mid, channel=channel,
+                      reason=reason)
          for mid, channel in cancelled],
     )
     return tuple(sorted(mid for mid, _ in cancelled))
@@ -439,7 +423,8 @@ def record_payment(
     status = CASE_STATUS_OF[row.status]
     conn.execute(insert(payments_t).values(case_id=case_id, amount=amount, at=now, recorded_by=by))
     events = [
-        _event(EventKind.PAYMENT_RECORDED, now, case_id, actor=by, amount=str(amount), paid_total=str(paid_total))
+        event_values(EventKind.PAYMENT_RECORDED, now, case_id=case_id, actor=by, amount=str(amount),
+                     paid_total=str(paid_total))
     ]
     values: dict[str, Any] = {"paid_total": paid_total}
     closed = False
@@ -447,10 +432,10 @@ def record_payment(
     if paid_total >= amount_due and status not in CLOSED_STATUSES:
         status, closed = CaseStatus.PAID, True
         values["status"] = status.value
-        events.append(_event(EventKind.CASE_CLOSED, now, case_id, actor=by, status=status.value,
-                             reason="paid_in_full"))
+        events.append(event_values(EventKind.CASE_CLOSED, now, case_id=case_id, actor=by, status=status.value,
+                                   reason="paid_in_full"))
     conn.execute(update(cases_t).where(cases_t.c.case_id == case_id).values(**values))
-    _insert_events(conn, events)
+    insert_events(conn, events)
     if paid_total >= amount_due:
         cancelled = _cancel_queued(conn, case_id, now, reason="case_closed")
     return PaymentOutcome(case_id, amount, paid_total, amount_due, status, closed, cancelled)
@@ -475,7 +460,7 @@ def mark_escalated(conn: Executor, case_id: str, stage: str, now: dt.datetime) -
             .values(escalated_stages=",".join(sorted(set(stages))), updated_at=now)
         )
     if newly:
-        _insert_events(conn, [_event(EventKind.ESCALATED, now, case_id, stage=stage)])
+        insert_events(conn, [event_values(EventKind.ESCALATED, now, case_id=case_id, stage=stage)])
     return newly
 
 
@@ -501,7 +486,8 @@ def set_opt_out(
         .returning(contacts_t.c.case_id)
     ).scalars().all()
     kind = EventKind.OPTED_OUT if opted_out else EventKind.OPTED_IN
-    _insert_events(conn, [_event(kind, now, case_id, channel=ch.value, source=source) for case_id in sorted(changed)])
+    insert_events(conn, [event_values(kind, now, case_id=case_id, channel=ch.value, source=source)
+                         for case_id in sorted(changed)])
     return case_ids
 
 
@@ -520,5 +506,6 @@ def mark_address_invalid(conn: Executor, channel: Channel | str, address: str, n
             .returning(contacts_t.c.case_id)
         ).scalars()
     )
-    _insert_events(conn, [_event(EventKind.ADDRESS_INVALID, now, case_id, channel=ch.value) for case_id in changed])
+    insert_events(conn, [event_values(EventKind.ADDRESS_INVALID, now, case_id=case_id, channel=ch.value)
+                         for case_id in changed])
     return changed

@@ -1,5 +1,5 @@
 """SQLModel tables: cases, contact points, the outbox (messages), append-only events,
-holds, payments and template approvals.
+holds, payments, template approvals and the dedupe keys of webhook steps.
 
 All datetimes are stored as UTC and come back timezone-aware (`UTCDateTime`); money is
 stored exactly (`Money`: NUMERIC on PostgreSQL, text on SQLite, which has no decimal type).
@@ -224,6 +224,18 @@ class TemplateApprovalRow(SQLModel, table=True):
     approved_at: dt.datetime = _utc(nullable=False)
 
 
+class DedupeKeyRow(SQLModel, table=True):
+    """One row per webhook step that must take effect once (an inbound SMS per
+    MessageSid, an IVR promise per call, ...): inserted with `ON CONFLICT DO NOTHING` in
+    the transaction of the step's effects, so a duplicate delivery finds the key taken.
+    See `dispatcher.store.dedupe`."""
+
+    __tablename__ = "dedupe_keys"
+
+    key: str = Field(primary_key=True, max_length=200)
+    at: dt.datetime = _utc(nullable=False)
+
+
 def _core(model: Any) -> Table:
     """The Core table of a SQLModel class (SQLModel's stubs do not declare `__table__`)."""
     table: Table = model.__table__
@@ -239,3 +251,4 @@ holds_t = _core(HoldRow)
 payments_t = _core(PaymentRow)
 escalations_t = _core(EscalationRow)
 template_approvals_t = _core(TemplateApprovalRow)
+dedupe_keys_t = _core(DedupeKeyRow)

@@ -7,7 +7,10 @@ and then rendered with the sample cases of `dispatcher.testing` for its stage, i
 jurisdictions, with and without a daily penalty rate, in the template's own locale.
 The renderings must state what SPEC section 7 requires, stay inside the SMS segment
 limit, keep voice identity checks and voicemails free of any mention of the debt, and
-contain no forbidden phrase.
+contain no forbidden phrase. The automatic SMS replies (`sms/replies/<name>`, see
+`dispatcher.templates.replies`) have rules of their own: no debt content is required
+(they see no case), each states what its `ReplySpec` lists, and they keep to the
+segment limit; they are rendered for every configured profile.
 
 Problems print as ``path:line: problem`` (the path as given, the template line).
 """
@@ -37,6 +40,7 @@ from dispatcher.templates.context import (
 )
 from dispatcher.templates.rendering import (
     APPROVALS_FILE,
+    REPLIES_FOLDER,
     REQUIRED_BLOCKS,
     RenderedMessage,
     RenderError,
@@ -45,6 +49,7 @@ from dispatcher.templates.rendering import (
     make_environment,
     parse_relpath,
 )
+from dispatcher.templates.replies import REPLIES, REPLY_CONTEXT_KEYS, ReplySpec, build_reply_context
 from dispatcher.templates.segments import sms_segments
 from dispatcher.testing import (
     SAMPLE_CASES,
@@ -244,6 +249,15 @@ def _coverage(directory: Path, config: Config, found: list[TemplateRef]) -> list
     defaults: dict[str, list[str]] = {}
     for name, profile in config.jurisdictions.items():
         defaults.setdefault(profile.default_locale, []).append(name)
+    replies = {(r.variant, r.locale) for r in found if r.channel is Channel.SMS and r.stage == REPLIES_FOLDER}
+    for spec in REPLIES.values():
+        for locale in sorted(set(defaults) | set(SUPPORTED_LOCALES)):
+            if (spec.name, locale) not in replies:
+                problems.append(LintProblem(
+                    directory / Channel.SMS.value / REPLIES_FOLDER, 1,
+                    f"no {locale} file for the automatic reply {spec.template_id}; without it that"
+                    " reply is not sent",
+                ))
     for stage in config.stages:
         for channel in stage.channels:
             for locale, profiles in sorted(defaults.items()):
@@ -288,8 +302,15 @@ def lint_template(
     if ref is None:
         problem(1, "misplaced file: templates go to <channel>/<stage>/<variant>.<locale>.j2")
         return problems
+    reply: ReplySpec | None = None
     stage = config.stage_named(ref.stage)
-    if stage is None:
+    if ref.stage == REPLIES_FOLDER:
+        reply = REPLIES.get(ref.variant)
+        if ref.channel is not Channel.SMS or reply is None:
+            problem(1, f"{REPLIES_FOLDER}/ holds the automatic SMS replies only: sms/{REPLIES_FOLDER}/"
+                       f"{{{','.join(REPLIES)}}}.<locale>.j2")
+            return problems
+    elif stage is None:
         problem(1, f"stage {ref.stage!r} is not in the configuration (stages:"
                    f" {', '.join(s.name for s in config.stages)})")
     elif ref.channel not in stage.channels:
@@ -309,12 +330,14 @@ def lint_template(
         for match in phrase.pattern.finditer(source):
             problem(_line_at(source, match.start()), f"forbidden phrase {phrase.text!r}")
 
-    findings, block_lines = _static_checks(source, ref.channel)
+    findings, block_lines = _static_checks(source, ref.channel, _allowed_names(reply))
     static = [LintProblem(path, line, message) for line, message in findings]
     problems += static
     if any(p.message.startswith(("syntax error", "missing block")) for p in static):
         return _dedupe(problems)
     static_keys = {(p.line, p.message.split(":", 1)[0]) for p in static}
+    if reply is not None:
+        return _dedupe(problems + _reply_problems(path, ref, reply, config, templates, _phrases, source, static_keys))
 
     cases = sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES
     worst_sms: tuple[int, str] | None = None
@@ -377,8 +400,54 @@ def _sample_context(case: Case, config: Config, ref: TemplateRef) -> dict[str, A
 _PARSER = make_environment(autoescape=False)
 
 
+def _allowed_names(reply: ReplySpec | None) -> frozenset[str]:
+    """The free names a template may use: the full context, or a reply's own."""
+    if reply is None:
+        return CONTEXT_KEYS
+    return REPLY_CONTEXT_KEYS if reply.with_link else REPLY_CONTEXT_KEYS - {"payment_link"}
+
+
+def _reply_problems(
+    path: Path,
+    ref: TemplateRef,
+    reply: ReplySpec,
+    config: Config,
+    templates: TemplateSet,
+    phrases: list[_Phrase],
+    source: str,
+    static_keys: set[tuple[int, str]],
+) -> list[LintProblem]:
+    """Render an automatic reply for every configured profile and check what it states,
+    its forbidden phrases and its length."""
+    out: list[LintProblem] = []
+    for name in sorted(config.jurisdictions):
+        ctx = build_reply_context(config, name, ref.locale,
+                                  payment_link=SAMPLE_PAYMENT_LINK if reply.with_link else None)
+        try:
+            text = templates.render(ref.template_id, ref.locale, ctx).text
+        except RenderError as exc:
+            if (exc.line, exc.detail.split(":", 1)[0]) not in static_keys:
+                out.append(LintProblem(path, exc.line, exc.detail))
+            continue
+        for key in reply.required:
+            if str(ctx[key]) not in text:
+                out.append(LintProblem(path, 1, f"missing {key}: the {reply.name} reply must contain"
+                                                f" {_WHAT[key]} ({{{{ {key} }}}})"))
+        for phrase in _matching(phrases, text):
+            if not phrase.pattern.search(source):
+                out.append(LintProblem(path, 1, f"forbidden phrase {phrase.text!r} in the rendered text"))
+        info = sms_segments(text)
+        if info.segments > config.templates.sms_max_segments:
+            out.append(LintProblem(path, 1, f"SMS is {info.segments} segments ({info.encoding}, {info.units}"
+                                            f" units) for profile {name}; the limit is"
+                                            f" {config.templates.sms_max_segments} (templates.sms_max_segments)"))
+    return out
+
+
 @functools.lru_cache(maxsize=1024)
-def _static_checks(source: str, channel: Channel) -> tuple[tuple[tuple[int, str], ...], dict[str, int]]:
+def _static_checks(
+    source: str, channel: Channel, allowed: frozenset[str] = CONTEXT_KEYS
+) -> tuple[tuple[tuple[int, str], ...], dict[str, int]]:
     """(line, problem) found without rendering, and the line of each block. Cached by
     content: approval lints the files that start-up lint has just seen."""
     env = _PARSER
@@ -401,7 +470,7 @@ def _static_checks(source: str, channel: Channel) -> tuple[tuple[tuple[int, str]
             and expr.attr not in _CASE_KEYS
         ):
             out.append((expr.lineno, f"undefined name: case.{expr.attr} (case has {', '.join(_CASE_KEYS)})"))
-    free = meta.find_undeclared_variables(tree) - CONTEXT_KEYS - set(env.globals)
+    free = meta.find_undeclared_variables(tree) - allowed - set(env.globals)
     for name in sorted(free):
         line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), 1)
         out.append((line, f"undefined name: {name!r} is undefined"))

@@ -43,6 +43,9 @@ REQUIRED_BLOCKS: dict[Channel, tuple[str, ...]] = {
 TEMPLATE_ID_RE = re.compile(r"^(sms|email|voice)/([a-z0-9_]+)/([a-z0-9_-]+)$")
 FILE_NAME_RE = re.compile(r"^([a-z0-9_-]+)\.([a-z]{2}-[A-Z]{2})\.j2$")
 APPROVALS_FILE = "approvals.toml"
+#: The folder of the automatic SMS replies (`sms/replies/<name>`): not a stage, so never
+#: in the planner's catalog (see `dispatcher.templates.replies`).
+REPLIES_FOLDER = "replies"
 
 _WS = re.compile(r"\s+")
 _CJK_BREAK = re.compile(r"(?<=[\u2e80-\u9fff\uff00-\uffef])[ \t]*\n\s*(?=[\u2e80-\u9fff\uff00-\uffef])")
@@ -410,10 +413,13 @@ class TemplateSet:
 
     def approved_catalog(self) -> dict[tuple[Channel, str, str], tuple[str, ...]]:
         """(channel, stage, locale) -> sorted ids of templates whose current content is
-        approved. The policy's variant rotation chooses only among these."""
+        approved. The policy's variant rotation chooses only among these; the automatic
+        replies are not stage templates and are left out."""
         approvals = self._load_approvals()
         catalog: dict[tuple[Channel, str, str], list[str]] = {}
         for ref in self.refs():
+            if ref.stage == REPLIES_FOLDER:
+                continue
             approval = approvals.get(ref.relpath)
             if approval is None:
                 continue
