@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,14 +47,12 @@ def claim(conn: Connection, key: str, at: dt.datetime) -> bool:
     """Take `key` in this transaction: True the first time, False when it was taken
     before (a duplicate delivery: apply nothing)."""
     name = conn.dialect.name
-    if name == "postgresql":
-        stmt = postgresql.insert(dedupe_keys_t)
-    elif name == "sqlite":
-        stmt = sqlite.insert(dedupe_keys_t)
-    else:
+    if name not in ("postgresql", "sqlite"):
         raise NotImplementedError(f"database {name!r} is not supported; use PostgreSQL or SQLite")
+    dialect: Any = postgresql if name == "postgresql" else sqlite
     inserted = conn.execute(
-        stmt.values(key=key, at=at).on_conflict_do_nothing(index_elements=[dedupe_keys_t.c.key])
+        dialect.insert(dedupe_keys_t).values(key=key, at=at)
+        .on_conflict_do_nothing(index_elements=[dedupe_keys_t.c.key])
         .returning(dedupe_keys_t.c.key)
     ).first()
     return inserted is not None

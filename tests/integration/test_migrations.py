@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
+from dispatcher.clock import FakeClock
+from dispatcher.config import Config
+from dispatcher.links import LinkSigner
+from dispatcher.services.receipts import Receipts
 from dispatcher.store.db import (
     MIGRATIONS_DIR,
     SchemaError,
+    alembic_config,
     ensure_schema,
     head_revision,
     make_engine,
     schema_revision,
 )
+from dispatcher.store.events import encode_data
+
+HEAD = "0002"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -39,11 +50,11 @@ def test_migrated_schema_equals_the_tables(empty_url: str, tmp_path: Path, monke
     try:
         assert schema_revision(engine) is None
         ensure_schema(engine)
-        assert schema_revision(engine) == head_revision() == "0001"
+        assert schema_revision(engine) == head_revision() == HEAD
         assert _diffs(engine) == []
         assert set(SQLModel.metadata.tables) <= set(inspect(engine).get_table_names())
         ensure_schema(engine)  # a second run is a no-op
-        assert schema_revision(engine) == "0001"
+        assert schema_revision(engine) == HEAD
     finally:
         engine.dispose()
 
@@ -69,7 +80,7 @@ def test_concurrent_first_use_is_safe(empty_url: str) -> None:
         for t in threads:
             t.join()
         assert errors == []
-        assert schema_revision(engines[0]) == "0001"
+        assert schema_revision(engines[0]) == HEAD
         assert _diffs(engines[0]) == []
     finally:
         for e in engines:
@@ -82,7 +93,7 @@ def test_a_database_made_by_create_all_is_adopted(empty_url: str) -> None:
         SQLModel.metadata.create_all(engine)
         assert schema_revision(engine) is None
         ensure_schema(engine)
-        assert schema_revision(engine) == "0001"
+        assert schema_revision(engine) == HEAD
         assert _diffs(engine) == []
     finally:
         engine.dispose()
@@ -103,4 +114,72 @@ def test_migrations_ship_inside_the_package() -> None:
     assert MIGRATIONS_DIR.is_dir()
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0001_initial.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0002_dedupe_keys.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
+
+
+def _upgrade(engine: Engine, revision: str) -> None:
+    cfg = alembic_config()
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+
+
+def test_dedupe_keys_are_backfilled_so_old_duplicates_stay_duplicates(empty_url: str, config: Config) -> None:
+    """A database at 0001 with inbound SMS, a confirmed identity and a phone promise
+    recorded the old way: 0002 derives their keys, and a webhook applied before the
+    upgrade and delivered again after it changes nothing."""
+    engine = make_engine(empty_url)
+    at = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC)
+    try:
+        _upgrade(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO cases (case_id, name, jurisdiction, locale, zones, escalated_stages, currency,"
+                " principal, interest, penalty, fees, amount_due, due_date, status, product, paid_total,"
+                " created_at, updated_at) VALUES ('M-1', 'Old Case', 'cn', 'zh-CN', 'Asia/Shanghai', '', 'CNY',"
+                " 100, 0, 0, 0, 100, '2026-10-01', 'active', 'other', 0, :at, :at)"), {"at": at})
+            conn.execute(sa.text(
+                "INSERT INTO contact_points (case_id, channel, address, consent, opted_out, invalid, updated_at)"
+                " VALUES ('M-1', 'sms', '+8613800000001', TRUE, TRUE, FALSE, :at)"), {"at": at})
+            events = [
+                ("keyword_received", None, {"intent": "opt_out", "sid": "SMold1", "text": "TD"}),
+                ("keyword_received", None, {"intent": "opt_out", "sid": "SMold1", "text": "TD"}),  # old duplicate
+                ("reply_received", None, {"intent": "free_text", "sid": "SMold2", "text": "hello"}),
+                ("keypress", 7, {"digits": "1", "identity_confirmed": True, "step": "identity"}),
+                ("keypress", 8, {"digits": "2", "step": "options"}),
+                ("status_received", 9, {"sid": "SMother", "status": "delivered"}),
+            ]
+            for kind, message_id, data in events:
+                conn.execute(sa.text(
+                    "INSERT INTO events (case_id, message_id, at, kind, actor, data)"
+                    " VALUES ('M-1', :m, :at, :kind, 'sms', :data)"),
+                    {"m": message_id, "at": at, "kind": kind, "data": encode_data(data)})
+            conn.execute(sa.text(
+                "INSERT INTO holds (case_id, reason, placed_at, until, placed_by, note)"
+                " VALUES ('M-1', 'promise_to_pay', :at, :at, 'ivr', 'ivr call message 7'),"
+                " ('M-1', 'collector_hold', :at, NULL, 'ops', 'ivr call message 8')"), {"at": at})
+
+        ensure_schema(engine)
+
+        assert schema_revision(engine) == HEAD
+        assert _diffs(engine) == []
+        with engine.connect() as conn:
+            keys = set(conn.execute(sa.text("SELECT key FROM dedupe_keys")).scalars())
+        assert keys == {"sms-in:SMold1", "sms-in:SMold2", "ivr-identity:7", "ivr-promise:7"}
+
+        clock = FakeClock(at + dt.timedelta(days=1))
+        receipts = Receipts(engine, config, clock, LinkSigner("migration-test-key-0123456789"), "https://x.test")
+        try:
+            again = receipts.inbound_sms("SMold1", "+8613800000001", "TD")
+            fresh = receipts.inbound_sms("SMnew", "+8613800000001", "START")
+        finally:
+            receipts.close()
+        assert again.duplicate and again.reply_message_id is None
+        assert not fresh.duplicate and fresh.reply_message_id is not None
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT opted_out FROM contact_points WHERE case_id = 'M-1'")).scalar() in (
+                False, 0)
+    finally:
+        engine.dispose()

@@ -12,7 +12,7 @@ from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import StatementError
 
 from dispatcher.domain import Channel, MessageStatus
-from dispatcher.services.receipts import _StatusSQL
+from dispatcher.services.receipts.hot_path import StatusSQL
 from dispatcher.store.db import ensure_schema, make_engine
 from dispatcher.store.tables import cases_t, events_t, messages_t
 
@@ -38,7 +38,7 @@ async def test_concurrent_callbacks_share_commits_and_keep_their_own_outcomes(tm
     engine = make_engine(f"sqlite:///{tmp_path / 'g.db'}")
     ensure_schema(engine)
     ids = _seed(engine, 60)
-    status_sql = _StatusSQL(engine)
+    status_sql = StatusSQL(engine)
     commits = 0
 
 
