@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -244,3 +245,61 @@ async def test_storm_of_duplicated_shuffled_callbacks_ends_in_the_highest_status
                                                           b.get("MessageStatus") or b.get("CallStatus"))
                                                          for p, b in callbacks})
     assert all(MessageStatus(s) for s in final.values())
+
+
+#: inbound SMS of the second storm: (body, what it does), one kind per number
+INBOUND_KINDS = [("TD", "opt_out"), ("START", "opt_in"), ("HELP", "help"), ("已还", "paid"), ("有异议", "dispute"),
+                 ("什么时候可以分期？", "free_text")]
+DELIVERIES = 4  # every webhook of the second storm arrives this many times
+
+
+def build_steps(messages: dict[int, tuple[str, str, str | None]], rnd: random.Random) -> tuple[
+        list[tuple[str, dict[str, str]]], dict[str, Any]]:
+    """Inbound SMS from 60 numbers and the IVR steps of 60 calls (identity, then options 1
+    and 2), every one delivered DELIVERIES times; and what they must add up to."""
+    steps: list[tuple[str, dict[str, str]]] = []
+    kinds: dict[str, int] = {}
+    for i in range(60):
+        body, kind = INBOUND_KINDS[i % len(INBOUND_KINDS)]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        steps.append(("/twilio/sms/inbound", {"MessageSid": f"SMin{i:030d}", "From": f"+86138{i:08d}",
+                                              "To": "+8610000000", "Body": body, "AccountSid": "AC" + "0" * 32}))
+    calls = [m for m, (channel, _, _) in messages.items() if channel == "voice"][:60]
+    for message_id in calls:
+        steps.append((f"/twilio/voice/gather?m={message_id}&step=identity", {"Digits": "1"}))
+        steps.append((f"/twilio/voice/gather?m={message_id}&step=options", {"Digits": "1"}))
+        steps.append((f"/twilio/voice/gather?m={message_id}&step=options", {"Digits": "2"}))
+    storm = steps * DELIVERIES
+    rnd.shuffle(storm)
+    return storm, {"kinds": kinds, "calls": len(calls)}
+
+
+@pytest.mark.slow
+async def test_storm_of_duplicated_inbound_sms_and_ivr_steps_takes_effect_once(
+    engine: Engine, fake_clock: FakeClock, storm_app: ServerProcess
+) -> None:
+    rnd = random.Random(20261208)
+    messages = seed(engine, fake_clock.now(), rnd)
+    storm, want = build_steps(messages, rnd)
+    statuses = await fire(storm_app.url, storm)
+    assert statuses == [200] * len(storm)
+
+    kinds, calls = want["kinds"], want["calls"]
+    e, m, h = repo.events_t.c, repo.messages_t.c, repo.holds_t.c
+    with engine.connect() as conn:
+        def count(table: Any, *where: Any) -> int:
+            return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+
+        assert count(repo.events_t, e.kind.in_(["keyword_received", "reply_received"])) == 60  # one case a number
+        assert count(repo.events_t, e.kind == "opted_out") == kinds["opt_out"]
+        assert count(repo.holds_t, h.reason == "payment_claimed") == kinds["paid"]
+        assert count(repo.holds_t, h.reason == "dispute_hold") == kinds["dispute"]
+        assert count(repo.events_t, e.kind == "collector_task") == kinds["paid"] + kinds["dispute"]
+        assert count(repo.holds_t, h.reason == "promise_to_pay") == calls
+        replies = conn.execute(select(m.template_id, func.count()).where(m.kind == "system")
+                               .group_by(m.template_id)).all()
+        assert dict(replies) == {"sms/replies/opt_out": kinds["opt_out"], "sms/replies/opt_in": kinds["opt_in"],
+                                 "sms/replies/help": kinds["help"], "sms/replies/payment_link": calls}
+        keys = conn.execute(select(repo.dedupe_keys_t.c.key)).scalars().all()
+        assert len(keys) == 60 + 2 * calls  # one per SMS, one identity and one promise per call
+        assert count(repo.events_t, e.kind == "keypress") == 3 * calls * DELIVERIES  # every press is logged

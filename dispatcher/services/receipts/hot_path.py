@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import bindparam, case, text
 from sqlalchemy.engine import Connection, Engine
 
@@ -95,33 +95,34 @@ class LoopPool:
         params = conninfo_to_dict(conninfo)
         self._timeout = float(params.get("connect_timeout") or CONNECT_TIMEOUT)
         params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
+        params.setdefault("application_name", "dispatcher-status")  # tells its connections apart
         self._params = params
         self._size = size
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = asyncio.Semaphore(size)
         #: every connection the current pool opened (to close them without its loop)
         self._connections: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
         self._used: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
 
-    async def _current(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
-        loop = asyncio.get_running_loop()
-        if self._pool is None or self._loop is not loop:
-            self.close()
-            self._connections = weakref.WeakSet()
-            connections = self._connections
-            self._pool = AsyncConnectionPool(
-                kwargs={**self._params, "autocommit": True},
-                min_size=1,
-                max_size=self._size,
-                open=False,
-                timeout=self._timeout,
-                check=self._check,
-                configure=lambda conn: self._track(connections, self._used, conn),
-                name="status-hot-path",
-            )
-            self._loop = loop
-        await self._pool.open()  # a no-op once open
-        return self._pool
+    async def _open(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        """The pool of the running loop, opened now (a new loop drops the old pool)."""
+        self.close()
+        connections, used = self._connections, self._used
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            kwargs={**self._params, "autocommit": True},
+            min_size=1,
+            max_size=self._size,
+            open=False,
+            timeout=self._timeout,
+            check=self._check,
+            configure=lambda conn: self._track(connections, used, conn),
+            name="status-hot-path",
+        )
+        self._pool, self._loop = pool, asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self._size)
+        await pool.open()
+        return pool
 
     @staticmethod
     async def _track(connections: weakref.WeakSet[psycopg.AsyncConnection[Any]],
@@ -137,38 +138,44 @@ class LoopPool:
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run one statement. A connection found broken is dropped by the pool and the
         statement runs once more on another (the statements here are idempotent)."""
-        pool = await self._current()
-        for attempt in (1, 2):
-            try:
-                async with pool.connection() as conn:
+        pool = self._pool
+        if pool is None or self._loop is not asyncio.get_running_loop():
+            pool = await self._open()
+        # Requests queue on a semaphore with one slot per connection, not in the pool:
+        # the pool's own queue (a timed wait per client) costs several times more CPU
+        # than the semaphore when, as under load, every connection is busy. The wait for
+        # a slot is bounded like the wait for a connection (TimeoutError: a 503).
+        if self._slots.locked():
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()
+        try:
+            for attempt in (1, 2):
+                conn = await pool.getconn()  # PoolTimeout (an OperationalError) if none comes in time
+                try:
                     cursor = await conn.execute(sql, params)
                     rows = await cursor.fetchall() if cursor.description else []
                     self._used[conn] = time.monotonic()
                     return rows
-            except PoolTimeout:
-                raise  # no connection within the timeout: the server is unreachable or swamped
-            except psycopg.OperationalError:
-                if attempt == 2:
-                    raise
+                except psycopg.OperationalError:
+                    if attempt == 2:
+                        raise
+                finally:
+                    await pool.putconn(conn)  # a broken one is closed and replaced by the pool
+        finally:
+            self._slots.release()
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Close the pool's connections now (synchronously) and forget the pool; its
-        idle tasks stop with `aclose()`, or with their loop."""
-        pool, self._pool = self._pool, None
-        loop, self._loop = self._loop, None
+        """Close the pool's connections now (synchronously) and forget the pool. Its
+        idle tasks end with their loop (a lifespan shutdown, a test's end), or at once
+        with `aclose()`."""
+        self._pool = self._loop = None
         for conn in list(self._connections):
             with contextlib.suppress(Exception):
                 conn.pgconn.finish()
         self._connections = weakref.WeakSet()
-        if pool is None or loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):
-            if asyncio.get_running_loop() is loop:
-                # stop its workers too (reconnection attempts, the idle timer)
-                task = loop.create_task(pool.close(timeout=0))
-                _CLOSING.add(task)
-                task.add_done_callback(_CLOSING.discard)
 
     async def aclose(self) -> None:
         """Close the pool on its own loop (at shutdown)."""
@@ -177,10 +184,6 @@ class LoopPool:
             self._pool = None
             await pool.close()
         self.close()
-
-
-#: pools being closed in the background (a task needs a strong reference until done)
-_CLOSING: set[asyncio.Task[None]] = set()
 
 
 class GroupCommit:
