@@ -420,6 +420,7 @@ def _reply_problems(
     """Render an automatic reply for every configured profile and check what it states,
     its forbidden phrases and its length."""
     out: list[LintProblem] = []
+    worst: tuple[int, str] | None = None
     for name in sorted(config.jurisdictions):
         ctx = build_reply_context(config, name, ref.locale,
                                   payment_link=SAMPLE_PAYMENT_LINK if reply.with_link else None)
@@ -437,10 +438,11 @@ def _reply_problems(
             if not phrase.pattern.search(source):
                 out.append(LintProblem(path, 1, f"forbidden phrase {phrase.text!r} in the rendered text"))
         info = sms_segments(text)
-        if info.segments > config.templates.sms_max_segments:
-            out.append(LintProblem(path, 1, f"SMS is {info.segments} segments ({info.encoding}, {info.units}"
-                                            f" units) for profile {name}; the limit is"
-                                            f" {config.templates.sms_max_segments} (templates.sms_max_segments)"))
+        if info.segments > config.templates.sms_max_segments and (worst is None or info.segments > worst[0]):
+            worst = (info.segments, f"SMS is {info.segments} segments ({info.encoding}, {info.units} units) for"
+                     f" profile {name}; the limit is {config.templates.sms_max_segments} (templates.sms_max_segments)")
+    if worst is not None:
+        out.append(LintProblem(path, 1, worst[1]))
     return out
 
 
