@@ -29,7 +29,7 @@ from dispatcher.domain import Case, MessageStatus
 from dispatcher.policy.replies import map_provider_status, status_rank
 from dispatcher.store import repository as repo
 from dispatcher.store.repository import ImportedCase
-from dispatcher.store.tables import events_t, messages_t
+from dispatcher.store.tables import dedupe_keys_t, events_t, holds_t, messages_t
 
 try:  # httpcore imports sniffio on every request; when it is absent, cache the miss
     import sniffio  # noqa: F401
@@ -285,21 +285,21 @@ async def test_storm_of_duplicated_inbound_sms_and_ivr_steps_takes_effect_once(
     assert statuses == [200] * len(storm)
 
     kinds, calls = want["kinds"], want["calls"]
-    e, m, h = repo.events_t.c, repo.messages_t.c, repo.holds_t.c
+    e, m, h = events_t.c, messages_t.c, holds_t.c
     with engine.connect() as conn:
         def count(table: Any, *where: Any) -> int:
             return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
 
-        assert count(repo.events_t, e.kind.in_(["keyword_received", "reply_received"])) == 60  # one case a number
-        assert count(repo.events_t, e.kind == "opted_out") == kinds["opt_out"]
-        assert count(repo.holds_t, h.reason == "payment_claimed") == kinds["paid"]
-        assert count(repo.holds_t, h.reason == "dispute_hold") == kinds["dispute"]
-        assert count(repo.events_t, e.kind == "collector_task") == kinds["paid"] + kinds["dispute"]
-        assert count(repo.holds_t, h.reason == "promise_to_pay") == calls
+        assert count(events_t, e.kind.in_(["keyword_received", "reply_received"])) == 60  # one case a number
+        assert count(events_t, e.kind == "opted_out") == kinds["opt_out"]
+        assert count(holds_t, h.reason == "payment_claimed") == kinds["paid"]
+        assert count(holds_t, h.reason == "dispute_hold") == kinds["dispute"]
+        assert count(events_t, e.kind == "collector_task") == kinds["paid"] + kinds["dispute"]
+        assert count(holds_t, h.reason == "promise_to_pay") == calls
         replies = conn.execute(select(m.template_id, func.count()).where(m.kind == "system")
                                .group_by(m.template_id)).all()
         assert dict(replies) == {"sms/replies/opt_out": kinds["opt_out"], "sms/replies/opt_in": kinds["opt_in"],
                                  "sms/replies/help": kinds["help"], "sms/replies/payment_link": calls}
-        keys = conn.execute(select(repo.dedupe_keys_t.c.key)).scalars().all()
+        keys = conn.execute(select(dedupe_keys_t.c.key)).scalars().all()
         assert len(keys) == 60 + 2 * calls  # one per SMS, one identity and one promise per call
-        assert count(repo.events_t, e.kind == "keypress") == 3 * calls * DELIVERIES  # every press is logged
+        assert count(events_t, e.kind == "keypress") == 3 * calls * DELIVERIES  # every press is logged
