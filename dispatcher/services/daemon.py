@@ -27,7 +27,7 @@ from dispatcher.domain import Channel
 from dispatcher.policy import Gate
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
-from dispatcher.store.tables import EventRow, MessageRow
+from dispatcher.store.tables import EventRow, MessageRow, dedupe_keys_t
 
 log = logging.getLogger("dispatcher.daemon")
 
@@ -82,6 +82,8 @@ class DaemonJobs:
             with self.engine.begin() as conn:
                 m = conn.execute(delete(MessageRow).where(col(MessageRow.created_at) < cutoff)).rowcount
                 e = conn.execute(delete(EventRow).where(col(EventRow.at) < cutoff)).rowcount
+                # a webhook step's key outlives no provider's retries, but lives as long as its events
+                conn.execute(delete(dedupe_keys_t).where(dedupe_keys_t.c.at < cutoff))
             return m, e
 
         messages, events = await asyncio.to_thread(_purge)
