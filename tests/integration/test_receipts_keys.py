@@ -26,6 +26,7 @@ from dispatcher.domain import Channel, Reason
 from dispatcher.links import LinkSigner
 from dispatcher.services.receipts import Receipts
 from dispatcher.store import repository as repo
+from dispatcher.store.db import ensure_schema, make_engine
 from dispatcher.store.tables import dedupe_keys_t
 from dispatcher.templates import TemplateSet
 from tests.integration.test_webhooks import CN_PHONE, KEY, PUBLIC, VOICE_PARTS, add_message, imported
@@ -168,13 +169,14 @@ def test_a_failed_sms_maps_its_error_code_to_an_address_outcome(engine: Engine, 
 
 
 @pytest.mark.postgres
-async def test_the_hot_path_pool_is_released_at_close(engine: Engine, config: Config, fake_clock: FakeClock,
-                                                       seeded: tuple[int, int]) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL's pool")
-    receipts = Receipts(engine, config, fake_clock, LinkSigner(KEY), PUBLIC)
-    database = engine.url.database
-    admin = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+async def test_the_hot_path_pool_is_released_at_close(pg_engine: Engine, config: Config, fake_clock: FakeClock
+                                                       ) -> None:
+    with pg_engine.begin() as conn:
+        repo.upsert_cases(conn, [imported("k-1", "cn", CN_PHONE, None)], fake_clock.now())
+    sms_id = add_message(pg_engine, "k-1", "sms", to=CN_PHONE)
+    receipts = Receipts(pg_engine, config, fake_clock, LinkSigner(KEY), PUBLIC)
+    database = pg_engine.url.database
+    admin = pg_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def hot_connections() -> int:
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -184,7 +186,7 @@ async def test_the_hot_path_pool_is_released_at_close(engine: Engine, config: Co
 
     try:
         outcomes = await asyncio.gather(*(receipts.apply_status_async(Channel.SMS, f"SMp{n}", "delivered",
-                                                                      seeded[0] if n == 0 else None)
+                                                                      sms_id if n == 0 else None)
                                           for n in range(20)))
         assert outcomes[0].result == "applied" and {o.result for o in outcomes[1:]} == {"orphan"}
         assert 1 <= hot_connections() <= 8
@@ -195,3 +197,11 @@ async def test_the_hot_path_pool_is_released_at_close(engine: Engine, config: Co
             break
         await asyncio.sleep(0.05)
     assert hot_connections() == 0
+
+
+@pytest.fixture
+def pg_engine(fresh_pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(fresh_pg_url)
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
