@@ -48,3 +48,5 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # psycopg_pool logs three INFO lines per borrowed connection, i.e. per status callback
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
