@@ -48,5 +48,6 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # psycopg_pool logs three INFO lines per borrowed connection, i.e. per status callback
-    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    # psycopg_pool logs three INFO lines per borrowed connection, i.e. per status callback:
+    # kept for DEBUG only
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING if root.level > logging.DEBUG else logging.NOTSET)
