@@ -60,7 +60,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        receipts.close()  # the status hot path's own connections
+        await receipts.aclose()  # the status hot path's own pool, closed on its loop
 
     app = DispatcherApp(title="dispatcher", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     metrics = WebhookMetrics(receipts.message_counts)

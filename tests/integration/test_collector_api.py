@@ -48,7 +48,7 @@ async def client(engine: Engine, config: Config) -> AsyncIterator[tuple[httpx.As
                      signer=LinkSigner("k"), templates=TemplateSet(ROOT / "templates", config))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
         yield c, clock
-    app.state.receipts.close()
+    await app.state.receipts.aclose()
 
 
 async def test_one_off_is_queued_through_the_gate(client: tuple[httpx.AsyncClient, FakeClock],

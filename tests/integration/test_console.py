@@ -40,7 +40,7 @@ async def console(engine: Engine, config: Config) -> AsyncIterator[tuple[httpx.A
                      signer=LinkSigner("console-key"), templates=TemplateSet(ROOT / "templates", config))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://d.example") as c:
         yield c, clock
-    app.state.receipts.close()
+    await app.state.receipts.aclose()
 
 
 async def sign_in(c: httpx.AsyncClient, user: str = "agent7") -> None:
@@ -170,4 +170,4 @@ async def test_disabled_without_a_token(engine: Engine, config: Config) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
         r = await c.get("/ui/login")
         assert r.status_code == 503 and "DISPATCHER_API_TOKEN" in r.text
-    app.state.receipts.close()
+    await app.state.receipts.aclose()

@@ -25,6 +25,7 @@ from dispatcher.config import Config
 from dispatcher.domain import Channel, Reason
 from dispatcher.links import LinkSigner
 from dispatcher.services.receipts import Receipts
+from dispatcher.services.receipts.hot_path import LoopPool
 from dispatcher.store import repository as repo
 from dispatcher.store.db import ensure_schema, make_engine
 from dispatcher.store.tables import dedupe_keys_t
@@ -191,7 +192,7 @@ async def test_the_hot_path_pool_is_released_at_close(pg_engine: Engine, config:
         assert outcomes[0].result == "applied" and {o.result for o in outcomes[1:]} == {"orphan"}
         assert 1 <= hot_connections() <= 8
     finally:
-        receipts.close()
+        await receipts.aclose()
     for _ in range(100):  # a backend ends a moment after its client has closed the socket
         if not hot_connections():
             break
@@ -205,3 +206,26 @@ def pg_engine(fresh_pg_url: str) -> Iterator[Engine]:
     ensure_schema(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_loop_that_used_the_pool_ends_once_the_pool_is_closed(pg_engine: Engine) -> None:
+    """Loops that open the pool and end at once, as tests and short-lived servers do: with
+    `aclose()` each ends, even when the pool is still opening connections (left to the
+    loop's final cancellation, such a loop can wait forever)."""
+    conninfo = pg_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    pool = LoopPool(conninfo, 8)
+
+    async def use(callbacks: int) -> None:
+        await asyncio.gather(*(pool.fetch("SELECT 1", {}) for _ in range(callbacks)))
+        await pool.aclose()
+
+    def loops() -> None:
+        for n in range(30):
+            with asyncio.Runner() as runner:
+                runner.run(use(1 + n % 12))
+
+    worker = threading.Thread(target=loops, daemon=True)  # a hung loop must not hang the suite
+    worker.start()
+    worker.join(timeout=90)
+    assert not worker.is_alive()

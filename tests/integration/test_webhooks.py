@@ -192,7 +192,7 @@ async def world(engine: Engine, config: Config, fake_clock: FakeClock) -> AsyncI
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=INTERNAL) as client:
             yield World(engine, config, fake_clock, client, LinkSigner(KEY), sms_id, voice_id, email_id)
     finally:
-        app.state.receipts.close()
+        await app.state.receipts.aclose()
 
 
 # --------------------------------------------------------------------------- status
@@ -344,7 +344,7 @@ async def test_oversized_bodies_get_413(world: World, engine: Engine, config: Co
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=small), base_url=INTERNAL) as client:
         r = await client.post("/twilio/sms/status", content=b"a" * 101)
         assert r.status_code == 413
-    small.state.receipts.close()
+    await small.state.receipts.aclose()
 
 
 async def test_malformed_requests_get_400(world: World) -> None:
@@ -756,7 +756,7 @@ async def test_health_reports_an_unreachable_store(config: Config, fake_clock: F
             assert r.status_code == 503
             assert "dispatcher_store_up 0" in (await client.get("/metrics")).text
     finally:
-        app.state.receipts.close()
+        await app.state.receipts.aclose()
         broken.dispose()
 
 

@@ -145,7 +145,7 @@ async def e2e(_sqlite_template: Path, tmp_path: Path, config: Config, fake_clock
                     await adapter.aclose()
     finally:
         if app is not None:
-            app.state.receipts.close()
+            await app.state.receipts.aclose()
         engine.dispose()
 
 

@@ -87,9 +87,12 @@ class LoopPool:
 
     A pool's tasks and connections belong to the loop that opened it. Should another
     loop use it (tests run one loop each), the old pool is dropped and a new one opened.
-    `close()` closes every connection at once, from any thread, with or without a
-    loop (a lifespan shutdown, a test's teardown); `aclose()` closes the pool properly
-    on its loop."""
+    On the loop, shut it down with `aclose()` before the loop ends (a lifespan's end, an
+    async test's teardown): it stops the pool's worker tasks. Left to the loop's final
+    cancellation, a worker caught opening a connection loses the cancellation (psycopg
+    turns it into a failed connect, which the pool retries) and the loop never ends.
+    `close()` closes every connection at once, from any thread, with or without a loop,
+    for callers off the loop."""
 
     def __init__(self, conninfo: str, size: int) -> None:
         params = conninfo_to_dict(conninfo)
@@ -168,9 +171,8 @@ class LoopPool:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Close the pool's connections now (synchronously) and forget the pool. Its
-        idle tasks end with their loop (a lifespan shutdown, a test's end), or at once
-        with `aclose()`."""
+        """Close the pool's connections now (synchronously) and forget the pool. Off the
+        pool's loop only: its tasks stop with `aclose()` (see the class docstring)."""
         self._pool = self._loop = None
         for conn in list(self._connections):
             with contextlib.suppress(Exception):
@@ -178,7 +180,7 @@ class LoopPool:
         self._connections = weakref.WeakSet()
 
     async def aclose(self) -> None:
-        """Close the pool on its own loop (at shutdown)."""
+        """Close the pool and stop its tasks, on its own loop (at shutdown)."""
         pool = self._pool
         if pool is not None and self._loop is asyncio.get_running_loop():
             self._pool = None

@@ -45,12 +45,13 @@ class Receipts:
         self._email = EmailReceipts(engine, clock, signer)
 
     def close(self) -> None:
-        """Release the connections of the status hot path (PostgreSQL) at once; safe
-        from any thread, inside or outside the event loop."""
+        """Release the connections of the status hot path (PostgreSQL) at once, for a
+        caller off the event loop (a server run without lifespan, a blocking test)."""
         self._status.sql.close()
 
     async def aclose(self) -> None:
-        """`close`, shutting the hot path's pool down on its own loop."""
+        """Shut the status hot path's pool down on its own loop, tasks and all: what a
+        lifespan's end or an async test's teardown calls (see `hot_path.LoopPool`)."""
         await self._status.sql.aclose()
 
     # -- status callbacks ----------------------------------------------------------
