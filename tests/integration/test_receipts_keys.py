@@ -28,7 +28,7 @@ from dispatcher.services.receipts import Receipts
 from dispatcher.services.receipts.hot_path import LoopPool
 from dispatcher.store import repository as repo
 from dispatcher.store.db import ensure_schema, make_engine
-from dispatcher.store.tables import dedupe_keys_t
+from dispatcher.store.tables import contacts_t, dedupe_keys_t, events_t, holds_t, messages_t
 from dispatcher.templates import TemplateSet
 from tests.integration.test_webhooks import CN_PHONE, KEY, PUBLIC, VOICE_PARTS, add_message, imported
 
@@ -72,7 +72,7 @@ def count(engine: Engine, table: Any, *where: Any) -> int:
 
 def events(engine: Engine, kind: str) -> list[Any]:
     with engine.connect() as conn:
-        return list(conn.execute(select(repo.events_t).where(repo.events_t.c.kind == kind)))
+        return list(conn.execute(select(events_t).where(events_t.c.kind == kind)))
 
 
 def test_concurrent_duplicate_inbound_sms_apply_once(engine: Engine, receipts: Receipts, seeded: tuple[int, int]
@@ -85,8 +85,8 @@ def test_concurrent_duplicate_inbound_sms_apply_once(engine: Engine, receipts: R
     assert all(o.case_ids == ("k-1", "k-2") for o in outcomes)
     assert len(events(engine, "keyword_received")) == 4  # two messages, two cases each
     assert len(events(engine, "opted_out")) == 2
-    assert count(engine, repo.holds_t, repo.holds_t.c.reason == Reason.PAYMENT_CLAIMED.value) == 2
-    assert count(engine, repo.messages_t, repo.messages_t.c.kind == "system") == 1  # the STOP confirmation
+    assert count(engine, holds_t, holds_t.c.reason == Reason.PAYMENT_CLAIMED.value) == 2
+    assert count(engine, messages_t, messages_t.c.kind == "system") == 1  # the STOP confirmation
     assert count(engine, dedupe_keys_t) == 2
 
 
@@ -96,7 +96,7 @@ def test_concurrent_duplicate_ivr_steps_apply_once(engine: Engine, receipts: Rec
     assert ctx is not None
     results = concurrently([lambda: receipts.promise_to_pay(ctx)] * THREADS)
     assert len(set(results)) == 1 and results[0] == fake_clock.now() + dt.timedelta(days=7)
-    assert count(engine, repo.holds_t, repo.holds_t.c.reason == Reason.PROMISE_TO_PAY.value) == 1
+    assert count(engine, holds_t, holds_t.c.reason == Reason.PROMISE_TO_PAY.value) == 1
     assert len(events(engine, "hold_placed")) == 1
 
     links = concurrently([lambda: receipts.send_payment_link(ctx)] * THREADS)
@@ -110,13 +110,13 @@ def test_concurrent_duplicate_ivr_steps_apply_once(engine: Engine, receipts: Rec
     assert len(events(engine, "keypress")) == THREADS  # every press is on the timeline
     receipts.apply_status(Channel.VOICE, "CAkeys", "completed", ctx.message_id)
     with engine.connect() as conn:
-        assert conn.execute(select(repo.messages_t.c.conversation)
-                            .where(repo.messages_t.c.id == ctx.message_id)).scalar() is True
+        assert conn.execute(select(messages_t.c.conversation)
+                            .where(messages_t.c.id == ctx.message_id)).scalar() is True
 
 
 def _system_messages(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
-        return list(conn.execute(select(repo.messages_t).where(repo.messages_t.c.kind == "system")))
+        return list(conn.execute(select(messages_t).where(messages_t.c.kind == "system")))
 
 
 @pytest.mark.parametrize("damage", ["missing", "edited"])
@@ -145,7 +145,7 @@ def test_a_reply_without_an_approved_template_is_recorded_not_sent(
     assert outcome.reply_message_id is None and link is None
     assert helped.reply_message_id is not None
     with engine.connect() as conn:
-        flags = conn.execute(select(repo.contacts_t.c.opted_out).where(repo.contacts_t.c.channel == "sms")).all()
+        flags = conn.execute(select(contacts_t.c.opted_out).where(contacts_t.c.channel == "sms")).all()
     assert flags == [(True,), (True,)]  # the opt-out itself took effect
     not_sent = events(engine, "reply_not_sent")
     assert sorted((e.case_id, json.loads(e.data)["template"], json.loads(e.data)["reason"]) for e in not_sent) == [
@@ -159,8 +159,8 @@ def test_a_failed_sms_maps_its_error_code_to_an_address_outcome(engine: Engine, 
                                                                  seeded: tuple[int, int]) -> None:
     receipts.apply_status(Channel.SMS, "SMcarrier", "failed", seeded[0], error_code="21610")
     with engine.connect() as conn:
-        rows = conn.execute(select(repo.contacts_t.c.opted_out, repo.contacts_t.c.invalid)
-                            .where(repo.contacts_t.c.channel == "sms")).all()
+        rows = conn.execute(select(contacts_t.c.opted_out, contacts_t.c.invalid)
+                            .where(contacts_t.c.channel == "sms")).all()
     assert rows == [(True, False), (True, False)]
     (event, *_) = events(engine, "opted_out")
     assert '"source": "carrier:21610"' in event.data
