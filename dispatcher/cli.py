@@ -10,24 +10,30 @@ import asyncio
 import datetime as dt
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dispatcher.clock import Clock, FakeClock, StartedClock, SystemClock, parse_instant
-from dispatcher.config import Config, ConfigError, load_config
+from dispatcher.clock import parse_instant
 from dispatcher.settings import Settings
-
-if TYPE_CHECKING:
-    from dispatcher.policy import Gate
+from dispatcher.wiring import Runtime, SetupError, build_clock
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL, EXIT_REFUSED = 0, 1, 2, 3, 4
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print an error that says what to do, and return the Exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
 
 app = typer.Typer(
     name="dispatcher",
@@ -42,111 +48,6 @@ templates_app = typer.Typer(help="Lint, preview and approve templates.", no_args
 app.add_typer(db_app, name="db")
 app.add_typer(case_app, name="case")
 app.add_typer(templates_app, name="templates")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print an error that says what to do, and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-@dataclass
-class Runtime:
-    """Everything a command needs, built lazily from the settings."""
-
-    settings: Settings
-    clock: Clock
-    _closers: list[Any] = field(default_factory=list)
-
-    @cached_property
-    def config(self) -> Config:
-        try:
-            return load_config(self.settings.config_path)
-        except ConfigError as exc:
-            raise fail(str(exc)) from None
-
-    @cached_property
-    def gate(self) -> Gate:
-        """The compliance gate, one per process: the planner, the sender, the one-off
-        path and the web pages share its caches."""
-        from dispatcher.policy import Gate
-
-        return Gate(self.config)
-
-    @cached_property
-    def engine(self):  # type: ignore[no-untyped-def]
-        from dispatcher.store.db import ensure_schema, make_engine
-
-        try:
-            engine = make_engine(self.settings.db_url)
-            ensure_schema(engine)
-        except Exception as exc:  # noqa: BLE001 - any driver error: tell the operator what to check
-            raise fail(
-                f"cannot open the database {_safe_url(self.settings.db_url)}: {exc}. "
-                "Check --db / DISPATCHER_DB_URL and that the server is running.",
-                EXIT_FAILURE,
-            ) from None
-        self._closers.append(engine.dispose)
-        return engine
-
-    @cached_property
-    def templates(self):  # type: ignore[no-untyped-def]
-        from dispatcher.templates import TemplateSet
-
-        return TemplateSet(self.config.resolve(self.config.templates.directory), self.config)
-
-    @cached_property
-    def signer(self):  # type: ignore[no-untyped-def]
-        from dispatcher.links import LinkSigner
-
-        key = self.settings.signing_key
-        if not key:
-            if self.settings.transport == "file" or self.settings.twilio_api_url:
-                key = "dev-only-signing-key"  # offline/sandbox runs only; production must set it
-            else:
-                raise fail("DISPATCHER_SIGNING_KEY is not set; set it (e.g. in .env) to sign links", EXIT_FAILURE)
-        return LinkSigner(key)
-
-    def channels(self):  # type: ignore[no-untyped-def]
-        from dispatcher.channels.registry import build_channels
-
-        try:
-            return build_channels(self.settings, timeout=self.config.sending.provider_timeout_seconds)
-        except (ValueError, KeyError) as exc:
-            raise fail(str(exc), EXIT_FAILURE) from None
-
-    def sender(self, channels):  # type: ignore[no-untyped-def]
-        from dispatcher.services.outbox import Sender
-
-        return Sender(
-            self.engine,
-            self.config,
-            self.templates,
-            channels,
-            self.clock,
-            self.signer,
-            self.settings.public_url,
-            self.settings.instance_id,
-            gate=self.gate,
-        )
-
-    def close(self) -> None:
-        for closer in reversed(self._closers):
-            closer()
-
-
-def _safe_url(url: str) -> str:
-    """A database URL without its password (SQLAlchemy's own rendering)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("@", 1)[-1]
 
 
 def rt(ctx: typer.Context) -> Runtime:
@@ -174,18 +75,12 @@ def main_options(
     if now is not None:
         overrides["now"] = now
     if overrides:
-        from dataclasses import replace
-
         settings = replace(settings, **overrides)
-    clock: Clock
-    if settings.now:
-        try:
-            start = parse_instant(settings.now)
-        except ValueError as exc:
-            raise fail(f"--now: {exc}") from None
-        clock = StartedClock(start) if ctx.invoked_subcommand == "run" else FakeClock(start)
-    else:
-        clock = SystemClock()
+    try:
+        # the daemon's clock runs on from --now; a one-shot command's stands still there
+        clock = build_clock(settings, advancing=ctx.invoked_subcommand == "run")
+    except ValueError as exc:
+        raise fail(f"--now: {exc}") from None
     runtime = Runtime(settings=settings, clock=clock)
     ctx.obj = runtime
     ctx.call_on_close(runtime.close)
@@ -593,7 +488,7 @@ def templates_approve(
 ) -> None:
     """Record approval of the template's current content (all its locales)."""
     from dispatcher.store.tables import TemplateApprovalRow
-    from dispatcher.templates.approval import ApprovalError, approve
+    from dispatcher.templates import ApprovalError, approve
 
     runtime = rt(ctx)
     config = runtime.config
@@ -701,21 +596,6 @@ def demo_cmd(
 # -------------------------------------------------------------------------- run
 
 
-def build_web_app(runtime: Runtime):  # type: ignore[no-untyped-def]
-    """The FastAPI app (webhooks, API, pages) wired to this runtime."""
-    from dispatcher.web.app import create_app
-
-    return create_app(
-        engine=runtime.engine,
-        config=runtime.config,
-        clock=runtime.clock,
-        settings=runtime.settings,
-        signer=runtime.signer,
-        templates=runtime.templates,
-        gate=runtime.gate,
-    )
-
-
 @app.command("run")
 def run_cmd(
     ctx: typer.Context,
@@ -726,16 +606,14 @@ def run_cmd(
     """The daemon: scheduler + webhook/API server + sender, until SIGTERM."""
     from dispatcher.logs import configure_logging
     from dispatcher.services.daemon import DaemonJobs, run_daemon
+    from dispatcher.services.receipts import resume_broken_promises
+    from dispatcher.web.app import create_app
 
     configure_logging(log_level.upper())
     runtime = rt(ctx)
     _startup_lint(runtime)
     channels = runtime.channels()
     sender = runtime.sender(channels)
-    try:
-        from dispatcher.services.receipts import resume_broken_promises
-    except ImportError:  # pragma: no cover - receipts not installed
-        resume_broken_promises = None  # type: ignore[assignment]
     jobs = DaemonJobs(
         engine=runtime.engine,
         config=runtime.config,
@@ -745,7 +623,7 @@ def run_cmd(
         catalog=runtime.templates.approved_catalog,
         after_plan=resume_broken_promises,
     )
-    code = asyncio.run(run_daemon(jobs, build_web_app(runtime), host, port))
+    code = asyncio.run(run_daemon(jobs, create_app(runtime.web()), host, port))
     raise typer.Exit(code)
 
 
@@ -770,6 +648,11 @@ def main() -> None:
 
     try:
         app()
+    except SetupError as exc:
+        # a collaborator the command needs cannot be built (bad configuration file,
+        # unreachable database, missing secret): exit 2 for the operator's input, 1 else
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise SystemExit(EXIT_USAGE if exc.usage else EXIT_FAILURE) from None
     except NoLegalInstantError as exc:
         err.print(f"[bold red]error:[/] {exc}. Check the case's timezone and the profile's hours,"
                   " calendar and extra_holidays in the configuration.", highlight=False)

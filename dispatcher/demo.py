@@ -27,14 +27,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from dispatcher.clock import SharedClock
+from dispatcher.clock import Clock, SharedClock
 from dispatcher.config import Config
-from dispatcher.policy import Gate
+from dispatcher.logs import log_to_file
 from dispatcher.services.planner import run_planner
 from dispatcher.services.portfolio import REALISTIC_DPD_BUCKETS, generate_cases, write_csv
 from dispatcher.settings import Settings
+from dispatcher.wiring import Runtime
 
 START = dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC)  # a Monday
 #: Ticks per simulated day (UTC): 09:30 in Shanghai; 12:30 ET / 09:30 PT (every US zone open).
@@ -77,22 +79,6 @@ def _call_behaviour(number: str) -> Any:
     return CallBehaviour(digits=("1",))  # listens, then hangs up
 
 
-def log_to_file(path: Path) -> None:
-    """The demo's structured logs go to a file, so the console shows the progress bar
-    (its web process appends to the same file)."""
-    import logging
-
-    from dispatcher.logs import JsonFormatter
-
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for noisy in ("httpx", "twilio", "aiosmtplib", "mail.log", "uvicorn", "uvicorn.error", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _free_port() -> int:
     import socket
 
@@ -122,16 +108,8 @@ def run_demo(
     console: Console | None = None,
 ) -> DemoResult:
     """Run the whole simulation in `workdir` (recreated) and return what happened."""
-    from dispatcher.channels.registry import build_channels
-    from dispatcher.links import LinkSigner
     from dispatcher.sandbox.server import run_sandbox_in_process
     from dispatcher.services.importer import import_file
-    from dispatcher.services.outbox import Sender
-    from dispatcher.services.receipts import resume_broken_promises
-    from dispatcher.services.report import build_report, report_html, report_json
-    from dispatcher.store.db import ensure_schema, make_engine
-    from dispatcher.store.tables import EventRow, HoldRow, MessageRow
-    from dispatcher.templates import TemplateSet
     from dispatcher.web.process import run_web_in_process
 
     console = console or Console()
@@ -143,18 +121,8 @@ def run_demo(
     config = demo_config(config)
     clock = SharedClock(workdir / "clock", START)
     signing_key = "demo-signing-key-not-for-production"
-    engine = make_engine(f"sqlite:///{workdir / 'demo.db'}")
-    ensure_schema(engine)
-    templates = TemplateSet(config.resolve(config.templates.directory), config)
-    catalog = templates.approved_catalog()
-    signer = LinkSigner(signing_key)
     rng = random.Random(seed)
     result = DemoResult(cases=cases, days=days, seconds=0.0)
-
-    csv_path = workdir / "portfolio.csv"
-    write_csv(csv_path, generate_cases(cases, START.date(), seed=seed, dpd_buckets=REALISTIC_DPD_BUCKETS))
-    report = import_file(csv_path, engine, config, clock)
-    console.print(f"imported {report.imported} generated cases (rejected {report.rejected})")
 
     web_port = _free_port()
     public_url = f"http://127.0.0.1:{web_port}"
@@ -174,7 +142,7 @@ def run_demo(
     with run_sandbox_in_process(**sandbox_opts) as sandbox:
         settings = Settings(
             config_path=config.source or Path("config/dispatcher.toml"),
-            db_url=str(engine.url),
+            db_url=f"sqlite:///{workdir / 'demo.db'}",
             twilio_account_sid=sandbox.account_sid,
             twilio_auth_token=sandbox.auth_token,
             twilio_api_url=sandbox.twilio_url,
@@ -183,12 +151,27 @@ def run_demo(
             signing_key=signing_key,
             instance_id="demo",
         )
-        with run_web_in_process(settings, clock, web_port,
-                                log_path=workdir / "dispatcher.log"):
-            ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
-                     for d in range(days) for t in TICK_TIMES]
-            asyncio.run(_simulate(ticks, engine, config, catalog, templates, clock, signer, settings, sandbox,
-                                  rng, result, console, build_channels, Sender, resume_broken_promises))
+        runtime = Runtime(settings, clock, config=config)
+        try:
+            csv_path = workdir / "portfolio.csv"
+            write_csv(csv_path, generate_cases(cases, START.date(), seed=seed, dpd_buckets=REALISTIC_DPD_BUCKETS))
+            report = import_file(csv_path, runtime.engine, config, clock)
+            console.print(f"imported {report.imported} generated cases (rejected {report.rejected})")
+            with run_web_in_process(settings, clock, web_port, log_path=workdir / "dispatcher.log"):
+                ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
+                         for d in range(days) for t in TICK_TIMES]
+                asyncio.run(_simulate(ticks, runtime, sandbox, rng, result, console))
+            _summarise(runtime.engine, clock, workdir, result)
+        finally:
+            runtime.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _summarise(engine: Engine, clock: Clock, workdir: Path, result: DemoResult) -> None:
+    """What the store says happened, and the KPI report (HTML and JSON)."""
+    from dispatcher.services.report import build_report, report_html, report_json
+    from dispatcher.store.tables import EventRow, HoldRow, MessageRow
 
     with engine.connect() as conn:
         statuses = dict(conn.execute(
@@ -217,20 +200,21 @@ def run_demo(
     result.report_json = workdir / "report.json"
     result.report_html.write_text(report_html(kpis), encoding="utf-8")
     result.report_json.write_text(report_json(kpis), encoding="utf-8")
-    engine.dispose()
-    result.seconds = time.perf_counter() - started
-    return result
 
 
-async def _simulate(ticks, engine, config, catalog, templates, clock, signer, settings, sandbox, rng, result,  # type: ignore[no-untyped-def]
-                    console, build_channels, sender_cls, resume_broken_promises) -> None:
+async def _simulate(ticks: list[dt.datetime], runtime: Runtime, sandbox: Any, rng: random.Random,
+                    result: DemoResult, console: Console) -> None:
+    from dispatcher.services.receipts import resume_broken_promises
     from dispatcher.store import repository
     from dispatcher.store.tables import MessageRow
 
-    channels = build_channels(settings, timeout=config.sending.provider_timeout_seconds)
-    gate = Gate(config)  # one for the whole run: the planner and the sender share its caches
-    sender = sender_cls(engine, config, templates, channels, clock, signer, settings.public_url, "demo", gate=gate)
-    inbound_url = f"{settings.public_url}/twilio/sms/inbound"
+    # one gate for the whole run: the planner and the sender share its caches
+    engine, gate, clock = runtime.engine, runtime.gate, runtime.clock
+    assert isinstance(clock, SharedClock)  # the driver moves it; the sandbox and the web process read it
+    catalog = runtime.templates.approved_catalog()
+    channels = runtime.channels()
+    sender = runtime.sender(channels)
+    inbound_url = f"{runtime.settings.public_url}/twilio/sms/inbound"
     try:
         with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.description}"), TimeElapsedColumn(), console=console,

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+from pathlib import Path
 
 _PHONE = re.compile(r"\+?\d[\d \-]{8,}\d")
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
@@ -51,3 +52,16 @@ def configure_logging(level: str = "INFO") -> None:
     # psycopg_pool logs three INFO lines per borrowed connection, i.e. per status callback:
     # kept for DEBUG only
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING if root.level > logging.DEBUG else logging.NOTSET)
+
+
+def log_to_file(path: Path) -> None:
+    """JSON lines to a file instead of stderr, with the chatty libraries held at WARNING:
+    the demo keeps its console for the progress bar, and its web process appends to the
+    same file."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("httpx", "twilio", "aiosmtplib", "mail.log", "uvicorn", "uvicorn.error", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

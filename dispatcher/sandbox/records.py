@@ -10,10 +10,13 @@ message that reached the provider twice shows up as `count == 2`.
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import secrets
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import Any
 
 
@@ -113,6 +116,17 @@ class CallRecord:
         }
 
 
+def decode_email(raw: bytes) -> tuple[EmailMessage, str | None, str | None]:
+    """The parsed message and its text and HTML bodies (None when absent)."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    texts: list[str | None] = []
+    for kind in ("plain", "html"):
+        part = message.get_body(preferencelist=(kind,))
+        texts.append(None if part is None or part.get_content_type() != f"text/{kind}" else part.get_content())
+    return message, texts[0], texts[1]
+
+
 @dataclass
 class EmailRecord:
     """One accepted e-mail. The MIME parse is done on first access, not on receipt:
@@ -131,8 +145,6 @@ class EmailRecord:
 
     def _parse(self) -> tuple[str | None, list[tuple[str, str]], str | None, str | None]:
         if self._parsed is None:
-            from dispatcher.sandbox.smtp_sink import decode_email
-
             message, text, html = decode_email(self.raw)
             self._parsed = (message["Subject"], [(k, str(v)) for k, v in message.items()], text, html)
         return self._parsed

@@ -34,13 +34,10 @@ counts as delivered; the sink records the answer's status on the e-mail
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import hashlib
 import hmac
 import re
 from collections.abc import Awaitable, Callable
-from email.message import EmailMessage
 from typing import Any
 from urllib.parse import urlencode
 
@@ -72,16 +69,6 @@ def message_id_of(raw: bytes) -> str | None:
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     found = _MESSAGE_ID.search(head)
     return found.group(1).decode("ascii", "replace") if found else None
-
-
-def decode_email(raw: bytes) -> tuple[EmailMessage, str | None, str | None]:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    texts: list[str | None] = []
-    for kind in ("plain", "html"):
-        part = message.get_body(preferencelist=(kind,))
-        texts.append(None if part is None or part.get_content_type() != f"text/{kind}" else part.get_content())
-    return message, texts[0], texts[1]
 
 
 class SinkHandler:

@@ -35,7 +35,7 @@ import json
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
@@ -45,11 +45,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from dispatcher.sandbox.faults import CREATED_KINDS, FaultPlan, FaultSpecError
+from dispatcher.sandbox.options import SandboxOptions
 from dispatcher.sandbox.provider import API_VERSION, TwilioError, TwilioSimulator, rfc2822
 from dispatcher.sandbox.records import CallRecord, MessageRecord
-
-if TYPE_CHECKING:
-    from dispatcher.sandbox.server import Sandbox
 
 ConnectionLookup = Callable[[Any], asyncio.Transport | None]
 
@@ -196,17 +194,14 @@ def _matches_time(value: dt.datetime | None, filters: Iterable[tuple[str, dt.dat
 
 
 class TwilioApi:
-    """Builds the Starlette app for one sandbox."""
+    """Builds the Starlette app for one sandbox: the simulator behind it (and its
+    recorder) and a way to find a request's TCP transport (for the reset fault)."""
 
-    def __init__(self, sandbox: Sandbox, connections: ConnectionLookup) -> None:
-        self.sandbox = sandbox
+    def __init__(self, options: SandboxOptions, simulator: TwilioSimulator, connections: ConnectionLookup) -> None:
+        self.options = options
+        self.sim = simulator
         self.connections = connections
         self.stopping = asyncio.Event()
-
-    @property
-    def sim(self) -> TwilioSimulator:
-        assert self.sandbox.simulator is not None
-        return self.sandbox.simulator
 
     def app(self) -> Starlette:
         prefix = f"/{API_VERSION}/Accounts/{{account_sid}}"
@@ -234,7 +229,7 @@ class TwilioApi:
 
     async def _guard(self, request: Request) -> Response | None:
         """Latency, then authentication; returns an error response or None."""
-        options = self.sandbox.options
+        options = self.options
         if options.latency_ms:
             await asyncio.sleep(options.latency_ms / 1000)
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -269,7 +264,7 @@ class TwilioApi:
         stopping = asyncio.ensure_future(self.stopping.wait())
         try:
             done, _ = await asyncio.wait(
-                {waiter, stopping}, timeout=self.sandbox.options.timeout_hold_s, return_when=asyncio.FIRST_COMPLETED
+                {waiter, stopping}, timeout=self.options.timeout_hold_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             for task in (waiter, stopping):
@@ -288,7 +283,7 @@ class TwilioApi:
         if fault == "reset_before":
             return await self._reset_connection(request)
         if fault is not None and fault not in CREATED_KINDS:
-            return _http_fault(fault, self.sandbox.options.retry_after_s)
+            return _http_fault(fault, self.options.retry_after_s)
         try:
             record = create(form, fault)
         except TwilioError as exc:
@@ -412,13 +407,13 @@ class TwilioApi:
     # -- sandbox control ---------------------------------------------------------------
 
     async def sandbox_messages(self, request: Request) -> Response:
-        return JSONResponse(self.sandbox.messages())
+        return JSONResponse(self.sim.recorder.message_snapshots())
 
     async def sandbox_calls(self, request: Request) -> Response:
-        return JSONResponse(self.sandbox.calls())
+        return JSONResponse(self.sim.recorder.call_snapshots())
 
     async def sandbox_emails(self, request: Request) -> Response:
-        return JSONResponse(self.sandbox.emails())
+        return JSONResponse(self.sim.recorder.email_snapshots())
 
     async def sandbox_inbound_list(self, request: Request) -> Response:
         with self.sim.recorder.lock:
@@ -463,7 +458,7 @@ class TwilioApi:
         return JSONResponse({"idle": True})
 
     async def sandbox_reset(self, request: Request) -> Response:
-        self.sandbox.reset()
+        self.sim.recorder.reset()
         return JSONResponse({"reset": True})
 
     async def health(self, request: Request) -> Response:

@@ -3,13 +3,8 @@
 See SPEC section 7 and the template authors' section of the README.
 """
 
-from dispatcher.templates.approval import (
-    Approval,
-    ApprovalError,
-    ApprovalRefused,
-    approve,
-    load_approvals,
-)
+from dispatcher.templates.approval import ApprovalRefused, approve
+from dispatcher.templates.approvals_file import Approval, ApprovalError, load_approvals
 from dispatcher.templates.context import (
     build_context,
     format_money,

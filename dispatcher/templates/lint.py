@@ -32,6 +32,7 @@ from markupsafe import escape
 
 from dispatcher.config import Config
 from dispatcher.domain import Case, Channel
+from dispatcher.templates.approvals_file import APPROVALS_FILE, ApprovalError, load_approvals
 from dispatcher.templates.context import (
     CONTEXT_KEYS,
     SUPPORTED_LOCALES,
@@ -39,7 +40,6 @@ from dispatcher.templates.context import (
     opt_out_text,
 )
 from dispatcher.templates.rendering import (
-    APPROVALS_FILE,
     REPLIES_FOLDER,
     REQUIRED_BLOCKS,
     RenderedMessage,
@@ -193,8 +193,6 @@ def lint_tree(directory: Path, config: Config, forbidden_phrases_path: Path) -> 
                                   _phrases=phrases, _templates=templates)
 
     if (directory / APPROVALS_FILE).exists():
-        from dispatcher.templates.approval import ApprovalError, load_approvals
-
         try:
             load_approvals(directory)
         except ApprovalError as exc:

@@ -32,6 +32,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dispatcher.config import Config
 from dispatcher.domain import Channel
+from dispatcher.templates.approvals_file import APPROVALS_FILE, load_approvals
 
 #: Blocks each channel's templates must define (SMS renders the whole file).
 REQUIRED_BLOCKS: dict[Channel, tuple[str, ...]] = {
@@ -42,7 +43,6 @@ REQUIRED_BLOCKS: dict[Channel, tuple[str, ...]] = {
 
 TEMPLATE_ID_RE = re.compile(r"^(sms|email|voice)/([a-z0-9_]+)/([a-z0-9_-]+)$")
 FILE_NAME_RE = re.compile(r"^([a-z0-9_-]+)\.([a-z]{2}-[A-Z]{2})\.j2$")
-APPROVALS_FILE = "approvals.toml"
 #: The folder of the automatic SMS replies (`sms/replies/<name>`): not a stage, so never
 #: in the planner's catalog (see `dispatcher.templates.replies`).
 REPLIES_FOLDER = "replies"
@@ -378,8 +378,6 @@ class TemplateSet:
     # -- approvals -------------------------------------------------------------------
 
     def _load_approvals(self) -> dict[str, Any]:
-        from dispatcher.templates.approval import load_approvals
-
         path = self.directory / APPROVALS_FILE
         try:
             st = path.stat()

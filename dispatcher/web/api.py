@@ -23,8 +23,10 @@ from starlette.concurrency import run_in_threadpool
 
 from dispatcher.domain import Channel
 from dispatcher.services.oneoff import request_one_off
+from dispatcher.settings import Settings
 from dispatcher.store import repository
 from dispatcher.store.timeline import case_timeline as read_case_timeline
+from dispatcher.web.dependencies import ClockDep, EngineDep, GateDep, SettingsDep, TemplatesDep
 
 router = APIRouter(prefix="/api")
 
@@ -33,8 +35,8 @@ def _refuse(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _check_token(request: Request) -> JSONResponse | None:
-    token = request.app.state.settings.api_token
+def _check_token(request: Request, settings: Settings) -> JSONResponse | None:
+    token = settings.api_token
     if not token:
         return _refuse(503, "the collector API is disabled: set DISPATCHER_API_TOKEN to enable it")
     supplied = request.headers.get("authorization", "")
@@ -43,22 +45,11 @@ def _check_token(request: Request) -> JSONResponse | None:
     return None
 
 
-def approved_catalog(request: Request) -> Any:
-    """The approved templates (read from the tree on each call: approvals may change)."""
-    templates = request.app.state.templates
-    if templates is None:
-        from dispatcher.templates import TemplateSet
-
-        config = request.app.state.config
-        templates = request.app.state.templates = TemplateSet(config.resolve(config.templates.directory), config)
-    return templates.approved_catalog()
-
-
 @router.get("/cases/{case_id}")
-async def case_timeline(case_id: str, request: Request) -> JSONResponse:
-    if (denied := _check_token(request)) is not None:
+async def case_timeline(case_id: str, request: Request, settings: SettingsDep, engine: EngineDep,
+                        clock: ClockDep) -> JSONResponse:
+    if (denied := _check_token(request, settings)) is not None:
         return denied
-    engine, clock = request.app.state.engine, request.app.state.clock
 
     def read() -> dict[str, Any]:
         with engine.connect() as conn:
@@ -72,8 +63,9 @@ async def case_timeline(case_id: str, request: Request) -> JSONResponse:
 
 
 @router.post("/cases/{case_id}/messages")
-async def one_off(case_id: str, request: Request) -> JSONResponse:
-    if (denied := _check_token(request)) is not None:
+async def one_off(case_id: str, request: Request, settings: SettingsDep, engine: EngineDep, gate: GateDep,
+                  clock: ClockDep, templates: TemplatesDep) -> JSONResponse:
+    if (denied := _check_token(request, settings)) is not None:
         return denied
     try:
         body = json.loads(await request.body() or b"{}")
@@ -84,11 +76,11 @@ async def one_off(case_id: str, request: Request) -> JSONResponse:
             raise ValueError
     except (ValueError, KeyError, TypeError):
         return _refuse(400, 'send JSON {"channel": "sms"|"email"|"voice", "by": "<user>", "template": null}')
-    state = request.app.state
-    catalog = await run_in_threadpool(approved_catalog, request)
+    # the approved templates are read from the tree on each call: approvals may change
+    catalog = await run_in_threadpool(templates.approved_catalog)
     try:
         result = await run_in_threadpool(
-            lambda: request_one_off(state.engine, state.gate, catalog, state.clock.now(), case_id=case_id,
+            lambda: request_one_off(engine, gate, catalog, clock.now(), case_id=case_id,
                                     channel=channel, template=template, by=by[:64])
         )
     except repository.CaseNotFound as exc:

@@ -25,22 +25,24 @@ import functools
 import hmac
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, Signer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from dispatcher.clock import Clock
 from dispatcher.domain import HOLD_REASONS, Channel, Reason
 from dispatcher.logs import mask
 from dispatcher.services.oneoff import request_one_off
 from dispatcher.services.planner import plan_decisions
+from dispatcher.settings import Settings
 from dispatcher.store import repository
 from dispatcher.store.timeline import case_timeline
-from dispatcher.web.api import approved_catalog
+from dispatcher.web.dependencies import ClockDep, EngineDep, GateDep, SettingsDep, TemplatesDep
 
 router = APIRouter(prefix="/ui")
 
@@ -103,32 +105,45 @@ class ConsoleSessions:
         return bool(token) and hmac.compare_digest(self.csrf_token(cookie).encode(), (token or "").encode())
 
 
-def _sessions(request: Request) -> ConsoleSessions:
-    state = request.app.state
-    sessions = getattr(state, "console_sessions", None)
-    if sessions is None:
-        sessions = state.console_sessions = ConsoleSessions(state.settings.signing_key)
-    return sessions  # type: ignore[no-any-return]
+class ConsoleAccess:
+    """Who may use the console, for one request: disabled (no API token or signing key),
+    signed in (a valid session cookie), or to sign in first."""
 
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.enabled = bool(settings.api_token and settings.signing_key)
 
-def _disabled(request: Request) -> HTMLResponse | None:
-    settings = request.app.state.settings
-    if not settings.api_token or not settings.signing_key:
+    @functools.cached_property
+    def sessions(self) -> ConsoleSessions:
+        """The session signer; only once `disabled()` said no (it needs the signing key).
+        Cheap to make per request: the signers derive their keys when used."""
+        return ConsoleSessions(self.settings.signing_key)
+
+    def disabled(self) -> HTMLResponse | None:
+        """The 503 page while the console is disabled, else None."""
+        if self.enabled:
+            return None
         return _page("console_message.html", 503, title="Console disabled",
                      message="The collectors' console is disabled: set DISPATCHER_API_TOKEN and"
                              " DISPATCHER_SIGNING_KEY to enable it.")
-    return None
+
+    def signed_in(self, request: Request) -> str | Response:
+        """The signed-in collector's name; else the answer: console disabled, or to sign in."""
+        if (denied := self.disabled()) is not None:
+            return denied
+        user = self.sessions.user(request.cookies.get(COOKIE), self.clock.now())
+        if user is None:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
+        return user
 
 
-def _signed_in(request: Request) -> str | Response:
-    """The signed-in collector's name; else the answer: console disabled, or to sign in."""
-    if (denied := _disabled(request)) is not None:
-        return denied
-    user = _sessions(request).user(request.cookies.get(COOKIE), request.app.state.clock.now())
-    if user is None:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
-    return user
+def _access(settings: SettingsDep, clock: ClockDep) -> ConsoleAccess:
+    return ConsoleAccess(settings, clock)
+
+
+Access = Annotated[ConsoleAccess, Depends(_access)]
 
 
 def _safe_next(value: str | None) -> str:
@@ -153,19 +168,19 @@ async def console_root(request: Request) -> Response:
 
 
 @router.get("/login")
-async def login_page(request: Request, next: str | None = None) -> Response:  # noqa: A002 - the query name
-    if (denied := _disabled(request)) is not None:
+async def login_page(access: Access, next: str | None = None) -> Response:  # noqa: A002 - the query name
+    if (denied := access.disabled()) is not None:
         return denied
     return _page("console_login.html", title="Sign in", next=_safe_next(next), error=None, user="")
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
-    if (denied := _disabled(request)) is not None:
+async def login(request: Request, access: Access) -> Response:
+    if (denied := access.disabled()) is not None:
         return denied
     form = await _form(request)
     user, token, target = form.get("user", "").strip(), form.get("token", ""), _safe_next(form.get("next"))
-    expected = request.app.state.settings.api_token
+    expected = access.settings.api_token
     if not _USER.match(user):
         return _page("console_login.html", 400, title="Sign in", next=target, user=user[:64],
                      error="Your name: 1 to 64 letters, digits or . _ @ - (it is recorded on what you do).")
@@ -173,8 +188,8 @@ async def login(request: Request) -> Response:
         return _page("console_login.html", 401, title="Sign in", next=target, user=user,
                      error="That access token is not right. Ask your administrator for DISPATCHER_API_TOKEN.")
     response = RedirectResponse(target, status_code=303)
-    secure = request.app.state.settings.public_url.startswith("https://")
-    response.set_cookie(COOKIE, _sessions(request).issue(user, request.app.state.clock.now()),
+    secure = access.settings.public_url.startswith("https://")
+    response.set_cookie(COOKIE, access.sessions.issue(user, access.clock.now()),
                         max_age=SESSION_HOURS * 3600, httponly=True, samesite="strict", secure=secure, path="/ui")
     return response
 
@@ -190,8 +205,8 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("/cases")
-async def find_case(request: Request, case_id: str | None = None) -> Response:
-    user = _signed_in(request)
+async def find_case(request: Request, access: Access, engine: EngineDep, case_id: str | None = None) -> Response:
+    user = access.signed_in(request)
     if isinstance(user, Response):
         return user
     if case_id is None:
@@ -200,8 +215,6 @@ async def find_case(request: Request, case_id: str | None = None) -> Response:
     if not _CASE_ID.match(wanted):
         return _page("console_search.html", title="Find a case", user=user, case_id=wanted,
                      error="A case id is 1 to 64 letters, digits or . _ -")
-    engine = request.app.state.engine
-
     def missing() -> list[str]:
         with engine.connect() as conn:
             return repository.missing_case_ids(conn, [wanted])
@@ -213,18 +226,18 @@ async def find_case(request: Request, case_id: str | None = None) -> Response:
 
 
 @router.get("/cases/{case_id}")
-async def case_page(case_id: str, request: Request) -> Response:
-    user = _signed_in(request)
+async def case_page(case_id: str, request: Request, access: Access, engine: EngineDep, gate: GateDep,
+                    clock: ClockDep, templates: TemplatesDep) -> Response:
+    user = access.signed_in(request)
     if isinstance(user, Response):
         return user
-    state = request.app.state
-    now = state.clock.now()
-    catalog = await run_in_threadpool(approved_catalog, request)
+    now = clock.now()
+    catalog = await run_in_threadpool(templates.approved_catalog)
 
     def read() -> tuple[dict[str, Any], Any, list[Any]]:
-        with state.engine.connect() as conn:
+        with engine.connect() as conn:
             timeline = case_timeline(conn, case_id, now=now)
-        found = next(iter(plan_decisions(state.engine, state.gate, catalog, now, case_ids=[case_id])), None)
+        found = next(iter(plan_decisions(engine, gate, catalog, now, case_ids=[case_id])), None)
         snapshot, decisions = found if found is not None else (None, [])
         return timeline, snapshot, decisions
 
@@ -234,13 +247,13 @@ async def case_page(case_id: str, request: Request) -> Response:
         return _no_case(case_id, user)
     stage = next((d.stage for d in decisions if d.stage), None)
     locale = snapshot.case.locale if snapshot is not None else ""
-    templates = {ch.value: list(catalog.get((ch, stage, locale), ())) for ch in Channel} if stage else {}
+    choices = {ch.value: list(catalog.get((ch, stage, locale), ())) for ch in Channel} if stage else {}
     cookie = request.cookies.get(COOKIE, "")
     return _page(
         "console_case.html",
         title=f"Case {case_id}",
         user=user,
-        csrf=_sessions(request).csrf_token(cookie),
+        csrf=access.sessions.csrf_token(cookie),
         now=now,
         case=snapshot.case if snapshot is not None else None,
         contacts=[{"channel": c.channel.value, "address": mask(c.address or ""), "consent": c.consent,
@@ -249,7 +262,7 @@ async def case_page(case_id: str, request: Request) -> Response:
         timeline=timeline,
         decisions=decisions,
         stage=stage,
-        templates=templates,
+        templates=choices,
         hold_reasons=[r.value for r in PAGE_HOLD_REASONS],
         result=_result_banner(request.query_params),
     )
@@ -276,12 +289,12 @@ def _result_banner(params: Any) -> dict[str, str] | None:
 # ----------------------------------------------------------------------- actions
 
 
-async def _authorised_form(request: Request) -> tuple[str, dict[str, str]] | Response:
-    user = _signed_in(request)
+async def _authorised_form(request: Request, access: ConsoleAccess) -> tuple[str, dict[str, str]] | Response:
+    user = access.signed_in(request)
     if isinstance(user, Response):
         return user
     form = await _form(request)
-    if not _sessions(request).csrf_ok(request.cookies.get(COOKIE, ""), form.get("csrf")):
+    if not access.sessions.csrf_ok(request.cookies.get(COOKIE, ""), form.get("csrf")):
         return _page("console_message.html", 403, title="Form expired", user=user,
                      message="This form has expired or did not come from this console. Go back, reload the"
                              " page and try again.")
@@ -299,8 +312,9 @@ def _back(case_id: str, **params: Any) -> RedirectResponse:
 
 
 @router.post("/cases/{case_id}/messages")
-async def send_one_off(case_id: str, request: Request) -> Response:
-    checked = await _authorised_form(request)
+async def send_one_off(case_id: str, request: Request, access: Access, engine: EngineDep, gate: GateDep,
+                       clock: ClockDep, templates: TemplatesDep) -> Response:
+    checked = await _authorised_form(request, access)
     if isinstance(checked, Response):
         return checked
     user, form = checked
@@ -309,11 +323,10 @@ async def send_one_off(case_id: str, request: Request) -> Response:
     except ValueError:
         return _back(case_id, error="Choose a channel: sms, email or voice.")
     template = form.get("template") or None
-    state = request.app.state
-    catalog = await run_in_threadpool(approved_catalog, request)
+    catalog = await run_in_threadpool(templates.approved_catalog)
     try:
         result = await run_in_threadpool(
-            lambda: request_one_off(state.engine, state.gate, catalog, state.clock.now(), case_id=case_id,
+            lambda: request_one_off(engine, gate, catalog, clock.now(), case_id=case_id,
                                     channel=channel, template=template, by=user))
     except repository.CaseNotFound:
         return _no_case(case_id, user)
@@ -325,8 +338,9 @@ async def send_one_off(case_id: str, request: Request) -> Response:
 
 
 @router.post("/cases/{case_id}/holds")
-async def place_hold(case_id: str, request: Request) -> Response:
-    checked = await _authorised_form(request)
+async def place_hold(case_id: str, request: Request, access: Access, engine: EngineDep,
+                     clock: ClockDep) -> Response:
+    checked = await _authorised_form(request, access)
     if isinstance(checked, Response):
         return checked
     user, form = checked
@@ -340,14 +354,13 @@ async def place_hold(case_id: str, request: Request) -> Response:
         except ValueError:
             return _back(case_id, error="Until: a date like 2026-12-20, or leave it empty (until released).")
         until = dt.datetime.combine(day, dt.time(0, 0), tzinfo=dt.UTC)
-        if until <= request.app.state.clock.now():
+        if until <= clock.now():
             return _back(case_id, error="Until must be a date in the future.")
     note = (form.get("note") or "").strip()[:200] or None
-    state = request.app.state
 
     def write() -> None:
-        with state.engine.begin() as conn:
-            repository.place_hold(conn, case_id, Reason(reason_text), until, user, state.clock.now(), note=note)
+        with engine.begin() as conn:
+            repository.place_hold(conn, case_id, Reason(reason_text), until, user, clock.now(), note=note)
 
     try:
         await run_in_threadpool(write)
@@ -357,20 +370,20 @@ async def place_hold(case_id: str, request: Request) -> Response:
 
 
 @router.post("/cases/{case_id}/holds/release")
-async def release_holds(case_id: str, request: Request) -> Response:
-    checked = await _authorised_form(request)
+async def release_holds(case_id: str, request: Request, access: Access, engine: EngineDep,
+                        clock: ClockDep) -> Response:
+    checked = await _authorised_form(request, access)
     if isinstance(checked, Response):
         return checked
     user, form = checked
     reason_text = form.get("reason") or None
     if reason_text is not None and reason_text not in {r.value for r in HOLD_REASONS}:
         return _back(case_id, error="Unknown hold reason.")
-    state = request.app.state
 
     def write() -> int:
-        with state.engine.begin() as conn:
+        with engine.begin() as conn:
             return repository.release_holds(conn, case_id, Reason(reason_text) if reason_text else None, user,
-                                            state.clock.now())
+                                            clock.now())
 
     try:
         count = await run_in_threadpool(write)

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from dispatcher.config import Config
 from dispatcher.links import LinkError
-from dispatcher.services.receipts import Receipts
+from dispatcher.web.dependencies import ConfigDep, ReceiptsDep, SettingsDep, SignerDep
 from dispatcher.web.html import link_problem, render_page
 from dispatcher.web.security import Rejected, check_bounce_signature, parse_form
 
@@ -35,56 +36,55 @@ def _gone_unsubscribe_link() -> HTMLResponse:
     )
 
 
-def _org(request: Request) -> tuple[str, str]:
-    names = request.app.state.config.organisation
+def _org(config: Config) -> tuple[str, str]:
+    names = config.organisation
     return names.name_for("en-US"), names.name_for("zh-CN")
 
 
 @router.get("/email/unsubscribe/{token}")
-async def unsubscribe_page(request: Request, token: str) -> Response:
+async def unsubscribe_page(request: Request, token: str, signer: SignerDep, receipts: ReceiptsDep,
+                           config: ConfigDep) -> Response:
     try:
-        message_id = request.app.state.signer.verify_unsubscribe_token(token)
+        message_id = signer.verify_unsubscribe_token(token)
     except LinkError:
         request.state.result = "bad_token"
         return _bad_unsubscribe_link()
-    receipts: Receipts = request.app.state.receipts
     if await run_in_threadpool(receipts.message_for_link, message_id) is None:
         request.state.result = "unknown_message"
         return _gone_unsubscribe_link()
-    org, org_zh = _org(request)
+    org, org_zh = _org(config)
     request.state.result = "page"
     return render_page("unsubscribe_confirm.html", "Unsubscribe", org=org, org_zh=org_zh)
 
 
 @router.post("/email/unsubscribe/{token}")
-async def unsubscribe_one_click(request: Request, token: str) -> Response:
+async def unsubscribe_one_click(request: Request, token: str, signer: SignerDep, receipts: ReceiptsDep,
+                                config: ConfigDep) -> Response:
     # RFC 8058: the body is "List-Unsubscribe=One-Click"; the token alone authorises it,
     # so a mail provider's POST without that body is honoured too.
     try:
-        message_id = request.app.state.signer.verify_unsubscribe_token(token)
+        message_id = signer.verify_unsubscribe_token(token)
     except LinkError:
         request.state.result = "bad_token"
         return _bad_unsubscribe_link()
-    receipts: Receipts = request.app.state.receipts
     cases = await run_in_threadpool(receipts.unsubscribe_email, message_id)
     if cases is None:
         request.state.result = "unknown_message"
         return _gone_unsubscribe_link()
-    org, org_zh = _org(request)
+    org, org_zh = _org(config)
     request.state.result = "unsubscribed"
     return render_page("unsubscribed.html", "Unsubscribed", org=org, org_zh=org_zh)
 
 
 @router.post("/email/bounce")
-async def bounce(request: Request) -> Response:
+async def bounce(request: Request, settings: SettingsDep, receipts: ReceiptsDep) -> Response:
     body = await request.body()
-    check_bounce_signature(request.app.state.settings.signing_key, body, request)
+    check_bounce_signature(settings.signing_key, body, request)
     params = parse_form(body, request.headers.get("content-type"))
     return_path = (params.get("return_path") or "").strip()
     kind = (params.get("type") or "").strip().lower()
     if not return_path or len(return_path) > 320 or kind not in _BOUNCE_TYPES:
         raise Rejected(400, "bad_request", "a bounce needs return_path and type (hard|soft)")
-    receipts: Receipts = request.app.state.receipts
     outcome = await run_in_threadpool(receipts.bounce, return_path, kind, params.get("diagnostic"))
     request.state.result = outcome.result
     return JSONResponse({"result": outcome.result, "message_id": outcome.message_id})

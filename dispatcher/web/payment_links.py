@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher.links import LinkError
-from dispatcher.services.receipts import Receipts
+from dispatcher.web.dependencies import ClockDep, ConfigDep, ReceiptsDep, SignerDep
 from dispatcher.web.html import link_problem
 
 router = APIRouter()
@@ -35,10 +35,10 @@ def _expired() -> Response:
 
 
 @router.get("/p/{token}")
-async def payment_link(request: Request, token: str) -> Response:
-    state = request.app.state
+async def payment_link(request: Request, token: str, signer: SignerDep, clock: ClockDep, receipts: ReceiptsDep,
+                       config: ConfigDep) -> Response:
     try:
-        message_id = state.signer.verify_payment_token(token, state.clock.now())
+        message_id = signer.verify_payment_token(token, clock.now())
     except LinkError as exc:
         if exc.reason == "expired":
             request.state.result = "expired"
@@ -50,10 +50,9 @@ async def payment_link(request: Request, token: str) -> Response:
             "The link may have been cut off when it was copied. Open it from the latest reminder.",
             "链接无效，可能复制不完整。请从最新的提醒中打开。",
         )
-    receipts: Receipts = state.receipts
     case_id = await run_in_threadpool(receipts.record_click, message_id)
     if case_id is None:
         request.state.result = "unknown_message"
         return _expired()
     request.state.result = "redirected"
-    return RedirectResponse(payment_redirect(state.config.organisation.payment_page, case_id), status_code=302)
+    return RedirectResponse(payment_redirect(config.organisation.payment_page, case_id), status_code=302)

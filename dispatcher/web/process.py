@@ -2,8 +2,8 @@
 
 For the demo: the sender, the sandbox and our webhooks each keep a core busy, and in one
 process they would share one interpreter lock. The child builds the app from the same
-settings and configuration (a composition root of its own, like `create_app_from_env`),
-on a clock shared with the parent (`SharedClock`), and serves it with uvicorn until
+settings through the same wiring as every other entry point (`dispatcher.wiring`), on
+a clock shared with the parent (`SharedClock`), and serves it with uvicorn until
 SIGTERM, closing its database connections on the way out.
 """
 
@@ -21,25 +21,21 @@ from dispatcher.settings import Settings
 def _web_process_main(settings: Settings, clock: Clock, port: int, log_path: str | None) -> None:
     import uvicorn
 
-    from dispatcher.config import load_config
-    from dispatcher.links import LinkSigner
-    from dispatcher.store.db import make_engine
+    from dispatcher.logs import log_to_file
     from dispatcher.web.app import create_app
+    from dispatcher.wiring import Runtime
 
     if log_path:
-        from dispatcher.demo import log_to_file
-
         log_to_file(Path(log_path))
-    engine = make_engine(settings.db_url)
-    app = create_app(engine=engine, config=load_config(Path(settings.config_path)), clock=clock, settings=settings,
-                     signer=LinkSigner(settings.signing_key))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="on",
-                                           log_config=None, access_log=False, ws="none", timeout_keep_alive=75,
-                                           proxy_headers=False))
+    runtime = Runtime(settings, clock)
     try:
+        app = create_app(runtime.web())
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="on",
+                                               log_config=None, access_log=False, ws="none", timeout_keep_alive=75,
+                                               proxy_headers=False))
         server.run()  # uvicorn stops gracefully on SIGTERM
     finally:
-        engine.dispose()
+        runtime.close()
 
 
 @contextlib.contextmanager

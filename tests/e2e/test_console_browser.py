@@ -22,7 +22,6 @@ from sqlalchemy.engine import Engine
 
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
-from dispatcher.links import LinkSigner
 from dispatcher.sandbox.asgi_server import serve_in_thread
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
@@ -30,6 +29,7 @@ from dispatcher.store.db import ensure_schema, make_engine
 from dispatcher.store.tables import holds_t, messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
+from dispatcher.wiring import Runtime
 from tests.integration.test_collector_api import imported
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,14 +61,14 @@ def served(tmp_path: Path, config: Config) -> Iterator[tuple[str, Engine, FakeCl
     clock = FakeClock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=SHANGHAI))
     with engine.begin() as conn:
         repo.upsert_cases(conn, [imported("A1")], clock.now())
-    app = create_app(engine=engine, config=config, clock=clock,
-                     settings=Settings(public_url="http://127.0.0.1", api_token=TOKEN, signing_key="browser-key"),
-                     signer=LinkSigner("browser-key"), templates=TemplateSet(ROOT / "templates", config))
+    settings = Settings(public_url="http://127.0.0.1", api_token=TOKEN, signing_key="browser-key")
+    app = create_app(Runtime(settings, clock, config=config, engine=engine,
+                             templates=TemplateSet(ROOT / "templates", config)).web())
     try:
         with serve_in_thread(app, name="console-web") as port:
             yield f"http://127.0.0.1:{port}", engine, clock
     finally:
-        app.state.receipts.close()
+        app.collaborators.receipts.close()
         engine.dispose()
 
 

@@ -16,12 +16,12 @@ from sqlalchemy.engine import Engine
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
 from dispatcher.domain import Case, CaseStatus
-from dispatcher.links import LinkSigner
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.tables import messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
+from dispatcher.wiring import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "api-token-for-tests"
@@ -43,12 +43,12 @@ async def client(engine: Engine, config: Config) -> AsyncIterator[tuple[httpx.As
     clock = FakeClock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8))))
     with engine.begin() as conn:
         repo.upsert_cases(conn, [imported("A1"), imported("P1", CaseStatus.PAID)], clock.now())
-    app = create_app(engine=engine, config=config, clock=clock,
-                     settings=Settings(public_url="https://d.example", api_token=TOKEN, signing_key="k"),
-                     signer=LinkSigner("k"), templates=TemplateSet(ROOT / "templates", config))
+    settings = Settings(public_url="https://d.example", api_token=TOKEN, signing_key="k")
+    app = create_app(Runtime(settings, clock, config=config, engine=engine,
+                             templates=TemplateSet(ROOT / "templates", config)).web())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
         yield c, clock
-    await app.state.receipts.aclose()
+    await app.collaborators.receipts.aclose()
 
 
 async def test_one_off_is_queued_through_the_gate(client: tuple[httpx.AsyncClient, FakeClock],

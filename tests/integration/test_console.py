@@ -16,13 +16,13 @@ from sqlalchemy.engine import Engine
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
 from dispatcher.domain import CaseStatus
-from dispatcher.links import LinkSigner
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.tables import holds_t, messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.web.console import COOKIE, ConsoleSessions
+from dispatcher.wiring import Runtime
 from tests.integration.test_collector_api import imported
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +35,12 @@ async def console(engine: Engine, config: Config) -> AsyncIterator[tuple[httpx.A
     clock = FakeClock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=SHANGHAI))
     with engine.begin() as conn:
         repo.upsert_cases(conn, [imported("A1"), imported("P1", CaseStatus.PAID)], clock.now())
-    app = create_app(engine=engine, config=config, clock=clock,
-                     settings=Settings(public_url="https://d.example", api_token=TOKEN, signing_key="console-key"),
-                     signer=LinkSigner("console-key"), templates=TemplateSet(ROOT / "templates", config))
+    settings = Settings(public_url="https://d.example", api_token=TOKEN, signing_key="console-key")
+    app = create_app(Runtime(settings, clock, config=config, engine=engine,
+                             templates=TemplateSet(ROOT / "templates", config)).web())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://d.example") as c:
         yield c, clock
-    await app.state.receipts.aclose()
+    await app.collaborators.receipts.aclose()
 
 
 async def sign_in(c: httpx.AsyncClient, user: str = "agent7") -> None:
@@ -165,9 +165,8 @@ async def test_find_a_case(console: tuple[httpx.AsyncClient, FakeClock]) -> None
 
 async def test_disabled_without_a_token(engine: Engine, config: Config) -> None:
     clock = FakeClock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=SHANGHAI))
-    app = create_app(engine=engine, config=config, clock=clock, settings=Settings(signing_key="k"),
-                     signer=LinkSigner("k"))
+    app = create_app(Runtime(Settings(signing_key="k"), clock, config=config, engine=engine).web())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
         r = await c.get("/ui/login")
         assert r.status_code == 503 and "DISPATCHER_API_TOKEN" in r.text
-    await app.state.receipts.aclose()
+    await app.collaborators.receipts.aclose()

@@ -49,6 +49,7 @@ from dispatcher.store.repository import ImportedCase
 from dispatcher.store.tables import MessageRow, messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
+from dispatcher.wiring import Runtime
 
 KEY = "outbox-test-signing-key-0123456789abcdef"
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
@@ -208,13 +209,13 @@ async def world(_sqlite_template: Path, tmp_path: Path, test_config: Config,
 
             def close_receipts() -> None:  # registered first: runs after the server stopped
                 if "app" in holder:
-                    holder["app"].state.receipts.close()
+                    holder["app"].collaborators.receipts.close()
 
             stack.callback(close_receipts)
             url = stack.enter_context(serve_in_thread(late_app))
             web_settings = Settings(twilio_auth_token=sandbox.auth_token, signing_key=KEY, public_url=url)
-            holder["app"] = create_app(engine=engine, config=test_config, clock=fake_clock, settings=web_settings,
-                                       signer=LinkSigner(KEY), templates=templates)
+            holder["app"] = create_app(Runtime(web_settings, fake_clock, config=test_config, engine=engine,
+                                               templates=templates).web())
             settings = Settings(
                 twilio_account_sid=sandbox.account_sid,
                 twilio_auth_token=sandbox.auth_token,

@@ -34,6 +34,7 @@ from dispatcher.store.snapshots import get_snapshot
 from dispatcher.store.tables import contacts_t, events_t, holds_t, messages_t
 from dispatcher.web.app import create_app
 from dispatcher.web.security import bounce_signature
+from dispatcher.wiring import Runtime
 
 TOKEN = "test-auth-token-0123456789abcdef"
 KEY = "test-signing-key-with-enough-entropy"
@@ -175,7 +176,7 @@ def sign(url: str, params: Any) -> str:
 
 def make_app(engine: Engine, config: Config, clock: FakeClock, **kw: Any) -> Any:
     settings = Settings(public_url=PUBLIC, twilio_auth_token=TOKEN, signing_key=KEY)
-    return create_app(engine=engine, config=config, clock=clock, settings=settings, signer=LinkSigner(KEY), **kw)
+    return create_app(Runtime(settings, clock, config=config, engine=engine).web(), **kw)
 
 
 @pytest.fixture
@@ -192,7 +193,7 @@ async def world(engine: Engine, config: Config, fake_clock: FakeClock) -> AsyncI
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=INTERNAL) as client:
             yield World(engine, config, fake_clock, client, LinkSigner(KEY), sms_id, voice_id, email_id)
     finally:
-        await app.state.receipts.aclose()
+        await app.collaborators.receipts.aclose()
 
 
 # --------------------------------------------------------------------------- status
@@ -344,7 +345,7 @@ async def test_oversized_bodies_get_413(world: World, engine: Engine, config: Co
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=small), base_url=INTERNAL) as client:
         r = await client.post("/twilio/sms/status", content=b"a" * 101)
         assert r.status_code == 413
-    await small.state.receipts.aclose()
+    await small.collaborators.receipts.aclose()
 
 
 async def test_malformed_requests_get_400(world: World) -> None:
@@ -756,7 +757,7 @@ async def test_health_reports_an_unreachable_store(config: Config, fake_clock: F
             assert r.status_code == 503
             assert "dispatcher_store_up 0" in (await client.get("/metrics")).text
     finally:
-        await app.state.receipts.aclose()
+        await app.collaborators.receipts.aclose()
         broken.dispose()
 
 

@@ -38,6 +38,7 @@ from dispatcher.store.tables import contacts_t, messages_t
 from dispatcher.store.timeline import case_timeline
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
+from dispatcher.wiring import Runtime
 
 KEY = "sandbox-e2e-signing-key-0123456789abcdef"
 DUE_DPD60 = dt.date(2026, 10, 8)  # DPD 60 on Mon 2026-12-07: SMS, e-mail and a call are due
@@ -129,8 +130,7 @@ async def e2e(_sqlite_template: Path, tmp_path: Path, config: Config, fake_clock
         ) as sandbox:
             url = f"http://127.0.0.1:{port}"
             web = Settings(twilio_auth_token=sandbox.auth_token, signing_key=KEY, public_url=url)
-            app = create_app(engine=engine, config=config, clock=fake_clock, settings=web, signer=LinkSigner(KEY),
-                             templates=templates)
+            app = create_app(Runtime(web, fake_clock, config=config, engine=engine, templates=templates).web())
             holder["app"] = app
             settings = Settings(twilio_account_sid=sandbox.account_sid, twilio_auth_token=sandbox.auth_token,
                                 twilio_api_url=sandbox.twilio_url, smtp_url=sandbox.smtp_url, public_url=url,
@@ -145,7 +145,7 @@ async def e2e(_sqlite_template: Path, tmp_path: Path, config: Config, fake_clock
                     await adapter.aclose()
     finally:
         if app is not None:
-            await app.state.receipts.aclose()
+            await app.collaborators.receipts.aclose()
         engine.dispose()
 
 

@@ -1,0 +1,101 @@
+"""What the web app's handlers work with, and how they receive it.
+
+`WebCollaborators` is built once by the composition root (`dispatcher.wiring`) and
+given to `web.app.create_app`, which keeps it on the FastAPI app (`DispatcherAPI`).
+The API, the console and the e-mail and payment-link pages declare the parts they use
+as typed FastAPI dependencies (`engine: EngineDep`, `clock: ClockDep`, ...), so no
+handler reads an untyped state bag. The Twilio webhooks are bound to their
+collaborators instead (`web.twilio_hooks.TwilioHooks`): they are served on a fast path
+outside FastAPI, where no dependency injection runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from sqlalchemy.engine import Engine
+
+from dispatcher.clock import Clock
+from dispatcher.config import Config
+from dispatcher.links import LinkSigner
+from dispatcher.policy import Gate
+from dispatcher.services.receipts import Receipts
+from dispatcher.settings import Settings
+from dispatcher.templates import TemplateSet
+
+
+@dataclass(frozen=True, slots=True)
+class WebCollaborators:
+    """Everything the web app's handlers need, built by the composition root."""
+
+    engine: Engine
+    config: Config
+    gate: Gate  # the compliance gate of the case pages and one-off messages
+    clock: Clock
+    settings: Settings
+    signer: LinkSigner
+    templates: TemplateSet
+    receipts: Receipts
+
+
+class DispatcherAPI(FastAPI):
+    """FastAPI holding the collaborators its dependencies hand out."""
+
+    def __init__(self, collaborators: WebCollaborators, **options: Any) -> None:
+        super().__init__(**options)
+        self.collaborators = collaborators
+
+
+def collaborators(request: Request) -> WebCollaborators:
+    """The collaborators of the app serving `request` (FastAPI caches it per request)."""
+    app = request.app
+    if not isinstance(app, DispatcherAPI):  # a router mounted in some other app
+        raise TypeError("dispatcher's web routes must be served by web.app.create_app")
+    return app.collaborators
+
+
+Web = Annotated[WebCollaborators, Depends(collaborators)]
+
+
+def _engine(web: Web) -> Engine:
+    return web.engine
+
+
+def _config(web: Web) -> Config:
+    return web.config
+
+
+def _gate(web: Web) -> Gate:
+    return web.gate
+
+
+def _clock(web: Web) -> Clock:
+    return web.clock
+
+
+def _settings(web: Web) -> Settings:
+    return web.settings
+
+
+def _signer(web: Web) -> LinkSigner:
+    return web.signer
+
+
+def _templates(web: Web) -> TemplateSet:
+    return web.templates
+
+
+def _receipts(web: Web) -> Receipts:
+    return web.receipts
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+ConfigDep = Annotated[Config, Depends(_config)]
+GateDep = Annotated[Gate, Depends(_gate)]
+ClockDep = Annotated[Clock, Depends(_clock)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+SignerDep = Annotated[LinkSigner, Depends(_signer)]
+TemplatesDep = Annotated[TemplateSet, Depends(_templates)]
+ReceiptsDep = Annotated[Receipts, Depends(_receipts)]

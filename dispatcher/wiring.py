@@ -1,0 +1,181 @@
+"""Builds the collaborators from `Settings`: the one wiring path of the composition root.
+
+Every command of `cli.py`, the webhook server (`web.app.create_app_from_env`), the web
+process of the demo (`web.process`) and the demo itself build their database engine,
+configuration, compliance gate, clock, link signer, templates, channels, sender and
+receipts service
+here, one way (STYLE principle 5); everything else receives them in its constructor.
+
+`Runtime` builds each part on first use (a command that only reads the configuration
+never opens the database) and `close()` releases what it opened. A part that cannot be
+built raises `SetupError` with what to set or check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from dispatcher.clock import Clock, FakeClock, StartedClock, SystemClock, parse_instant
+from dispatcher.config import Config, ConfigError, load_config
+from dispatcher.settings import Settings
+
+if TYPE_CHECKING:  # the heavy parts are imported when first built: `dispatcher --help` stays quick
+    from sqlalchemy.engine import Engine
+
+    from dispatcher.channels.base import ChannelAdapter
+    from dispatcher.domain import Channel
+    from dispatcher.links import LinkSigner
+    from dispatcher.policy import Gate
+    from dispatcher.services.outbox import Sender
+    from dispatcher.services.receipts import Receipts
+    from dispatcher.templates import TemplateSet
+    from dispatcher.web.dependencies import WebCollaborators
+
+#: The signing key of offline runs (file transport, sandbox); production must set its own.
+DEV_SIGNING_KEY = "dev-only-signing-key"
+
+
+class SetupError(Exception):
+    """A collaborator cannot be built; the message says what to set or check.
+    `usage` marks the operator's input (the configuration file) rather than the
+    environment (database, secrets, providers)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+def build_clock(settings: Settings, *, advancing: bool) -> Clock:
+    """The system clock, or, with `now` set (DISPATCHER_NOW, --now), a clock that starts
+    there: running on from it for a server (`advancing`), standing still for a one-shot
+    command. Raises ValueError for an unreadable `now`."""
+    if not settings.now:
+        return SystemClock()
+    start = parse_instant(settings.now)
+    return StartedClock(start) if advancing else FakeClock(start)
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password (SQLAlchemy's own rendering)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1]
+
+
+class Runtime:
+    """Everything a command or a server needs, built lazily from the settings.
+
+    A part given here is used instead of being built: `config` replaces the file's (the
+    demo raises its rate limits); an `engine` or `templates` given stays the caller's
+    (tests share theirs) and is not closed by `close()`."""
+
+    def __init__(self, settings: Settings, clock: Clock, *, config: Config | None = None,
+                 engine: Engine | None = None, templates: TemplateSet | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._given_config = config
+        self._given_engine = engine
+        self._given_templates = templates
+        self._closers: list[Callable[[], object]] = []
+
+    @cached_property
+    def config(self) -> Config:
+        if self._given_config is not None:
+            return self._given_config
+        try:
+            return load_config(self.settings.config_path)
+        except ConfigError as exc:
+            raise SetupError(str(exc), usage=True) from None
+
+    @cached_property
+    def gate(self) -> Gate:
+        """The compliance gate, one per process: the planner, the sender, the one-off
+        path and the web pages share its caches."""
+        from dispatcher.policy import Gate
+
+        return Gate(self.config)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The database, its schema created or upgraded (disposed by `close()`)."""
+        from dispatcher.store.db import ensure_schema, make_engine
+
+        if self._given_engine is not None:
+            return self._given_engine
+        try:
+            engine = make_engine(self.settings.db_url)
+            ensure_schema(engine)
+        except Exception as exc:  # noqa: BLE001 - any driver error: tell the operator what to check
+            raise SetupError(
+                f"cannot open the database {safe_url(self.settings.db_url)}: {exc}. "
+                "Check --db / DISPATCHER_DB_URL and that the server is running."
+            ) from None
+        self._closers.append(engine.dispose)
+        return engine
+
+    @cached_property
+    def templates(self) -> TemplateSet:
+        from dispatcher.templates import TemplateSet
+
+        if self._given_templates is not None:
+            return self._given_templates
+        return TemplateSet(self.config.resolve(self.config.templates.directory), self.config)
+
+    @cached_property
+    def signer(self) -> LinkSigner:
+        from dispatcher.links import LinkSigner
+
+        key = self.settings.signing_key
+        if not key:
+            if self.settings.transport == "file" or self.settings.twilio_api_url:
+                key = DEV_SIGNING_KEY
+            else:
+                raise SetupError("DISPATCHER_SIGNING_KEY is not set; set it (e.g. in .env) to sign links")
+        return LinkSigner(key)
+
+    @cached_property
+    def receipts(self) -> Receipts:
+        """What comes back from providers and debtors, applied to the store (its status
+        hot path's own connections are released by `close()`)."""
+        from dispatcher.services.receipts import Receipts
+
+        receipts = Receipts(self.engine, self.config, self.clock, self.signer, self.settings.public_url,
+                            templates=self.templates)
+        self._closers.append(receipts.close)
+        return receipts
+
+    def channels(self) -> dict[Channel, ChannelAdapter]:
+        """One adapter per channel; the caller owns them (`await adapter.aclose()`)."""
+        from dispatcher.channels.registry import build_channels
+
+        try:
+            return build_channels(self.settings, timeout=self.config.sending.provider_timeout_seconds)
+        except (ValueError, KeyError) as exc:
+            raise SetupError(str(exc)) from None
+
+    def sender(self, channels: dict[Channel, ChannelAdapter]) -> Sender:
+        """The outbox's sender over `channels`."""
+        from dispatcher.services.outbox import Sender
+
+        return Sender(self.engine, self.config, self.templates, channels, self.clock, self.signer,
+                      self.settings.public_url, self.settings.instance_id, gate=self.gate)
+
+    def web(self) -> WebCollaborators:
+        """The collaborators of the web app (`web.app.create_app`)."""
+        from dispatcher.web.dependencies import WebCollaborators
+
+        return WebCollaborators(engine=self.engine, config=self.config, gate=self.gate, clock=self.clock,
+                                settings=self.settings, signer=self.signer, templates=self.templates,
+                                receipts=self.receipts)
+
+    def close(self) -> None:
+        """Release what was opened, newest first."""
+        closers, self._closers = self._closers, []
+        for closer in reversed(closers):
+            closer()
