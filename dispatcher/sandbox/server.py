@@ -100,7 +100,7 @@ class Sandbox:
         self._client = WebhookClient(self.options.auth_token)
         self.simulator = TwilioSimulator(self.options, self.recorder, self._client, self.clock)
         self._http = AsgiServer(app=None, host=self.options.host, port=self.options.twilio_port)  # type: ignore[arg-type]
-        self._api = TwilioApi(self.options, self.simulator, self._http.transport_for)
+        self._api = TwilioApi(lambda: self.options, self.simulator, self._http.transport_for)
         self._http.app = self._api.app()
         try:
             self._twilio_port = await self._http.start()

@@ -194,11 +194,14 @@ def _matches_time(value: dt.datetime | None, filters: Iterable[tuple[str, dt.dat
 
 
 class TwilioApi:
-    """Builds the Starlette app for one sandbox: the simulator behind it (and its
-    recorder) and a way to find a request's TCP transport (for the reset fault)."""
+    """Builds the Starlette app for one sandbox: its current options (read per request:
+    a test may replace the sandbox's options while it runs, e.g. to add latency), the
+    simulator behind it (and its recorder) and a way to find a request's TCP transport
+    (for the reset fault)."""
 
-    def __init__(self, options: SandboxOptions, simulator: TwilioSimulator, connections: ConnectionLookup) -> None:
-        self.options = options
+    def __init__(self, options: Callable[[], SandboxOptions], simulator: TwilioSimulator,
+                 connections: ConnectionLookup) -> None:
+        self._options = options
         self.sim = simulator
         self.connections = connections
         self.stopping = asyncio.Event()
@@ -229,7 +232,7 @@ class TwilioApi:
 
     async def _guard(self, request: Request) -> Response | None:
         """Latency, then authentication; returns an error response or None."""
-        options = self.options
+        options = self._options()
         if options.latency_ms:
             await asyncio.sleep(options.latency_ms / 1000)
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -264,7 +267,7 @@ class TwilioApi:
         stopping = asyncio.ensure_future(self.stopping.wait())
         try:
             done, _ = await asyncio.wait(
-                {waiter, stopping}, timeout=self.options.timeout_hold_s, return_when=asyncio.FIRST_COMPLETED
+                {waiter, stopping}, timeout=self._options().timeout_hold_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             for task in (waiter, stopping):
@@ -283,7 +286,7 @@ class TwilioApi:
         if fault == "reset_before":
             return await self._reset_connection(request)
         if fault is not None and fault not in CREATED_KINDS:
-            return _http_fault(fault, self.options.retry_after_s)
+            return _http_fault(fault, self._options().retry_after_s)
         try:
             record = create(form, fault)
         except TwilioError as exc:
