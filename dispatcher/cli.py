@@ -25,16 +25,6 @@ from dispatcher.wiring import Runtime, SetupError, build_clock
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL, EXIT_REFUSED = 0, 1, 2, 3, 4
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print an error that says what to do, and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
 app = typer.Typer(
     name="dispatcher",
     help="Outbound collections reminders over SMS, e-mail and voice — lawfully, at scale.",
@@ -48,6 +38,16 @@ templates_app = typer.Typer(help="Lint, preview and approve templates.", no_args
 app.add_typer(db_app, name="db")
 app.add_typer(case_app, name="case")
 app.add_typer(templates_app, name="templates")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print an error that says what to do, and return the Exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
 
 
 def rt(ctx: typer.Context) -> Runtime:

@@ -86,6 +86,7 @@ class Runtime:
 
     @cached_property
     def config(self) -> Config:
+        """The configuration file's content (validated)."""
         if self._given_config is not None:
             return self._given_config
         try:
@@ -121,6 +122,7 @@ class Runtime:
 
     @cached_property
     def templates(self) -> TemplateSet:
+        """The template tree the configuration names."""
         from dispatcher.templates import TemplateSet
 
         if self._given_templates is not None:
@@ -129,6 +131,7 @@ class Runtime:
 
     @cached_property
     def signer(self) -> LinkSigner:
+        """Signs payment links, unsubscribe tokens and VERP addresses."""
         from dispatcher.links import LinkSigner
 
         key = self.settings.signing_key

@@ -122,14 +122,17 @@ class TwilioHooks:
         return twiml(EMPTY_TWIML)
 
     async def sms_status(self, request: Request) -> Response:
+        """POST /twilio/sms/status: an SMS's delivery status."""
         return await self._status(request, Channel.SMS)
 
     async def voice_status(self, request: Request) -> Response:
+        """POST /twilio/voice/status: a call's progress (and answering-machine detection)."""
         return await self._status(request, Channel.VOICE)
 
     # -------------------------------------------------------------------- inbound SMS
 
     async def sms_inbound(self, request: Request) -> Response:
+        """POST /twilio/sms/inbound: a debtor's reply (STOP, PAID, HELP, free text ...)."""
         params = await self.verified_form(request)
         sid = _sid(params, "MessageSid", "SmsSid")
         sender = (params.get("From") or "").strip()
@@ -146,6 +149,7 @@ class TwilioHooks:
         return f"{self.public_url}/twilio/voice/gather?m={message_id}&step={step}{suffix}"
 
     async def voice_answer(self, request: Request) -> Response:
+        """POST /twilio/voice/answer: the call was answered; TwiML for a machine or a person."""
         params = await self.verified_form(request)
         receipts = self.receipts
         ctx = await run_in_threadpool(receipts.call_context, _query_int(request, "m"))
@@ -164,6 +168,7 @@ class TwilioHooks:
         return twiml(voice.identity_check(ctx, self._gather_url(ctx.message_id, "identity")))
 
     async def voice_gather(self, request: Request) -> Response:
+        """POST /twilio/voice/gather: a keypress of the IVR (identity, then the menu)."""
         params = await self.verified_form(request)
         receipts = self.receipts
         ctx = await run_in_threadpool(receipts.call_context, _query_int(request, "m"))
