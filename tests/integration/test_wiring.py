@@ -66,6 +66,9 @@ def test_web_collaborators_share_the_runtimes_parts(sqlite_url: str, config: Con
     web = runtime.web()
     assert web.engine is runtime.engine and web.receipts is runtime.receipts
     assert web.config is config and web.templates is runtime.templates and web.clock is runtime.clock
+    # one gate per process: the web pages and the sender share its caches
+    assert web.gate is runtime.gate and web.gate.config is config
+    assert runtime.sender({}).gate is runtime.gate
     with web.engine.connect() as conn:  # the schema was created on the way
         assert conn.execute(text("SELECT count(*) FROM cases")).scalar_one() == 0
     pool = web.engine.pool
