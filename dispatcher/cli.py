@@ -623,8 +623,16 @@ def run_cmd(
         catalog=runtime.templates.approved_catalog,
         after_plan=resume_broken_promises,
     )
-    code = asyncio.run(run_daemon(jobs, create_app(runtime.web()), host, port))
-    raise typer.Exit(code)
+    web = runtime.web()
+
+    async def serve() -> int:
+        try:
+            return await run_daemon(jobs, create_app(web), host, port)
+        finally:
+            # the daemon serves without a lifespan: the hot path's pool is closed here, on its loop
+            await web.receipts.aclose()
+
+    raise typer.Exit(asyncio.run(serve()))
 
 
 def _startup_lint(runtime: Runtime) -> None:

@@ -74,10 +74,9 @@ class WebApp:
 
 def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> WebApp:
     """The web app wired to its collaborators. On PostgreSQL the status hot path keeps
-    a few connections of its own: the lifespan's shutdown releases them (and whoever
-    built the collaborators may call `web.receipts.close()` too, e.g. when the server
-    runs with lifespan off: `app.collaborators.receipts.close()`; closing twice is
-    harmless)."""
+    a pool of its own: the lifespan's shutdown closes it on its loop; a server run with
+    lifespan off (the daemon) or an async test calls `await web.receipts.aclose()`
+    (`app.collaborators.receipts`) itself. Closing twice is harmless."""
     receipts = web.receipts
 
     @contextlib.asynccontextmanager

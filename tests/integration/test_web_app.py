@@ -28,9 +28,11 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 async def app(engine: Engine, config: Config, fake_clock: FakeClock) -> AsyncIterator[WebApp]:
     runtime = Runtime(Settings(public_url=PUBLIC, twilio_auth_token=TOKEN, signing_key="web-app-key"), fake_clock,
                       config=config, engine=engine)
+    app = create_app(runtime.web(), max_body_bytes=1024)
     try:
-        yield create_app(runtime.web(), max_body_bytes=1024)
+        yield app
     finally:
+        await app.collaborators.receipts.aclose()  # the hot path's pool, on its loop
         runtime.close()
 
 
