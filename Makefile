@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/dispatcher demo
 
-test: $(STAMP)
-	$(BIN)/ruff check dispatcher tests bench
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -1,8 +1,8 @@
 """Benchmark: signed Twilio status callbacks against the real webhook server.
 
 Starts N uvicorn processes serving `dispatcher.web.app:create_app_from_env` on one free
-loopback port (SO_REUSEPORT, so the kernel balances connections) over a fresh database (a SQLite file, and/or a PostgreSQL
-database created for the run and dropped afterwards), seeds messages in flight, then
+loopback port (SO_REUSEPORT, so the kernel balances connections) over a fresh database (a SQLite
+file, and/or a PostgreSQL database created for the run and dropped afterwards), seeds messages in flight, then
 fires signed status callbacks (every message's provider history, a third of them
 duplicated, shuffled) from a concurrent keep-alive client. It reports the sustained
 rate and the latency percentiles, and verifies in the database that nothing was lost:

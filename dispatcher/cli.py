@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import sys
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
@@ -16,14 +15,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from dispatcher.clock import parse_instant
+from dispatcher.commands.case import case_app
+from dispatcher.commands.common import (
+    EXIT_FAILURE,
+    EXIT_PARTIAL,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    err,
+    fail,
+    out,
+    rt,
+)
+from dispatcher.commands.templates import templates_app
 from dispatcher.settings import Settings
 from dispatcher.wiring import Runtime, SetupError, build_clock
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 app = typer.Typer(
     name="dispatcher",
@@ -33,33 +40,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-case_app = typer.Typer(help="A case's timeline, holds.", no_args_is_help=True)
-templates_app = typer.Typer(help="Lint, preview and approve templates.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(case_app, name="case")
 app.add_typer(templates_app, name="templates")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print an error that says what to do, and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-
-def rt(ctx: typer.Context) -> Runtime:
-    runtime = ctx.obj
-    assert isinstance(runtime, Runtime)
-    return runtime
 
 
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option("--config", envvar="DISPATCHER_CONFIG", help="configuration file")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="DISPATCHER_CONFIG", help="configuration file")
+    ] = None,
     db: Annotated[str | None, typer.Option("--db", envvar="DISPATCHER_DB_URL", help="database URL")] = None,
     now: Annotated[
         str | None, typer.Option("--now", envvar="DISPATCHER_NOW", help="the clock for this command (ISO 8601)")
@@ -289,111 +280,6 @@ def send_cmd(
         print(f"queued message {result.message_id} ({decision.template}); the sender will retry it")
 
 
-# ------------------------------------------------------------------------- case
-
-
-def _parse_until(text: str | None) -> dt.datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_instant(text)
-    except ValueError:
-        pass
-    try:
-        day = dt.date.fromisoformat(text)
-    except ValueError:
-        raise fail(f"--until {text!r}: use a date (YYYY-MM-DD) or an ISO 8601 instant with offset") from None
-    return dt.datetime.combine(day, dt.time(0, 0), tzinfo=dt.UTC)
-
-
-@case_app.command("show")
-def case_show(
-    ctx: typer.Context,
-    case_id: Annotated[str, typer.Argument()],
-    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
-) -> None:
-    """The case's timeline: messages, statuses, replies, clicks, holds (oldest first)."""
-    from dispatcher.store.repository import CaseNotFound
-    from dispatcher.store.timeline import case_timeline
-
-    if fmt not in ("table", "json"):
-        raise fail(f"--format {fmt!r}: use table or json")
-    runtime = rt(ctx)
-    with runtime.engine.connect() as conn:
-        try:
-            timeline = case_timeline(conn, case_id, now=runtime.clock.now())
-        except CaseNotFound as exc:
-            raise fail(str(exc)) from None
-    if fmt == "json":
-        print(json.dumps(timeline, ensure_ascii=False, indent=2, default=str))
-        return
-    out.print(f"[bold]{timeline['case_id']}[/] status {timeline['status']}", highlight=False)
-    holds = Table("hold", "until", title="holds")
-    for hold in timeline["holds"]:
-        holds.add_row(str(hold["reason"]), str(hold.get("until") or "until released"))
-    out.print(holds)
-    messages = Table("id", "channel", "template", "status", "provider id", "body", title="messages")
-    for m in timeline["messages"]:
-        body = (m.get("body") or "").replace("\n", " ")
-        messages.add_row(str(m["id"]), str(m["channel"]), str(m.get("template") or "-"), str(m["status"]),
-                         str(m.get("provider_id") or "-"), body[:80])
-    out.print(messages)
-    events = Table("at", "kind", "details", title="events")
-    for e in timeline["events"]:
-        details = {k: v for k, v in e.items() if k not in ("at", "kind")}
-        events.add_row(str(e["at"]), str(e["kind"]), json.dumps(details, ensure_ascii=False, default=str)[:100])
-    out.print(events)
-
-
-@case_app.command("hold")
-def case_hold(
-    ctx: typer.Context,
-    case_id: Annotated[str, typer.Argument()],
-    reason: Annotated[str, typer.Option("--reason", help="collector_hold, legal_hold, dispute_hold, ...")],
-    until: Annotated[str | None, typer.Option("--until", help="YYYY-MM-DD (contact may resume that day) or instant")] = None,
-    by: Annotated[str, typer.Option("--by", help="who places it (audited)")] = "cli",
-    note: Annotated[str | None, typer.Option("--note")] = None,
-) -> None:
-    """Place a hold on a case (no contact while it is active)."""
-    from dispatcher.domain import HOLD_REASONS, Reason
-    from dispatcher.store import repository
-
-    allowed = [r.value for r in HOLD_REASONS]
-    if reason not in allowed:
-        raise fail(f"--reason {reason!r}: use one of {', '.join(allowed)}")
-    runtime = rt(ctx)
-    until_at = _parse_until(until)
-    with runtime.engine.begin() as conn:
-        try:
-            repository.place_hold(conn, case_id, Reason(reason), until_at, by, runtime.clock.now(), note=note)
-        except repository.CaseNotFound as exc:
-            raise fail(str(exc)) from None
-    print(f"hold {reason} placed on {case_id}" + (f" until {until_at.isoformat()}" if until_at else " until released"))
-
-
-@case_app.command("release")
-def case_release(
-    ctx: typer.Context,
-    case_id: Annotated[str, typer.Argument()],
-    reason: Annotated[str | None, typer.Option("--reason", help="release only this kind of hold")] = None,
-    by: Annotated[str, typer.Option("--by")] = "cli",
-) -> None:
-    """Release a case's holds (all, or those of one reason)."""
-    from dispatcher.domain import Reason
-    from dispatcher.store import repository
-
-    runtime = rt(ctx)
-    with runtime.engine.begin() as conn:
-        try:
-            count = repository.release_holds(conn, case_id, Reason(reason) if reason else None, by,
-                                             runtime.clock.now())
-        except repository.CaseNotFound as exc:
-            raise fail(str(exc)) from None
-        except ValueError:
-            raise fail(f"--reason {reason!r} is not a hold reason") from None
-    print(f"released {count} hold(s) on {case_id}")
-
-
 @app.command("payment")
 def payment_cmd(
     ctx: typer.Context,
@@ -419,103 +305,12 @@ def payment_cmd(
     remaining = outcome.amount_due - outcome.paid_total
     line = f"recorded payment of {outcome.amount} on {case_id}; paid {outcome.paid_total} of {outcome.amount_due}"
     if outcome.closed:
-        line += f"; case closed ({outcome.status.value}), {len(outcome.cancelled_message_ids)} queued message(s) cancelled"
+        line += (
+            f"; case closed ({outcome.status.value}), {len(outcome.cancelled_message_ids)} queued message(s) cancelled"
+        )
     elif remaining > 0:
         line += f"; {remaining} still due"
     print(line)
-
-
-# -------------------------------------------------------------------- templates
-
-
-@templates_app.command("lint")
-def templates_lint(
-    ctx: typer.Context,
-    path: Annotated[Path | None, typer.Argument(help="templates folder, a channel/stage folder or one file")] = None,
-) -> None:
-    """Render every template with sample cases; exit 1 on any problem."""
-    from dispatcher.templates.lint import lint_path
-
-    runtime = rt(ctx)
-    config = runtime.config
-    target = path or config.resolve(config.templates.directory)
-    if not target.exists():
-        raise fail(f"{target}: no such file or directory; pass the templates folder, a stage folder or a .j2 file")
-    problems = lint_path(target, config, config.resolve(config.templates.forbidden_phrases))
-    for problem in problems:
-        print(str(problem))
-    if problems:
-        err.print(f"{len(problems)} problem(s); fix them, then run `dispatcher templates lint` again", highlight=False)
-        raise typer.Exit(EXIT_FAILURE)
-    print("all templates pass")
-
-
-@templates_app.command("preview")
-def templates_preview(
-    ctx: typer.Context,
-    template_id: Annotated[str, typer.Argument(help="e.g. sms/dpd30/v1")],
-    case_id: Annotated[str | None, typer.Option("--case", help="render for this case from the store")] = None,
-    locale: Annotated[str | None, typer.Option("--locale", help="zh-CN or en-US")] = None,
-) -> None:
-    """Render a template for a real or a sample case."""
-    from dispatcher.templates import TemplateSetError
-    from dispatcher.templates.preview import preview, sample_case_for_template
-    from dispatcher.testing import SAMPLE_TODAY
-
-    runtime = rt(ctx)
-    now = runtime.clock.now()
-    if case_id:
-        from dispatcher.store.snapshots import iter_snapshots
-
-        snapshot = next(iter(iter_snapshots(runtime.engine, case_ids=[case_id], now=now)), None)
-        if snapshot is None:
-            raise fail(f"no such case: {case_id}; check the id or import it first")
-        case, today = snapshot.case, now.date()
-    else:
-        case, today = sample_case_for_template(runtime.config, template_id, locale), SAMPLE_TODAY
-    try:
-        result = preview(runtime.templates, template_id, case, locale, today, Path("var/preview"))
-    except (TemplateSetError, KeyError, ValueError, LookupError) as exc:
-        raise fail(str(exc)) from None
-    print(result.as_text())
-
-
-@templates_app.command("approve")
-def templates_approve(
-    ctx: typer.Context,
-    template_id: Annotated[str, typer.Argument(help="e.g. sms/dpd30/v1")],
-    by: Annotated[str, typer.Option("--by", help="the approver (audited)")],
-) -> None:
-    """Record approval of the template's current content (all its locales)."""
-    from dispatcher.store.tables import TemplateApprovalRow
-    from dispatcher.templates import ApprovalError, approve
-
-    runtime = rt(ctx)
-    config = runtime.config
-    try:
-        approvals = approve(
-            config.resolve(config.templates.directory),
-            template_id,
-            by,
-            runtime.clock.now(),
-            config,
-            config.resolve(config.templates.forbidden_phrases),
-        )
-    except ApprovalError as exc:
-        raise fail(str(exc), EXIT_FAILURE) from None
-    with runtime.engine.begin() as conn:
-        from sqlalchemy import insert
-
-        conn.execute(
-            insert(TemplateApprovalRow),
-            [
-                {"template_path": a.path, "content_hash": a.sha256, "approved_by": a.approved_by,
-                 "approved_at": a.approved_at}
-                for a in approvals
-            ],
-        )
-    for a in approvals:
-        print(f"approved {a.path} sha256 {a.sha256[:12]} by {a.approved_by}")
 
 
 # ---------------------------------------------------------------------- sandbox
@@ -528,7 +323,9 @@ def sandbox_cmd(
     smtp_port: Annotated[int, typer.Option("--smtp-port")] = 8025,
     latency_ms: Annotated[int, typer.Option("--latency-ms")] = 0,
     fail_ratio: Annotated[float, typer.Option("--fail-ratio")] = 0.0,
-    faults: Annotated[str | None, typer.Option("--faults", help='e.g. "429:0.05,500:0.05,timeout:0.02,reset:0.02"')] = None,
+    faults: Annotated[
+        str | None, typer.Option("--faults", help='e.g. "429:0.05,500:0.05,timeout:0.02,reset:0.02"')
+    ] = None,
 ) -> None:
     """A local Twilio-compatible API and an SMTP sink, for demos and tests."""
     from dispatcher.sandbox.server import serve

@@ -117,9 +117,16 @@ def _pg_migrated(pg_url: str) -> str:
 
 def _truncate_all(engine: Engine) -> None:
     with engine.begin() as conn:
-        names = conn.execute(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'")
-        ).scalars().all()
+        names = (
+            conn.execute(
+                text(
+                    "SELECT tablename FROM pg_tables"
+                    " WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"
+                )
+            )
+            .scalars()
+            .all()
+        )
         if names:
             quoted = ", ".join(f'"{name}"' for name in names)
             conn.execute(text(f"TRUNCATE TABLE {quoted} RESTART IDENTITY CASCADE"))

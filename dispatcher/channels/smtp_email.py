@@ -176,7 +176,7 @@ class SmtpEmailChannel:
             phase = "data"
             await client.data(payload)
             phase = "done"
-        except Exception as exc:  # mapped onto a typed result; nothing escapes
+        except Exception as exc:  # noqa: BLE001 - mapped onto a typed result; nothing escapes
             result = _result_for_error(exc, phase)
             log.warning("email %s: %s", message.message_id, result.error)
             if client.is_connected:

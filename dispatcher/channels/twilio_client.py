@@ -163,7 +163,9 @@ def response_probe() -> Iterator[dict[str, Any]]:
         _PROBE.reset(token)
 
 
-def make_client(account_sid: str, auth_token: str, api_url: str | None, timeout: float) -> tuple[Client, TwilioHttpClient]:
+def make_client(
+    account_sid: str, auth_token: str, api_url: str | None, timeout: float
+) -> tuple[Client, TwilioHttpClient]:
     """The official client on our HTTP client; `api_url` overrides the API host (the sandbox)."""
     if not account_sid or not auth_token:
         raise ValueError("Twilio needs an account SID and an auth token: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")

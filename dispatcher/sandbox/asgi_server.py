@@ -125,7 +125,7 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
         holder["stop"] = asyncio.Event()
         try:
             holder["port"] = await server.start()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who reports it
             holder["error"] = exc
             ready.set()
             return

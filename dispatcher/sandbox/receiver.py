@@ -100,7 +100,9 @@ class WebhookReceiver:
         body = await request.body()
         query = request.url.query
         url = self.base_url + request.url.path + (f"?{query}" if query else "")
-        form = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True)) if request.method == "POST" else {}
+        form = (
+            dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True)) if request.method == "POST" else {}
+        )
         signature = request.headers.get("x-twilio-signature")
         valid = None
         if self.validator is not None:

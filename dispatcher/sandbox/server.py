@@ -166,7 +166,9 @@ class Sandbox:
         """`drain()` from another thread (`run_sandbox_in_thread`)."""
         self._run_threadsafe(self.drain(max_wait), max_wait + 1)
 
-    def simulate_inbound_threadsafe(self, from_: str, to: str, body: str, url: str, timeout: float = 15.0) -> dict[str, Any]:
+    def simulate_inbound_threadsafe(
+        self, from_: str, to: str, body: str, url: str, timeout: float = 15.0
+    ) -> dict[str, Any]:
         """`simulate_inbound()` from another thread (`run_sandbox_in_thread`)."""
         result: dict[str, Any] = self._run_threadsafe(self.simulate_inbound(from_, to, body, url), timeout)
         return result
@@ -233,7 +235,7 @@ def run_sandbox_in_thread(**options: Any) -> Iterator[Sandbox]:
         holder["loop"] = asyncio.get_running_loop()
         try:
             await sandbox.start()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who reports it
             failure.append(exc)
             ready.set()
             return
@@ -281,7 +283,7 @@ class SandboxProcess:
                                           read_seconds=30)
         if status != 200:
             raise RuntimeError(f"the sandbox refused the inbound SMS: {status} {result}")
-        return result  # type: ignore[no-any-return]
+        return result
 
     def close(self) -> None:
         """Close the control connection (the process is stopped by `run_sandbox_in_process`)."""

@@ -5,11 +5,13 @@ case-insensitive, e.g. `{"*@bounce.example": "hard", "full-*@*": "soft"}`):
 
 | kind | what happens |
 |---|---|
-| `hard` | `RCPT TO` is refused: `550 5.1.1 Recipient address rejected: user unknown` (synchronous hard bounce; nothing is recorded as received) |
+| `hard` | `RCPT TO` is refused: `550 5.1.1 Recipient address rejected: user unknown`
+  (synchronous hard bounce; nothing is recorded as received) |
 | `tempfail` | `RCPT TO` is refused: `451 4.7.1 Greylisted, try again later` |
 | `async_hard` | accepted and recorded; then a hard bounce notification is POSTed |
 | `soft` | accepted and recorded; then a soft bounce notification is POSTed |
-| `drop_after_data` | the message is received and recorded, then the connection is dropped without the final reply (the client cannot know it was accepted) |
+| `drop_after_data` | the message is received and recorded, then the connection is dropped
+  without the final reply (the client cannot know it was accepted) |
 
 Bounce notification contract (what the dispatcher's bounce endpoint receives), sent
 `callback_delay_ms` after the message was accepted:

@@ -186,9 +186,9 @@ def _matches_time(value: dt.datetime | None, filters: Iterable[tuple[str, dt.dat
         left: dt.date | dt.datetime = value.astimezone(dt.UTC).date() if is_date else value
         if op == "=" and left != bound:
             return False
-        if op == "<=" and left > bound:  # type: ignore[operator]
+        if op == "<=" and left > bound:
             return False
-        if op == ">=" and left < bound:  # type: ignore[operator]
+        if op == ">=" and left < bound:
             return False
     return True
 
@@ -312,7 +312,9 @@ class TwilioApi:
     async def fetch_call(self, request: Request) -> Response:
         return await self._fetch(request, self.sim.recorder.calls_by_sid, call_json)
 
-    async def _fetch(self, request: Request, index: Mapping[str, Any], render: Callable[[Any], dict[str, Any]]) -> Response:
+    async def _fetch(
+        self, request: Request, index: Mapping[str, Any], render: Callable[[Any], dict[str, Any]]
+    ) -> Response:
         if (denied := await self._guard(request)) is not None:
             return denied
         with self.sim.recorder.lock:
@@ -367,7 +369,9 @@ class TwilioApi:
             records = [c for c in self.sim.recorder.calls if keep(c)]
         return self._page(request, "calls", records, call_json)
 
-    def _page(self, request: Request, key: str, records: list[Any], render: Callable[[Any], dict[str, Any]]) -> Response:
+    def _page(
+        self, request: Request, key: str, records: list[Any], render: Callable[[Any], dict[str, Any]]
+    ) -> Response:
         """Newest first; `PageToken=PA<seq>` continues below that sequence number."""
         query = request.query_params
         try:

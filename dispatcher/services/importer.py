@@ -304,14 +304,14 @@ class _RejectsWriter:
         if self._path is None:
             return self
         try:
-            self._out = open(self._path, "w", encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
+            self._out = open(self._path, "w", encoding="utf-8", errors="surrogateescape", newline="")
         except OSError as exc:
             raise ImportUsageError(f"--rejects {self._path}: cannot write it: {exc.strerror or exc}") from None
         if self._header is not None:
             self._writer = csv.writer(self._out)
             self._writer.writerow([*self._header, "error"])
         else:
-            self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+            self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogateescape")
         return self
 
     def write(self, raw: Mapping[str, str], error: str) -> None:

@@ -29,11 +29,10 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
-from sqlalchemy import and_, bindparam, case, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import and_, select, update
+from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from dispatcher.channels.base import ChannelAdapter, OutboundMessage, SendResult
@@ -45,12 +44,12 @@ from dispatcher.logs import mask
 from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.window import windows_for
+from dispatcher.services.claims import Claimed, SendSummary, Writes
 from dispatcher.services.pacing import SenderLimits
 from dispatcher.services.planner import zone_info
-from dispatcher.store import repository
-from dispatcher.store.events import EventKind, event_values, insert_events
+from dispatcher.store.events import EventKind, event_values
 from dispatcher.store.snapshots import iter_snapshots
-from dispatcher.store.tables import MessageRow, messages_t
+from dispatcher.store.tables import MessageRow
 from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
 
 log = logging.getLogger("dispatcher.outbox")
@@ -67,131 +66,6 @@ _ACCEPTED = {
 _LEAVE_IN_FLIGHT = object()  # reconcile could not reach the provider
 _WINDOW_CLOSED = object()  # its turn at the rate limiter came after the contact window closed
 _CLAIM_EXPIRED = object()  # its turn came after the claim's lease: another instance may reconcile it
-
-
-@dataclass
-class SendSummary:
-    claimed: int = 0
-    sent: int = 0
-    failed: int = 0
-    retried: int = 0
-    deferred: int = 0
-    cancelled: int = 0
-    reconciled: int = 0
-    by_channel: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Claimed:
-    id: int
-    case_id: str
-    channel: Channel
-    stage: str | None
-    template_id: str | None
-    kind: str
-    attempts: int  # before this attempt
-    claimed_at: dt.datetime
-    to_address: str | None = None
-    body: str | None = None
-    claimed_by: str | None = None  # with claimed_at: the claim every write of ours must still match
-
-
-@dataclass
-class _Writes:
-    """Row updates and events collected for one transaction."""
-
-    requeue: list[dict[str, Any]] = field(default_factory=list)
-    finish: list[dict[str, Any]] = field(default_factory=list)
-    rendered: list[dict[str, Any]] = field(default_factory=list)
-    stamped: list[dict[str, Any]] = field(default_factory=list)
-    sent: list[dict[str, Any]] = field(default_factory=list)
-    unstamp: list[dict[str, Any]] = field(default_factory=list)  # stamped, but never handed over
-    events: list[dict[str, Any]] = field(default_factory=list)
-    invalid: list[tuple[str, str, dt.datetime, int]] = field(default_factory=list)
-    #: message id -> (claimed_by, claimed_at): a row is written only while it still carries
-    #: that claim, so a writer that lost it (another instance's reconcile re-queued it, and
-    #: maybe someone sent it since) can never put it back in the queue or overwrite it.
-    claims: dict[int, tuple[str | None, dt.datetime]] = field(default_factory=dict)
-
-    def claim(self, item: _Claimed) -> None:
-        self.claims[item.id] = (item.claimed_by, item.claimed_at)
-
-    def apply(self, conn: Connection) -> None:
-        """The sender's own batch: one executemany per kind of write, each guarded by the claim."""
-        m = messages_t.c
-        by_id = and_(m.id == bindparam("b_id"), m.claimed_by.is_not_distinct_from(bindparam("b_owner")),
-                     m.claimed_at == bindparam("b_claimed"))
-        for rows in (self.requeue, self.finish, self.rendered, self.stamped, self.sent, self.unstamp):
-            for row in rows:
-                row["b_owner"], row["b_claimed"] = self.claims[row["b_id"]]
-        if self.unstamp:
-            conn.execute(update(MessageRow).where(by_id).values(attempts=m.attempts - 1), self.unstamp)
-        if self.requeue:
-            conn.execute(update(MessageRow).where(by_id).values(
-                status=MessageStatus.QUEUED.value, scheduled_at=bindparam("b_when"), claimed_by=None,
-                last_error=bindparam("b_error")), self.requeue)
-        if self.finish:
-            conn.execute(update(MessageRow).where(by_id).values(
-                status=bindparam("b_status"), status_at=bindparam("b_now"), last_error=bindparam("b_error"),
-                provider_id=bindparam("b_provider")), self.finish)
-        # The provider may have it from here on: stamped and committed before the call. A
-        # rendered row carries its stamp (one statement renders and stamps it); `stamped`
-        # holds the messages sent without rendering (system replies).
-        stamp: dict[str, Any] = dict(status_at=bindparam("b_now"), attempts=m.attempts + 1)
-        if self.rendered:
-            conn.execute(update(MessageRow).where(by_id).values(
-                template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
-                stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
-                body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"),
-                to_address=bindparam("b_to"), **stamp), self.rendered)
-        if self.stamped:
-            conn.execute(update(MessageRow).where(by_id).values(**stamp), self.stamped)
-        if self.sent:
-            conn.execute(update(MessageRow).where(by_id).values(
-                # A status callback may already have moved it on (e.g. delivered):
-                # never move a status backwards.
-                status=case((m.status == MessageStatus.SENDING.value, bindparam("b_status")), else_=m.status),
-                provider_id=bindparam("b_provider"), sent_at=bindparam("b_now"), last_error=None), self.sent)
-        insert_events(conn, self.events)
-        for channel, address, at, _message_id in self.invalid:
-            repository.mark_address_invalid(conn, channel, address, at)
-
-    def apply_stale(self, conn: Connection) -> set[int]:
-        """Another instance's abandoned rows (`reconcile_stale`): row by row, each only if it
-        is still in flight under the claim that was read, events only for the rows written.
-        Two instances reconciling the same rows at once therefore settle each row once.
-        Returns the ids written."""
-        m = messages_t.c
-        written: set[int] = set()
-
-        def guarded(row: dict[str, Any], *, in_flight: bool) -> Any:
-            owner, claimed_at = self.claims[row["b_id"]]
-            condition = and_(m.id == row["b_id"], m.claimed_by.is_not_distinct_from(owner),
-                             m.claimed_at == claimed_at)
-            if in_flight:
-                condition = and_(condition, m.status == MessageStatus.SENDING.value)
-            return update(MessageRow).where(condition)
-
-        for row in self.requeue:
-            if conn.execute(guarded(row, in_flight=True).values(
-                    status=MessageStatus.QUEUED.value, scheduled_at=row["b_when"], claimed_by=None,
-                    last_error=row["b_error"])).rowcount:
-                written.add(row["b_id"])
-        for row in self.finish:
-            if conn.execute(guarded(row, in_flight=True).values(
-                    status=row["b_status"], status_at=row["b_now"], last_error=row["b_error"],
-                    provider_id=row["b_provider"])).rowcount:
-                written.add(row["b_id"])
-        for row in self.sent:
-            if conn.execute(guarded(row, in_flight=False).values(
-                    status=case((m.status == MessageStatus.SENDING.value, row["b_status"]), else_=m.status),
-                    provider_id=row["b_provider"], sent_at=row["b_now"], last_error=None)).rowcount:
-                written.add(row["b_id"])
-        insert_events(conn, [e for e in self.events if e.get("message_id") in written])
-        for channel, address, at, message_id in self.invalid:
-            if message_id in written:
-                repository.mark_address_invalid(conn, channel, address, at)
-        return written
 
 
 class Sender:
@@ -249,7 +123,7 @@ class Sender:
 
     # -- claiming ----------------------------------------------------------------
 
-    def claim(self, limit: int, only_ids: list[int] | None = None) -> list[_Claimed]:
+    def claim(self, limit: int, only_ids: list[int] | None = None) -> list[Claimed]:
         """Move up to `limit` due rows from queued to sending, for this instance only."""
         now = self.clock.now()
         due = select(col(MessageRow.id)).where(
@@ -282,7 +156,7 @@ class Sender:
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
         return [
-            _Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind, r.attempts, now,
+            Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind, r.attempts, now,
                      r.to_address, r.body, self.instance_id)
             for r in sorted(rows, key=lambda r: r.id)
         ]
@@ -334,7 +208,7 @@ class Sender:
             raise
         return summary
 
-    def _apply(self, writes: _Writes) -> None:
+    def _apply(self, writes: Writes) -> None:
         """One transaction (run in a worker thread: the loop keeps the calls flowing)."""
         with self.engine.begin() as conn:
             writes.apply(conn)
@@ -345,7 +219,7 @@ class Sender:
             in_flight.discard(done)
             done.result()  # a failed batch stops the pass (its rows stay in flight)
 
-    async def _send_batch(self, claimed: list[_Claimed], summary: SendSummary,
+    async def _send_batch(self, claimed: list[Claimed], summary: SendSummary,
                           started: asyncio.Event | None = None) -> None:
         try:
             await self._send_batch_calls(claimed, summary, started)
@@ -353,16 +227,16 @@ class Sender:
             if started is not None:
                 started.set()
 
-    async def _send_batch_calls(self, claimed: list[_Claimed], summary: SendSummary,
+    async def _send_batch_calls(self, claimed: list[Claimed], summary: SendSummary,
                                 started: asyncio.Event | None) -> None:
         now = self.clock.now()
         case_ids = sorted({c.case_id for c in claimed})
         snapshots = await asyncio.to_thread(
             lambda: {s.case.case_id: s for s in iter_snapshots(self.engine, case_ids=case_ids, now=now)})
-        writes = _Writes()
+        writes = Writes()
         for item in claimed:
             writes.claim(item)
-        ready: list[tuple[_Claimed, OutboundMessage, float | None]] = []
+        ready: list[tuple[Claimed, OutboundMessage, float | None]] = []
         for index, item in enumerate(claimed):
             if index % 16 == 15:
                 # Gate and render take ~0.5 ms a message: let the previous batch's last
@@ -397,7 +271,7 @@ class Sender:
             *(self._reconcile_if_ambiguous(item, outbound, result) for (item, outbound, _c), result in zip(
                 ready, results, strict=True))
         )
-        writes = _Writes()
+        writes = Writes()
         for item, _outbound, _c in ready:
             writes.claim(item)
         done_at = self.clock.now()
@@ -450,7 +324,7 @@ class Sender:
                 bucket.penalise(min(result.retry_after, self.config.sending.rate_limit_pause_max_seconds))
             return result
 
-    async def _reconcile_if_ambiguous(self, item: _Claimed, outbound: OutboundMessage,
+    async def _reconcile_if_ambiguous(self, item: Claimed, outbound: OutboundMessage,
                                       result: SendResult | object) -> SendResult | object | None:
         """The result to record; None when the provider proved it never got the message
         (safe to retry); `_LEAVE_IN_FLIGHT` when it could not be asked."""
@@ -467,7 +341,7 @@ class Sender:
 
     # -- gate and render ---------------------------------------------------------
 
-    def _prepare(self, item: _Claimed, snapshot: CaseSnapshot | None, now: dt.datetime, writes: _Writes,
+    def _prepare(self, item: Claimed, snapshot: CaseSnapshot | None, now: dt.datetime, writes: Writes,
                  summary: SendSummary) -> OutboundMessage | None:
         if snapshot is None:
             self._finish(item, MessageStatus.CANCELLED, "case no longer exists", now, writes, summary)
@@ -501,7 +375,7 @@ class Sender:
                          summary)
             return None
 
-    def _system_outbound(self, item: _Claimed, snapshot: CaseSnapshot) -> OutboundMessage:
+    def _system_outbound(self, item: Claimed, snapshot: CaseSnapshot) -> OutboundMessage:
         profile = self.config.jurisdictions.get(snapshot.case.jurisdiction)
         return OutboundMessage(
             message_id=item.id,
@@ -527,8 +401,8 @@ class Sender:
                 return locale
         return pick_locale(self.templates, template_id, case_locale, default, approved_only=True)
 
-    def _render(self, item: _Claimed, snapshot: CaseSnapshot, template_id: str, stage: str | None,
-                now: dt.datetime, writes: _Writes) -> OutboundMessage:
+    def _render(self, item: Claimed, snapshot: CaseSnapshot, template_id: str, stage: str | None,
+                now: dt.datetime, writes: Writes) -> OutboundMessage:
         case_ = snapshot.case
         profile = self.config.jurisdictions[case_.jurisdiction]
         zone = snapshot.zones[0] if snapshot.zones else profile.default_timezones[0]
@@ -600,8 +474,8 @@ class Sender:
 
     # -- recording ---------------------------------------------------------------
 
-    def _outcome(self, item: _Claimed, outbound: OutboundMessage, result: SendResult | object | None,
-                 now: dt.datetime, writes: _Writes, summary: SendSummary, *,
+    def _outcome(self, item: Claimed, outbound: OutboundMessage, result: SendResult | object | None,
+                 now: dt.datetime, writes: Writes, summary: SendSummary, *,
                  attempt_error: str | None = None) -> None:
         if result is _LEAVE_IN_FLIGHT:
             return
@@ -643,7 +517,7 @@ class Sender:
         if "invalid address" in error or "hard bounce" in error:
             writes.invalid.append((item.channel.value, outbound.to, now, item.id))
 
-    def _retry(self, item: _Claimed, error: str, retry_after: float | None, now: dt.datetime, writes: _Writes,
+    def _retry(self, item: Claimed, error: str, retry_after: float | None, now: dt.datetime, writes: Writes,
                summary: SendSummary) -> None:
         attempts = item.attempts + 1
         if attempts >= self.config.sending.max_attempts:
@@ -657,14 +531,14 @@ class Sender:
         summary.retried += 1
 
     @staticmethod
-    def _requeue(item: _Claimed, when: dt.datetime, why: str, now: dt.datetime, writes: _Writes) -> None:
+    def _requeue(item: Claimed, when: dt.datetime, why: str, now: dt.datetime, writes: Writes) -> None:
         writes.requeue.append({"b_id": item.id, "b_when": when, "b_error": why})
         writes.events.append(event_values(
             EventKind.MESSAGE_DEFERRED, now, case_id=item.case_id, message_id=item.id, channel=item.channel.value,
             not_before=when.isoformat(), why=why))
 
     @staticmethod
-    def _finish(item: _Claimed, status: MessageStatus, error: str, now: dt.datetime, writes: _Writes,
+    def _finish(item: Claimed, status: MessageStatus, error: str, now: dt.datetime, writes: Writes,
                 summary: SendSummary, *, event: EventKind = EventKind.MESSAGE_FAILED,
                 provider_id: str | None = None) -> None:
         writes.finish.append({"b_id": item.id, "b_status": status.value, "b_now": now, "b_error": error,
@@ -691,10 +565,10 @@ class Sender:
                 .where(col(MessageRow.status) == MessageStatus.SENDING.value, col(MessageRow.claimed_at) < cutoff)
                 .with_for_update(skip_locked=True)
             ).all()
-        writes = _Writes()
+        writes = Writes()
         summary = SendSummary()
         for r in rows:
-            item = _Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind,
+            item = Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind,
                             max(r.attempts - 1, 0), r.claimed_at, r.to_address, r.body, r.claimed_by)
             writes.claim(item)
             started = r.status_at is not None and r.status_at >= r.claimed_at

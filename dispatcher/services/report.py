@@ -202,7 +202,10 @@ def report_html(report: Report) -> str:
     body_rows = []
     for r in [*report.rows, totals]:
         cells = [getattr(r, c) for c in COLUMNS]
-        cells += [f"{r.delivery_rate:.1%}", r.avg_days_to_first_contact if r.avg_days_to_first_contact is not None else "-"]
+        cells += [
+            f"{r.delivery_rate:.1%}",
+            r.avg_days_to_first_contact if r.avg_days_to_first_contact is not None else "-",
+        ]
         cls = ' class="total"' if r is totals else ""
         body_rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     labelled = [(f"{r.template}", r) for r in report.rows if r.sent]
@@ -229,9 +232,9 @@ figure {{ margin: 0 0 2rem 0; }}
 <h1>Dispatcher report</h1>
 <p>Since {html.escape(since)}; generated {html.escape(report.generated_at.isoformat())}.
 Total sent {totals.sent}, delivered {totals.delivered} ({totals.delivery_rate:.1%}), failed {totals.failed},
-replies {totals.replies}, opt-outs {totals.opt_outs}, clicks {totals.clicks}, payments within 7 days {totals.payments_7d},
-complaints {totals.complaints}.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{''.join(body_rows)}</tbody></table>
-{''.join(f'<figure>{c}</figure>' for c in charts)}
+replies {totals.replies}, opt-outs {totals.opt_outs}, clicks {totals.clicks},
+payments within 7 days {totals.payments_7d}, complaints {totals.complaints}.</p>
+<table><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>
+{"".join(f"<figure>{c}</figure>" for c in charts)}
 </body></html>
 """

@@ -184,7 +184,7 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
         return 0, 0
     ids = list(dict.fromkeys(r.case.case_id for r in rows))
     paid_totals: dict[str, Decimal] = dict(
-        conn.execute(  # type: ignore[arg-type]
+        conn.execute(
             select(cases_t.c.case_id, cases_t.c.paid_total).where(cases_t.c.case_id.in_(ids))
         ).all()
     )

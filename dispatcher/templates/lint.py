@@ -96,7 +96,22 @@ _DEBT_WORDS_EN = (
     "credit card", "penalty", "penalties", "interest", "amount due", "outstanding", "bill",
     "billing",
 )
-_DEBT_WORDS_ZH = ("欠", "债", "逾期", "还款", "催收", "贷款", "罚息", "利息", "账单", "信用卡", "应还", "金额", "付款", "缴费")
+_DEBT_WORDS_ZH = (
+    "欠",
+    "债",
+    "逾期",
+    "还款",
+    "催收",
+    "贷款",
+    "罚息",
+    "利息",
+    "账单",
+    "信用卡",
+    "应还",
+    "金额",
+    "付款",
+    "缴费",
+)
 _DEBT_RE = re.compile(
     r"\b(?:" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in _DEBT_WORDS_EN) + r")\b"
     + "|" + "|".join(map(re.escape, _DEBT_WORDS_ZH)),

@@ -356,7 +356,7 @@ class TemplateSet:
         try:
             if block is None:
                 return template.render(ctx)
-            return env.concat(template.blocks[block](template.new_context(ctx)))  # type: ignore[attr-defined]
+            return env.concat(template.blocks[block](template.new_context(ctx)))
         except Exception as exc:  # noqa: BLE001 - every template failure becomes a RenderError
             rewritten = exc
             if block is not None:

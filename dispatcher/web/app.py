@@ -110,7 +110,7 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     async def healthz(request: Request) -> Response:
         try:
             await run_in_threadpool(receipts.ping)
-        except Exception as exc:  # any driver error means "not ready"
+        except Exception as exc:  # noqa: BLE001 - any driver error means "not ready"
             log.error("health check: store unreachable (%s)", type(exc).__name__)
             request.state.result = "unavailable"
             return JSONResponse({"status": "unavailable"}, status_code=503)

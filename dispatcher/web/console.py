@@ -168,7 +168,7 @@ async def console_root(request: Request) -> Response:
 
 
 @router.get("/login")
-async def login_page(access: Access, next: str | None = None) -> Response:  # noqa: A002 - the query name
+async def login_page(access: Access, next: str | None = None) -> Response:
     if (denied := access.disabled()) is not None:
         return denied
     return _page("console_login.html", title="Sign in", next=_safe_next(next), error=None, user="")

@@ -41,7 +41,7 @@ class WebhookMetrics:
             return cached[1]
         try:
             counts = self._message_counts()
-        except Exception:  # the store is down: serve the counters anyway
+        except Exception:  # noqa: BLE001 - the store is down: serve the counters anyway
             return cached[1] if cached else None
         self._cached = (now, counts)
         return counts

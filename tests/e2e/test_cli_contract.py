@@ -146,7 +146,7 @@ def test_plan_writes_nothing(cli: Cli) -> None:
 
     def counts() -> dict[str, int]:
         with sqlite3.connect(cli.db) as conn:
-            return {t: conn.execute(f"select count(*) from {t}").fetchone()[0]  # noqa: S608
+            return {t: conn.execute(f"select count(*) from {t}").fetchone()[0]
                     for t in ("cases", "contact_points", "messages", "events", "holds", "escalations")}
 
     before = counts()

@@ -46,10 +46,18 @@ def message_for(channel: Channel, to: str | None = None) -> OutboundMessage:
     common = {"message_id": n, "case_id": f"C-{n}", "idempotency_key": f"C-{n}:{channel.value}:dpd30:2026-12-07"}
     if channel is Channel.EMAIL:
         return OutboundMessage(
-            channel=channel, to=to or f"user{n}@example.com", body=f"Reminder {n}", subject=f"Reminder {n}",
-            html=f"<p>Reminder {n}</p>", sender="reminders@bank.example", return_path=f"b+{n}@bounce.bank.example",
+            channel=channel,
+            to=to or f"user{n}@example.com",
+            body=f"Reminder {n}",
+            subject=f"Reminder {n}",
+            html=f"<p>Reminder {n}</p>",
+            sender="reminders@bank.example",
+            return_path=f"b+{n}@bounce.bank.example",
             message_ref=f"<dispatcher-{n}@bounce.bank.example>",
-            headers={"List-Unsubscribe": "<https://x.example/u>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+            headers={
+                "List-Unsubscribe": "<https://x.example/u>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
             **common,  # type: ignore[arg-type]
         )
     phone = to or f"+86138{n:08d}"
@@ -70,7 +78,9 @@ KINDS = ["file-sms", "file-email", "file-voice", "twilio-sms", "twilio-voice", "
 
 
 @pytest.fixture(params=KINDS)
-async def subject(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Subject]:
+async def subject(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Subject]:
     monkeypatch.delenv("TWILIO_REGION", raising=False)
     monkeypatch.delenv("TWILIO_EDGE", raising=False)
     kind: str = request.param

@@ -104,7 +104,9 @@ async def test_email_arrives_with_headers_parts_verp_and_chinese_subject(
     assert snapshot["text"].replace("\r\n", "\n").strip() == message.body
 
 
-async def test_text_only_mail_and_duplicates_are_counted_by_message_id(sandbox: Sandbox, channel: SmtpEmailChannel) -> None:
+async def test_text_only_mail_and_duplicates_are_counted_by_message_id(
+    sandbox: Sandbox, channel: SmtpEmailChannel
+) -> None:
     message = mail(html=None)
     for _ in range(2):
         assert (await channel.send(message)).status is MessageStatus.SENT
@@ -163,7 +165,9 @@ async def test_async_bounces_are_posted_with_a_valid_hmac(domain: str, kind: str
             assert result.status is MessageStatus.SENT  # accepted now, bounced later
             await sandbox_with_url.drain()
             (record,) = sandbox_with_url.emails()
-            assert record["bounces"] == [{"recipient": f"user@{domain}", "type": kind, "http_status": 204, "error": None}]
+            assert record["bounces"] == [
+                {"recipient": f"user@{domain}", "type": kind, "http_status": 204, "error": None}
+            ]
     (request,) = receiver.received("/email/bounce")
     assert request.headers["content-type"] == "application/x-www-form-urlencoded"
     expected = hmac.new(BOUNCE_KEY.encode(), request.body, "sha256").hexdigest()
@@ -192,7 +196,9 @@ async def test_smtp_auth_is_used_when_the_url_has_credentials() -> None:
 
 def test_smtp_url_parsing() -> None:
     assert SmtpEndpoint.parse("smtp://127.0.0.1:2525") == SmtpEndpoint("127.0.0.1", 2525, False, None, None, None)
-    assert SmtpEndpoint.parse("smtps://u:p%2Fw@mail.example") == SmtpEndpoint("mail.example", 465, True, False, "u", "p/w")
+    assert SmtpEndpoint.parse("smtps://u:p%2Fw@mail.example") == SmtpEndpoint(
+        "mail.example", 465, True, False, "u", "p/w"
+    )
     assert SmtpEndpoint.parse("smtp://mail.example?starttls=true").port == 587
     assert SmtpEndpoint.parse("smtp://mail.example?starttls=false").start_tls is False
     for bad in ("http://mail.example", "smtp://", "smtps://h?starttls=true", "smtp://h?starttls=maybe"):

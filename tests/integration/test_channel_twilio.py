@@ -47,7 +47,9 @@ async def voice(sandbox: Sandbox) -> AsyncIterator[TwilioVoiceChannel]:
     await channel.aclose()
 
 
-def sms_message(message_id: int = 1, body: str = "Reminder: 10,270.00 due. Reply STOP to opt out.", **kw: object) -> OutboundMessage:
+def sms_message(
+    message_id: int = 1, body: str = "Reminder: 10,270.00 due. Reply STOP to opt out.", **kw: object
+) -> OutboundMessage:
     fields: dict[str, object] = {
         "message_id": message_id,
         "case_id": "C-1",
@@ -122,7 +124,9 @@ async def test_429_is_retryable_with_retry_after(sandbox: Sandbox, sms: TwilioSm
     assert sandbox.messages() == []
 
 
-async def test_500_is_retryable_and_ambiguous_and_reconcile_finds_nothing(sandbox: Sandbox, sms: TwilioSmsChannel) -> None:
+async def test_500_is_retryable_and_ambiguous_and_reconcile_finds_nothing(
+    sandbox: Sandbox, sms: TwilioSmsChannel
+) -> None:
     sandbox.force_faults("500")
     message = sms_message()
     result = await sms.send(message)
@@ -162,7 +166,9 @@ async def test_reset_before_create_leaves_nothing_to_reconcile(sandbox: Sandbox,
     assert [m["count"] for m in sandbox.messages()] == [1]
 
 
-async def test_reconcile_reports_the_delivery_status_and_respects_since(sandbox: Sandbox, sms: TwilioSmsChannel) -> None:
+async def test_reconcile_reports_the_delivery_status_and_respects_since(
+    sandbox: Sandbox, sms: TwilioSmsChannel
+) -> None:
     message = sms_message()
     sent = await sms.send(message)
     await sandbox.drain()
@@ -236,7 +242,9 @@ async def test_call_is_placed_with_amd_and_progress_events(sandbox: Sandbox, voi
 
 
 @pytest.mark.parametrize("fault", ["timeout", "reset"])
-async def test_voice_ambiguous_faults_reconcile_to_the_call(sandbox: Sandbox, voice: TwilioVoiceChannel, fault: str) -> None:
+async def test_voice_ambiguous_faults_reconcile_to_the_call(
+    sandbox: Sandbox, voice: TwilioVoiceChannel, fault: str
+) -> None:
     async with WebhookReceiver(auth_token=sandbox.auth_token) as receiver:
         receiver.respond("/twilio/voice/answer", "<Response><Hangup/></Response>")
         sandbox.force_faults(fault)
@@ -248,7 +256,9 @@ async def test_voice_ambiguous_faults_reconcile_to_the_call(sandbox: Sandbox, vo
         await sandbox.drain()
 
 
-async def test_voice_reconcile_finds_nothing_after_reset_before_or_503(sandbox: Sandbox, voice: TwilioVoiceChannel) -> None:
+async def test_voice_reconcile_finds_nothing_after_reset_before_or_503(
+    sandbox: Sandbox, voice: TwilioVoiceChannel
+) -> None:
     async with WebhookReceiver(auth_token=sandbox.auth_token) as receiver:
         for fault in ("reset_before", "503"):
             sandbox.force_faults(fault)

@@ -73,7 +73,9 @@ async def test_refusals_and_errors(client: tuple[httpx.AsyncClient, FakeClock], 
     c, _ = client
     r = await c.post("/api/cases/P1/messages", json={"channel": "sms", "by": "agent7"}, headers=AUTH)
     assert r.status_code == 422 and r.json()["refused"] == "case_closed"
-    assert (await c.post("/api/cases/NOPE/messages", json={"channel": "sms", "by": "x"}, headers=AUTH)).status_code == 404
+    assert (
+        await c.post("/api/cases/NOPE/messages", json={"channel": "sms", "by": "x"}, headers=AUTH)
+    ).status_code == 404
     assert (await c.post("/api/cases/A1/messages", json={"channel": "fax", "by": "x"}, headers=AUTH)).status_code == 400
     assert (await c.post("/api/cases/A1/messages", content=b"{not json", headers=AUTH)).status_code == 400
     assert (await c.post("/api/cases/A1/messages", json={"channel": "sms", "by": "x"})).status_code == 401

@@ -214,5 +214,8 @@ async def test_twenty_percent_faults_every_message_sent_once_or_failed_never_out
     # Retries that met the closed window waited for Tuesday (re-checked by the gate).
     assert totals.deferred > 0 and cn_after_close > 0
     assert any(cases[r.case_id].jurisdiction == "us" for r, _ in stamps)
-    print(f"\nfaults: {passes} passes, crashes left {crashes} in flight, injected {dict(injected)} (+ HTTP faults), totals {totals}, "
-          f"final {Counter(r.status for r in rows)}, failures {dict(failures)}")
+    print(
+        f"\nfaults: {passes} passes, crashes left {crashes} in flight, injected {dict(injected)} (+ HTTP faults), "
+        f"totals {totals}, "
+        f"final {Counter(r.status for r in rows)}, failures {dict(failures)}"
+    )

@@ -184,7 +184,9 @@ async def test_no_answer_is_a_response_error_not_a_connect_error(client: Http11C
 
 
 async def test_truncated_and_malformed_responses(client: Http11Client) -> None:
-    server, base = await serve(lambda _r: b"HTTP/1.1 201 Created\r\nContent-Length: 50\r\nConnection: close\r\n\r\nshort")
+    server, base = await serve(
+        lambda _r: b"HTTP/1.1 201 Created\r\nContent-Length: 50\r\nConnection: close\r\n\r\nshort"
+    )
     try:
         with pytest.raises(ResponseError, match="before a complete response"):
             await client.request("GET", f"{base}/t", timeout=5)
@@ -320,7 +322,9 @@ async def test_idle_connections_expire_before_the_server_drops_them() -> None:
             await client.request("POST", f"http://127.0.0.1:{port}/1", body=b"a=1", timeout=5)
             await asyncio.sleep(2.0)
             try:
-                outcome: object = (await client.request("POST", f"http://127.0.0.1:{port}/2", body=b"a=2", timeout=5))[0]
+                outcome: object = (await client.request("POST", f"http://127.0.0.1:{port}/2", body=b"a=2", timeout=5))[
+                    0
+                ]
             except (ResponseError, TimeoutError) as exc:
                 outcome = exc
         finally:

@@ -193,50 +193,97 @@ CASES_PER_RULE = [
     # (overrides, column, message)
     ({"case_id": ""}, "case_id", "required: 1 to 64 characters of A-Za-z0-9_.-"),
     ({"case_id": "has space"}, "case_id", "must be 1 to 64 characters of A-Za-z0-9_.- (got 'has space')"),
-    ({"case_id": "x" * 65}, "case_id", "must be 1 to 64 characters of A-Za-z0-9_.- (got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...')"),
+    (
+        {"case_id": "x" * 65},
+        "case_id",
+        "must be 1 to 64 characters of A-Za-z0-9_.- (got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...')",
+    ),
     ({"name": "  "}, "name", "required: the debtor's full name"),
     ({"jurisdiction": ""}, "jurisdiction", "required: one of cn, us"),
     ({"jurisdiction": "uk"}, "jurisdiction", "must be one of cn, us (got 'uk')"),
     ({"locale": "fr-FR"}, "locale", "must be zh-CN or en-US, or empty for the jurisdiction's default (got 'fr-FR')"),
-    ({"timezone": "Mars/Olympus"}, "timezone",
-     "must be an IANA time zone such as Asia/Shanghai or America/Los_Angeles, or empty to derive it from the"
-     " phone number (got 'Mars/Olympus')"),
-    ({"timezone": "localtime"}, "timezone",
-     "must be an IANA time zone such as Asia/Shanghai or America/Los_Angeles, or empty to derive it from the"
-     " phone number (got 'localtime')"),
-    ({"phone": "12345"}, "phone",
-     "must be a valid phone number: E.164 like +8613812345678, or a national number of region CN"),
-    ({"phone": "call me"}, "phone",
-     "must be a valid phone number: E.164 like +8613812345678, or a national number of region CN"),
+    (
+        {"timezone": "Mars/Olympus"},
+        "timezone",
+        "must be an IANA time zone such as Asia/Shanghai or America/Los_Angeles, or empty to derive it from the"
+        " phone number (got 'Mars/Olympus')",
+    ),
+    (
+        {"timezone": "localtime"},
+        "timezone",
+        "must be an IANA time zone such as Asia/Shanghai or America/Los_Angeles, or empty to derive it from the"
+        " phone number (got 'localtime')",
+    ),
+    (
+        {"phone": "12345"},
+        "phone",
+        "must be a valid phone number: E.164 like +8613812345678, or a national number of region CN",
+    ),
+    (
+        {"phone": "call me"},
+        "phone",
+        "must be a valid phone number: E.164 like +8613812345678, or a national number of region CN",
+    ),
     ({"email": "not-an-email"}, "email", "must be an e-mail address like name@example.com"),
     ({"email": "a b@example.com"}, "email", "must be an e-mail address like name@example.com"),
-    ({"sms_consent": "maybe"}, "sms_consent",
-     "must be true/false, 1/0 or yes/no, or empty for the jurisdiction's default (got 'maybe')"),
-    ({"voice_consent": "Y"}, "voice_consent",
-     "must be true/false, 1/0 or yes/no, or empty for the jurisdiction's default (got 'Y')"),
-    ({"email_consent": "2"}, "email_consent",
-     "must be true/false, 1/0 or yes/no, or empty for the jurisdiction's default (got '2')"),
+    (
+        {"sms_consent": "maybe"},
+        "sms_consent",
+        "must be true/false, 1/0 or yes/no, or empty for the jurisdiction's default (got 'maybe')",
+    ),
+    (
+        {"voice_consent": "Y"},
+        "voice_consent",
+        "must be true/false, 1/0 or yes/no, or empty for the jurisdiction's default (got 'Y')",
+    ),
+    (
+        {"email_consent": "2"},
+        "email_consent",
+        "must be true/false, 1/0 or yes/no, or empty for the jurisdiction's default (got '2')",
+    ),
     ({"currency": "RMB"}, "currency", "must be an ISO 4217 currency code such as CNY or USD (got 'RMB')"),
     ({"currency": "US$"}, "currency", "must be an ISO 4217 currency code such as CNY or USD (got 'US$')"),
-    ({"principal": "", "amount_due": "25.75"}, "principal",
-     "required: a decimal amount >= 0 with at most 2 decimals, e.g. 1234.50"),
-    ({"interest": "1,000.00"}, "interest",
-     "must be a decimal amount >= 0 with at most 2 decimals, e.g. 1234.50 (got '1,000.00')"),
+    (
+        {"principal": "", "amount_due": "25.75"},
+        "principal",
+        "required: a decimal amount >= 0 with at most 2 decimals, e.g. 1234.50",
+    ),
+    (
+        {"interest": "1,000.00"},
+        "interest",
+        "must be a decimal amount >= 0 with at most 2 decimals, e.g. 1234.50 (got '1,000.00')",
+    ),
     ({"penalty": "NaN"}, "penalty", "must be a decimal amount >= 0 with at most 2 decimals, e.g. 1234.50 (got 'NaN')"),
     ({"penalty": "-5.25"}, "penalty", "must be >= 0 (got -5.25)"),
     ({"principal": "999.995"}, "principal", "must have at most 2 decimals (got 999.995)"),
     ({"fees": "0.001"}, "fees", "must have at most 2 decimals (got 0.001)"),
     ({"principal": "99999999999.00"}, "principal", "must be at most 9999999999.99 (got 99999999999.00)"),
     ({"amount_due": ""}, "amount_due", "required: a decimal amount >= 0 with at most 2 decimals, e.g. 1234.50"),
-    ({"amount_due": "1025.76"}, "amount_due", "must equal principal + interest + penalty + fees = 1025.75 (got 1025.76)"),
-    ({"fees": "10", "amount_due": "1025.75"}, "amount_due",
-     "must equal principal + interest + penalty + fees = 1035.75 (got 1025.75)"),
-    ({"penalty_rate_daily": "0.05%"}, "penalty_rate_daily",
-     "must be a daily rate >= 0 with at most 8 decimals, e.g. 0.0005 (got '0.05%')"),
-    ({"penalty_rate_daily": "-0.001"}, "penalty_rate_daily",
-     "must be a daily rate >= 0 with at most 8 decimals, e.g. 0.0005 (got -0.001)"),
-    ({"penalty_rate_daily": "0.000000001"}, "penalty_rate_daily",
-     "must be a daily rate >= 0 with at most 8 decimals, e.g. 0.0005 (got 0.000000001)"),
+    (
+        {"amount_due": "1025.76"},
+        "amount_due",
+        "must equal principal + interest + penalty + fees = 1025.75 (got 1025.76)",
+    ),
+    (
+        {"fees": "10", "amount_due": "1025.75"},
+        "amount_due",
+        "must equal principal + interest + penalty + fees = 1035.75 (got 1025.75)",
+    ),
+    (
+        {"penalty_rate_daily": "0.05%"},
+        "penalty_rate_daily",
+        "must be a daily rate >= 0 with at most 8 decimals, e.g. 0.0005 (got '0.05%')",
+    ),
+    (
+        {"penalty_rate_daily": "-0.001"},
+        "penalty_rate_daily",
+        "must be a daily rate >= 0 with at most 8 decimals, e.g. 0.0005 (got -0.001)",
+    ),
+    (
+        {"penalty_rate_daily": "0.000000001"},
+        "penalty_rate_daily",
+        "must be a daily rate >= 0 with at most 8 decimals, e.g. 0.0005 (got 0.000000001)",
+    ),
     ({"due_date": ""}, "due_date", "required: the date the missed payment was due, YYYY-MM-DD"),
     ({"due_date": "07/11/2026"}, "due_date", "must be a date YYYY-MM-DD, e.g. 2026-11-07 (got '07/11/2026')"),
     ({"due_date": "20261107"}, "due_date", "must be a date YYYY-MM-DD, e.g. 2026-11-07 (got '20261107')"),
@@ -412,7 +459,9 @@ def test_rejects_csv_keeps_original_columns_and_adds_error(run, tmp_path: Path) 
     assert list(got[0]) == [*header, "error"]
     assert [r["case_id"] for r in got] == ["R-2", "R 3"]
     assert got[0]["branch"] == "south, east" and got[0]["amount_due"] == "1"
-    assert got[0]["error"] == "line 3: amount_due: must equal principal + interest + penalty + fees = 1025.75 (got 1.00)"
+    assert (
+        got[0]["error"] == "line 3: amount_due: must equal principal + interest + penalty + fees = 1025.75 (got 1.00)"
+    )
     assert got[1]["error"] == (
         "line 4: case_id: must be 1 to 64 characters of A-Za-z0-9_.- (got 'R 3'); "
         "line 4: due_date: must be a date YYYY-MM-DD, e.g. 2026-11-07 (got 'soon')"
@@ -454,7 +503,9 @@ def test_rejects_file_is_written_even_when_nothing_is_rejected(run, tmp_path: Pa
 
 def test_errors_are_streamed_to_a_callback(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     seen: list[str] = []
-    report = run(write_csv(tmp_path / "cases.csv", [row(name=""), row(case_id="")]), on_error=lambda e: seen.append(str(e)))
+    report = run(
+        write_csv(tmp_path / "cases.csv", [row(name=""), row(case_id="")]), on_error=lambda e: seen.append(str(e))
+    )
     assert seen == [str(e) for e in report.errors] and len(seen) == 2
 
 
@@ -545,7 +596,9 @@ def _write_many(path: Path, n: int) -> None:
         # every 10th row has a phone (phone parsing dominates the cost), one in 1000 is bad
         phone = f"138{i:08d}" if i % 10 == 0 else ""
         due = "2026-11-07" if i % 1000 != 999 else "yesterday"
-        buffer.write(f"M{i:07d},Debtor {i},cn,{phone},d{i}@example.com,{i % 5000}.25,1.50,0.25,{i % 5000 + 2}.00,{due}\n")
+        buffer.write(
+            f"M{i:07d},Debtor {i},cn,{phone},d{i}@example.com,{i % 5000}.25,1.50,0.25,{i % 5000 + 2}.00,{due}\n"
+        )
         if buffer.tell() > 1 << 20:
             with path.open("a", encoding="utf-8") as out:
                 out.write(buffer.getvalue())
@@ -572,7 +625,9 @@ def test_100k_rows_import_in_one_streaming_pass(engine: Engine, config: Config, 
 
     bad = n // 1000
     assert (report.imported, report.updated, report.rejected) == (n - bad, 0, bad)
-    assert report.errors[0] == RowError(1001, "due_date", "must be a date YYYY-MM-DD, e.g. 2026-11-07 (got 'yesterday')")
+    assert report.errors[0] == RowError(
+        1001, "due_date", "must be a date YYYY-MM-DD, e.g. 2026-11-07 (got 'yesterday')"
+    )
     assert count_cases(engine) == n - bad + 1
     # Everything in memory at once would be far more than this (the rows alone, as
     # validated objects, take well over 100 MB); streaming keeps to a few batches.

@@ -630,7 +630,7 @@ async def test_two_senders_racing_on_the_same_rows_send_each_message_once(world:
                         await adapter.aclose()
 
             results[instance] = asyncio.run(go())
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             results[instance] = exc
         finally:
             engine.dispose()

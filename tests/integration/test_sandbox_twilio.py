@@ -159,7 +159,9 @@ async def test_sms_status_callbacks_are_signed_like_twilio(
         assert "ErrorCode" not in request.form
         assert request.headers["content-type"].startswith("application/x-www-form-urlencoded")
         assert validator.validate(url, request.form, request.headers["x-twilio-signature"])
-        assert not validator.validate(url, {**request.form, "MessageStatus": "failed"}, request.headers["x-twilio-signature"])
+        assert not validator.validate(
+            url, {**request.form, "MessageStatus": "failed"}, request.headers["x-twilio-signature"]
+        )
     await sandbox.drain()
     fetched = await client.api.account.messages(created.sid).fetch_async()
     assert fetched.status == "delivered" and fetched.date_sent is not None
@@ -192,7 +194,9 @@ async def test_duplicate_and_shuffled_callbacks_can_be_injected(receiver: Webhoo
         receiver.validator = RequestValidator(sb.auth_token)
         try:
             for i in range(8):
-                await c.api.account.messages.create_async(to=TO, from_=FROM, body=f"m{i}", status_callback=receiver.url("/s"))
+                await c.api.account.messages.create_async(
+                    to=TO, from_=FROM, body=f"m{i}", status_callback=receiver.url("/s")
+                )
             await sb.drain()
         finally:
             await c.http_client.close()  # type: ignore[attr-defined]
@@ -333,8 +337,11 @@ async def test_call_plays_twiml_presses_digits_and_reports_completed(
     assert record["errors"] == []
     assert record["status"] == "completed" and record["answered_by"] == "human"
 
-    flow = [(r.path, r.form.get("Digits"), r.url.rsplit("?", 1)[-1] if "?" in r.url else "") for r in receiver.received()
-            if r.path != "/twilio/voice/status"]
+    flow = [
+        (r.path, r.form.get("Digits"), r.url.rsplit("?", 1)[-1] if "?" in r.url else "")
+        for r in receiver.received()
+        if r.path != "/twilio/voice/status"
+    ]
     assert flow == [
         ("/twilio/voice/answer", None, ""),
         ("/twilio/voice/gather", "1", "step=identity"),  # relative action resolved against the answer URL
@@ -359,7 +366,10 @@ async def test_call_plays_twiml_presses_digits_and_reports_completed(
     listed = await client.api.account.calls.list_async(to=callee, status="completed")
     assert [c.sid for c in listed] == [call.sid]
     assert await client.api.account.calls.list_async(to=callee, status="busy") == []
-    assert len(await client.api.account.calls.list_async(start_time_after=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))) == 1
+    assert (
+        len(await client.api.account.calls.list_async(start_time_after=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))
+        == 1
+    )
 
 
 async def test_answering_machine_gets_the_voicemail_and_presses_nothing(
@@ -376,7 +386,9 @@ async def test_answering_machine_gets_the_voicemail_and_presses_nothing(
     assert record["spoken"] == ["Please call us back at 400 000 0000."]
     assert record["digits"] == []
     finals = [r.form for r in receiver.received("/twilio/voice/status")]
-    assert [(f["CallStatus"], f["AnsweredBy"]) for f in finals] == [("completed", "machine_end_beep")]  # no events: final only
+    assert [(f["CallStatus"], f["AnsweredBy"]) for f in finals] == [
+        ("completed", "machine_end_beep")
+    ]  # no events: final only
 
 
 @pytest.mark.parametrize("outcome", ["busy", "no-answer", "failed"])
@@ -386,7 +398,10 @@ async def test_unanswered_calls_fetch_no_twiml(
     ivr(receiver)
     sandbox.options.call_behaviours[TO] = CallBehaviour(outcome=outcome)
     await client.api.account.calls.create_async(
-        to=TO, from_=FROM, url=receiver.url("/twilio/voice/answer"), status_callback=receiver.url("/twilio/voice/status")
+        to=TO,
+        from_=FROM,
+        url=receiver.url("/twilio/voice/answer"),
+        status_callback=receiver.url("/twilio/voice/status"),
     )
     await sandbox.drain()
     assert receiver.received("/twilio/voice/answer") == []
@@ -399,8 +414,9 @@ async def test_default_behaviour_function_and_inline_twiml() -> None:
     async with sandbox:
         c = sdk_client(sandbox)
         try:
-            await c.api.account.calls.create_async(to="+8613800000009", from_=FROM, twiml="<Response><Say>Hi</Say></Response>",
-                                                   machine_detection="Enable")
+            await c.api.account.calls.create_async(
+                to="+8613800000009", from_=FROM, twiml="<Response><Say>Hi</Say></Response>", machine_detection="Enable"
+            )
             await sandbox.drain()
         finally:
             await c.http_client.close()  # type: ignore[attr-defined]
@@ -408,7 +424,9 @@ async def test_default_behaviour_function_and_inline_twiml() -> None:
         assert record["answered_by"] == "machine_end_beep" and record["spoken"] == ["Hi"]
 
 
-async def test_broken_twiml_ends_the_call_with_an_error(sandbox: Sandbox, client: Client, receiver: WebhookReceiver) -> None:
+async def test_broken_twiml_ends_the_call_with_an_error(
+    sandbox: Sandbox, client: Client, receiver: WebhookReceiver
+) -> None:
     receiver.respond("/answer", "this is not xml", content_type="text/plain")
     await client.api.account.calls.create_async(to=TO, from_=FROM, url=receiver.url("/answer"))
     await sandbox.drain()
@@ -419,7 +437,9 @@ async def test_broken_twiml_ends_the_call_with_an_error(sandbox: Sandbox, client
 # -- inbound --------------------------------------------------------------------------
 
 
-async def test_inbound_sms_is_posted_signed_and_the_answer_returned(sandbox: Sandbox, receiver: WebhookReceiver) -> None:
+async def test_inbound_sms_is_posted_signed_and_the_answer_returned(
+    sandbox: Sandbox, receiver: WebhookReceiver
+) -> None:
     receiver.respond("/twilio/sms/inbound", "<Response/>")
     url = receiver.url("/twilio/sms/inbound")
     async with httpx.AsyncClient() as http:

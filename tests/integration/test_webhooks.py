@@ -83,14 +83,29 @@ def add_message(engine: Engine, case_id: str, channel: str, *, status: str = "se
                 at: dt.datetime | None = None) -> int:
     at = at or dt.datetime(2026, 12, 7, 1, 0, tzinfo=dt.UTC)
     with engine.begin() as conn:
-        return int(conn.execute(
-            insert(messages_t).values(
-                case_id=case_id, channel=channel, stage="dpd60", kind="scheduled", template_id=f"{channel}/dpd60/v1",
-                locale=locale, to_address=to, body="body", parts=json.dumps(parts, ensure_ascii=False) if parts else None,
-                status=status, provider_id=provider_id, idempotency_key=f"{case_id}:{channel}:{provider_id}:{at}:{to}",
-                scheduled_at=at, created_at=at, sent_at=at if status != "queued" else None,
-            ).returning(messages_t.c.id)
-        ).scalar_one())
+        return int(
+            conn.execute(
+                insert(messages_t)
+                .values(
+                    case_id=case_id,
+                    channel=channel,
+                    stage="dpd60",
+                    kind="scheduled",
+                    template_id=f"{channel}/dpd60/v1",
+                    locale=locale,
+                    to_address=to,
+                    body="body",
+                    parts=json.dumps(parts, ensure_ascii=False) if parts else None,
+                    status=status,
+                    provider_id=provider_id,
+                    idempotency_key=f"{case_id}:{channel}:{provider_id}:{at}:{to}",
+                    scheduled_at=at,
+                    created_at=at,
+                    sent_at=at if status != "queued" else None,
+                )
+                .returning(messages_t.c.id)
+            ).scalar_one()
+        )
 
 
 @dataclass
@@ -285,8 +300,12 @@ async def test_forged_replayed_and_unsigned_requests_change_nothing(world: World
     path, query = "/twilio/sms/status", f"m={m}"
     attempts = [
         # forged: signed with another token
-        await world.twilio(path, good, query,
-                           signature=RequestValidator("not-the-token").compute_signature(f"{PUBLIC}{path}?{query}", good)),
+        await world.twilio(
+            path,
+            good,
+            query,
+            signature=RequestValidator("not-the-token").compute_signature(f"{PUBLIC}{path}?{query}", good),
+        ),
         # replayed body with a changed field
         await world.twilio(path, {"MessageSid": "SM6", "MessageStatus": "failed"}, query, sign_params=good),
         # the same body for another message (changed query)
@@ -355,7 +374,9 @@ async def test_malformed_requests_get_400(world: World) -> None:
     assert r.status_code == 400
     r = await world.client.post(path, content=b"\xff\xfe", headers=headers)
     assert r.status_code == 400
-    r = await world.client.post(path, content=b'{"MessageSid": "x"}', headers={**headers, "Content-Type": "application/json"})
+    r = await world.client.post(
+        path, content=b'{"MessageSid": "x"}', headers={**headers, "Content-Type": "application/json"}
+    )
     assert r.status_code == 400
     r = await world.client.post(path, content=b"a=%00", headers=headers)
     assert r.status_code == 400
@@ -435,7 +456,12 @@ async def test_tuiding_twice_opts_out_once_with_one_confirmation(world: World) -
     replies = world.system_messages()
     assert len(replies) == 1
     reply = replies[0]
-    assert (reply.channel, reply.status, reply.to_address, reply.idempotency_key) == ("sms", "queued", CN_PHONE, "reply:SMin1")
+    assert (reply.channel, reply.status, reply.to_address, reply.idempotency_key) == (
+        "sms",
+        "queued",
+        CN_PHONE,
+        "reply:SMin1",
+    )
     assert reply.case_id == "cn-1"  # the case we texted last from that number
     assert "退订" in reply.body and "调度银行" in reply.body
     assert reply.scheduled_at == world.clock.now()
@@ -706,7 +732,9 @@ async def test_hard_bounce_for_a_message_without_its_address_uses_the_case_addre
 
 async def test_soft_bounce_is_logged_only(world: World) -> None:
     verp = world.signer.verp_address(world.email_id, "bounce.bank.example")
-    r = await bounce(world, {"return_path": verp, "recipient": CN_EMAIL, "type": "soft", "diagnostic": "452 mailbox full"})
+    r = await bounce(
+        world, {"return_path": verp, "recipient": CN_EMAIL, "type": "soft", "diagnostic": "452 mailbox full"}
+    )
     assert r.status_code == 200
     assert world.contact("cn-1", "email").invalid is False
     assert world.message(world.email_id).status == "sent"
@@ -750,10 +778,16 @@ async def test_health_reports_an_unreachable_store(config: Config, fake_clock: F
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=INTERNAL) as client:
             r = await client.get("/healthz")
             assert r.status_code == 503
-            r = await client.post("/twilio/sms/status?m=1", content=urlencode({"MessageSid": "SM", "MessageStatus": "sent"}),
-                                  headers={"Content-Type": "application/x-www-form-urlencoded",
-                                           "X-Twilio-Signature": sign(f"{PUBLIC}/twilio/sms/status?m=1",
-                                                                      {"MessageSid": "SM", "MessageStatus": "sent"})})
+            r = await client.post(
+                "/twilio/sms/status?m=1",
+                content=urlencode({"MessageSid": "SM", "MessageStatus": "sent"}),
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "X-Twilio-Signature": sign(
+                        f"{PUBLIC}/twilio/sms/status?m=1", {"MessageSid": "SM", "MessageStatus": "sent"}
+                    ),
+                },
+            )
             assert r.status_code == 503
             assert "dispatcher_store_up 0" in (await client.get("/metrics")).text
     finally:

@@ -182,8 +182,9 @@ async def test_a_person_confirms_identity_and_promises_to_pay(e2e: E2E) -> None:
     holds = e2e.timeline("e2e-1")["holds"]
     assert [h["reason"] for h in holds] == [Reason.PROMISE_TO_PAY.value]
     snapshot = get_snapshot(e2e.engine, "e2e-1", e2e.clock.now())
-    assert {d.reason for d in Gate(e2e.config).decide_case(snapshot, e2e.templates.approved_catalog(), e2e.clock.now())} \
-        == {Reason.PROMISE_TO_PAY}
+    assert {
+        d.reason for d in Gate(e2e.config).decide_case(snapshot, e2e.templates.approved_catalog(), e2e.clock.now())
+    } == {Reason.PROMISE_TO_PAY}
 
 
 async def test_an_answering_machine_gets_a_voicemail_that_names_no_debt(e2e: E2E) -> None:

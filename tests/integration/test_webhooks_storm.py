@@ -151,8 +151,10 @@ def seed(engine: Engine, now: dt.datetime, rnd: random.Random) -> dict[int, tupl
                    messages_t.c.idempotency_key)
         ).all()
     by_n = {int(r.idempotency_key.split(":")[1]): r for r in ids}
-    return {by_n[n].id: (rows[n]["channel"], rows[n]["status"], f"{'SM' if rows[n]['channel'] == 'sms' else 'CA'}{n:030d}")
-            for n in range(len(rows))}
+    return {
+        by_n[n].id: (rows[n]["channel"], rows[n]["status"], f"{'SM' if rows[n]['channel'] == 'sms' else 'CA'}{n:030d}")
+        for n in range(len(rows))
+    }
 
 
 def build_callbacks(messages: dict[int, tuple[str, str, str | None]], rnd: random.Random) -> tuple[

@@ -131,13 +131,17 @@ def msg(status: MessageStatus, at: dt.datetime, channel: Channel = Channel.VOICE
     ],
 )
 def test_placed_and_queued_messages_count(status: MessageStatus) -> None:
-    u = ChannelUsage.from_history([msg(status, dt.datetime(2026, 12, 7, 10, tzinfo=SH))], Channel.VOICE, "Asia/Shanghai")
+    u = ChannelUsage.from_history(
+        [msg(status, dt.datetime(2026, 12, 7, 10, tzinfo=SH))], Channel.VOICE, "Asia/Shanghai"
+    )
     assert u.per_day == {MON: 1}
 
 
 @pytest.mark.parametrize("status", [MessageStatus.CANCELLED, MessageStatus.FAILED])
 def test_cancelled_and_failed_messages_do_not_count(status: MessageStatus) -> None:
-    u = ChannelUsage.from_history([msg(status, dt.datetime(2026, 12, 7, 10, tzinfo=SH))], Channel.VOICE, "Asia/Shanghai")
+    u = ChannelUsage.from_history(
+        [msg(status, dt.datetime(2026, 12, 7, 10, tzinfo=SH))], Channel.VOICE, "Asia/Shanghai"
+    )
     assert u.per_day == {}
 
 

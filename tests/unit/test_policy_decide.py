@@ -61,7 +61,9 @@ def make_case(due: dt.date, *, jurisdiction: str = "cn", **kw: object) -> Case:
     return Case(**base)  # type: ignore[arg-type]
 
 
-def contacts(phone: str = "+8613812345678", mail: str = "debtor@example.com", **changes: ContactPoint | None) -> tuple[ContactPoint, ...]:
+def contacts(
+    phone: str = "+8613812345678", mail: str = "debtor@example.com", **changes: ContactPoint | None
+) -> tuple[ContactPoint, ...]:
     """Consented contact points for every channel; `sms=`, `email=`, `voice=` replace (None: drop) one."""
     points = {
         "sms": ContactPoint(SMS, phone, consent=True),
@@ -84,8 +86,15 @@ def sh(y: int, m: int, d: int, h: int = 10, mi: int = 0) -> dt.datetime:
     return dt.datetime(y, m, d, h, mi, tzinfo=SH)
 
 
-def sent(channel: Channel, at: dt.datetime, stage: str | None = "dpd60", *, status: MessageStatus = MessageStatus.DELIVERED,
-         template: str | None = None, conversation: bool = False) -> SentMessage:
+def sent(
+    channel: Channel,
+    at: dt.datetime,
+    stage: str | None = "dpd60",
+    *,
+    status: MessageStatus = MessageStatus.DELIVERED,
+    template: str | None = None,
+    conversation: bool = False,
+) -> SentMessage:
     return SentMessage(channel=channel, at=at, status=status, stage=stage, template=template, conversation=conversation)
 
 
@@ -155,7 +164,12 @@ def test_worked_example_three_on_two_off_into_the_weekend() -> None:
     out = lines(GATE.decide_case(s, CATALOG, sh(2026, 12, 10, 10)))
     d = out[VOICE]
     assert d.detail.startswith("DPD 70 ")
-    assert (d.stage, d.action, d.reason, nb(d)) == ("dpd60", Action.DEFER, Reason.REST_PERIOD, "2026-12-14T09:00:00+08:00")
+    assert (d.stage, d.action, d.reason, nb(d)) == (
+        "dpd60",
+        Action.DEFER,
+        Reason.REST_PERIOD,
+        "2026-12-14T09:00:00+08:00",
+    )
     assert "rest 2 days through 2026-12-11" in d.detail
     assert d.template == "voice/dpd60/v2"
     # Friday: still resting; Monday: call
@@ -241,7 +255,9 @@ def test_stored_zones_are_used_as_given() -> None:
 
 
 def test_us_fall_back_morning() -> None:
-    s = snap(make_case(dt.date(2026, 9, 1), jurisdiction="us", phone="+13105550100"), points=contacts(phone="+13105550100"))
+    s = snap(
+        make_case(dt.date(2026, 9, 1), jurisdiction="us", phone="+13105550100"), points=contacts(phone="+13105550100")
+    )
     d = lines(GATE.decide_case(s, CATALOG, dt.datetime(2026, 11, 1, 7, 30, tzinfo=LA)))[SMS]
     assert (d.reason, nb(d)) == (Reason.OUTSIDE_HOURS, "2026-11-01T08:00:00-08:00")
 
@@ -344,7 +360,11 @@ def test_channel_reason_precedence() -> None:
         voice=ContactPoint(VOICE, "+8613812345678", consent=False, opted_out=True),
     )
     out = lines(GATE.decide_case(snap(make_case(DUE_DPD70), points=points), CATALOG, NOW))
-    assert [out[ch].reason for ch in (SMS, EMAIL, VOICE)] == [Reason.NO_CONTACT, Reason.INVALID_ADDRESS, Reason.NO_CONSENT]
+    assert [out[ch].reason for ch in (SMS, EMAIL, VOICE)] == [
+        Reason.NO_CONTACT,
+        Reason.INVALID_ADDRESS,
+        Reason.NO_CONSENT,
+    ]
 
 
 def test_opted_out() -> None:
@@ -356,7 +376,9 @@ def test_opted_out() -> None:
 def test_channel_reasons_come_before_cadence_and_time() -> None:
     points = contacts(sms=ContactPoint(SMS, "+8613812345678", consent=True, opted_out=True))
     history = (sent(SMS, sh(2026, 12, 9), stage="dpd30"),)
-    d = lines(GATE.decide_case(snap(make_case(DUE_DPD30), points=points, history=history), CATALOG, sh(2026, 12, 12, 23)))[SMS]
+    d = lines(
+        GATE.decide_case(snap(make_case(DUE_DPD30), points=points, history=history), CATALOG, sh(2026, 12, 12, 23))
+    )[SMS]
     assert d.reason is Reason.OPTED_OUT
 
 
@@ -449,7 +471,9 @@ def test_outside_hours_with_caps_pushing_not_before_further() -> None:
 
 def test_per_day_cap_for_a_one_off() -> None:
     history = (sent(SMS, sh(2026, 12, 10, 9, 15), stage="dpd30"),)
-    d = GATE.decide_channel(snap(make_case(DUE_DPD30), history=history), CATALOG, sh(2026, 12, 10, 10), SMS, apply_cadence=False)
+    d = GATE.decide_channel(
+        snap(make_case(DUE_DPD30), history=history), CATALOG, sh(2026, 12, 10, 10), SMS, apply_cadence=False
+    )
     assert (d.action, d.reason, nb(d)) == (Action.DEFER, Reason.FREQUENCY_CAP, "2026-12-11T09:00:00+08:00")
 
 
@@ -536,7 +560,9 @@ def test_locale_falls_back_to_the_profile_default() -> None:
 
 
 def test_deferred_lines_carry_the_template() -> None:
-    d = lines(GATE.decide_case(snap(make_case(DUE_DPD30)), {(SMS, "dpd30", "zh-CN"): ["sms/dpd30/v2"]}, sh(2026, 12, 12)))
+    d = lines(
+        GATE.decide_case(snap(make_case(DUE_DPD30)), {(SMS, "dpd30", "zh-CN"): ["sms/dpd30/v2"]}, sh(2026, 12, 12))
+    )
     assert (d[SMS].action, d[SMS].template) == (Action.DEFER, "sms/dpd30/v2")
     assert (d[EMAIL].action, d[EMAIL].reason, d[EMAIL].not_before) == (Action.SKIP, Reason.NO_APPROVED_TEMPLATE, None)
 
@@ -578,7 +604,9 @@ def test_one_off_on_a_channel_outside_the_stage() -> None:
 def test_one_off_refusals() -> None:
     not_overdue = GATE.decide_channel(snap(make_case(dt.date(2027, 1, 1))), CATALOG, NOW, SMS, apply_cadence=False)
     assert (not_overdue.stage, not_overdue.action, not_overdue.reason) == (None, Action.SKIP, Reason.NOT_OVERDUE)
-    held = GATE.decide_channel(snap(make_case(DUE_DPD30), holds=(Hold(Reason.COLLECTOR_HOLD),)), CATALOG, NOW, "sms", apply_cadence=False)  # type: ignore[arg-type]
+    held = GATE.decide_channel(
+        snap(make_case(DUE_DPD30), holds=(Hold(Reason.COLLECTOR_HOLD),)), CATALOG, NOW, "sms", apply_cadence=False
+    )  # type: ignore[arg-type]
     assert (held.channel, held.action, held.reason) == (SMS, Action.SKIP, Reason.COLLECTOR_HOLD)
 
 
@@ -621,7 +649,9 @@ def test_no_escalation_once_escalated_or_when_closed_or_before_dpd90() -> None:
 
 def test_dpd90_cadence_is_lower() -> None:
     history = (sent(VOICE, sh(2026, 12, 8), stage="dpd90"), sent(SMS, sh(2026, 12, 4), stage="dpd90"))
-    out = lines(GATE.decide_case(snap(make_case(DUE_DPD100), history=history, escalated=frozenset({"dpd90"})), CATALOG, NOW))
+    out = lines(
+        GATE.decide_case(snap(make_case(DUE_DPD100), history=history, escalated=frozenset({"dpd90"})), CATALOG, NOW)
+    )
     assert out[VOICE].detail.endswith("last voice 2026-12-08, every 3 days: next on 2026-12-11")
     assert out[SMS].detail.endswith("last sms 2026-12-04, every 7 days: next on 2026-12-11")
 

@@ -54,7 +54,14 @@ GATE = Gate(CONFIG)
 US_ALL = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
 ZONE_SETS = {
     "cn": [(), ("Asia/Shanghai",), ("Asia/Shanghai", "Asia/Tokyo"), ("Asia/Urumqi",)],
-    "us": [(), ("America/Los_Angeles",), ("America/New_York",), US_ALL, ("Pacific/Honolulu",), ("America/Phoenix", "America/Denver")],
+    "us": [
+        (),
+        ("America/Los_Angeles",),
+        ("America/New_York",),
+        US_ALL,
+        ("Pacific/Honolulu",),
+        ("America/Phoenix", "America/Denver"),
+    ],
 }
 PHONES = {"cn": ["+8613812345678"], "us": ["+13105550100", "+12125550100", "+18005550100"]}
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,11 +85,15 @@ def oracle_legal(instant: dt.datetime, zones: tuple[str, ...], profile: Jurisdic
     return True
 
 
-def oracle_caps_ok(history: tuple[SentMessage, ...], channel: Channel, profile: Jurisdiction, zone: str, instant: dt.datetime) -> bool:
+def oracle_caps_ok(
+    history: tuple[SentMessage, ...], channel: Channel, profile: Jurisdiction, zone: str, instant: dt.datetime
+) -> bool:
     caps = profile.caps_for(channel)
     tz = ZoneInfo(zone)
     day = instant.astimezone(tz).date()
-    counted = [m for m in history if m.channel == channel and m.status not in (MessageStatus.CANCELLED, MessageStatus.FAILED)]
+    counted = [
+        m for m in history if m.channel == channel and m.status not in (MessageStatus.CANCELLED, MessageStatus.FAILED)
+    ]
     per_day = Counter(m.at.astimezone(tz).date() for m in counted)
     one = dt.timedelta(days=1)
     if per_day[day] >= caps.per_day:
@@ -105,7 +116,9 @@ def oracle_caps_ok(history: tuple[SentMessage, ...], channel: Channel, profile: 
 
 # -- strategies --------------------------------------------------------------------
 
-NOW = st.datetimes(min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2027, 12, 31, 23, 59), timezones=st.just(dt.UTC))
+NOW = st.datetimes(
+    min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2027, 12, 31, 23, 59), timezones=st.just(dt.UTC)
+)
 likely = st.sampled_from([True, True, True, True, False])
 unlikely = st.sampled_from([False, False, False, False, True])
 
@@ -273,7 +286,9 @@ def test_decide_case_sends_and_defers_only_to_legal_moments(scenario: tuple[Case
 
 @SETTINGS
 @given(scenarios(), st.sampled_from(list(Channel)))
-def test_one_off_gate_sends_and_defers_only_to_legal_moments(scenario: tuple[CaseSnapshot, dt.datetime], channel: Channel) -> None:
+def test_one_off_gate_sends_and_defers_only_to_legal_moments(
+    scenario: tuple[CaseSnapshot, dt.datetime], channel: Channel
+) -> None:
     snapshot, now = scenario
     d = GATE.decide_channel(snapshot, CATALOG, now, channel, apply_cadence=False)
     assert d == GATE.decide_channel(snapshot, CATALOG, now, channel, apply_cadence=False)

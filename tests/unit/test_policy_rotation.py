@@ -12,8 +12,12 @@ V = ["sms/dpd30/v1", "sms/dpd30/v2", "sms/dpd30/v3"]
 T0 = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC)
 
 
-def sent(template: str, days: int, *, channel: Channel = Channel.SMS, status: MessageStatus = MessageStatus.DELIVERED) -> SentMessage:
-    return SentMessage(channel=channel, at=T0 + dt.timedelta(days=days), status=status, stage="dpd30", template=template)
+def sent(
+    template: str, days: int, *, channel: Channel = Channel.SMS, status: MessageStatus = MessageStatus.DELIVERED
+) -> SentMessage:
+    return SentMessage(
+        channel=channel, at=T0 + dt.timedelta(days=days), status=status, stage="dpd30", template=template
+    )
 
 
 def test_without_history_the_pick_is_crc32_of_case_channel_stage() -> None:
@@ -58,7 +62,10 @@ def test_last_variant_from_another_stage_falls_back_to_the_crc_pick() -> None:
 
 
 def test_single_candidate_is_used_even_if_it_was_the_last() -> None:
-    assert choose_template(["voice/dpd60/v1"], [sent("voice/dpd60/v1", 0, channel=Channel.VOICE)], Channel.VOICE) == "voice/dpd60/v1"
+    assert (
+        choose_template(["voice/dpd60/v1"], [sent("voice/dpd60/v1", 0, channel=Channel.VOICE)], Channel.VOICE)
+        == "voice/dpd60/v1"
+    )
 
 
 def test_no_candidate_gives_none() -> None:

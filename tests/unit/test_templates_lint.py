@@ -143,19 +143,29 @@ def test_voicemail_must_not_name_the_debt(tree: Path, config: Config) -> None:
 
 
 def test_voicemail_must_not_state_the_amount(tree: Path, config: Config) -> None:
-    write(tree, "voice/dpd60/v1.en-US.j2", GOOD_VOICE_EN.replace("Please call us back", "{{ amount_due }}. Please call us back"))
+    write(
+        tree,
+        "voice/dpd60/v1.en-US.j2",
+        GOOD_VOICE_EN.replace("Please call us back", "{{ amount_due }}. Please call us back"),
+    )
     assert about(tree, config, "voice/dpd60/v1.en-US.j2") == ["9: the voicemail must not state an amount"]
 
 
 def test_chinese_voicemail_naming_the_debt(tree: Path, config: Config) -> None:
     path = tree / "voice/dpd60/v1.zh-CN.j2"
-    path.write_text(path.read_text(encoding="utf-8").replace("请您方便时回电", "关于您的欠款，请回电"), encoding="utf-8")
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("请您方便时回电", "关于您的欠款，请回电"), encoding="utf-8"
+    )
     [problem] = about(tree, config, "voice/dpd60/v1.zh-CN.j2")
     assert "voicemail must not name the debt: found '欠'" in problem
 
 
 def test_identity_check_must_not_name_the_debt(tree: Path, config: Config) -> None:
-    write(tree, "voice/dpd60/v1.en-US.j2", GOOD_VOICE_EN.replace("for {{ case.name }}.", "about a debt of {{ case.name }}."))
+    write(
+        tree,
+        "voice/dpd60/v1.en-US.j2",
+        GOOD_VOICE_EN.replace("for {{ case.name }}.", "about a debt of {{ case.name }}."),
+    )
     assert about(tree, config, "voice/dpd60/v1.en-US.j2") == ["1: the identity must not name the debt: found 'debt'"]
 
 
@@ -266,7 +276,11 @@ def test_runtime_errors_are_reported(tree: Path, config: Config) -> None:
 
 
 def test_a_four_segment_sms(tree: Path, config: Config) -> None:
-    write(tree, "sms/dpd30/v1.zh-CN.j2", GOOD_SMS_ZH.replace("应还", "尊敬的客户您好，这是一条很长的提醒短信。" * 3 + "应还"))
+    write(
+        tree,
+        "sms/dpd30/v1.zh-CN.j2",
+        GOOD_SMS_ZH.replace("应还", "尊敬的客户您好，这是一条很长的提醒短信。" * 3 + "应还"),
+    )
     [problem] = about(tree, config, "sms/dpd30/v1.zh-CN.j2")
     assert problem.startswith("1: SMS is 4 segments (UCS-2, ")
     assert problem.endswith("; the limit is 3 (templates.sms_max_segments)")
@@ -341,7 +355,10 @@ def test_an_empty_support_phone_in_the_config(tree: Path, config: Config) -> Non
     us = config.jurisdictions["us"].model_copy(update={"support_phone": ""})
     broken = config.model_copy(update={"jurisdictions": {**config.jurisdictions, "us": us}})
     problems = [str(p) for p in lint_tree(tree, broken, PHRASES)]
-    assert f"{config.source}:1: jurisdictions.us.support_phone is empty; every message needs a customer-service number" in problems
+    assert (
+        f"{config.source}:1: jurisdictions.us.support_phone is empty; every message needs a customer-service number"
+        in problems
+    )
 
 
 # -- one file ------------------------------------------------------------------------

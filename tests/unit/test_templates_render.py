@@ -191,8 +191,12 @@ def test_undefined_attributes_fail_too(tree: Path, config: Config) -> None:
 
 
 def test_undefined_in_a_block_reports_the_block_line(tree: Path, config: Config) -> None:
-    write(tree, "email/dpd30/v9.en-US.j2",
-          "{% block subject %}s{% endblock %}\n{% block text %}\nok\n{{ nope }}\n{% endblock %}\n{% block html %}h{% endblock %}")
+    write(
+        tree,
+        "email/dpd30/v9.en-US.j2",
+        "{% block subject %}s{% endblock %}\n{% block text %}\nok\n{{ nope }}\n{% endblock %}\n"
+        "{% block html %}h{% endblock %}",
+    )
     with pytest.raises(RenderError) as info:
         TemplateSet(tree, config).render("email/dpd30/v9", "en-US", ctx(config, Channel.EMAIL, "en-US"))
     assert (info.value.kind, info.value.line) == ("undefined", 4)
@@ -200,7 +204,13 @@ def test_undefined_in_a_block_reports_the_block_line(tree: Path, config: Config)
 
 @pytest.mark.parametrize(
     "expr",
-    ["''.__class__.__mro__", "case.__class__", "amount_due.__class__.__base__", "lipsum.__globals__", "cycler.__init__"],
+    [
+        "''.__class__.__mro__",
+        "case.__class__",
+        "amount_due.__class__.__base__",
+        "lipsum.__globals__",
+        "cycler.__init__",
+    ],
 )
 def test_the_sandbox_refuses_private_attributes(tree: Path, config: Config, expr: str) -> None:
     write(tree, "sms/dpd30/v9.en-US.j2", "line one\n{{ " + expr + " }}\n")
@@ -294,7 +304,12 @@ def test_context_keys_and_locale_formatting(config: Config) -> None:
             "penalty_explanation", "payment_link", "support_phone", "org_name", "opt_out", "currency"} <= set(c)
     assert c["case"] == {"case_id": case.case_id, "name": "张伟", "first_name": "张伟",
                          "product": "credit_card", "product_name": "信用卡账户"}
-    assert (c["amount_due"], c["principal"], c["penalty"], c["fees"]) == ("¥10,345.00", "¥10,000.00", "¥225.00", "¥0.00")
+    assert (c["amount_due"], c["principal"], c["penalty"], c["fees"]) == (
+        "¥10,345.00",
+        "¥10,000.00",
+        "¥225.00",
+        "¥0.00",
+    )
     assert (c["days_past_due"], c["due_date"], c["currency"]) == (45, "2026年10月23日", "CNY")
     assert (c["support_phone"], c["org_name"], c["payment_link"]) == ("95555", "调度银行", "https://p/1")
 

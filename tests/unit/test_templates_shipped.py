@@ -144,7 +144,9 @@ def test_legal_referral_is_only_ever_stated_as_a_possibility(shipped: TemplateSe
                     assert re.search(r"\bmay\b|可能", sentence), (rel, sentence)
 
 
-def test_voice_scripts_have_identity_check_options_and_a_limited_voicemail(shipped: TemplateSet, config: Config) -> None:
+def test_voice_scripts_have_identity_check_options_and_a_limited_voicemail(
+    shipped: TemplateSet, config: Config
+) -> None:
     for rel, case, ctx, msg in renderings(shipped, config, Channel.VOICE):
         zh = rel.endswith("zh-CN.j2")
         press = (lambda d: f"按{d}") if zh else (lambda d: f"press {d}")
@@ -157,4 +159,6 @@ def test_voice_scripts_have_identity_check_options_and_a_limited_voicemail(shipp
         voicemail = msg.blocks["voicemail"]
         assert ctx["org_name"] in voicemail and ctx["support_phone"] in voicemail, rel
         assert ctx["amount_due"] not in voicemail, rel
-        assert not re.search(r"debt|owe|overdue|past due|payment|loan|credit|欠|逾期|还款|贷款|信用卡", voicemail, re.I), rel
+        assert not re.search(
+            r"debt|owe|overdue|past due|payment|loan|credit|欠|逾期|还款|贷款|信用卡", voicemail, re.I
+        ), rel

@@ -226,7 +226,7 @@ class GroupCommit:
                 batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
                 try:
                     results = await loop.run_in_executor(self._executor, self._apply_many, [p for p, _ in batch])
-                except Exception as exc:  # the executor itself failed (shut down): fail the batch
+                except Exception as exc:  # noqa: BLE001 - the executor itself failed (shut down): fail the batch
                     results = [exc] * len(batch)
                 for (_params, future), result in zip(batch, results, strict=True):
                     if future.done():  # the request was cancelled meanwhile
@@ -364,7 +364,7 @@ class StatusSQL:
         try:
             with self.engine.begin() as conn:
                 return [self._apply_sqlite(conn, params) for params in batch]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - each callback is then applied alone: one bad one fails only itself
             if len(batch) == 1:
                 return [exc]
         results: list[Match | None | BaseException] = []
