@@ -326,13 +326,20 @@ def sandbox_cmd(
     faults: Annotated[
         str | None, typer.Option("--faults", help='e.g. "429:0.05,500:0.05,timeout:0.02,reset:0.02"')
     ] = None,
+    clock_offset_seconds: Annotated[float, typer.Option(
+        "--clock-offset-seconds", help="run the provider's clock this far ahead (negative: behind)")] = 0.0,
+    records: Annotated[str | None, typer.Option(
+        "--records", help="keep the records in this file (JSON lines); a restart reads them back")] = None,
+    drop_callbacks: Annotated[float, typer.Option(
+        "--drop-callbacks", help="share of status callbacks lost (0..1)")] = 0.0,
 ) -> None:
     """A local Twilio-compatible API and an SMTP sink, for demos and tests."""
     from dispatcher.sandbox.server import serve
 
     try:
         serve(host=host, twilio_port=twilio_port, smtp_port=smtp_port, latency_ms=latency_ms,
-              fail_ratio=fail_ratio, faults=faults)
+              fail_ratio=fail_ratio, faults=faults, clock_offset_seconds=clock_offset_seconds,
+              records_path=records, drop_callback_ratio=drop_callbacks)
     except ValueError as exc:
         raise fail(str(exc)) from None
 

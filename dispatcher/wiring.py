@@ -156,9 +156,11 @@ class Runtime:
     def channels(self) -> dict[Channel, ChannelAdapter]:
         """One adapter per channel; the caller owns them (`await adapter.aclose()`)."""
         from dispatcher.channels.registry import build_channels
+        from dispatcher.services.ledger import StoreLedger
 
         try:
-            return build_channels(self.settings, timeout=self.config.sending.provider_timeout_seconds)
+            return build_channels(self.settings, timeout=self.config.sending.provider_timeout_seconds,
+                                  clock=self.clock, ledger=StoreLedger(self.engine))
         except (ValueError, KeyError) as exc:
             raise SetupError(str(exc)) from None
 

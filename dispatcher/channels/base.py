@@ -62,9 +62,40 @@ class ChannelAdapter(Protocol):
         """Find out whether an earlier, ambiguous attempt reached the provider.
 
         Returns the provider's record as a `SendResult`, or None if it has no trace of
-        the message (so a retry cannot duplicate it)."""
+        the message (so a retry cannot duplicate it). When the evidence can neither find
+        the record nor rule a send out, a failed, non-retryable result whose error starts
+        with "outcome unknown:" (at most once: the message is not resent). Raises when
+        the provider cannot be asked at all (the caller tries again later)."""
         ...
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+#: The error prefix of a reconcile that could neither find the message nor rule it out.
+OUTCOME_UNKNOWN = "outcome unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """A message's or call's status as the provider reports it when asked (`fetch_status`),
+    in the terms of its status callbacks, so it can be applied exactly like one."""
+
+    provider_id: str
+    provider_status: str  # the provider's own value, e.g. "delivered", "no-answer"
+    status: MessageStatus  # mapped onto ours
+    final: bool  # the provider will not change it any more
+    error_code: str | None = None
+    answered_by: str | None = None  # calls with machine detection
+    duration: str | None = None  # call seconds
+
+
+class StatusSource(Protocol):
+    """A channel whose provider can be asked for a status (Twilio SMS and voice; the file
+    transport and SMTP have nothing to ask)."""
+
+    async def fetch_status(self, provider_id: str) -> ProviderStatus | None:
+        """The provider's current status of `provider_id`; None if it does not know it.
+        Raises when the provider cannot be asked."""
         ...

@@ -12,6 +12,10 @@ which in twilio 9.13:
   `TwilioRestException` does not carry them, so a 429's `Retry-After` would be lost;
 - costs ~90 µs of CPU per request in aiohttp alone (see `http11`).
 
+Every answer's `Date` header is also read against our clock: `TwilioHttpClient.skew` is
+the provider's clock minus ours as last measured (see `channels.reconcile.ClockSkew`),
+which places an attempt stamped on our clock onto the provider's.
+
 Error codes: `address_outcome` maps a Twilio error code (a refusal, or the `ErrorCode` of
 a failed message's status callback) to a domain `AddressOutcome`; the services act on
 that, never on Twilio's numbers.
@@ -49,6 +53,8 @@ from twilio.rest import Client
 
 from dispatcher.channels.base import SendResult
 from dispatcher.channels.http11 import ConnectError, Http11Client, form_body
+from dispatcher.channels.reconcile import ClockSkew
+from dispatcher.clock import Clock, SystemClock
 from dispatcher.domain import AddressOutcome, MessageStatus
 from dispatcher.logs import mask
 
@@ -106,12 +112,16 @@ def _pairs(values: Mapping[str, Any] | None) -> list[tuple[str, str]]:
 
 class TwilioHttpClient(AsyncHttpClient):
     """The SDK's async HTTP client interface over `http11.Http11Client`, with a working
-    timeout, visible response headers (the 429 probe) and a precomputed auth header."""
+    timeout, visible response headers (the 429 probe), a precomputed auth header, and
+    the provider's clock skew measured from every answer's `Date` header."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, clock: Clock | None = None) -> None:
         super().__init__(logging.getLogger("twilio.http_client"), True, timeout)
         self._http = Http11Client()  # the SDK sends its own User-Agent
         self._auth: tuple[tuple[str, str], str] | None = None
+        self.clock = clock or SystemClock()
+        #: the provider's clock minus ours, from the latest answer with a Date header
+        self.skew: ClockSkew | None = None
 
     def _authorization(self, auth: tuple[str, str]) -> str:
         if self._auth is None or self._auth[0] != auth:
@@ -140,13 +150,27 @@ class TwilioHttpClient(AsyncHttpClient):
         if data:
             body = form_body(_pairs(data))
             sent_headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+        sent_at = self.clock.now()
         status, response_headers, raw = await self._http.request(
             method.upper(), url, headers=sent_headers, body=body, timeout=timeout or self.timeout or 30.0)
+        self._measure_skew(response_headers, sent_at)
         probe = _PROBE.get()
         if probe is not None:
             probe["status"] = status
             probe["headers"] = response_headers
         return Response(status, raw.decode("utf-8", "replace"), response_headers)
+
+    def _measure_skew(self, headers: Mapping[str, str], sent_at: dt.datetime) -> None:
+        value = next((v for k, v in headers.items() if k.lower() == "date"), None)
+        if not value:
+            return
+        try:
+            date = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return
+        if date.tzinfo is None:  # RFC 7231: an HTTP date is GMT
+            date = date.replace(tzinfo=dt.UTC)
+        self.skew = ClockSkew.measure(date, sent_at, self.clock.now())
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -164,14 +188,15 @@ def response_probe() -> Iterator[dict[str, Any]]:
 
 
 def make_client(
-    account_sid: str, auth_token: str, api_url: str | None, timeout: float
+    account_sid: str, auth_token: str, api_url: str | None, timeout: float, clock: Clock | None = None
 ) -> tuple[Client, TwilioHttpClient]:
-    """The official client on our HTTP client; `api_url` overrides the API host (the sandbox)."""
+    """The official client on our HTTP client; `api_url` overrides the API host (the
+    sandbox); `clock` is the one that stamps attempts (the skew is measured against it)."""
     if not account_sid or not auth_token:
         raise ValueError("Twilio needs an account SID and an auth token: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
     if timeout <= 0:
         raise ValueError("timeout must be positive (seconds)")
-    http = TwilioHttpClient(timeout)
+    http = TwilioHttpClient(timeout, clock)
     client = Client(account_sid, auth_token, http_client=http)
     if api_url:
         # TWILIO_REGION / TWILIO_EDGE in the environment would rewrite the overridden host.
@@ -278,8 +303,3 @@ def result_for_error(exc: BaseException, probe: Mapping[str, Any], what: str) ->
         ambiguous=True,
         error=f"unexpected error ({name}); {what} may have been created",
     )
-
-
-def created_at_or_after(created: dt.datetime | None, floor: dt.datetime) -> bool:
-    """Whether a provider record (second resolution, UTC) may belong to an attempt since `floor`."""
-    return created is None or created >= floor

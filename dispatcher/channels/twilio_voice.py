@@ -9,20 +9,47 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from dispatcher.channels.base import OutboundMessage, SendResult
+from twilio.base.exceptions import TwilioRestException
+
+from dispatcher.channels.base import OutboundMessage, ProviderStatus, SendResult
+from dispatcher.channels.reconcile import Ledger, NoLedger, Outcome, ProviderRecord
 from dispatcher.channels.twilio_client import (
     CALL_STATUS,
-    created_at_or_after,
     make_client,
     mask,
     response_probe,
     result_for_error,
 )
+from dispatcher.channels.twilio_reconcile import (
+    attempt_for,
+    gather_and_decide,
+    log_verdict,
+    record_result,
+    unknown_result,
+    walk,
+)
+from dispatcher.clock import Clock
 from dispatcher.domain import Channel, MessageStatus
 
 log = logging.getLogger("dispatcher.channels.twilio_voice")
+
+#: Twilio call statuses after which nothing changes any more.
+FINAL_CALL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+
+
+def _record(instance: Any) -> ProviderRecord:
+    return ProviderRecord(
+        sid=instance.sid or "",
+        to=instance.to or "",
+        sender=instance._from,  # the SDK's CallInstance keeps From as `_from`
+        service=None,
+        body=None,
+        created=instance.date_created,
+        dated=instance.start_time is not None,
+        status=instance.status,
+    )
 
 
 class TwilioVoiceChannel:
@@ -32,11 +59,13 @@ class TwilioVoiceChannel:
     name: ClassVar[str] = "twilio-voice"
     status_callback_events: ClassVar[tuple[str, ...]] = ("initiated", "ringing", "answered", "completed")
     machine_detection: ClassVar[str] = "DetectMessageEnd"
-    clock_skew: ClassVar[dt.timedelta] = dt.timedelta(minutes=2)
-    reconcile_scan_limit: ClassVar[int] = 200
+    #: Each walk of `reconcile` reads at most this many calls to the number.
+    reconcile_scan_limit: ClassVar[int] = 1000
 
-    def __init__(self, account_sid: str, auth_token: str, api_url: str | None = None, timeout: float = 15.0) -> None:
-        self._client, self._http = make_client(account_sid, auth_token, api_url, timeout)
+    def __init__(self, account_sid: str, auth_token: str, api_url: str | None = None, timeout: float = 15.0, *,
+                 clock: Clock | None = None, ledger: Ledger | None = None) -> None:
+        self._client, self._http = make_client(account_sid, auth_token, api_url, timeout, clock)
+        self._ledger: Ledger = ledger or NoLedger()
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """Place the call once. Never raises for provider or transport errors."""
@@ -64,31 +93,63 @@ class TwilioVoiceChannel:
         return SendResult(provider_id=created.sid, status=CALL_STATUS.get(created.status or "", MessageStatus.SENT))
 
     async def reconcile(self, message: OutboundMessage, since: dt.datetime) -> SendResult | None:
-        """Look for a call to the number from our caller number created since `since`.
+        """Whether the ambiguous call attempt stamped at `since` (our clock) reached Twilio.
 
-        Twilio's call records do not show the TwiML URL, so a call is recognised by
-        (To, From, time). One match is the call. Several (only possible if the caps
-        were bypassed) are reported as the newest one: claiming "sent" when unsure never
-        calls anyone twice. None only when Twilio's list reaches `since` without one.
-        """
-        floor = since.astimezone(dt.UTC).replace(microsecond=0) - self.clock_skew
-        kwargs: dict[str, object] = {"to": message.to, "page_size": 50}
-        if message.sender:
-            kwargs["from_"] = message.sender
-        matches = []
-        stream = await self._client.api.account.calls.stream_async(**kwargs)
-        async for record in stream:
-            if not created_at_or_after(record.date_created, floor):
-                break
-            matches.append(record)
-            if len(matches) > self.reconcile_scan_limit:
-                raise RuntimeError(f"reconcile: more than {self.reconcile_scan_limit} recent calls to the number")
-        if not matches:
+        Twilio's call records show neither our TwiML URL nor our status callback, so a
+        call is ours when our webhooks named its SID (`?m=` on both URLs), or when it has
+        our destination and caller number, was created after the attempt began (Twilio's
+        clock) and no other call of ours to that number lacks a known SID: two cases
+        sharing a phone never take each other's call. Otherwise "outcome unknown"
+        (see `channels.reconcile`). Raises when Twilio cannot be asked."""
+        attempt = attempt_for(message, since, compare_body=False)
+        calls = self._client.api.account.calls
+        filters: dict[str, object] = {"to": message.to}
+        if attempt.sender:
+            filters["from_"] = attempt.sender
+        verdict = await gather_and_decide(
+            attempt,
+            unfiltered=lambda: walk(calls.stream_async, self.reconcile_scan_limit, **filters),
+            dated=lambda day: walk(calls.stream_async, self.reconcile_scan_limit, start_time_after=day, **filters),
+            to_record=_record,
+            skew=lambda: self._http.skew,
+            ledger=self._ledger,
+            limit=self.reconcile_scan_limit,
+        )
+        log_verdict(message, verdict)
+        if verdict.outcome is Outcome.ABSENT:
             return None
-        newest = max(matches, key=lambda r: r.date_created or dt.datetime.min.replace(tzinfo=dt.UTC))
-        note = None if len(matches) == 1 else f"{len(matches)} calls to the number since the attempt; took the newest"
-        return SendResult(
-            provider_id=newest.sid, status=CALL_STATUS.get(newest.status or "", MessageStatus.SENT), error=note
+        if verdict.outcome is Outcome.UNKNOWN:
+            return unknown_result(verdict)
+        assert verdict.sid is not None
+        record = verdict.record or await self._fetch_record(verdict.sid)
+        if record is None:  # our webhook named a SID the list does not show: it was placed
+            return SendResult(provider_id=verdict.sid, status=MessageStatus.SENT, error="reconciled")
+        return record_result(record, CALL_STATUS, None)
+
+    async def _fetch(self, sid: str) -> Any | None:
+        try:
+            return await self._client.api.account.calls(sid).fetch_async()
+        except TwilioRestException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _fetch_record(self, sid: str) -> ProviderRecord | None:
+        found = await self._fetch(sid)
+        return None if found is None else _record(found)
+
+    async def fetch_status(self, provider_id: str) -> ProviderStatus | None:
+        """The call's status at Twilio now (the status repair job); None if unknown to it."""
+        found = await self._fetch(provider_id)
+        if found is None or not found.status:
+            return None
+        return ProviderStatus(
+            provider_id=provider_id,
+            provider_status=found.status,
+            status=CALL_STATUS.get(found.status, MessageStatus.SENT),
+            final=found.status in FINAL_CALL_STATUSES,
+            answered_by=found.answered_by,
+            duration=found.duration,
         )
 
     async def aclose(self) -> None:

@@ -60,10 +60,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class AsgiServer:
     """Serve an ASGI app with uvicorn (httptools) until `stop()`."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, date_header: bool = True) -> None:
         self.app = app
         self.host = host
         self.port = port
+        #: uvicorn's own Date header (the system clock); off when the app sets its own
+        self.date_header = date_header
         self._transports: dict[Any, asyncio.Transport] = {}
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +90,7 @@ class AsgiServer:
             access_log=False,
             timeout_keep_alive=75,
             timeout_graceful_shutdown=2,
+            date_header=self.date_header,
         )
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,12 @@ class SandboxOptions:
     auth_token: str = DEFAULT_AUTH_TOKEN
     seed: int | None = None  # seeds every random choice (faults, failures, duplicates)
     clock: Clock | None = None  # timestamps of records (share the demo's simulated clock)
+    #: the sandbox's clock runs this far ahead of `clock` (negative: behind): a provider
+    #: whose clock is skewed from the dispatcher's (records' dates, the Date header)
+    clock_offset_seconds: float = 0.0
+    #: keep the Twilio records in this file (JSON lines) and read them back at start:
+    #: a restarted sandbox still answers fetch and list for what it received before
+    records_path: str | None = None
 
     # Twilio API behaviour
     latency_ms: float = 0.0  # added to every Twilio API response
@@ -75,10 +82,17 @@ class SandboxOptions:
     undeliverable_numbers: frozenset[str] = frozenset()  # accepted, then undelivered (30003)
     timeout_hold_s: float = 30.0  # how long a `timeout` fault holds the response back
     retry_after_s: int = 1  # Retry-After of a `429` fault
+    #: where a list shows records without its sort date (a message not yet sent, a call
+    #: not yet dialled): first or last; Twilio does not document it (see `listing`)
+    undated_first: bool = True
+    #: a Messaging Service with Smart Encoding on: its messages' Unicode look-alikes are
+    #: replaced by GSM-7 characters unless the request says `SmartEncoded=false`
+    smart_encoding: bool = False
 
     # status callbacks
     callback_delay_ms: float = 10.0  # before each status transition / callback
     duplicate_ratio: float = 0.0  # share of callbacks delivered twice
+    drop_callback_ratio: float = 0.0  # share of callbacks never delivered (lost)
     shuffle_callbacks: bool = False  # deliver a resource's callbacks in random order, after the fact
 
     # calls
@@ -95,7 +109,7 @@ class SandboxOptions:
     def __post_init__(self) -> None:
         if self.faults is None or isinstance(self.faults, str):
             object.__setattr__(self, "faults", FaultPlan.parse(self.faults))
-        for name in ("fail_ratio", "duplicate_ratio"):
+        for name in ("fail_ratio", "duplicate_ratio", "drop_callback_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
@@ -126,3 +140,14 @@ class SandboxOptions:
             if fnmatch.fnmatchcase(lowered, pattern.lower()):
                 return kind
         return None
+
+
+class OffsetClock:
+    """Another clock, shifted by a fixed number of seconds (a provider's skewed clock)."""
+
+    def __init__(self, base: Clock, offset_seconds: float) -> None:
+        self.base = base
+        self.offset = dt.timedelta(seconds=offset_seconds)
+
+    def now(self) -> dt.datetime:
+        return self.base.now() + self.offset

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import random
 import re
 from collections.abc import Awaitable, Mapping
@@ -36,6 +37,13 @@ from dispatcher.sandbox.webhooks import WebhookClient
 
 API_VERSION = "2010-04-01"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_URL = re.compile(r"https?://\S+")
+#: Smart Encoding: Unicode look-alikes and the GSM-7 characters Twilio puts instead
+SMART_ENCODING = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u201c": '"', "\u201d": '"', "\u201e": '"',
+    "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u00a0": " ", "\u2009": " ", "\u2026": "...",
+    "\u02bc": "'", "\uff0c": ",", "\u2022": "-",
+})
 MAX_BODY_CHARS = 1600
 CALL_EVENTS = ("initiated", "ringing", "answered", "completed")
 
@@ -77,6 +85,9 @@ class TwilioSimulator:
         self.faults = FaultInjector(options.fault_plan, self._rng(seed, "faults"))
         self._outcomes = self._rng(seed, "outcomes")
         self._callbacks = self._rng(seed, "callbacks")
+        self._drops = self._rng(seed, "drops")
+        #: share of status callbacks lost (a fault; `POST /sandbox/faults` may change it)
+        self.drop_callback_ratio = options.drop_callback_ratio
         self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -126,6 +137,7 @@ class TwilioSimulator:
             raise TwilioError(400, 21211, "Invalid 'To' Phone Number")
         if len(body or "") > MAX_BODY_CHARS:
             raise TwilioError(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
+        body = self._rewrite_body(body or "", service, _one(form, "SmartEncoded"), _one(form, "ShortenUrls"))
         now = self.now()
         record = MessageRecord(
             seq=self.recorder.next_seq(),
@@ -134,7 +146,7 @@ class TwilioSimulator:
             to=to,
             from_=from_,
             messaging_service_sid=service,
-            body=body or "",
+            body=body,
             status_callback=_one(form, "StatusCallback"),
             status="queued" if from_ else "accepted",
             date_created=now,
@@ -144,6 +156,19 @@ class TwilioSimulator:
         self.recorder.add_message(record)
         self.spawn(self._message_lifecycle(record))
         return record
+
+    def _rewrite_body(self, body: str, service: str | None, smart: str | None, shorten: str | None) -> str:
+        """What Twilio stores and sends: Smart Encoding replaces Unicode look-alikes
+        (asked for, or the Messaging Service's setting unless `SmartEncoded=false`), link
+        shortening rewrites URLs (`ShortenUrls=true`, Messaging Services only)."""
+        if (smart or "").lower() == "true" or (smart is None and service and self.options.smart_encoding):
+            body = body.translate(SMART_ENCODING)
+        if (shorten or "").lower() == "true":
+            if not service:
+                raise TwilioError(400, 21602, "ShortenUrls requires a MessagingServiceSid.")
+            body = _URL.sub(lambda m: "https://lnk.sandbox.test/" + hashlib.sha1(m.group().encode()).hexdigest()[:8],
+                            body)
+        return body
 
     def _message_outcome(self, record: MessageRecord) -> tuple[str, int | None, str | None]:
         if record.to in self.options.undeliverable_numbers:
@@ -165,10 +190,11 @@ class TwilioSimulator:
                 now = self.now()
                 record.status = step
                 record.date_updated = now
-                if step == "sent":
+                if step == "sent" and record.date_sent is None:
                     record.date_sent = now
                 if step in ("failed", "undelivered"):
                     record.error_code, record.error_message = code, message
+                self.recorder.touch(record)
             if record.status_callback:
                 params = self._message_callback(record, step)
                 if self.options.shuffle_callbacks:
@@ -179,6 +205,7 @@ class TwilioSimulator:
             self._callbacks.shuffle(held)
             for params in held:
                 await self._deliver(record.callbacks, record.status_callback, params)
+        self.recorder.touch(record)  # with its callbacks
 
     def _message_callback(self, record: MessageRecord, status: str) -> dict[str, str]:
         params = {
@@ -249,15 +276,19 @@ class TwilioSimulator:
         if behaviour.outcome == "failed":
             await progress.final("failed")
             return
+        with self.recorder.lock:
+            record.start_time = self.now()  # dialled (Twilio: "empty if not yet dialed")
         await progress.step("initiated", "initiated")
         await asyncio.sleep(delay)
         await progress.step("ringing", "ringing")
         await asyncio.sleep(delay)
         if behaviour.outcome in ("busy", "no-answer"):
+            with self.recorder.lock:
+                record.end_time = self.now()
             await progress.final(behaviour.outcome)
             return
         with self.recorder.lock:
-            record.start_time = self.now()
+            answered = self.now()
             if record.machine_detection:
                 record.answered_by = behaviour.answered_by
         await progress.step("in-progress", "answered")
@@ -266,8 +297,25 @@ class TwilioSimulator:
         seconds = await player.play()
         with self.recorder.lock:
             record.duration = behaviour.talk_seconds if behaviour.talk_seconds is not None else seconds
-            record.end_time = record.start_time + dt.timedelta(seconds=record.duration)
+            record.end_time = answered + dt.timedelta(seconds=record.duration)
         await progress.final("completed")
+
+    def resume(self) -> None:
+        """After a restart with kept records: carry on with what was under way when the
+        sandbox stopped (a provider's calls and deliveries go on while its API is down)."""
+        with self.recorder.lock:
+            messages = [m for m in self.recorder.messages if m.status in ("queued", "accepted", "sending", "sent")]
+            calls = [c for c in self.recorder.calls if c.status in ("queued", "initiated", "ringing", "in-progress")]
+        for message in messages:
+            self.spawn(self._message_lifecycle(message))
+        for call in calls:
+            if call.status == "in-progress":
+                with self.recorder.lock:
+                    call.duration = call.duration or 0
+                    call.end_time = self.now()
+                self.spawn(_CallProgress(self, call).final("completed"))
+            else:
+                self.spawn(self._call_lifecycle(call))
 
     def _call_params(self, record: CallRecord, status: str) -> dict[str, str]:
         params = {
@@ -315,8 +363,12 @@ class TwilioSimulator:
     # -- delivery ----------------------------------------------------------------------
 
     async def _deliver(self, log: list[dict[str, Any]], url: str, params: dict[str, str]) -> None:
-        copies = 2 if self.options.duplicate_ratio and self._callbacks.random() < self.options.duplicate_ratio else 1
         status = params.get("MessageStatus") or params.get("CallStatus")
+        if self.drop_callback_ratio and self._drops.random() < self.drop_callback_ratio:
+            with self.recorder.lock:
+                log.append({"status": status, "http_status": None, "error": "dropped (fault)", "dropped": True})
+            return
+        copies = 2 if self.options.duplicate_ratio and self._callbacks.random() < self.options.duplicate_ratio else 1
         for _ in range(copies):
             reply = await self.client.signed(url, params)
             with self.recorder.lock:
@@ -340,6 +392,7 @@ class _CallProgress:
         with self.sim.recorder.lock:
             self.record.status = status
             self.record.date_updated = self.sim.now()
+            self.sim.recorder.touch(self.record)
         if self._wants(event):
             await self._emit(self.sim._call_params(self.record, status))
 
@@ -347,6 +400,7 @@ class _CallProgress:
         with self.sim.recorder.lock:
             self.record.status = status
             self.record.date_updated = self.sim.now()
+            self.sim.recorder.touch(self.record)
         if self._wants("completed"):
             params = self.sim._call_params(self.record, status)
             duration = str(self.record.duration or 0)
@@ -356,6 +410,7 @@ class _CallProgress:
             self.sim._callbacks.shuffle(self.held)
             for params in self.held:
                 await self.sim._deliver(self.record.callbacks, self.record.status_callback, params)
+        self.sim.recorder.touch(self.record)  # with its callbacks, spoken texts and keys
 
     async def _emit(self, params: dict[str, str]) -> None:
         assert self.record.status_callback

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Protocol
 
 
 def new_sid(prefix: str) -> str:
@@ -184,10 +184,20 @@ class EmailRecord:
         }
 
 
-class Recorder:
-    """All records of one sandbox, guarded by one lock."""
+class RecordSink(Protocol):
+    """Where record states are kept beyond the process (`record_file.RecordFile`)."""
 
-    def __init__(self) -> None:
+    def write(self, record: MessageRecord | CallRecord | EmailRecord) -> None: ...
+
+    def truncate(self) -> None: ...
+
+
+class Recorder:
+    """All records of one sandbox, guarded by one lock; with a sink, every new record and
+    every `touch` is written through to it."""
+
+    def __init__(self, sink: RecordSink | None = None) -> None:
+        self.sink = sink
         self.lock = threading.RLock()
         self._seq = 0
         self.messages: list[MessageRecord] = []
@@ -207,15 +217,38 @@ class Recorder:
         with self.lock:
             self.messages.append(record)
             self.messages_by_sid[record.sid] = record
+            self.touch(record)
 
     def add_call(self, record: CallRecord) -> None:
         with self.lock:
             self.calls.append(record)
             self.calls_by_sid[record.sid] = record
+            self.touch(record)
 
     def add_email(self, record: EmailRecord) -> None:
         with self.lock:
             self.emails.append(record)
+            self.touch(record)
+
+    def touch(self, record: MessageRecord | CallRecord | EmailRecord) -> None:
+        """Keep the record's current state (after a change), if there is a sink."""
+        if self.sink is not None:
+            with self.lock:
+                self.sink.write(record)
+
+    def restore(self, records: list[MessageRecord | CallRecord | EmailRecord]) -> None:
+        """Take back records kept by an earlier run (no write-through)."""
+        with self.lock:
+            for record in records:
+                if isinstance(record, MessageRecord):
+                    self.messages.append(record)
+                    self.messages_by_sid[record.sid] = record
+                elif isinstance(record, CallRecord):
+                    self.calls.append(record)
+                    self.calls_by_sid[record.sid] = record
+                else:
+                    self.emails.append(record)
+                self._seq = max(self._seq, record.seq)
 
     def reset(self) -> None:
         with self.lock:
@@ -226,6 +259,8 @@ class Recorder:
             self.inbound.clear()
             self.messages_by_sid.clear()
             self.calls_by_sid.clear()
+            if self.sink is not None:
+                self.sink.truncate()
 
     # -- snapshots --------------------------------------------------------------------
 

@@ -17,10 +17,11 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from dispatcher.channels.http11 import Http11Client
-from dispatcher.clock import SystemClock
+from dispatcher.clock import Clock, SystemClock
 from dispatcher.sandbox.asgi_server import AsgiServer
-from dispatcher.sandbox.options import SandboxOptions
+from dispatcher.sandbox.options import OffsetClock, SandboxOptions
 from dispatcher.sandbox.provider import TwilioSimulator
+from dispatcher.sandbox.record_file import RecordFile
 from dispatcher.sandbox.records import EmailRecord, Recorder
 from dispatcher.sandbox.smtp_sink import SinkHandler, make_smtp_protocol
 from dispatcher.sandbox.twilio_api import TwilioApi
@@ -42,8 +43,11 @@ class Sandbox:
 
     def __init__(self, options: SandboxOptions | None = None, **overrides: Any) -> None:
         self.options = replace(options, **overrides) if options is not None else SandboxOptions(**overrides)
-        self.clock = self.options.clock or SystemClock()
-        self.recorder = Recorder()
+        base = self.options.clock or SystemClock()
+        self.clock: Clock = (OffsetClock(base, self.options.clock_offset_seconds)
+                             if self.options.clock_offset_seconds else base)
+        self._record_file = RecordFile(self.options.records_path) if self.options.records_path else None
+        self.recorder = Recorder(self._record_file)
         self.simulator: TwilioSimulator | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._client: WebhookClient | None = None
@@ -97,9 +101,13 @@ class Sandbox:
         if smtp_log.level == logging.NOTSET:
             smtp_log.setLevel(logging.WARNING)
         self.loop = asyncio.get_running_loop()
+        if self._record_file is not None:
+            self.recorder.restore(self._record_file.load())
         self._client = WebhookClient(self.options.auth_token)
         self.simulator = TwilioSimulator(self.options, self.recorder, self._client, self.clock)
-        self._http = AsgiServer(app=None, host=self.options.host, port=self.options.twilio_port)  # type: ignore[arg-type]
+        # no Date header from uvicorn (the system clock): the app sets the sandbox clock's
+        self._http = AsgiServer(app=None, host=self.options.host, port=self.options.twilio_port,  # type: ignore[arg-type]
+                                date_header=False)
         self._api = TwilioApi(lambda: self.options, self.simulator, self._http.transport_for)
         self._http.app = self._api.app()
         try:
@@ -114,6 +122,7 @@ class Sandbox:
 
             self._smtp = await loop.create_server(session, self.options.host, self.options.smtp_port)
             self._smtp_port = self._smtp.sockets[0].getsockname()[1]
+            self.simulator.resume()
         except BaseException:
             await self.stop()
             raise
@@ -140,6 +149,8 @@ class Sandbox:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._record_file is not None:
+            self._record_file.close()
 
     async def __aenter__(self) -> Sandbox:
         await self.start()

@@ -171,6 +171,7 @@ class SinkHandler:
             entry.update(http_status=reply.status, error=reply.error)
         with self.recorder.lock:
             record.bounces.append(entry)
+            self.recorder.touch(record)
 
 
 def make_smtp_protocol(handler: SinkHandler, loop: asyncio.AbstractEventLoop, hostname: str) -> SMTP:

@@ -4,12 +4,13 @@ Twilio resources (HTTP Basic auth with the sandbox's account SID and auth token)
 
 - `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` — To, From | MessagingServiceSid,
   Body, StatusCallback → 201 and the message JSON
-- `GET  .../Messages.json` — filters To, From, DateSent, DateSent<, DateSent> (a date
-  `YYYY-MM-DD` or an instant); PageSize, Page, PageToken; newest first
+- `GET  .../Messages.json` — filters To, From, DateSent, DateSent<, DateSent> (dates);
+  PageSize, Page, PageToken; newest first by DateSent (see `listing`)
 - `GET  .../Messages/{Sid}.json`
 - `POST .../Calls.json` — To, From, Url | Twiml, Method, StatusCallback,
   StatusCallbackEvent (repeated), MachineDetection → 201 and the call JSON
-- `GET  .../Calls.json` — filters To, From, Status, StartTime(<,>), EndTime(<,>); paging
+- `GET  .../Calls.json` — filters To, From, Status, StartTime(<,>), EndTime(<,>); paging;
+  newest first by StartTime
 - `GET  .../Calls/{Sid}.json`
 
 Sandbox control (no auth; loopback only):
@@ -18,8 +19,9 @@ Sandbox control (no auth; loopback only):
   lists of what was received, each entry with `count` (duplicates show)
 - `POST /sandbox/inbound` `{"from", "to", "body", "url"}`: POST a signed inbound SMS to
   `url`; answers `{"message_sid", "status", "body", "error"}` (the webhook's answer)
-- `POST /sandbox/faults` `{"faults": "429:0.1,...", "next": ["reset", ...]}`: change the
-  fault plan / force the next faults
+- `POST /sandbox/faults` `{"faults": "429:0.1,...", "next": ["reset", ...],
+  "drop_callbacks": 0.2}`: change the fault plan / force the next faults / lose a share
+  of the status callbacks
 - `POST /sandbox/reset`: forget every record
 """
 
@@ -29,22 +31,23 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import datetime as dt
 import hmac
 import json
 import socket
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.sandbox.faults import CREATED_KINDS, FaultPlan, FaultSpecError
+from dispatcher.sandbox.listing import PAGING_PARAMS, date_filters, matches_dates, ordered, page
 from dispatcher.sandbox.options import SandboxOptions
 from dispatcher.sandbox.provider import API_VERSION, TwilioError, TwilioSimulator, rfc2822
 from dispatcher.sandbox.records import CallRecord, MessageRecord
@@ -156,43 +159,6 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-def _parse_instant(text: str) -> tuple[dt.date | dt.datetime, bool]:
-    """(value, is_date) of a filter value: `YYYY-MM-DD` or an ISO 8601 instant (UTC if naive)."""
-    text = text.strip()
-    if len(text) == 10:
-        return dt.date.fromisoformat(text), True
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)), False
-
-
-def _time_filters(query: Mapping[str, str], name: str) -> list[tuple[str, dt.date | dt.datetime, bool]]:
-    """Comparisons for `Name`, `Name<`, `Name>`, `Name<=`, `Name>=` (Twilio's `<`/`>` are inclusive)."""
-    out = []
-    for suffix, op in (("", "="), ("<", "<="), ("<=", "<="), (">", ">="), (">=", ">=")):
-        raw = query.get(name + suffix)
-        if raw:
-            try:
-                value, is_date = _parse_instant(raw)
-            except ValueError:
-                raise TwilioError(400, 20001, f"Invalid {name}{suffix} value {raw!r}") from None
-            out.append((op, value, is_date))
-    return out
-
-
-def _matches_time(value: dt.datetime | None, filters: Iterable[tuple[str, dt.date | dt.datetime, bool]]) -> bool:
-    for op, bound, is_date in filters:
-        if value is None:
-            return False
-        left: dt.date | dt.datetime = value.astimezone(dt.UTC).date() if is_date else value
-        if op == "=" and left != bound:
-            return False
-        if op == "<=" and left > bound:
-            return False
-        if op == ">=" and left < bound:
-            return False
-    return True
-
-
 class TwilioApi:
     """Builds the Starlette app for one sandbox: its current options (read per request:
     a test may replace the sandbox's options while it runs, e.g. to add latency), the
@@ -206,9 +172,10 @@ class TwilioApi:
         self.connections = connections
         self.stopping = asyncio.Event()
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
+        """The routes, every answer with a `Date` header from the sandbox's clock."""
         prefix = f"/{API_VERSION}/Accounts/{{account_sid}}"
-        return Starlette(
+        routes = Starlette(
             routes=[
                 Route(f"{prefix}/Messages.json", self.create_message, methods=["POST"]),
                 Route(f"{prefix}/Messages.json", self.list_messages, methods=["GET"]),
@@ -227,6 +194,24 @@ class TwilioApi:
                 Route("/sandbox/health", self.health, methods=["GET"]),
             ]
         )
+
+        async def dated(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await routes(scope, receive, send)
+                return
+
+            async def send_dated(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    # Twilio's clock, as a client sees it (RFC 7231 IMF-fixdate): a
+                    # client measures its skew from this (see `clock_offset_seconds`).
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                    headers.append((b"date", format_datetime(self.sim.now(), usegmt=True).encode()))
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await routes(scope, receive, send_dated)
+
+        return dated
 
     # -- guards ------------------------------------------------------------------------
 
@@ -328,88 +313,54 @@ class TwilioApi:
         if (denied := await self._guard(request)) is not None:
             return denied
         query = request.query_params
+        to, from_ = query.get("To"), query.get("From")
         try:
-            sent = _time_filters(query, "DateSent")
+            sent = date_filters(query, "DateSent")
+
+            def keep(m: MessageRecord) -> bool:
+                return (not to or m.to == to) and (not from_ or m.from_ == from_) and matches_dates(m.date_sent, sent)
+
+            with self.sim.recorder.lock:
+                records = ordered((m for m in self.sim.recorder.messages if keep(m)), lambda m: m.date_sent,
+                                  lambda m: (m.date_created, m.seq), undated_first=self._options().undated_first)
+                body = self._page(request, "messages", records, message_json)
         except TwilioError as exc:
             return _error(exc)
-        to, from_ = query.get("To"), query.get("From")
-
-        def keep(m: MessageRecord) -> bool:
-            return (
-                (not to or m.to == to)
-                and (not from_ or m.from_ == from_)
-                and _matches_time(m.date_sent, sent)
-            )
-
-        with self.sim.recorder.lock:
-            records = [m for m in self.sim.recorder.messages if keep(m)]
-        return self._page(request, "messages", records, message_json)
+        return JSONResponse(body)
 
     async def list_calls(self, request: Request) -> Response:
         if (denied := await self._guard(request)) is not None:
             return denied
         query = request.query_params
+        to, from_, status = query.get("To"), query.get("From"), query.get("Status")
         try:
-            started = _time_filters(query, "StartTime")
-            ended = _time_filters(query, "EndTime")
+            started = date_filters(query, "StartTime")
+            ended = date_filters(query, "EndTime")
+
+            def keep(c: CallRecord) -> bool:
+                return (
+                    (not to or c.to == to)
+                    and (not from_ or c.from_ == from_)
+                    and (not status or c.status == status)
+                    and matches_dates(c.start_time, started)
+                    and matches_dates(c.end_time, ended)
+                )
+
+            with self.sim.recorder.lock:
+                records = ordered((c for c in self.sim.recorder.calls if keep(c)), lambda c: c.start_time,
+                                  lambda c: (c.date_created, c.seq), undated_first=self._options().undated_first)
+                body = self._page(request, "calls", records, call_json)
         except TwilioError as exc:
             return _error(exc)
-        to, from_, status = query.get("To"), query.get("From"), query.get("Status")
+        return JSONResponse(body)
 
-        def keep(c: CallRecord) -> bool:
-            return (
-                (not to or c.to == to)
-                and (not from_ or c.from_ == from_)
-                and (not status or c.status == status)
-                and _matches_time(c.start_time, started)
-                and _matches_time(c.end_time, ended)
-            )
-
-        with self.sim.recorder.lock:
-            records = [c for c in self.sim.recorder.calls if keep(c)]
-        return self._page(request, "calls", records, call_json)
-
-    def _page(
-        self, request: Request, key: str, records: list[Any], render: Callable[[Any], dict[str, Any]]
-    ) -> Response:
-        """Newest first; `PageToken=PA<seq>` continues below that sequence number."""
+    @staticmethod
+    def _page(request: Request, key: str, records: list[Any], render: Callable[[Any], dict[str, Any]]
+              ) -> dict[str, Any]:
         query = request.query_params
-        try:
-            page_size = max(1, min(1000, int(query.get("PageSize") or 50)))
-            page = max(0, int(query.get("Page") or 0))
-            token = query.get("PageToken") or ""
-            below = int(token[2:]) if token.startswith("PA") else None
-        except ValueError:
-            return _error(TwilioError(400, 20001, "Invalid paging parameter"))
-        records = sorted(records, key=lambda r: r.seq, reverse=True)
-        if below is not None:
-            records = [r for r in records if r.seq < below]
-        items = records[:page_size]
-        filters = [(k, v) for k, v in query.multi_items() if k not in ("Page", "PageSize", "PageToken")]
-        path = request.url.path
-
-        def uri(extra: list[tuple[str, str]]) -> str:
-            return f"{path}?{urlencode(filters + extra)}"
-
-        with self.sim.recorder.lock:
-            rendered = [render(r) for r in items]
-        start = page * page_size
-        next_uri = None
-        if len(records) > page_size:
-            next_uri = uri([("PageSize", str(page_size)), ("Page", str(page + 1)), ("PageToken", f"PA{items[-1].seq}")])
-        return JSONResponse(
-            {
-                key: rendered,
-                "end": start + max(len(items), 1) - 1,
-                "first_page_uri": uri([("PageSize", str(page_size)), ("Page", "0")]),
-                "next_page_uri": next_uri,
-                "page": page,
-                "page_size": page_size,
-                "previous_page_uri": None,
-                "start": start,
-                "uri": uri([("PageSize", str(page_size)), ("Page", str(page))]),
-            }
-        )
+        filters = [(k, v) for k, v in query.multi_items() if k not in PAGING_PARAMS]
+        return page(query, filters, request.url.path, key, records, lambda r: str(r.sid),
+                    lambda items: [render(r) for r in items])
 
     # -- sandbox control ---------------------------------------------------------------
 
@@ -443,10 +394,16 @@ class TwilioApi:
             payload = json.loads(await request.body() or b"{}")
             if "faults" in payload:
                 self.sim.faults.plan = FaultPlan.parse(str(payload["faults"]))
+            if "drop_callbacks" in payload:
+                ratio = float(payload["drop_callbacks"])
+                if not 0.0 <= ratio <= 1.0:
+                    raise ValueError("drop_callbacks must be between 0 and 1")
+                self.sim.drop_callback_ratio = ratio
             self.sim.faults.force(*[str(k) for k in payload.get("next", [])])
         except (ValueError, FaultSpecError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse({"faults": str(self.sim.faults.plan), "next": self.sim.faults.forced})
+        return JSONResponse({"faults": str(self.sim.faults.plan), "next": self.sim.faults.forced,
+                             "drop_callbacks": self.sim.drop_callback_ratio})
 
     async def sandbox_drain(self, request: Request) -> Response:
         """Wait until every callback, call flow and bounce in flight is done:

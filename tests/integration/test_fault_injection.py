@@ -34,6 +34,7 @@ from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.window import is_legal
 from dispatcher.sandbox import run_sandbox_in_thread
 from dispatcher.services.importer import import_file
+from dispatcher.services.ledger import StoreLedger
 from dispatcher.services.outbox import Sender, SendSummary
 from dispatcher.services.planner import local_day, run_planner
 from dispatcher.services.portfolio import generate_cases, write_csv
@@ -107,10 +108,11 @@ async def test_twenty_percent_faults_every_message_sent_once_or_failed_never_out
             settings = Settings(twilio_account_sid=sandbox.account_sid, twilio_auth_token=sandbox.auth_token,
                                 twilio_api_url=sandbox.twilio_url, smtp_url=sandbox.smtp_url,
                                 public_url="http://127.0.0.1:9")  # callbacks and TwiML fetches fail: not needed
-            channels = build_channels(settings, timeout=CLIENT_TIMEOUT_S)
+            channels = build_channels(settings, timeout=CLIENT_TIMEOUT_S, clock=clock, ledger=StoreLedger(engine))
             signer = LinkSigner("fault-test-key-0123456789")
             sender = Sender(engine, cfg, templates, channels, clock, signer, settings.public_url, "faulty")
-            doomed_channels = build_channels(settings, timeout=CLIENT_TIMEOUT_S)
+            doomed_channels = build_channels(settings, timeout=CLIENT_TIMEOUT_S, clock=clock,
+                                             ledger=StoreLedger(engine))
             try:
                 while True:
                     passes += 1

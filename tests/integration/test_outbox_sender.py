@@ -40,6 +40,7 @@ from dispatcher.links import LinkSigner
 from dispatcher.policy import Gate
 from dispatcher.sandbox import Sandbox, run_sandbox_in_thread
 from dispatcher.sandbox.asgi_server import AsgiServer
+from dispatcher.services.ledger import StoreLedger
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.settings import Settings
@@ -131,7 +132,8 @@ class World:
     def sender(self, instance: str = "sender-1", *, config: Config | None = None,
                engine: Engine | None = None, public_url: str | None = None) -> Sender:
         config = config or self.config
-        channels = build_channels(self.settings, timeout=config.sending.provider_timeout_seconds)
+        channels = build_channels(self.settings, timeout=config.sending.provider_timeout_seconds, clock=self.clock,
+                                  ledger=StoreLedger(engine or self.engine))
         self._channels.append(channels)
         return Sender(engine or self.engine, config, self.templates, channels, self.clock, LinkSigner(KEY),
                       public_url or self.settings.public_url, instance)
@@ -674,7 +676,7 @@ async def test_a_rate_limited_batch_never_spills_past_the_window_close(world: Wo
         settings = Settings(twilio_account_sid=sandbox.account_sid, twilio_auth_token=sandbox.auth_token,
                             twilio_api_url=sandbox.twilio_url, smtp_url=sandbox.smtp_url,
                             public_url="http://127.0.0.1:9")
-        channels = build_channels(settings, timeout=CLIENT_TIMEOUT_S, channels=[Channel.SMS])
+        channels = build_channels(settings, timeout=CLIENT_TIMEOUT_S, channels=[Channel.SMS], clock=clock)
         sender = Sender(world.engine, paced, world.templates, channels, clock, LinkSigner(KEY),
                         settings.public_url, "paced")
         try:

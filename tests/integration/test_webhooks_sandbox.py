@@ -27,6 +27,7 @@ from dispatcher.links import LinkSigner
 from dispatcher.policy import Gate
 from dispatcher.sandbox import CallBehaviour, Sandbox, run_sandbox_in_thread
 from dispatcher.sandbox.asgi_server import serve_in_thread
+from dispatcher.services.ledger import StoreLedger
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.settings import Settings
@@ -135,7 +136,7 @@ async def e2e(_sqlite_template: Path, tmp_path: Path, config: Config, fake_clock
             settings = Settings(twilio_account_sid=sandbox.account_sid, twilio_auth_token=sandbox.auth_token,
                                 twilio_api_url=sandbox.twilio_url, smtp_url=sandbox.smtp_url, public_url=url,
                                 signing_key=KEY)
-            channels = build_channels(settings, timeout=5.0)
+            channels = build_channels(settings, timeout=5.0, clock=fake_clock, ledger=StoreLedger(engine))
             sender = Sender(engine, config, templates, channels, fake_clock, LinkSigner(KEY), url, "e2e")
             try:
                 yield E2E(engine, config, fake_clock, sandbox, templates, sender, url)
