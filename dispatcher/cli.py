@@ -174,22 +174,26 @@ def plan_cmd(
 def _tick(runtime: Runtime, channels: dict[Any, Any]) -> dict[str, Any]:
     from dispatcher.services.planner import run_planner
     from dispatcher.services.receipts import resume_broken_promises
+    from dispatcher.services.repair import StatusRepair
 
     now = runtime.clock.now()
     resume_broken_promises(runtime.engine, now)
     planned = run_planner(runtime.engine, runtime.gate, runtime.templates.approved_catalog(), now)
     sender = runtime.sender(channels)
 
-    async def _send() -> Any:
+    repair = StatusRepair(runtime.engine, runtime.config, runtime.clock, channels)
+
+    async def _send() -> tuple[Any, Any]:
         try:
             await sender.reconcile_stale()
-            return await sender.send_due()
+            sent = await sender.send_due()
+            return sent, await repair.run()
         finally:
             for adapter in channels.values():
                 await adapter.aclose()
 
-    sent = asyncio.run(_send())
-    return {"planned": planned, "sent": sent}
+    sent, repaired = asyncio.run(_send())
+    return {"planned": planned, "sent": sent, "repaired": repaired}
 
 
 @app.command("tick")
@@ -212,6 +216,7 @@ def tick_cmd(ctx: typer.Context) -> None:
     table.add_row("retrying", str(sent.retried))
     table.add_row("cancelled", str(sent.cancelled))
     table.add_row("failed", str(sent.failed))
+    table.add_row("statuses repaired", str(result["repaired"].repaired))
     out.print(table)
     if planned is not None and planned.by_reason:
         reasons = Table("decision", "count", title="decisions by reason")
@@ -411,6 +416,7 @@ def run_cmd(
     from dispatcher.logs import configure_logging
     from dispatcher.services.daemon import DaemonJobs, run_daemon
     from dispatcher.services.receipts import resume_broken_promises
+    from dispatcher.services.repair import StatusRepair
     from dispatcher.web.app import create_app
 
     configure_logging(log_level.upper())
@@ -426,6 +432,7 @@ def run_cmd(
         sender=sender,
         catalog=runtime.templates.approved_catalog,
         after_plan=resume_broken_promises,
+        repair=StatusRepair(runtime.engine, runtime.config, runtime.clock, channels),
     )
     web = runtime.web()
 

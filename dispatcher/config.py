@@ -177,6 +177,20 @@ class Scheduler(_Model):
     send_every_seconds: PositiveInt = 5
     reconcile_every_seconds: PositiveInt = 60
     retention_every_seconds: PositiveInt = 86400
+    repair_every_seconds: PositiveInt = 300
+
+
+class Receipts(_Model):
+    """The status repair job (`services.repair`): a lost status callback is never retried
+    by the provider, so messages and calls stuck in a non-final status are asked about."""
+
+    #: an SMS or call whose status has not moved for this long is asked about (Twilio
+    #: retries nothing; a delivery receipt normally comes within seconds to minutes)
+    repair_after_seconds: PositiveInt = 900
+    #: older than this, it is left alone (some carriers never report beyond "sent")
+    repair_max_age_hours: PositiveInt = 72
+    #: at most this many provider look-ups per run
+    repair_batch: PositiveInt = 200
 
 
 class Links(_Model):
@@ -197,6 +211,7 @@ class Config(_Model):
     replies: Replies = Replies()
     sending: Sending = Sending()
     scheduler: Scheduler = Scheduler()
+    receipts: Receipts = Receipts()
     links: Links = Links()
     retention: Retention = Retention()
 

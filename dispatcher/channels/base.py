@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from dispatcher.domain import Channel, MessageStatus
 
@@ -91,6 +91,7 @@ class ProviderStatus:
     duration: str | None = None  # call seconds
 
 
+@runtime_checkable
 class StatusSource(Protocol):
     """A channel whose provider can be asked for a status (Twilio SMS and voice; the file
     transport and SMTP have nothing to ask)."""

@@ -27,6 +27,7 @@ from dispatcher.domain import Channel
 from dispatcher.policy import Gate
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
+from dispatcher.services.repair import StatusRepair
 from dispatcher.store.tables import EventRow, MessageRow, dedupe_keys_t
 
 log = logging.getLogger("dispatcher.daemon")
@@ -51,6 +52,7 @@ class DaemonJobs:
     sender: Sender
     catalog: Callable[[], Mapping[tuple[Channel, str, str], Sequence[str]]]
     after_plan: Callable[[Engine, dt.datetime], Any] | None = None  # e.g. resume broken promises
+    repair: StatusRepair | None = None  # the status repair job (lost callbacks)
 
     async def plan(self) -> None:
         now = self.clock.now()
@@ -73,6 +75,10 @@ class DaemonJobs:
         settled = await self.sender.reconcile_stale()
         if settled:
             log.info("reconcile: settled %d in-flight message(s)", settled)
+
+    async def repair_status(self) -> None:
+        if self.repair is not None:
+            await self.repair.run()
 
     async def retention(self) -> None:
         """Delete communication records older than the archive period (default 5 years)."""
@@ -123,6 +129,7 @@ async def run_daemon(jobs: DaemonJobs, web_app: Any, host: str, port: int,
     scheduler.add_job(jobs.send, "interval", seconds=cfg.send_every_seconds, id="send")
     scheduler.add_job(jobs.reconcile, "interval", seconds=cfg.reconcile_every_seconds, id="reconcile")
     scheduler.add_job(jobs.retention, "interval", seconds=cfg.retention_every_seconds, id="retention")
+    scheduler.add_job(jobs.repair_status, "interval", seconds=cfg.repair_every_seconds, id="repair")
     scheduler.start()
     log.info("dispatcher running on http://%s:%d", host, port)
 

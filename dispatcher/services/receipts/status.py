@@ -67,7 +67,8 @@ class StatusReceipts:
         self.sql = StatusSQL(engine)
 
     def _parse(self, channel: Channel, sid: str, provider_status: str, message_id: int | None,
-               answered_by: str | None, error_code: str | None, duration: str | None) -> _Callback | StatusOutcome:
+               answered_by: str | None, error_code: str | None, duration: str | None,
+               source: str | None = None) -> _Callback | StatusOutcome:
         try:
             status = map_provider_status(provider_status)
         except UnknownStatusError:
@@ -82,6 +83,8 @@ class StatusReceipts:
             data["answered_by"] = answered_by[:32]
         if duration:
             data["duration"] = duration[:16]
+        if source:  # not a callback: e.g. "repair" (the status was fetched from the provider)
+            data["source"] = source[:16]
         address = address_outcome(error_code) if channel is Channel.SMS and status in _FAILED else AddressOutcome.NONE
         return _Callback(channel, sid, status, message_id, self.clock.now(), answered_by, data, address)
 
@@ -124,9 +127,10 @@ class StatusReceipts:
 
     def apply(self, channel: Channel, sid: str, provider_status: str, message_id: int | None = None, *,
               answered_by: str | None = None, error_code: str | None = None,
-              duration: str | None = None) -> StatusOutcome:
-        """Apply one SMS or call status callback. Blocking."""
-        cb = self._parse(channel, sid, provider_status, message_id, answered_by, error_code, duration)
+              duration: str | None = None, source: str | None = None) -> StatusOutcome:
+        """Apply one SMS or call status callback (or a status fetched from the provider,
+        `source="repair"`, recorded in its event). Blocking."""
+        cb = self._parse(channel, sid, provider_status, message_id, answered_by, error_code, duration, source)
         if isinstance(cb, StatusOutcome):
             return cb
         match = self.sql.apply(channel, sid, cb.status, message_id, cb.now, answered_by, encode_data(cb.data))
