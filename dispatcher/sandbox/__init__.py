@@ -13,9 +13,10 @@ SMS, bounces e-mail, and injects latency, failures and transport faults.
         ...
 
 Modules: `server` (Sandbox, run_sandbox_in_thread, serve), `options` (SandboxOptions,
-CallBehaviour), `faults` (the fault spec), `twilio_api` (HTTP routes), `provider`
-(lifecycles and callbacks), `voice` (TwiML player), `smtp_sink` (SMTP and the bounce
-contract), `receiver` (a webhook receiver for tests).
+CallBehaviour), `faults` (the fault spec), `twilio_api` (HTTP routes), `listing` (list
+order, date filters and paging as Twilio's), `provider` (lifecycles and callbacks),
+`voice` (TwiML player), `smtp_sink` (SMTP and the bounce contract), `record_file`
+(records kept across restarts), `receiver` (a webhook receiver for tests).
 """
 
 from dispatcher.sandbox.faults import FaultPlan, FaultSpecError

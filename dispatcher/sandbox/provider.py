@@ -5,15 +5,20 @@ SMS: created `queued` (`accepted` with a messaging service only), then after
 or `failed` (30008) for the configured `fail_ratio` and always (30003) for
 `undeliverable_numbers`.
 
-Calls: `queued` → `initiated` → `ringing` → answered (`in-progress`, with `AnsweredBy`
-when `MachineDetection` was asked for) → the TwiML is played (see `voice.py`) →
-`completed` with `CallDuration`; or `busy` / `no-answer` / `failed` per the callee's
-`CallBehaviour` (and, for callees without an explicit behaviour, `fail_ratio`).
-Status callbacks follow `StatusCallbackEvent` (none given: only the final one).
+Calls: `queued` → `initiated` (dialled: StartTime set) → `ringing` → answered
+(`in-progress`, with `AnsweredBy` when `MachineDetection` was asked for) → the TwiML is
+played (see `voice.py`) → `completed` with `CallDuration`; or `busy` / `no-answer` /
+`failed` per the callee's `CallBehaviour` (and, for callees without an explicit
+behaviour, `fail_ratio`). Status callbacks follow `StatusCallbackEvent` (none given:
+only the final one).
 
 Every callback is form-encoded and signed with `X-Twilio-Signature`; with
-`duplicate_ratio` some are delivered twice, with `shuffle_callbacks` a resource's
-callbacks are held back and delivered in random order after its last transition.
+`duplicate_ratio` some are delivered twice, with `drop_callback_ratio` some are lost
+(logged with `dropped`), with `shuffle_callbacks` a resource's callbacks are held back
+and delivered in random order after its last transition. Message bodies are stored as
+Twilio would store them (Smart Encoding, link shortening: `_rewrite_body`). Records are
+stamped on the sandbox's clock (`clock_offset_seconds` skews it); with a records file,
+`resume` carries on after a restart with what was under way.
 """
 
 from __future__ import annotations
