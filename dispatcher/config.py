@@ -7,6 +7,7 @@ Secrets never live here: they come from the environment (see `dispatcher.setting
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tomllib
 import zoneinfo
 from pathlib import Path
@@ -33,22 +34,63 @@ class _Model(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
+#: a wall time of the contact window: 00:00 .. 23:59, minutes included (Washington opens at 07:30)
+_HHMM = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]")
 
 
 class ChannelCaps(_Model):
-    """Frequency caps for one channel of a profile. Unset caps mean `per_day = 1`."""
+    """Frequency caps for one channel of a profile. Unset caps mean `per_day = 1`.
+
+    `per_day` counts every message (for voice: every call attempt, answered or not);
+    `connected_per_day` counts only calls a person answered (voice only)."""
 
     per_day: PositiveInt = 1
     per_7_days: PositiveInt | None = None
     max_consecutive_days: PositiveInt | None = None
     rest_days: PositiveInt | None = None
     after_conversation_days: PositiveInt | None = None
+    connected_per_day: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _consecutive_pair(self) -> ChannelCaps:
         if (self.max_consecutive_days is None) != (self.rest_days is None):
             raise ValueError("max_consecutive_days and rest_days go together; set both or neither")
+        if self.connected_per_day is not None and self.connected_per_day >= self.per_day:
+            raise ValueError(
+                f"connected_per_day = {self.connected_per_day} never binds: per_day = {self.per_day} attempts"
+                " already allow no more; raise per_day above it or drop connected_per_day"
+            )
         return self
+
+
+class SharedCap(_Model):
+    """A cap over several channels together (`[[jurisdictions.<key>.shared_caps]]`): it
+    counts every message on any of `channels`, one-offs included."""
+
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$", max_length=64)
+    channels: list[Channel] = Field(min_length=2)
+    per_day: PositiveInt | None = None
+    per_7_days: PositiveInt | None = None
+    #: the rule it encodes, for the decision's detail (e.g. "Massachusetts 940 CMR 7.04(1)(f)")
+    source: str = ""
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, channels: list[Channel]) -> list[Channel]:
+        if len(set(channels)) != len(channels):
+            raise ValueError(f"channels: each channel once; got {[c.value for c in channels]}")
+        return channels
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> SharedCap:
+        if self.per_day is None and self.per_7_days is None:
+            raise ValueError("a shared cap needs per_day or per_7_days (or both)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How the decision's detail names it: its name, else its channels (`sms+voice`)."""
+        return self.name or "+".join(c.value for c in self.channels)
 
 
 class ConsentDefault(_Model):
@@ -72,6 +114,9 @@ class Jurisdiction(_Model):
     default_region: str = Field(pattern=r"^[A-Z]{2}$")
     consent_default: ConsentDefault = ConsentDefault()
     caps: dict[Channel, ChannelCaps] = {}
+    shared_caps: list[SharedCap] = []
+    #: the rule the profile encodes (law, guideline, standard), named in `detail`
+    source: str = ""
     extra_holidays: list[dt.date] = []
     extra_working_days: list[dt.date] = []
     support_phone: str = ""
@@ -93,16 +138,23 @@ class Jurisdiction(_Model):
     @classmethod
     def _parse_hours(cls, value: object) -> object:
         if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
-            try:
-                return tuple(dt.time.fromisoformat(v) for v in value)
-            except ValueError:
-                raise ValueError('hours must be two "HH:MM" times, e.g. ["09:00", "21:00"]') from None
+            if not all(_HHMM.fullmatch(v) for v in value):
+                raise ValueError(f'hours must be two "HH:MM" times, e.g. ["07:30", "21:00"]; got {list(value)}')
+            return tuple(dt.time.fromisoformat(v) for v in value)
         return value
 
     @model_validator(mode="after")
     def _hours_order(self) -> Jurisdiction:
         if not self.hours[0] < self.hours[1]:
             raise ValueError("hours: the start must be before the end, e.g. [\"09:00\", \"21:00\"]")
+        for channel, caps in self.caps.items():
+            if caps.connected_per_day is not None and channel is not Channel.VOICE:
+                raise ValueError(f"caps.{channel.value}.connected_per_day: only voice calls are answered;"
+                                 " set it under caps.voice")
+        labels = [cap.label for cap in self.shared_caps]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"shared_caps: names must be unique (repeated: {', '.join(repeated)}); give each a name")
         return self
 
     def caps_for(self, channel: Channel) -> ChannelCaps:

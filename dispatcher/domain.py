@@ -183,6 +183,8 @@ class SentMessage:
     template: str | None = None  # template id, e.g. "sms/dpd30/v2"
     conversation: bool = False  # voice: a person answered and the call completed
     message_id: int | None = None  # the outbox row, when known
+    #: voice: Twilio's AnsweredBy (`human`, `machine_start`, ...), None when not reported
+    answered_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

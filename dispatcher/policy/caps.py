@@ -16,27 +16,56 @@ them in full):
 - ``after_conversation_days`` N: a conversation on day C blocks C .. C+N-1 (Regulation F
   counts the conversation day as day 1).
 
-Reason codes: ``per_day`` / ``per_7_days`` -> `frequency_cap`; the rest after a run and
-the quiet period after a conversation -> `rest_period`.
+- ``connected_per_day`` N (voice): fewer than N calls answered by a person on D. A call
+  counts as answered when its status is `in-progress` or `completed` and Twilio's
+  AnsweredBy is not a machine or fax; a call still in flight (`sending`, `sent`,
+  `ringing`) counts too, since it may yet be answered (the safe side). `per_day` counts
+  every attempt, answered or not.
+
+Shared caps (``[[jurisdictions.<key>.shared_caps]]``) count every message on any of their
+channels together, one-offs included (system replies the debtor asked for never reach
+the history): ``per_day`` on D, ``per_7_days`` on D-6 .. D. A channel's own caps are
+checked first, then each shared cap it belongs to (`ChannelCapRules`).
+
+Reason codes: ``per_day`` / ``per_7_days`` / ``connected_per_day`` and shared caps ->
+`frequency_cap`; the rest after a run and the quiet period after a conversation ->
+`rest_period`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from dispatcher.config import ChannelCaps, Jurisdiction
+from dispatcher.config import ChannelCaps, Jurisdiction, SharedCap
 from dispatcher.domain import Channel, MessageStatus, Reason, SentMessage
+from dispatcher.policy.replies import is_machine
 from dispatcher.policy.zones import zone_info
 
 #: Statuses that do not count for caps, cadence or rotation: the message never left.
 NOT_COUNTED: frozenset[MessageStatus] = frozenset({MessageStatus.CANCELLED, MessageStatus.FAILED})
 
 
+#: A person picked up (unless AnsweredBy says machine or fax).
+_ANSWERED: frozenset[MessageStatus] = frozenset({MessageStatus.IN_PROGRESS, MessageStatus.COMPLETED})
+#: Dialled and not finished: it may yet be answered, so it counts as connected.
+_IN_FLIGHT: frozenset[MessageStatus] = frozenset({MessageStatus.SENDING, MessageStatus.SENT, MessageStatus.RINGING})
+
+
 def counts(message: SentMessage) -> bool:
     """Does this history entry count (caps, cadence, rotation)?"""
     return message.status not in NOT_COUNTED
+
+
+def is_connected(message: SentMessage) -> bool:
+    """Does this call count for `connected_per_day`: answered by a person, or still in
+    flight (it may yet be)?"""
+    if message.channel is not Channel.VOICE:
+        return False
+    if message.conversation or message.status in _IN_FLIGHT:
+        return True
+    return message.status in _ANSWERED and not is_machine(message.answered_by)
 
 
 @dataclass(slots=True)
@@ -45,11 +74,18 @@ class ChannelUsage:
 
     per_day: dict[int, int] = field(default_factory=dict)
     conversations: list[int] = field(default_factory=list)
+    #: calls answered by a person (or still in flight) per day
+    connected: dict[int, int] = field(default_factory=dict)
 
-    def add(self, ordinal: int, conversation: bool = False) -> None:
+    def add(self, ordinal: int, conversation: bool = False, connected: bool = False) -> None:
         self.per_day[ordinal] = self.per_day.get(ordinal, 0) + 1
         if conversation:
             self.conversations.append(ordinal)
+        if connected:
+            self.connected[ordinal] = self.connected.get(ordinal, 0) + 1
+
+    def copy(self) -> ChannelUsage:
+        return ChannelUsage(dict(self.per_day), list(self.conversations), dict(self.connected))
 
     @classmethod
     def from_history(cls, history: Iterable[SentMessage], channel: Channel, zone: str) -> ChannelUsage:
@@ -57,8 +93,11 @@ class ChannelUsage:
         usage = cls()
         for message in history:
             if message.channel == channel and message.status not in NOT_COUNTED:
-                usage.add(message.at.astimezone(tz).toordinal(), message.conversation)
+                usage.add(message.at.astimezone(tz).toordinal(), message.conversation, is_connected(message))
         return usage
+
+
+_NO_USAGE = ChannelUsage()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +115,8 @@ def _day(ordinal: int) -> str:
 class FrequencyCap:
     """The caps of one channel of a profile (`profile.caps_for(channel)`)."""
 
-    __slots__ = ("channel", "per_day", "per_7_days", "max_consecutive_days", "rest_days", "after_conversation_days")
+    __slots__ = ("channel", "per_day", "per_7_days", "max_consecutive_days", "rest_days", "after_conversation_days",
+                 "connected_per_day")
 
     def __init__(self, caps: ChannelCaps, channel: Channel) -> None:
         self.channel = channel
@@ -85,6 +125,7 @@ class FrequencyCap:
         self.max_consecutive_days = caps.max_consecutive_days
         self.rest_days = caps.rest_days
         self.after_conversation_days = caps.after_conversation_days
+        self.connected_per_day = caps.connected_per_day
 
     @classmethod
     def for_profile(cls, profile: Jurisdiction, channel: Channel) -> FrequencyCap:
@@ -101,10 +142,19 @@ class FrequencyCap:
         ch = self.channel
         n = per_day.get(ordinal, 0)
         if n >= self.per_day:
+            what = "call attempts" if ch is Channel.VOICE else ch
             return CapBlock(
                 Reason.FREQUENCY_CAP,
-                f"{n} {ch} already counted on {_day(ordinal)} (at most {self.per_day} a day)",
+                f"{n} {what} already counted on {_day(ordinal)} (at most {self.per_day} a day)",
             )
+        if self.connected_per_day is not None:
+            answered = usage.connected.get(ordinal, 0)
+            if answered >= self.connected_per_day:
+                return CapBlock(
+                    Reason.FREQUENCY_CAP,
+                    f"{answered} calls answered by a person (or still ringing) on {_day(ordinal)}"
+                    f" (at most {self.connected_per_day} connected calls a day; {n} attempts)",
+                )
         if self.per_7_days is not None:
             total = sum(per_day.get(ordinal - k, 0) for k in range(7))
             if total >= self.per_7_days:
@@ -133,4 +183,72 @@ class FrequencyCap:
                     f"conversation on {_day(last)}: no {ch} for {quiet} days through"
                     f" {_day(last + quiet - 1)}",
                 )
+        return None
+
+
+class SharedFrequencyCap:
+    """One cap over several channels together (`SharedCap`)."""
+
+    __slots__ = ("cap", "channels", "label", "what")
+
+    def __init__(self, cap: SharedCap) -> None:
+        self.cap = cap
+        self.channels = tuple(cap.channels)
+        self.label = cap.label
+        plus = "+".join(c.value for c in self.channels)
+        self.what = f"shared cap {self.label}" if self.label == plus else f"shared cap {self.label} ({plus})"
+        if cap.source:
+            self.what += f", {cap.source}"
+
+    def check(self, usages: Mapping[Channel, ChannelUsage], ordinal: int) -> CapBlock | None:
+        """None if one more message on any of the channels may go on local day `ordinal`."""
+        days = [usages[ch].per_day for ch in self.channels if ch in usages]
+        if not any(days):
+            return None
+        together = "/".join(c.value for c in self.channels)
+        if self.cap.per_day is not None:
+            n = sum(d.get(ordinal, 0) for d in days)
+            if n >= self.cap.per_day:
+                return CapBlock(
+                    Reason.FREQUENCY_CAP,
+                    f"{self.what}: {n} {together} counted on {_day(ordinal)} (at most {self.cap.per_day} a day"
+                    " across these channels, one-offs included)",
+                )
+        if self.cap.per_7_days is not None:
+            n = sum(d.get(ordinal - k, 0) for d in days for k in range(7))
+            if n >= self.cap.per_7_days:
+                return CapBlock(
+                    Reason.FREQUENCY_CAP,
+                    f"{self.what}: {n} {together} counted on {_day(ordinal - 6)}..{_day(ordinal)}"
+                    f" (at most {self.cap.per_7_days} in 7 days across these channels, one-offs included)",
+                )
+        return None
+
+
+class ChannelCapRules:
+    """Every cap that applies to one more message on a channel: its own caps
+    (`FrequencyCap`), then each shared cap it belongs to."""
+
+    __slots__ = ("channel", "own", "shared", "watched")
+
+    def __init__(self, profile: Jurisdiction, channel: Channel) -> None:
+        self.channel = channel
+        self.own = FrequencyCap.for_profile(profile, channel)
+        self.shared = tuple(SharedFrequencyCap(c) for c in profile.shared_caps if channel in c.channels)
+        #: the channels whose history matters for this channel's caps
+        self.watched = tuple(dict.fromkeys([channel, *(ch for s in self.shared for ch in s.channels)]))
+
+    def active(self, usages: Mapping[Channel, ChannelUsage]) -> bool:
+        """Is there any counted history these caps look at (else every day is allowed)?"""
+        return any(ch in usages and usages[ch].per_day for ch in self.watched)
+
+    def check(self, usages: Mapping[Channel, ChannelUsage], ordinal: int) -> CapBlock | None:
+        """None if one more message on the channel may go on local day `ordinal`, else why not."""
+        block = self.own.check(usages.get(self.channel, _NO_USAGE), ordinal)
+        if block is not None:
+            return block
+        for shared in self.shared:
+            block = shared.check(usages, ordinal)
+            if block is not None:
+                return block
         return None

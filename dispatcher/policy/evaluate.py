@@ -54,8 +54,10 @@ from dispatcher.domain import (
     Decision,
     Reason,
 )
-from dispatcher.policy.calendar import WorkingCalendar, format_day
-from dispatcher.policy.caps import NOT_COUNTED, ChannelUsage, FrequencyCap
+from dispatcher.policy.calendar import WorkingCalendar
+from dispatcher.policy.caps import NOT_COUNTED, ChannelCapRules, ChannelUsage, is_connected
+from dispatcher.policy.instants import TIME_CACHE_LIMIT as _TIME_CACHE_LIMIT
+from dispatcher.policy.instants import Instants
 from dispatcher.policy.rotation import rotate
 from dispatcher.policy.window import ContactWindow, find_legal_ts, windows_for
 from dispatcher.policy.zones import resolve_zones
@@ -64,7 +66,6 @@ TemplateCatalog = Mapping[tuple[Channel, str, str], Sequence[str]]
 
 _HOLD_RANK = {reason: i for i, reason in enumerate(HOLD_REASONS)}
 _ADDRESS_WORD = {"phone": "phone number", "email": "e-mail address"}
-_TIME_CACHE_LIMIT = 20_000
 _UTC = dt.UTC
 _CH = {ch: ch.value for ch in Channel}
 _SEND, _DEFER, _SKIP, _ESCALATE = Action.SEND, Action.DEFER, Action.SKIP, Action.ESCALATE
@@ -83,49 +84,7 @@ class _TimeVerdict:
     next_ts: float  # earliest legal instant >= now, ignoring caps
 
 
-class _Instants:
-    """Instants as the decisions show them: many cases share a `not_before`, so each is
-    converted and formatted once (datetimes are immutable: one object serves them all)."""
-
-    __slots__ = ("_local", "_text", "_iso")
-
-    def __init__(self) -> None:
-        self._local: dict[tuple[float, str], dt.datetime] = {}
-        self._text: dict[tuple[float, str], str] = {}
-        self._iso: dict[int, str] = {}
-
-    def local(self, ts: float, window: ContactWindow) -> dt.datetime:
-        """POSIX instant `ts` as an aware datetime in the window's zone."""
-        key = (ts, window.zone)
-        local = self._local.get(key)
-        if local is None:
-            if len(self._local) >= _TIME_CACHE_LIMIT:
-                self._local.clear()
-            local = self._local[key] = dt.datetime.fromtimestamp(ts, window.tz)
-        return local
-
-    def text(self, ts: float, window: ContactWindow) -> str:
-        """`Wed 2026-05-06 09:00 Asia/Shanghai`."""
-        key = (ts, window.zone)
-        text = self._text.get(key)
-        if text is None:
-            if len(self._text) >= _TIME_CACHE_LIMIT:
-                self._text.clear()
-            local = self.local(ts, window)
-            text = self._text[key] = f"{format_day(local.date())} {local:%H:%M} {window.zone}"
-        return text
-
-    def iso(self, ordinal: int) -> str:
-        """The ISO date of a proleptic ordinal."""
-        text = self._iso.get(ordinal)
-        if text is None:
-            if len(self._iso) >= _TIME_CACHE_LIMIT:
-                self._iso.clear()
-            text = self._iso[ordinal] = dt.date.fromordinal(ordinal).isoformat()
-        return text
-
-
-def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: _Instants) -> _TimeVerdict:
+def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: Instants) -> _TimeVerdict:
     primary = windows[0]
     today = primary.ordinal(ts)
     failing = [w for w in windows if not w.contains(ts)]
@@ -159,12 +118,14 @@ def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: _Inst
 class _Profile:
     """A profile with its calendar, caps and per-zones caches."""
 
-    __slots__ = ("profile", "calendar", "caps", "windows", "times", "instants")
+    __slots__ = ("profile", "calendar", "caps", "shared", "windows", "times", "instants")
 
-    def __init__(self, profile: Jurisdiction, instants: _Instants) -> None:
+    def __init__(self, profile: Jurisdiction, instants: Instants) -> None:
         self.profile = profile
         self.calendar = WorkingCalendar.for_profile(profile)
-        self.caps = {ch: FrequencyCap.for_profile(profile, ch) for ch in Channel}
+        self.caps = {ch: ChannelCapRules(profile, ch) for ch in Channel}
+        #: caps across channels: the lines of one decision count each other's sends
+        self.shared = bool(profile.shared_caps)
         self.windows: dict[tuple[str, ...], tuple[ContactWindow, ...]] = {}
         self.times: dict[tuple[tuple[str, ...], float], _TimeVerdict] = {}
         self.instants = instants
@@ -220,7 +181,7 @@ def _histories(snapshot: CaseSnapshot, window: ContactWindow, stage: str | None)
                 raise ValueError(f"case {snapshot.case.case_id}: history entry at {at} has no time zone")
             at = at.astimezone(_UTC)
         ordinal = at.astimezone(tz).toordinal()
-        h.usage.add(ordinal, message.conversation)
+        h.usage.add(ordinal, message.conversation, message.channel is Channel.VOICE and is_connected(message))
         if (message.stage is None or message.stage == stage) and (
             h.stage_last_at is None or at > h.stage_last_at
         ):
@@ -261,7 +222,7 @@ class _Case:
 
     __slots__ = (
         "snapshot", "case_id", "gate", "prof", "zones", "windows", "time", "now_ts",
-        "dpd", "stage", "stage_name", "channels", "prefix", "case_reason", "_histories",
+        "dpd", "stage", "stage_name", "channels", "prefix", "case_reason", "_histories", "_usages",
     )
 
     def __init__(self, snapshot: CaseSnapshot, gate: Gate, now: dt.datetime) -> None:
@@ -291,11 +252,32 @@ class _Case:
             _case_reason(snapshot, now) if snapshot.holds or case.status in CLOSED_STATUSES else None
         )
         self._histories: dict[Channel, _ChannelHistory] | None = None
+        self._usages: dict[Channel, ChannelUsage] | None = None
 
     def history(self, channel: Channel) -> _ChannelHistory:
         if self._histories is None:
             self._histories = _histories(self.snapshot, self.windows[0], self.stage_name)
         return self._histories.get(channel, _EMPTY_HISTORY)
+
+    def usages(self) -> dict[Channel, ChannelUsage]:
+        """Every channel's counted history (what the caps look at), with the messages
+        this decision already plans (`plan_message`)."""
+        if self._usages is None:
+            self.history(Channel.SMS)
+            assert self._histories is not None
+            self._usages = {ch: h.usage for ch, h in self._histories.items()}
+        return self._usages
+
+    def plan_message(self, decision: Decision) -> None:
+        """Count a `send` (now) or `defer` (at `not_before`) line for the lines decided
+        after it: a shared cap must not be overrun by two channels due at once."""
+        channel = decision.channel
+        if channel is None or decision.action not in (_SEND, _DEFER):
+            return
+        at = self.now_ts if decision.not_before is None else decision.not_before.timestamp()
+        usages = self.usages()
+        usage = usages[channel] = usages[channel].copy() if channel in usages else ChannelUsage()
+        usage.add(self.windows[0].ordinal(at))
 
     def decision(
         self, channel: Channel | None, action: Action, reason: Reason, detail: str,
@@ -314,7 +296,7 @@ def _contact(snapshot: CaseSnapshot, channel: Channel) -> ContactPoint | None:
     return None
 
 
-def _channel_block(snapshot: CaseSnapshot, channel: Channel) -> tuple[Reason, str] | None:
+def _channel_block(snapshot: CaseSnapshot, channel: Channel, profile: Jurisdiction) -> tuple[Reason, str] | None:
     contact = _contact(snapshot, channel)
     if contact is not None and contact.address and contact.consent and not (contact.invalid or contact.opted_out):
         return None
@@ -325,7 +307,13 @@ def _channel_block(snapshot: CaseSnapshot, channel: Channel) -> tuple[Reason, st
     if contact.invalid:
         return Reason.INVALID_ADDRESS, f"the {word} for {ch} is marked invalid"
     if not contact.consent:
-        return Reason.NO_CONSENT, f"no consent to contact by {ch}"
+        if profile.consent_default.for_channel(channel):
+            return Reason.NO_CONSENT, f"no consent to contact by {ch}"
+        rule = f" ({profile.source})" if profile.source else ""
+        return Reason.NO_CONSENT, (
+            f"no recorded consent to contact by {ch}: profile {snapshot.case.jurisdiction} needs the debtor's"
+            f" prior consent for {ch}{rule}"
+        )
     return Reason.OPTED_OUT, f"the debtor opted out of {ch}"
 
 
@@ -348,7 +336,7 @@ def _line(
 ) -> Decision:
     """One channel line for a case with a stage and no case-level reason."""
     snapshot = c.snapshot
-    block = _channel_block(snapshot, channel)
+    block = _channel_block(snapshot, channel, c.prof.profile)
     if block is not None:
         return c.decision(channel, _SKIP, block[0], block[1])
     h = c.history(channel)
@@ -406,7 +394,7 @@ def _line(
 
     time = c.time
     cap = c.prof.caps[channel]
-    usage = h.usage
+    usage = c.usages() if c.prof.shared else {channel: h.usage}
     if time.legal:
         cap_block = cap.check(usage, today)
         if cap_block is None:
@@ -420,7 +408,7 @@ def _line(
 
     windows = c.windows
     next_ts = time.next_ts
-    if usage.per_day:
+    if cap.active(usage):
         first_day = gate.instants.local(next_ts, windows[0]).toordinal()
         later = cap.check(usage, first_day)
         if later is not None:
@@ -444,7 +432,7 @@ class Gate:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.instants = _Instants()
+        self.instants = Instants()
         self.profiles = {name: _Profile(p, self.instants) for name, p in config.jurisdictions.items()}
         ordered = sorted(config.stages, key=lambda s: s.dpd_min)
         #: the stage whose (firmer) wording a case uses after a broken promise to pay
@@ -470,9 +458,12 @@ class Gate:
             return [c.decision(ch, _SKIP, reason, detail) for ch, _ in c.channels]
         if stage is None:
             return [c.decision(None, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")]
-        out = [
-            _line(c, templates, ch, every, apply_cadence=True, template=None) for ch, every in c.channels
-        ]
+        out = []
+        for ch, every in c.channels:
+            line = _line(c, templates, ch, every, apply_cadence=True, template=None)
+            if c.prof.shared:
+                c.plan_message(line)
+            out.append(line)
         if stage.escalate and stage.name not in snapshot.escalated_stages:
             out.append(
                 c.decision(

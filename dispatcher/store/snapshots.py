@@ -330,9 +330,9 @@ class _BatchReader:
         statuses = MESSAGE_STATUS_OF
         m = messages_t.c
         at = func.coalesce(m.sent_at, m.scheduled_at)
-        for case_id, channel, when, status, stage, template, conversation, message_id in conn.execute(
+        for case_id, channel, when, status, stage, template, conversation, message_id, answered_by in conn.execute(
             select(m.case_id, m.channel, _raw(at, "at"), m.status, m.stage, m.template_id,
-                   _raw(m.conversation, "conversation"), m.id)
+                   _raw(m.conversation, "conversation"), m.id, m.answered_by)
             # System replies (STOP/HELP confirmations, a requested link) were asked for by
             # the debtor: they count for neither cadence nor caps.
             .where(in_batch(m.case_id), at >= self.cutoff, m.kind != "system")
@@ -340,7 +340,7 @@ class _BatchReader:
         ).all():
             history[case_id].append(
                 SentMessage(channels[channel], instant(when), statuses[status], stage, template,  # type: ignore[arg-type]
-                            flag(conversation), message_id)
+                            flag(conversation), message_id, answered_by)
             )
         return _Batch(case_rows, holds, history, broken_promises)
 
@@ -409,7 +409,7 @@ _POSITIONAL_FIELDS = {
            "amount_due", "due_date", "timezone", "phone", "email", "penalty_rate_daily", "status", "product"),
     CaseSnapshot: ("case", "contacts", "holds", "history", "escalated_stages", "zones", "promise_broken"),
     ContactPoint: ("channel", "address", "consent", "opted_out", "invalid"),
-    SentMessage: ("channel", "at", "status", "stage", "template", "conversation", "message_id"),
+    SentMessage: ("channel", "at", "status", "stage", "template", "conversation", "message_id", "answered_by"),
     Hold: ("reason", "until"),
 }
 for _cls, _names in _POSITIONAL_FIELDS.items():

@@ -278,7 +278,8 @@ def _coverage(directory: Path, config: Config, found: list[TemplateRef]) -> list
                     problems.append(LintProblem(
                         directory / channel.value / stage.name, 1,
                         f"no {locale} template for {channel.value}/{stage.name} ({locale} is the default"
-                        f" locale of profile {', '.join(sorted(profiles))}); add a variant",
+                        f" locale of {'profiles' if len(profiles) > 1 else 'profile'} {', '.join(sorted(profiles))});"
+                        " add a variant",
                     ))
     return problems
 

@@ -341,7 +341,7 @@ def test_every_stage_channel_needs_a_template_in_each_default_locale(tree: Path,
         path.unlink()
     assert lint(tree, config) == [
         f"{tree / 'voice/dpd60'}:1: no en-US template for voice/dpd60 (en-US is the default locale of"
-        " profile us); add a variant"
+        " profiles us, us-ma, us-nyc, us-wa); add a variant"
     ]
 
 
