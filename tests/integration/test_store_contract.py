@@ -449,7 +449,7 @@ def test_iter_snapshots_streams_every_case_in_batches_with_history(engine: Engin
             add_message(conn, case_id, "sms", "delivered", NOW - dt.timedelta(days=10),
                         sent_at=NOW - dt.timedelta(days=9, hours=23))
             add_message(conn, case_id, "voice", "completed", NOW - dt.timedelta(days=2),
-                        sent_at=NOW - dt.timedelta(days=2), conversation=True)
+                        sent_at=NOW - dt.timedelta(days=2), conversation=True, answered_by="human")
             add_message(conn, case_id, "email", "queued", NOW + dt.timedelta(days=1))
         repo.place_hold(conn, "S-007", Reason.PROMISE_TO_PAY, NOW + dt.timedelta(days=7), "ivr", NOW)
         repo.place_hold(conn, "S-008", Reason.COLLECTOR_HOLD, NOW - dt.timedelta(days=1), "agent",
@@ -466,6 +466,8 @@ def test_iter_snapshots_streams_every_case_in_batches_with_history(engine: Engin
         (Channel.EMAIL, MessageStatus.QUEUED, NOW + dt.timedelta(days=1)),
     ]
     assert s0.history[1].conversation and not s0.history[0].conversation
+    # the call's AnsweredBy reaches the policy (connected_per_day counts calls a person answered)
+    assert [m.answered_by for m in s0.history] == [None, "human", None]
     assert s0.history[0].template == "sms/dpd30/v1" and s0.history[0].stage == "dpd30"
     assert all(m.message_id is not None for m in s0.history)
     assert all(m.at.tzinfo is not None for m in s0.history)

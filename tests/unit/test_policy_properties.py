@@ -15,6 +15,7 @@ import copy
 import datetime as dt
 import functools
 from collections import Counter
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -52,6 +53,7 @@ CATALOG = {
 #: one gate for the whole module, as in a long-running process: its caches are warm
 GATE = Gate(CONFIG)
 US_ALL = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+#: zones and phones per profile family (`cn-bank` is of the `cn` family)
 ZONE_SETS = {
     "cn": [(), ("Asia/Shanghai",), ("Asia/Shanghai", "Asia/Tokyo"), ("Asia/Urumqi",)],
     "us": [
@@ -111,7 +113,32 @@ def oracle_caps_ok(
                 c = m.at.astimezone(tz).date()
                 if c <= day <= c + (caps.after_conversation_days - 1) * one:
                     return False
+    if caps.connected_per_day is not None:
+        answered = sum(1 for m in counted if oracle_connected(m) and m.at.astimezone(tz).date() == day)
+        if answered >= caps.connected_per_day:
+            return False
+    for shared in profile.shared_caps:
+        if channel not in shared.channels:
+            continue
+        together = Counter(
+            m.at.astimezone(tz).date() for m in history
+            if m.channel in shared.channels and m.status not in (MessageStatus.CANCELLED, MessageStatus.FAILED)
+        )
+        if shared.per_day is not None and together[day] >= shared.per_day:
+            return False
+        if shared.per_7_days is not None and sum(together[day - k * one] for k in range(7)) >= shared.per_7_days:
+            return False
     return True
+
+
+def oracle_connected(m: SentMessage) -> bool:
+    """A call answered by a person (AnsweredBy not a machine or fax), or one that may yet be."""
+    if m.channel is not Channel.VOICE:
+        return False
+    if m.conversation or m.status in (MessageStatus.SENDING, MessageStatus.SENT, MessageStatus.RINGING):
+        return True
+    machine = (m.answered_by or "").startswith("machine") or m.answered_by == "fax"
+    return m.status in (MessageStatus.IN_PROGRESS, MessageStatus.COMPLETED) and not machine
 
 
 # -- strategies --------------------------------------------------------------------
@@ -141,13 +168,14 @@ def contact_points(draw: st.DrawFn, phone: str) -> tuple[ContactPoint, ...]:
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[CaseSnapshot, dt.datetime]:
     now = draw(NOW)
-    jurisdiction = draw(st.sampled_from(["cn", "us"]))
+    jurisdiction = draw(st.sampled_from(sorted(CONFIG.jurisdictions)))
+    family = jurisdiction.split("-")[0]
     if draw(st.booleans()):  # half the instants during the local day, where caps matter
-        home = ZoneInfo("Asia/Shanghai" if jurisdiction == "cn" else "America/New_York")
+        home = ZoneInfo("Asia/Shanghai" if family == "cn" else "America/New_York")
         local = now.astimezone(home)
         minute = draw(st.integers(10 * 60, 19 * 60 + 59))
         now = local.replace(hour=minute // 60, minute=minute % 60).astimezone(dt.UTC)
-    phone = draw(st.sampled_from(PHONES[jurisdiction]))
+    phone = draw(st.sampled_from(PHONES[family]))
     due = now.date() - dt.timedelta(days=draw(st.integers(-10, 150)))
     case = Case(
         case_id=draw(st.sampled_from(["C1", "C2", "case-x"])), name="Pat Lee", jurisdiction=jurisdiction,
@@ -172,8 +200,9 @@ def scenarios(draw: st.DrawFn) -> tuple[CaseSnapshot, dt.datetime]:
             stage=stage,
             template=None if variant is None else f"{ch.value}/{stage or 'dpd60'}/v{variant}",
             conversation=conversation,
+            answered_by=answered_by if ch is Channel.VOICE else None,
         )
-        for ch, minutes, status, stage, variant, conversation in draw(
+        for ch, minutes, status, stage, variant, conversation, answered_by in draw(
             st.lists(
                 st.tuples(
                     st.sampled_from([Channel.VOICE, Channel.VOICE, Channel.SMS, Channel.EMAIL]),
@@ -182,8 +211,9 @@ def scenarios(draw: st.DrawFn) -> tuple[CaseSnapshot, dt.datetime]:
                     st.sampled_from([*STAGES, None]),
                     st.none() | st.integers(1, 3),
                     unlikely,
+                    st.sampled_from([None, "human", "human", "machine_end_beep", "fax"]),
                 ),
-                max_size=6,
+                max_size=8,
             )
         )
     )
@@ -194,9 +224,10 @@ def scenarios(draw: st.DrawFn) -> tuple[CaseSnapshot, dt.datetime]:
         SentMessage(
             channel=Channel.VOICE,
             at=now - dt.timedelta(days=run_end + k, minutes=draw(st.integers(0, 600))),
-            status=MessageStatus.COMPLETED,
+            status=draw(st.sampled_from([MessageStatus.COMPLETED, MessageStatus.NO_ANSWER])),
             stage=None,
             conversation=draw(unlikely),
+            answered_by=draw(st.sampled_from([None, "human", "machine_end_beep"])),
         )
         for k in range(run_length)
     )
@@ -206,7 +237,7 @@ def scenarios(draw: st.DrawFn) -> tuple[CaseSnapshot, dt.datetime]:
         holds=holds,
         history=history,
         escalated_stages=draw(st.sampled_from([frozenset(), frozenset({"dpd90"})])),
-        zones=draw(st.sampled_from(ZONE_SETS[jurisdiction])),
+        zones=draw(st.sampled_from(ZONE_SETS[family])),
     )
     return snapshot, now
 
@@ -279,9 +310,13 @@ def test_decide_case_sends_and_defers_only_to_legal_moments(scenario: tuple[Case
     stage_lines = [d for d in first if d.action is not Action.ESCALATE]
     assert len({d.channel for d in stage_lines}) == len(stage_lines)
     assert sum(d.action is Action.ESCALATE for d in first) <= 1
+    planned: tuple[SentMessage, ...] = ()
     for d in first:
-        event(f"{d.action.value}:{d.reason.value}")
-        check_decision(d, snapshot, now)
+        event(f"{snapshot.case.jurisdiction} {d.action.value}:{d.reason.value}")
+        # the lines decided before this one count as messages (a shared cap spans channels)
+        check_decision(d, replace(snapshot, history=snapshot.history + planned), now)
+        if d.channel is not None and d.action in (Action.SEND, Action.DEFER):
+            planned += (SentMessage(d.channel, d.not_before or now, MessageStatus.QUEUED),)
 
 
 @SETTINGS
@@ -295,5 +330,5 @@ def test_one_off_gate_sends_and_defers_only_to_legal_moments(
     assert d == Gate(CONFIG).decide_channel(snapshot, CATALOG, now, channel, apply_cadence=False)
     assert d.channel is channel
     assert d.reason is not Reason.NOT_DUE
-    event(f"{d.action.value}:{d.reason.value}")
+    event(f"{snapshot.case.jurisdiction} {d.action.value}:{d.reason.value}")
     check_decision(d, snapshot, now)
