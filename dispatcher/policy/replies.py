@@ -33,6 +33,9 @@ class ReplyIntent(StrEnum):
     HELP = "help"
     PAID = "paid"
     DISPUTE = "dispute"
+    #: free text with a revocation phrase in it ("please stop calling", "不要再发"):
+    #: `policy.revocation`, SPEC section 13
+    REVOCATION = "revocation"
     FREE_TEXT = "free_text"
 
 

@@ -468,12 +468,13 @@ def mark_escalated(conn: Executor, case_id: str, stage: str, now: dt.datetime) -
 
 
 def set_opt_out(
-    conn: Executor, channel: Channel | str, address: str, opted_out: bool, now: dt.datetime, source: str
+    conn: Executor, channel: Channel | str, address: str, opted_out: bool, now: dt.datetime, source: str,
+    **why: Any,
 ) -> list[str]:
     """Opt `address` out of (or back into) `channel` on every case that has it.
 
     Returns the ids of all cases with that address on that channel; an event is recorded
-    for each case whose flag changed."""
+    for each case whose flag changed, with `why` in its data (e.g. the revocation phrase)."""
     conn = _conn(conn)
     ch = Channel(channel)
     address = _normalise_address(ch, address)
@@ -486,7 +487,7 @@ def set_opt_out(
         .returning(contacts_t.c.case_id)
     ).scalars().all()
     kind = EventKind.OPTED_OUT if opted_out else EventKind.OPTED_IN
-    insert_events(conn, [event_values(kind, now, case_id=case_id, channel=ch.value, source=source)
+    insert_events(conn, [event_values(kind, now, case_id=case_id, channel=ch.value, source=source, **why)
                          for case_id in sorted(changed)])
     return case_ids
 

@@ -39,11 +39,13 @@ class ReplySpec:
 #: The opt-out confirmation needs no opt-out instruction (the number is already out):
 #: it says how to come back instead, in words the lint cannot check.
 OPT_OUT = ReplySpec("opt_out", ("org_name",))
+#: The confirmation of a revocation phrase about calls too ("stop calling", "不要再打").
+OPT_OUT_CALLS = ReplySpec("opt_out_calls", ("org_name",))
 OPT_IN = ReplySpec("opt_in", ("org_name", "opt_out"))
 HELP = ReplySpec("help", ("org_name", "support_phone", "opt_out"))
 PAYMENT_LINK = ReplySpec("payment_link", ("org_name", "payment_link", "opt_out"), with_link=True)
 
-REPLIES: dict[str, ReplySpec] = {spec.name: spec for spec in (OPT_OUT, OPT_IN, HELP, PAYMENT_LINK)}
+REPLIES: dict[str, ReplySpec] = {spec.name: spec for spec in (OPT_OUT, OPT_OUT_CALLS, OPT_IN, HELP, PAYMENT_LINK)}
 
 #: Every name a reply may use (`payment_link` only in the link reply).
 REPLY_CONTEXT_KEYS = frozenset({"locale", "org_name", "support_phone", "opt_out", "payment_link"})

@@ -504,13 +504,27 @@ async def test_dispute_places_a_dispute_hold_until_released(world: World, word: 
 
 
 async def test_free_text_is_a_reply_for_a_collector(world: World) -> None:
-    await world.inbound("SMin7", "stop calling me later", sender=US_PHONE)
+    await world.inbound("SMin7", "can I pay next month?", sender=US_PHONE)
     replies = world.events("reply_received")
     assert len(replies) == 1
     data = json.loads(replies[0].data)
-    assert (replies[0].case_id, data["text"], data["intent"]) == ("us-1", "stop calling me later", "free_text")
+    assert (replies[0].case_id, data["text"], data["intent"]) == ("us-1", "can I pay next month?", "free_text")
     assert world.contact("us-1", "sms").opted_out is False
     assert world.system_messages() == []
+
+
+async def test_free_text_with_a_revocation_phrase_opts_out_of_texts_and_calls(world: World) -> None:
+    # SPEC 13: "stop calling" inside a sentence is a revocation (section 6 alone kept it free text)
+    await world.inbound("SMin7r", "stop calling me later", sender=US_PHONE)
+    (reply,) = world.events("reply_received")
+    data = json.loads(reply.data)
+    assert (data["intent"], data["phrase"]) == ("revocation", "stop calling")
+    assert world.contact("us-1", "sms").opted_out is True
+    assert world.contact("us-1", "voice").opted_out is True
+    opted = sorted((json.loads(e.data)["channel"], json.loads(e.data)["phrase"]) for e in world.events("opted_out"))
+    assert opted == [("sms", "stop calling"), ("voice", "stop calling")]
+    assert [json.loads(e.data)["task"] for e in world.events("collector_task")] == ["review_revocation"]
+    assert len(world.system_messages()) == 1
 
 
 async def test_an_unknown_number_is_kept_without_a_reply(world: World) -> None:

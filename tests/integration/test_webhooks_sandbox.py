@@ -232,6 +232,76 @@ async def test_inbound_tuiding_opts_out_and_the_confirmation_is_sent_once(e2e: E
     assert [m["count"] for m in confirmations] == [1]
 
 
+async def test_a_revocation_phrase_about_calls_opts_out_of_sms_and_voice_at_once(e2e: E2E) -> None:
+    """SPEC 13 through the real webhook: free text with a phrase, sent by the sandbox as a
+    signed inbound SMS, opts the number out of SMS and calls, names the phrase on the
+    `opted_out` events, opens a `review_revocation` task and sends one confirmation."""
+    await send_everything(e2e, cn_case(6, "+8613800000006", "six@example.com"))
+    text = "请不要再打电话了，我下周一定还"
+    result = await asyncio.to_thread(e2e.sandbox.simulate_inbound_threadsafe, "+8613800000006", "+8610695550100",
+                                     text, f"{e2e.url}/twilio/sms/inbound")
+    assert result["status"] == 200
+    assert e2e.contact("e2e-6", "sms").opted_out is True
+    assert e2e.contact("e2e-6", "voice").opted_out is True
+    assert e2e.contact("e2e-6", "email").opted_out is False  # the debtor spoke of calls and texts only
+    events = e2e.timeline("e2e-6")["events"]
+    reply = [e for e in events if e["kind"] == "reply_received"]
+    assert [(e["intent"], e["phrase"], e["text"]) for e in reply] == [("revocation", "不要再打", text)]
+    opted = [e for e in events if e["kind"] == "opted_out"]
+    assert sorted((e["channel"], e["phrase"], e["matched"]) for e in opted) == [
+        ("sms", "不要再打", "不要再打"), ("voice", "不要再打", "不要再打")]
+    tasks = [e for e in events if e["kind"] == "collector_task"]
+    assert [(t["task"], t["phrase"], t["channels"], t["text"]) for t in tasks] == [
+        ("review_revocation", "不要再打", ["sms", "voice"], text)]
+    # at once: the very next plan skips both
+    e2e.clock.advance(days=3)
+    snapshot = get_snapshot(e2e.engine, "e2e-6", e2e.clock.now())
+    lines = Gate(e2e.config).decide_case(snapshot, e2e.templates.approved_catalog(), e2e.clock.now())
+    assert {(d.channel, d.action, d.reason) for d in lines if d.channel is not Channel.EMAIL} == {
+        (Channel.SMS, Action.SKIP, Reason.OPTED_OUT), (Channel.VOICE, Action.SKIP, Reason.OPTED_OUT)}
+    # one confirmation, saying calls stop too; a repeated delivery of the same SMS changes nothing
+    confirmation = e2e.message("e2e-6", "sms", kind="system")
+    assert confirmation.template_id == "sms/replies/opt_out_calls"
+    assert "打电话" in (confirmation.body or "")
+    again = await asyncio.to_thread(e2e.sandbox.simulate_inbound_threadsafe, "+8613800000006", "+8610695550100",
+                                    text, f"{e2e.url}/twilio/sms/inbound")
+    assert again["status"] == 200
+    await e2e.sender.send_due()
+    await e2e.sender.send_due()
+    await e2e.settle()
+    sent = [m for m in e2e.sandbox.messages() if m["to"] == "+8613800000006" and m["body"] == confirmation.body]
+    assert [m["count"] for m in sent] == [1]
+
+
+async def test_an_english_phrase_about_texts_and_plain_free_text(e2e: E2E) -> None:
+    us = Case(
+        case_id="e2e-us-7", name="Pat Lee", jurisdiction="us", locale="en-US", currency="USD",
+        principal=Decimal("900.00"), interest=Decimal("80.00"), penalty=Decimal("20.00"), fees=Decimal("0.00"),
+        amount_due=Decimal("1000.00"), due_date=DUE_DPD60, phone="+12125550107", email="seven@example.com",
+    )
+    with e2e.engine.begin() as conn:
+        repo.upsert_cases(conn, [ImportedCase(case=us, zones=("America/New_York",), sms_consent=True,
+                                              email_consent=True, voice_consent=True)], e2e.clock.now())
+
+    async def inbound(body: str) -> None:
+        result = await asyncio.to_thread(e2e.sandbox.simulate_inbound_threadsafe, "+12125550107", "+18005550100",
+                                         body, f"{e2e.url}/twilio/sms/inbound")
+        assert result["status"] == 200
+
+    await inbound("I paid yesterday")  # free text: stays a reply for a collector
+    assert e2e.contact("e2e-us-7", "sms").opted_out is False
+    await inbound("Can you please don’t text me at work anymore")
+    assert e2e.contact("e2e-us-7", "sms").opted_out is True
+    assert e2e.contact("e2e-us-7", "voice").opted_out is False  # a phrase about texts leaves calls alone
+    events = e2e.timeline("e2e-us-7")["events"]
+    assert [e["intent"] for e in events if e["kind"] == "reply_received"] == ["free_text", "revocation"]
+    assert [(e["channel"], e["phrase"]) for e in events if e["kind"] == "opted_out"] == [("sms", "don't text")]
+    assert [e["task"] for e in events if e["kind"] == "collector_task"] == ["review_revocation"]
+    confirmation = e2e.message("e2e-us-7", "sms", kind="system")
+    assert confirmation.template_id == "sms/replies/opt_out"
+    assert "no more text messages" in (confirmation.body or "")
+
+
 async def test_a_hard_bounce_marks_the_address_invalid(e2e: E2E) -> None:
     await send_everything(e2e, cn_case(4, "+8613800000004", "bounce-4@example.com"))
     await wait_until(lambda: e2e.contact("e2e-4", "email").invalid, "address invalid after the bounce")

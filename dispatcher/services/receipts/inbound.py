@@ -7,6 +7,13 @@ delivery, even a concurrent one, changes nothing. Every case with the sending nu
 gets the reply event; STOP / START opt the number out of / back into SMS; PAID and
 DISPUTE place holds and collector tasks. The automatic reply (confirmation or HELP)
 is queued with the idempotency key `reply:<MessageSid>`.
+
+Free text with a revocation phrase in it (`policy.revocation`, SPEC section 13: "please
+stop texting", "不要再打电话") opts the number out at once: of SMS, and of voice too when
+a phrase is about calls. The `opted_out` events name the phrase, one confirmation is
+queued (`sms/replies/opt_out` or, with calls, `opt_out_calls`; none when the number was
+already out of those channels), and a `review_revocation` task goes to a collector, who
+reads the text and may undo a false opt-out.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
@@ -23,6 +31,7 @@ from dispatcher.config import Config
 from dispatcher.domain import Channel, Reason
 from dispatcher.logs import mask
 from dispatcher.policy.replies import ReplyIntent, classify_reply
+from dispatcher.policy.revocation import Revocation, find_revocation
 from dispatcher.services.receipts.actors import ACTOR_SMS
 from dispatcher.services.receipts.replies import AutoReplies
 from dispatcher.store import repository
@@ -52,6 +61,8 @@ class InboundOutcome:
     case_ids: tuple[str, ...]
     reply_message_id: int | None
     duplicate: bool = False
+    #: the revocation phrase found in free text, if any
+    revocation: Revocation | None = None
 
 
 class InboundSms:
@@ -66,6 +77,9 @@ class InboundSms:
     def apply(self, sid: str, from_number: str, body: str) -> InboundOutcome:
         """Act on an inbound SMS once per `MessageSid` (see the module docstring)."""
         intent = classify_reply(body)
+        revocation = find_revocation(body) if intent is ReplyIntent.FREE_TEXT else None
+        if revocation is not None:
+            intent = ReplyIntent.REVOCATION
         now = self.clock.now()
         number = from_number.strip()
         with self.engine.begin() as conn:
@@ -76,21 +90,25 @@ class InboundSms:
                                                    contacts_t.c.address == number)
             ).scalars())))
             if not first:
-                return InboundOutcome(intent, case_ids, None, duplicate=True)
-            reply_id = self._apply(conn, sid, number, body, intent, case_ids, now)
+                return InboundOutcome(intent, case_ids, None, duplicate=True, revocation=revocation)
+            reply_id = self._apply(conn, sid, number, body, intent, case_ids, now, revocation)
         log.info("inbound sms %s from %s: %s, %d case(s)", sid[:40], mask(number), intent.value, len(case_ids))
-        return InboundOutcome(intent, case_ids, reply_id)
+        return InboundOutcome(intent, case_ids, reply_id, revocation=revocation)
 
     def _apply(self, conn: Connection, sid: str, number: str, body: str, intent: ReplyIntent,
-               case_ids: tuple[str, ...], now: dt.datetime) -> int | None:
-        kind = EventKind.REPLY_RECEIVED if intent is ReplyIntent.FREE_TEXT else EventKind.KEYWORD_RECEIVED
+               case_ids: tuple[str, ...], now: dt.datetime, revocation: Revocation | None = None) -> int | None:
+        free = intent in (ReplyIntent.FREE_TEXT, ReplyIntent.REVOCATION)
+        kind = EventKind.REPLY_RECEIVED if free else EventKind.KEYWORD_RECEIVED
         text_kept = body[:_MAX_TEXT]
+        found: dict[str, Any] = {} if revocation is None else {"phrase": revocation.phrase}
         if not case_ids:
             record_event(conn, kind, now, actor=ACTOR_SMS, sid=sid, intent=intent.value, text=text_kept,
-                         matched=False)
+                         matched=False, **found)
         for case_id in case_ids:
             record_event(conn, kind, now, case_id=case_id, actor=ACTOR_SMS, sid=sid, intent=intent.value,
-                         text=text_kept)
+                         text=text_kept, **found)
+        if revocation is not None:
+            return self._revoke(conn, sid, number, text_kept, revocation, case_ids, now)
 
         if intent is ReplyIntent.OPT_OUT and number:
             repository.set_opt_out(conn, Channel.SMS, number, True, now, source=ACTOR_SMS)
@@ -115,6 +133,31 @@ class InboundSms:
         reply_case, locale, jurisdiction = self._reply_case(conn, case_ids, number)
         return self.replies.queue(conn, answer, case_id=reply_case, to=number, jurisdiction=jurisdiction,
                                   locale=locale, key=f"reply:{sid}", now=now, reason=intent.value)
+
+    def _revoke(self, conn: Connection, sid: str, number: str, text: str, revocation: Revocation,
+                case_ids: tuple[str, ...], now: dt.datetime) -> int | None:
+        """A revocation phrase: opt out of its channels at once, open a review task for a
+        collector, queue one confirmation (see the module docstring)."""
+        channels = [ch for ch in Channel if ch in revocation.channels]
+        why = {"phrase": revocation.phrase, "matched": revocation.matched, "sid": sid}
+        # confirmed once: a debtor who repeats the phrase is already out and gets no second text
+        still_in = bool(number) and conn.execute(
+            select(contacts_t.c.id).where(contacts_t.c.address == number, contacts_t.c.opted_out.is_(False),
+                                          contacts_t.c.channel.in_([ch.value for ch in channels])).limit(1)
+        ).first() is not None
+        if number:
+            for channel in channels:
+                repository.set_opt_out(conn, channel, number, True, now, source=ACTOR_SMS, **why)
+        for case_id in case_ids:
+            record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, actor=ACTOR_SMS,
+                         task="review_revocation", sid=sid, text=text, phrase=revocation.phrase,
+                         channels=[ch.value for ch in channels])
+        if not case_ids or not still_in:
+            return None
+        answer = reply_templates.OPT_OUT_CALLS if revocation.about_calls else reply_templates.OPT_OUT
+        reply_case, locale, jurisdiction = self._reply_case(conn, case_ids, number)
+        return self.replies.queue(conn, answer, case_id=reply_case, to=number, jurisdiction=jurisdiction,
+                                  locale=locale, key=f"reply:{sid}", now=now, reason=ReplyIntent.REVOCATION.value)
 
     @staticmethod
     def _reply_case(conn: Connection, case_ids: tuple[str, ...], number: str) -> tuple[str, str, str]:
