@@ -252,3 +252,24 @@ class ChannelCapRules:
             if block is not None:
                 return block
         return None
+
+
+_PENDING = frozenset({MessageStatus.QUEUED, MessageStatus.SENDING})
+
+
+def history_for_recheck(history: tuple[SentMessage, ...], message_id: int) -> tuple[SentMessage, ...]:
+    """The history a message is re-checked against: without itself (it is in the
+    snapshot, status sending), and without the messages still pending *behind* it in
+    (time, id) order. Those are re-checked when their turn comes and count this one
+    then; counting each other both ways, two messages claimed together that a cap allows
+    only one of (a one-off and a scheduled message; an SMS and a call under a shared cap)
+    would defer each other to the same moment again and again."""
+    own = next((h for h in history if h.message_id == message_id), None)
+    if own is None:
+        return tuple(h for h in history if h.message_id != message_id)
+    place = (own.at, message_id)
+    return tuple(
+        h for h in history
+        if h.message_id != message_id
+        and not (h.status in _PENDING and h.message_id is not None and (h.at, h.message_id) > place)
+    )

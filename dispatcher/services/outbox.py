@@ -43,6 +43,7 @@ from dispatcher.links import LinkSigner
 from dispatcher.logs import mask
 from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
+from dispatcher.policy.caps import history_for_recheck
 from dispatcher.policy.window import windows_for
 from dispatcher.services.claims import Claimed, SendSummary, Writes
 from dispatcher.services.pacing import SenderLimits
@@ -350,8 +351,7 @@ class Sender:
             # Transactional replies (opt-out confirmation, HELP, a requested payment link):
             # the debtor asked for them, so no debt-template gate; the body is stored.
             return self._system_outbound(item, snapshot)
-        # The message itself is in the snapshot's history (status sending): leave it out.
-        others = tuple(h for h in snapshot.history if h.message_id != item.id)
+        others = history_for_recheck(snapshot.history, item.id)
         decision = self.gate.decide_channel(
             replace(snapshot, history=others),
             self._catalog(),
@@ -591,3 +591,4 @@ class Sender:
         with self.engine.begin() as conn:
             settled = len(writes.apply_stale(conn))
         return settled
+

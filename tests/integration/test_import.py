@@ -356,6 +356,33 @@ def test_phone_normalisation_and_zones(run, engine: Engine, tmp_path: Path, juri
     assert got.zones == zones
 
 
+def test_the_seven_profile_keys_are_accepted_with_their_defaults(run, engine: Engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    keys = ["cn", "cn-bank", "CN-Internet", "us", "us-ma", "us-wa", "us-nyc"]
+    path = write_csv(tmp_path / "cases.csv", [
+        row(case_id=f"P-{i}", jurisdiction=key, phone="" if key.lower().startswith("us") else "13812345678",
+            email="p@example.com")
+        for i, key in enumerate(keys)
+    ] + [row(case_id="P-bad", jurisdiction="us-ny")])
+    report = run(path)
+    assert report.imported == 7 and report.rejected == 1
+    (error,) = report.errors
+    assert "jurisdiction: must be one of cn, cn-bank, cn-internet, us, us-ma, us-nyc, us-wa" in str(error)
+    got = {key.lower(): snapshot(engine, f"P-{i}") for i, key in enumerate(keys)}
+    assert {k: s.case.jurisdiction for k, s in got.items()} == {k.lower(): k.lower() for k in keys}
+    assert got["cn-bank"].case.locale == "zh-CN" and got["us-wa"].case.currency == "USD"
+    # each state profile's own zone when the phone says nothing
+    assert got["us-wa"].zones == ("America/Los_Angeles",) and got["us-nyc"].zones == ("America/New_York",)
+    # NYC: no SMS or e-mail without recorded consent; the us profile takes e-mail consent by default
+    assert {c.channel: c.consent for c in got["us-nyc"].contacts if c.address} == {Channel.EMAIL: False}
+    assert {c.channel: c.consent for c in got["us"].contacts if c.address} == {Channel.EMAIL: True}
+    recorded = write_csv(tmp_path / "consent.csv", [row(case_id="P-6", jurisdiction="us-nyc", phone="212-555-0100",
+                                                        email="p@example.com", sms_consent="yes",
+                                                        email_consent="yes")])
+    assert run(recorded).errors == []
+    assert {c.channel: c.consent for c in snapshot(engine, "P-6").contacts} == {
+        Channel.SMS: True, Channel.EMAIL: True, Channel.VOICE: False}
+
+
 def test_explicit_timezone_wins_over_the_phone(run, engine: Engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = write_csv(tmp_path / "cases.csv", [row(jurisdiction="us", phone="+1 310 555 0123",
                                                   timezone="America/Denver")])

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
 from dispatcher.channels.base import ChannelAdapter
@@ -330,6 +331,31 @@ async def test_case_paid_opted_out_or_held_after_enqueue_is_cancelled_not_sent(w
     assert sms_sent == {"+8613800000004"}
     assert calls == {"+8613800000002", "+8613800000004"}
     assert emails == {"debtor2@example.com", "debtor4@example.com"}
+
+
+async def test_two_messages_a_cap_allows_one_of_do_not_defer_each_other_forever(world: World) -> None:
+    """A one-off SMS queued beside the planner's SMS for the same moment (e.g. a
+    collector's click racing the planner), claimed in one batch: each counts only the
+    messages ahead of it, so the first goes and the second waits for the next legal day
+    (counted both ways, each would push the other to the same moment again and again)."""
+    world.add_cases(cn_case(1))
+    assert world.plan() == 3
+    planned = world.message_id("cn-0001", Channel.SMS)
+    copy = {k: v for k, v in world.row(planned)._mapping.items() if k != "id"}
+    with world.engine.begin() as conn:
+        conn.execute(insert(messages_t).values(**{**copy, "kind": "one_off", "idempotency_key": "race-one-off"}))
+    sender = world.sender()
+    first = await sender.send_due()
+    assert (first.sent, first.deferred) == (3, 1)  # e-mail, call and one SMS; one SMS a day (cn)
+    sms = world.rows(case_id="cn-0001", channel="sms")
+    assert [r.status for r in sms].count("queued") == 1
+    (waiting,) = [r for r in sms if r.status == "queued"]
+    tomorrow = dt.datetime(2026, 12, 8, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+    assert waiting.scheduled_at.replace(tzinfo=dt.UTC) == tomorrow
+    world.clock.set(tomorrow)
+    second = await sender.send_due()
+    assert (second.sent, second.deferred) == (1, 0)
+    await wait_until(lambda: len(world.sms_to("+8613800000001")) == 2, what="both SMS at the provider")
 
 
 async def test_window_closed_between_enqueue_and_send_defers_to_next_legal_moment(world: World) -> None:
