@@ -154,7 +154,8 @@ def run_demo(
         runtime = Runtime(settings, clock, config=config)
         try:
             csv_path = workdir / "portfolio.csv"
-            write_csv(csv_path, generate_cases(cases, START.date(), seed=seed, dpd_buckets=REALISTIC_DPD_BUCKETS))
+            write_csv(csv_path, generate_cases(cases, START.date(), seed=seed, dpd_buckets=REALISTIC_DPD_BUCKETS,
+                                               other_profiles=0.3))
             report = import_file(csv_path, runtime.engine, config, clock)
             console.print(f"imported {report.imported} generated cases (rejected {report.rejected})")
             with run_web_in_process(settings, clock, web_port, log_path=workdir / "dispatcher.log"):

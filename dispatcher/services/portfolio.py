@@ -49,6 +49,7 @@ _US_LAST = ["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller"
 _US_AREAS = ["212", "312", "303", "310", "646", "415"]
 _CN_PREFIXES = ["138", "139", "137", "150", "186", "135"]
 CENT = Decimal("0.01")
+_STATE_AREAS = {"us-ma": "617", "us-wa": "206", "us-nyc": "212"}
 
 #: A collections book is mostly early delinquency, with a thinning tail (roll rates).
 REALISTIC_DPD_BUCKETS = [(-10, 0, 0.30), (1, 29, 0.35), (30, 59, 0.13), (60, 89, 0.10), (90, 150, 0.12)]
@@ -63,10 +64,16 @@ def generate_cases(
     cn_share: float = 0.6,
     prefix: str = "C",
     dpd_buckets: list[tuple[int, int, float]] | None = None,
+    other_profiles: float = 0.0,
 ) -> Iterator[dict[str, str]]:
     """Yield `n` import rows whose days past due at `today` spread over `dpd_range`
-    uniformly, or over `dpd_buckets` ((low, high, weight), ...) when given."""
+    uniformly, or over `dpd_buckets` ((low, high, weight), ...) when given.
+
+    `other_profiles` is the share of cases put under the other shipped profiles
+    (`cn-bank`, `cn-internet`; `us-ma`, `us-wa`, `us-nyc` with a number of that place);
+    drawn from a generator of its own, so the rest of the portfolio is the same."""
     rng = random.Random(seed)
+    placer = random.Random(seed + 1)
     for i in range(n):
         cn = rng.random() < cn_share
         if dpd_buckets:
@@ -94,6 +101,11 @@ def generate_cases(
             if rng.random() < 0.1:
                 phone = ""  # unknown zone: the intersection of the profile's zones applies
         has_email = rng.random() < 0.85
+        if other_profiles and placer.random() < other_profiles:
+            juris = placer.choice(["cn-bank", "cn-internet"] if cn else ["us-ma", "us-wa", "us-nyc"])
+            if phone and not cn:  # a number of that place: Boston, Seattle, Manhattan
+                phone = "+1" + _STATE_AREAS[juris] + phone[5:]
+                tz = ""
         yield {
             "case_id": f"{prefix}{i:07d}",
             "name": name,

@@ -35,6 +35,11 @@ def test_small_demo_runs_end_to_end(tmp_path: Path) -> None:
     with sqlite3.connect(workdir / "demo.db") as db:
         channels = {c for (c,) in db.execute("select distinct channel from messages where sent_at is not null")}
         assert channels == {"sms", "email", "voice"}
+        # the portfolio spans the shipped profiles, and their cases were contacted
+        profiles = {j for (j,) in db.execute(
+            "select distinct c.jurisdiction from cases c join messages m on m.case_id = c.case_id"
+            " where m.sent_at is not null")}
+        assert {"cn", "us"} < profiles and len(profiles) >= 5, profiles
         # receipts flowed back from the sandbox through our signed webhooks
         assert db.execute("select count(*) from events where kind = 'status_received'").fetchone()[0] > 50
         assert db.execute("select count(*) from events where kind = 'keypress'").fetchone()[0] > 0
