@@ -42,7 +42,9 @@ START = dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC)  # a Monday
 #: Ticks per simulated day (UTC): 09:30 in Shanghai; 12:30 ET / 09:30 PT (every US zone open).
 TICK_TIMES = (dt.time(1, 30), dt.time(17, 30))
 SMS_REPLIES = [("退订", 0.15), ("STOP", 0.15), ("PAID", 0.15), ("已还款", 0.1), ("DISPUTE", 0.08),
-               ("不是我", 0.05), ("HELP", 0.07), ("Can I pay next Friday?", 0.15), ("请问可以分期吗", 0.10)]
+               ("不是我", 0.05), ("HELP", 0.07), ("Can I pay next Friday?", 0.15), ("请问可以分期吗", 0.10),
+               # revocations in free text (SPEC 13): opt out at once, a review task for a collector
+               ("Please stop calling me at work", 0.04), ("不要再给我发短信了", 0.04)]
 
 
 @dataclass
