@@ -166,6 +166,14 @@ class Case:
     penalty_rate_daily: Decimal | None = None
     status: CaseStatus = CaseStatus.ACTIVE
     product: Product = Product.OTHER
+    #: payments recorded so far (`dispatcher payment`, the API, the console)
+    paid_total: Decimal = Decimal("0.00")
+
+    @property
+    def outstanding(self) -> Decimal:
+        """What the debtor owes now (SPEC 11): `amount_due - paid_total`, never below 0."""
+        owed = self.amount_due - self.paid_total
+        return owed if owed > 0 else Decimal("0.00")
 
     @property
     def first_name(self) -> str:

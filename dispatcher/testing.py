@@ -22,6 +22,7 @@ __all__ = [
     "SAMPLE_TODAY",
     "SAMPLE_UNSUBSCRIBE_URL",
     "FakeClock",
+    "partly_paid",
     "sample_case",
     "sample_cases_for_stage",
 ]
@@ -115,16 +116,26 @@ def sample_case(
     return case
 
 
+def partly_paid(case: Case, share: Decimal = Decimal("0.3")) -> Case:
+    """`case` after a payment of about `share` of its amount (an odd number of cents, so
+    the outstanding amount never looks like any other amount of the case)."""
+    paid = (case.amount_due * share).quantize(Decimal("1")) + Decimal("0.37")
+    return dataclasses.replace(case, case_id=f"{case.case_id}-partpaid", paid_total=paid)
+
+
 def _grid(dpds: tuple[int, ...], today: dt.date) -> tuple[Case, ...]:
-    return tuple(
+    full = tuple(
         sample_case(j, dpd=dpd, today=today, with_rate=with_rate)
         for j in ("cn", "us")
         for dpd in dpds
         for with_rate in (True, False)
     )
+    # and after a partial payment: the texts must state the outstanding amount (SPEC 11)
+    return full + tuple(partly_paid(c) for c in full)
 
 
-#: Both jurisdictions, pre-due and overdue, with and without a daily penalty rate.
+#: Both jurisdictions, pre-due and overdue, with and without a daily penalty rate,
+#: unpaid and partly paid.
 SAMPLE_CASES: tuple[Case, ...] = _grid((-3, 45), SAMPLE_TODAY)
 
 

@@ -9,24 +9,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dispatcher.clock import parse_instant
 from dispatcher.commands.common import fail, out, rt
 
 case_app = typer.Typer(help="A case's timeline, holds.", no_args_is_help=True)
 
 
-def _parse_until(text: str | None) -> dt.datetime | None:
-    if text is None:
-        return None
+def _parse_until(text: str, zone: str) -> dt.datetime:
+    """`--until`: a date is 00:00 of that date in the debtor's primary zone (SPEC 11);
+    an ISO instant with an offset is that instant."""
+    from dispatcher.policy.zones import PersonDateError, parse_person_date
+
     try:
-        return parse_instant(text)
-    except ValueError:
-        pass
-    try:
-        day = dt.date.fromisoformat(text)
-    except ValueError:
-        raise fail(f"--until {text!r}: use a date (YYYY-MM-DD) or an ISO 8601 instant with offset") from None
-    return dt.datetime.combine(day, dt.time(0, 0), tzinfo=dt.UTC)
+        return parse_person_date(text, zone)
+    except PersonDateError as exc:
+        raise fail(f"--until: {exc}") from None
 
 
 @case_app.command("show")
@@ -74,7 +70,8 @@ def case_hold(
     case_id: Annotated[str, typer.Argument()],
     reason: Annotated[str, typer.Option("--reason", help="collector_hold, legal_hold, dispute_hold, ...")],
     until: Annotated[
-        str | None, typer.Option("--until", help="YYYY-MM-DD (contact may resume that day) or instant")
+        str | None, typer.Option("--until", help="YYYY-MM-DD: contact may resume at 00:00 that day in the"
+                                 " debtor's time zone; or an ISO instant with offset")
     ] = None,
     by: Annotated[str, typer.Option("--by", help="who places it (audited)")] = "cli",
     note: Annotated[str | None, typer.Option("--note")] = None,
@@ -86,14 +83,23 @@ def case_hold(
     allowed = [r.value for r in HOLD_REASONS]
     if reason not in allowed:
         raise fail(f"--reason {reason!r}: use one of {', '.join(allowed)}")
+    from dispatcher.policy.zones import primary_zone
+
     runtime = rt(ctx)
-    until_at = _parse_until(until)
+    now = runtime.clock.now()
     with runtime.engine.begin() as conn:
         try:
-            repository.place_hold(conn, case_id, Reason(reason), until_at, by, runtime.clock.now(), note=note)
+            jurisdiction, zones = repository.case_zones(conn, case_id)
+            zone = primary_zone(zones, runtime.config.jurisdictions.get(jurisdiction))
+            until_at = None if until is None else _parse_until(until, zone)
+            if until_at is not None and until_at <= now:
+                raise fail(f"--until {until}: {until_at.isoformat()} ({zone}) is not in the future;"
+                           " give a later date, or omit --until to hold until released")
+            repository.place_hold(conn, case_id, Reason(reason), until_at, by, now, note=note)
         except repository.CaseNotFound as exc:
             raise fail(str(exc)) from None
-    print(f"hold {reason} placed on {case_id}" + (f" until {until_at.isoformat()}" if until_at else " until released"))
+    print(f"hold {reason} placed on {case_id}"
+          + (f" until {until_at.isoformat()} ({zone})" if until_at else " until released"))
 
 
 @case_app.command("release")

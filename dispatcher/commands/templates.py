@@ -54,7 +54,11 @@ def templates_preview(
         snapshot = next(iter(iter_snapshots(runtime.engine, case_ids=[case_id], now=now)), None)
         if snapshot is None:
             raise fail(f"no such case: {case_id}; check the id or import it first")
-        case, today = snapshot.case, now.date()
+        from dispatcher.policy.zones import local_date, primary_zone
+
+        # days past due on the debtor's local date (SPEC 11), as the sender counts them
+        zone = primary_zone(snapshot.zones, runtime.config.jurisdictions.get(snapshot.case.jurisdiction))
+        case, today = snapshot.case, local_date(now, zone)
     else:
         case, today = sample_case_for_template(runtime.config, template_id, locale), SAMPLE_TODAY
     try:

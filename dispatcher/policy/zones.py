@@ -76,3 +76,60 @@ def resolve_zones(case: Case, profile: Jurisdiction) -> tuple[str, ...]:
     if from_phone:
         return from_phone
     return tuple(profile.default_timezones)
+
+
+def primary_zone(zones: tuple[str, ...] | list[str], profile: Jurisdiction | None = None) -> str:
+    """The case's primary zone: the first of its zones, else its profile's first default
+    (else UTC, for a case whose profile is not configured)."""
+    if zones:
+        return zones[0]
+    if profile is not None and profile.default_timezones:
+        return profile.default_timezones[0]
+    return "UTC"
+
+
+def days_past_due_at(due_date: dt.date, now: dt.datetime, zone: str) -> int:
+    """Days past due (SPEC 3, 11): the debtor's local date of `now` in `zone` less the due date."""
+    return (local_date(now, zone) - due_date).days
+
+
+def start_of_local_day(day: dt.date, zone: str) -> dt.datetime:
+    """00:00 of `day` in `zone` as an aware instant (in `zone`). On a day whose midnight a
+    DST change skips, the first instant of the day (`fold` and zoneinfo's normalisation
+    give the wall time after the gap)."""
+    tz = zone_info(zone)
+    wall = dt.datetime.combine(day, dt.time(0, 0), tzinfo=tz)
+    # A skipped midnight (e.g. America/Santiago, Asia/Beirut) does not exist: the day
+    # starts at the first wall time that does, which a UTC round trip yields.
+    return wall.astimezone(dt.UTC).astimezone(tz)
+
+
+class PersonDateError(ValueError):
+    """A date a person typed is neither a calendar date nor an instant with an offset."""
+
+
+def parse_person_date(text: str, zone: str) -> dt.datetime:
+    """A date a person gives (a hold's end, a promise date), as an aware instant (SPEC 11).
+
+    `YYYY-MM-DD` is a calendar date in the debtor's primary `zone`: 00:00 local time of
+    that date. An ISO 8601 instant with an offset (`2026-12-10T09:00:00-08:00`, `...Z`)
+    is taken as that instant. A date and time without an offset is refused: whose clock
+    it means would be a guess."""
+    value = text.strip()
+    try:
+        return start_of_local_day(dt.date.fromisoformat(value), zone)
+    except ValueError:
+        pass
+    try:
+        instant = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise PersonDateError(
+            f"{text!r} is not a date; write a date like 2026-12-20 (00:00 in the debtor's time zone)"
+            " or an instant with its offset like 2026-12-20T09:00:00-08:00"
+        ) from None
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise PersonDateError(
+            f"{text!r} has a time but no UTC offset; write a date like {instant.date().isoformat()}"
+            f" (00:00 in the debtor's time zone) or add the offset, e.g. {value}+08:00"
+        )
+    return instant

@@ -150,6 +150,17 @@ def _require_case(conn: Connection, case_id: str) -> Any:
     return row
 
 
+def case_zones(conn: Executor, case_id: str) -> tuple[str, tuple[str, ...]]:
+    """The case's jurisdiction and its zones, primary first (`CaseNotFound` if none):
+    what turns a date a person gives into an instant in the debtor's day (SPEC 11)."""
+    row = _conn(conn).execute(
+        select(cases_t.c.jurisdiction, cases_t.c.zones).where(cases_t.c.case_id == case_id)
+    ).first()
+    if row is None:
+        raise CaseNotFound(case_id)
+    return row.jurisdiction, split_list(row.zones)
+
+
 def missing_case_ids(conn: Connection, case_ids: Iterable[str]) -> list[str]:
     """The ids among `case_ids` that are not in the store, in the order given."""
     wanted = list(dict.fromkeys(case_ids))

@@ -68,10 +68,11 @@ _SNAPSHOT_CASE_COLUMNS = (
     cases_t.c.product,
     cases_t.c.zones,
     cases_t.c.escalated_stages,
+    cases_t.c.paid_total,
 )
 
 
-_MONEY_AMOUNTS = ("principal", "interest", "penalty", "fees", "amount_due")
+_MONEY_AMOUNTS = ("principal", "interest", "penalty", "fees", "amount_due", "paid_total")
 
 
 def _raw(expr: Any, name: str) -> Any:
@@ -182,6 +183,7 @@ def case_row_to_domain(row: Any, *, phone: str | None = None, email: str | None 
         penalty_rate_daily=plain_rate(m["penalty_rate_daily"]),
         status=CASE_STATUS_OF[m["status"]],
         product=PRODUCT_OF[m["product"]],
+        paid_total=cents(m["paid_total"]) if "paid_total" in m else Decimal("0.00"),
     )
 
 
@@ -355,7 +357,7 @@ class _BatchReader:
         no_items: tuple[Any, ...] = ()
         new_case, new_snapshot, new_contact = Case, CaseSnapshot, ContactPoint
         for (case_id, name, jurisdiction, locale, currency, principal, interest, penalty, fees, amount_due,
-             due_date, timezone, rate, status, product, zones, escalated,
+             due_date, timezone, rate, status, product, zones, escalated, paid_total,
              sms_address, sms_consent, sms_opted_out, sms_invalid,
              email_address, email_consent, email_opted_out, email_invalid,
              voice_address, voice_consent, voice_opted_out, voice_invalid) in batch.rows:
@@ -389,7 +391,7 @@ class _BatchReader:
             yield new_snapshot(
                 new_case(case_id, name, jurisdiction, locale, currency, money(principal), money(interest),
                          money(penalty), money(fees), money(amount_due), date_of(due_date), timezone, phone,
-                         email, rate_of(rate), case_statuses[status], products[product]),
+                         email, rate_of(rate), case_statuses[status], products[product], money(paid_total)),
                 tuple(contacts),
                 no_items if case_holds is None else tuple(case_holds),
                 no_items if case_history is None else tuple(case_history),
@@ -406,7 +408,8 @@ class _BatchReader:
 #: this path); a reordered dataclass must fail loudly here, not silently swap fields.
 _POSITIONAL_FIELDS = {
     Case: ("case_id", "name", "jurisdiction", "locale", "currency", "principal", "interest", "penalty", "fees",
-           "amount_due", "due_date", "timezone", "phone", "email", "penalty_rate_daily", "status", "product"),
+           "amount_due", "due_date", "timezone", "phone", "email", "penalty_rate_daily", "status", "product",
+           "paid_total"),
     CaseSnapshot: ("case", "contacts", "holds", "history", "escalated_stages", "zones", "promise_broken"),
     ContactPoint: ("channel", "address", "consent", "opted_out", "invalid"),
     SentMessage: ("channel", "at", "status", "stage", "template", "conversation", "message_id", "answered_by"),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection
 
+from dispatcher.policy.zones import days_past_due_at, zone_info
 from dispatcher.store.repository import CaseNotFound
 from dispatcher.store.tables import cases_t, events_t, holds_t, messages_t
 from dispatcher.store.values import cents, split_list
@@ -27,16 +29,23 @@ def case_timeline(conn: Connection, case_id: str, now: dt.datetime | None = None
     """The case's timeline, the JSON shape of `dispatcher case show --format json`:
     `case_id`, `status`, `holds` [{reason, until}], `messages` [{id, channel, template,
     status, provider_id, body}], `events` [{at, kind, ...}], oldest first. Holds are
-    those not released (and, given `now`, not expired)."""
+    those not released (and, given `now`, not expired). Money: `amount_due` (imported),
+    `paid_total` and `outstanding` (what is owed now); given `now`, `days_past_due` on the
+    debtor's local date in `zone`, the case's primary zone."""
     row = conn.execute(select(cases_t).where(cases_t.c.case_id == case_id)).first()
     if row is None:
         raise CaseNotFound(case_id)
+    zones = split_list(row.zones)
+    # The debtor's day (SPEC 11): dates and days past due in the case's primary zone.
+    # Zones are resolved at import (the profile's defaults at worst), so one is always there.
+    zone = zones[0] if zones else "UTC"
     hold_filter = [holds_t.c.case_id == case_id, holds_t.c.released_at.is_(None)]
     if now is not None:
         hold_filter.append(or_(holds_t.c.until.is_(None), holds_t.c.until > now))
     holds = [
-        {"reason": h.reason, "until": _iso(h.until), "placed_at": _iso(h.placed_at), "placed_by": h.placed_by,
-         "note": h.note}
+        {"reason": h.reason, "until": _iso(h.until),
+         "until_local": None if h.until is None else h.until.astimezone(zone_info(zone)).isoformat(),
+         "placed_at": _iso(h.placed_at), "placed_by": h.placed_by, "note": h.note}
         for h in conn.execute(select(holds_t).where(*hold_filter).order_by(holds_t.c.placed_at, holds_t.c.id))
     ]
     m = messages_t.c
@@ -76,8 +85,12 @@ def case_timeline(conn: Connection, case_id: str, now: dt.datetime | None = None
         "currency": row.currency,
         "amount_due": str(cents(row.amount_due)),
         "paid_total": str(cents(row.paid_total)),
+        # what the debtor owes now (SPEC 11): amount_due - paid_total, never below 0
+        "outstanding": str(max(cents(row.amount_due) - cents(row.paid_total), Decimal("0.00"))),
         "due_date": _iso(row.due_date),
-        "zones": list(split_list(row.zones)),
+        "days_past_due": None if now is None else days_past_due_at(row.due_date, now, zone),
+        "zone": zone,
+        "zones": list(zones),
         "escalated_stages": list(split_list(row.escalated_stages)),
         "holds": holds,
         "messages": messages,

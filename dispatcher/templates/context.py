@@ -59,17 +59,25 @@ def _percent(rate: Decimal) -> str:
     return f"{(rate * 100).normalize():f}%"
 
 
-def penalty_explanation(case: Case, locale: str, today: dt.date, *, spoken: bool = False) -> str:
+def penalty_explanation(case: Case, locale: str, today: dt.date, *, spoken: bool = False,
+                        terse: bool = False) -> str:
     """One localised sentence explaining how interest and late charges are calculated.
 
     Overdue with a daily rate: the worked calculation principal x rate x DPD, rounded
     half-up to the cent. Overdue without a rate: the interest and charges as stated by
-    the lender. Not yet overdue: what will accrue per day after the due date.
-    `spoken` (voice) writes the operators as words, which text-to-speech reads well.
+    the lender. Not yet overdue: what will accrue per day after the due date. After a
+    payment, one more clause reconciles it with the outstanding amount the message
+    states: "Of 1,055.00 due, 300.00 is paid: 755.00 outstanding".
+    `spoken` (voice) writes the operators as words, which text-to-speech reads well;
+    `terse` (SMS) states the payment deduction in the fewest characters.
     """
     with decimal.localcontext() as ctx:
         ctx.prec = 50
-        return _explain(case, locale, today, spoken)
+        explanation = _explain(case, locale, today, spoken)
+    paid = _payments_sentence(case, locale, spoken, terse)
+    if not paid:
+        return explanation
+    return explanation + paid if _is_zh(locale) else f"{explanation} {paid}"
 
 
 def _explain(case: Case, locale: str, today: dt.date, spoken: bool) -> str:
@@ -124,6 +132,27 @@ def _explain(case: Case, locale: str, today: dt.date, spoken: bool) -> str:
     else:
         parts = f"interest of {interest} and late charges of {penalty}"
     return f"The amount due includes {parts}, calculated under your agreement."
+
+
+def _payments_sentence(case: Case, locale: str, spoken: bool, terse: bool) -> str:
+    """How the charges above become what is owed now, once payments came in (SPEC 11):
+    the imported amount, less what was paid, is the outstanding amount the message states."""
+    if case.paid_total <= 0:
+        return ""
+
+    def money(value: Decimal) -> str:
+        return format_money(value, case.currency, locale)
+
+    total, paid, owed = money(case.amount_due), money(case.paid_total), money(case.outstanding)
+    if terse:  # SMS: every character counts, and the text states the outstanding amount itself
+        return f"已还{paid}。" if _is_zh(locale) else f"Less {paid} paid."
+    if _is_zh(locale):
+        if spoken:
+            return f"原应还{total}，已还{paid}，尚欠{owed}。"
+        return f"原应还{total}-已还{paid}=尚欠{owed}。"
+    if spoken:
+        return f"Of the {total} that was due, you have paid {paid}, so {owed} is outstanding."
+    return f"Of {total} due, {paid} is paid: {owed} outstanding."
 
 
 def opt_out_text(channel: Channel, locale: str, unsubscribe_url: str | None) -> str:
@@ -186,7 +215,13 @@ def build_context(
         },
         "locale": locale,
         "currency": case.currency,
-        "amount_due": money(case.amount_due),
+        # SPEC 11: what is owed now. `amount_due` is SPEC 7's name for the same amount,
+        # so a template written with either never states the imported amount after a payment.
+        "outstanding": money(case.outstanding),
+        "amount_due": money(case.outstanding),
+        "original_amount": money(case.amount_due),
+        "paid_total": money(case.paid_total),
+        "has_payments": case.paid_total > 0,
         "principal": money(case.principal),
         "interest": money(case.interest),
         "penalty": money(case.penalty),
@@ -194,7 +229,8 @@ def build_context(
         "days_past_due": dpd,
         "days_until_due": max(-dpd, 0),
         "due_date": format_day(case.due_date, locale),
-        "penalty_explanation": penalty_explanation(case, locale, today, spoken=channel is Channel.VOICE),
+        "penalty_explanation": penalty_explanation(case, locale, today, spoken=channel is Channel.VOICE,
+                                                   terse=channel is Channel.SMS),
         "payment_link": payment_link,
         "support_phone": profile.support_phone,
         "org_name": config.organisation.name_for(locale),
@@ -209,7 +245,11 @@ CONTEXT_KEYS = frozenset(
         "case",
         "locale",
         "currency",
+        "outstanding",
         "amount_due",
+        "original_amount",
+        "paid_total",
+        "has_payments",
         "principal",
         "interest",
         "penalty",

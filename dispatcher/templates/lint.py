@@ -67,25 +67,29 @@ _CASE_KEYS = ("case_id", "name", "first_name", "product", "product_name")
 
 #: What each channel must state, per block, and how to say it in a problem.
 _REQUIRED: dict[Channel, dict[str, tuple[str, ...]]] = {
-    Channel.SMS: {"text": ("amount_due", "penalty_explanation", "payment_link", "opt_out")},
+    Channel.SMS: {"text": ("outstanding", "penalty_explanation", "payment_link", "opt_out")},
     Channel.EMAIL: {
-        "text": ("amount_due", "penalty_explanation", "payment_link", "opt_out"),
-        "html": ("amount_due", "penalty_explanation", "payment_link", "opt_out"),
+        "text": ("outstanding", "penalty_explanation", "payment_link", "opt_out"),
+        "html": ("outstanding", "penalty_explanation", "payment_link", "opt_out"),
     },
     Channel.VOICE: {
-        "script": ("amount_due", "penalty_explanation", "support_phone"),
+        "script": ("outstanding", "penalty_explanation", "support_phone"),
         "voicemail": ("org_name", "support_phone"),
     },
 }
 _WHAT = {
-    "amount_due": "the amount due",
+    "outstanding": "the outstanding amount, what is owed after payments",
     "penalty_explanation": "the penalty explanation",
     "payment_link": "the payment link",
     "opt_out": "the opt-out instruction",
     "support_phone": "the callback number",
     "org_name": "the organisation's name",
 }
-_MONEY_KEYS = ("amount_due", "principal", "interest", "penalty", "fees")
+#: Context money keys and the case attribute each formats.
+_MONEY_KEYS = {
+    "outstanding": "outstanding", "original_amount": "amount_due", "paid_total": "paid_total",
+    "principal": "principal", "interest": "interest", "penalty": "penalty", "fees": "fees",
+}
 
 #: Words that disclose a debt. A voicemail may be heard by anyone and the identity
 #: check is spoken before we know who answered: neither may use them.
@@ -524,7 +528,7 @@ def _content_checks(
         out.append((block_lines.get("subject", 1), "empty subject"))
 
     if ref.channel is Channel.VOICE:
-        money = [str(ctx[k]) for k in _MONEY_KEYS if getattr(case, k)]
+        money = [str(ctx[k]) for k, attr in _MONEY_KEYS.items() if getattr(case, attr)]
         for block in ("identity", "voicemail"):
             body, line = blocks[block], block_lines.get(block, 1)
             words = sorted({m.group(0).lower() for m in _DEBT_RE.finditer(body)})

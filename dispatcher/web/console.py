@@ -7,7 +7,7 @@ compliance gate as everything else, placing and releasing holds (SPEC section 1)
     GET  /ui/cases?case_id=ID             find a case
     GET  /ui/cases/{case_id}              the case page
     POST /ui/cases/{case_id}/messages     channel, template ("" = the rotation's choice)
-    POST /ui/cases/{case_id}/holds        reason, until (YYYY-MM-DD, optional), note
+    POST /ui/cases/{case_id}/holds        reason, until (YYYY-MM-DD: 00:00 in the debtor's zone; optional), note
     POST /ui/cases/{case_id}/holds/release   reason ("" = every hold)
 
 Disabled (503) while DISPATCHER_API_TOKEN is unset, like the HTTP API. The session is a
@@ -37,12 +37,13 @@ from starlette.concurrency import run_in_threadpool
 from dispatcher.clock import Clock
 from dispatcher.domain import HOLD_REASONS, Channel, Reason
 from dispatcher.logs import mask
+from dispatcher.policy.zones import PersonDateError, parse_person_date, primary_zone
 from dispatcher.services.oneoff import request_one_off
 from dispatcher.services.planner import plan_decisions
 from dispatcher.settings import Settings
 from dispatcher.store import repository
 from dispatcher.store.timeline import case_timeline
-from dispatcher.web.dependencies import ClockDep, EngineDep, GateDep, SettingsDep, TemplatesDep
+from dispatcher.web.dependencies import ClockDep, ConfigDep, EngineDep, GateDep, SettingsDep, TemplatesDep
 
 router = APIRouter(prefix="/ui")
 
@@ -339,7 +340,7 @@ async def send_one_off(case_id: str, request: Request, access: Access, engine: E
 
 @router.post("/cases/{case_id}/holds")
 async def place_hold(case_id: str, request: Request, access: Access, engine: EngineDep,
-                     clock: ClockDep) -> Response:
+                     clock: ClockDep, config: ConfigDep) -> Response:
     checked = await _authorised_form(request, access)
     if isinstance(checked, Response):
         return checked
@@ -347,25 +348,30 @@ async def place_hold(case_id: str, request: Request, access: Access, engine: Eng
     reason_text = form.get("reason", "")
     if reason_text not in {r.value for r in PAGE_HOLD_REASONS}:
         return _back(case_id, error=f"Choose a hold reason: {', '.join(r.value for r in PAGE_HOLD_REASONS)}.")
-    until: dt.datetime | None = None
-    if form.get("until"):
-        try:
-            day = dt.date.fromisoformat(form["until"])
-        except ValueError:
-            return _back(case_id, error="Until: a date like 2026-12-20, or leave it empty (until released).")
-        until = dt.datetime.combine(day, dt.time(0, 0), tzinfo=dt.UTC)
-        if until <= clock.now():
-            return _back(case_id, error="Until must be a date in the future.")
+    until_text = (form.get("until") or "").strip()
     note = (form.get("note") or "").strip()[:200] or None
 
-    def write() -> None:
+    def write() -> str | None:
         with engine.begin() as conn:
+            # The date is a day in the debtor's life (SPEC 11): 00:00 of it in their primary zone.
+            jurisdiction, zones = repository.case_zones(conn, case_id)
+            until: dt.datetime | None = None
+            if until_text:
+                try:
+                    until = parse_person_date(until_text, primary_zone(zones, config.jurisdictions.get(jurisdiction)))
+                except PersonDateError:
+                    return "Until: a date like 2026-12-20, or leave it empty (until released)."
+                if until <= clock.now():
+                    return "Until must be a date in the future."
             repository.place_hold(conn, case_id, Reason(reason_text), until, user, clock.now(), note=note)
+        return None
 
     try:
-        await run_in_threadpool(write)
+        error = await run_in_threadpool(write)
     except repository.CaseNotFound:
         return _no_case(case_id, user)
+    if error is not None:
+        return _back(case_id, error=error)
     return _back(case_id, held=reason_text)
 
 

@@ -142,7 +142,8 @@ async def test_holds_placed_and_released_from_the_page(console: tuple[httpx.Asyn
     r = await c.post("/ui/cases/A1/holds", data={"reason": "collector_hold", "until": "2026-12-20",
                                                  "note": "called back", "csrf": csrf})
     page = (await c.get(r.headers["location"])).text
-    assert "Hold collector_hold placed." in page and "2026-12-20T00:00:00+00:00" in page and "lead.li" in page
+    # the date is the debtor's (A1 is in Shanghai): the hold ends at 00:00 there (SPEC 11)
+    assert "Hold collector_hold placed." in page and "2026-12-20T00:00:00+08:00" in page and "lead.li" in page
     assert "<code>collector_hold</code>" in page  # every channel's decision says why it waits
     r = await c.post("/ui/cases/A1/holds", data={"reason": "payment_claimed", "csrf": csrf})
     assert "Choose a hold reason" in (await c.get(r.headers["location"])).text

@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PHRASES = ROOT / "config" / "forbidden_phrases.txt"
 
 GOOD_SMS_EN = (
-    "{{ org_name }}: {{ amount_due }} is overdue. {{ penalty_explanation }}"
+    "{{ org_name }}: {{ outstanding }} is overdue. {{ penalty_explanation }}"
     " Pay: {{ payment_link }} Call {{ support_phone }}. {{ opt_out }}\n"
 )
 GOOD_SMS_ZH = (
-    "【{{ org_name }}】应还{{ amount_due }}。{{ penalty_explanation }}"
+    "【{{ org_name }}】应还{{ outstanding }}。{{ penalty_explanation }}"
     "还款：{{ payment_link }} 客服{{ support_phone }} {{ opt_out }}\n"
 )
 GOOD_VOICE_EN = """\
@@ -26,7 +26,7 @@ GOOD_VOICE_EN = """\
 This is {{ org_name }} for {{ case.name }}. If you are {{ case.first_name }}, press 1.
 {% endblock %}
 {% block script %}
-The amount due is {{ amount_due }}. {{ penalty_explanation }}
+The amount due is {{ outstanding }}. {{ penalty_explanation }}
 Press 1 for a payment link by text, press 2 to promise to pay within 7 days,
 press 3 for an agent, press 9 to stop these calls. Call us at {{ support_phone }}.
 {% endblock %}
@@ -104,11 +104,24 @@ def test_missing_payment_link_in_an_email_html_body_points_at_the_block(tree: Pa
     ]
 
 
-@pytest.mark.parametrize("field", ["amount_due", "penalty_explanation", "opt_out"])
+@pytest.mark.parametrize("field", ["outstanding", "penalty_explanation", "opt_out"])
 def test_missing_required_sms_fields(tree: Path, config: Config, field: str) -> None:
     write(tree, "sms/dpd30/v1.zh-CN.j2", GOOD_SMS_ZH.replace("{{ " + field + " }}", ""))
     [problem] = about(tree, config, "sms/dpd30/v1.zh-CN.j2")
     assert problem.startswith(f"1: missing {field}: ")
+
+
+def test_spec7_amount_due_is_the_outstanding_amount_too(tree: Path, config: Config) -> None:
+    # SPEC 7's name renders the same outstanding amount: a template written with it is fine
+    write(tree, "sms/dpd30/v1.zh-CN.j2", GOOD_SMS_ZH.replace("{{ outstanding }}", "{{ amount_due }}"))
+    assert about(tree, config, "sms/dpd30/v1.zh-CN.j2") == []
+
+
+def test_stating_the_imported_amount_instead_of_the_outstanding_one_fails(tree: Path, config: Config) -> None:
+    # lint renders partly paid sample cases: the imported amount is not what is owed then
+    write(tree, "sms/dpd30/v1.zh-CN.j2", GOOD_SMS_ZH.replace("{{ outstanding }}", "{{ original_amount }}"))
+    [problem] = about(tree, config, "sms/dpd30/v1.zh-CN.j2")
+    assert problem.startswith("1: missing outstanding: the SMS must contain the outstanding amount")
 
 
 def test_a_value_hidden_for_some_cases_is_still_missing(tree: Path, config: Config) -> None:
