@@ -199,8 +199,8 @@ CASES_PER_RULE = [
         "must be 1 to 64 characters of A-Za-z0-9_.- (got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...')",
     ),
     ({"name": "  "}, "name", "required: the debtor's full name"),
-    ({"jurisdiction": ""}, "jurisdiction", "required: one of cn, us"),
-    ({"jurisdiction": "uk"}, "jurisdiction", "must be one of cn, us (got 'uk')"),
+    ({"jurisdiction": ""}, "jurisdiction", "required: one of cn, cn-bank, cn-internet, us, us-ma, us-nyc, us-wa"),
+    ({"jurisdiction": "uk"}, "jurisdiction", "must be one of cn, cn-bank, cn-internet, us, us-ma, us-nyc, us-wa (got 'uk')"),
     ({"locale": "fr-FR"}, "locale", "must be zh-CN or en-US, or empty for the jurisdiction's default (got 'fr-FR')"),
     (
         {"timezone": "Mars/Olympus"},
@@ -410,7 +410,7 @@ def test_line_numbers_count_physical_lines_with_quoted_newlines(run, tmp_path: P
     )
     report = run(path)
     assert [str(e) for e in report.errors] == [
-        "line 6: jurisdiction: must be one of cn, us (got 'xx')",
+        "line 6: jurisdiction: must be one of cn, cn-bank, cn-internet, us, us-ma, us-nyc, us-wa (got 'xx')",
         "line 9: case_id: must be 1 to 64 characters of A-Za-z0-9_.- (got 'bad id')",
         "line 10: due_date: must be a date YYYY-MM-DD, e.g. 2026-11-07 (got '2026-11-\\n07')",
         "line 12: amount_due: must equal principal + interest + penalty + fees = 3.00 (got 4.00)",
