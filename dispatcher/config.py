@@ -222,6 +222,10 @@ class Sending(_Model):
     provider_timeout_seconds: float = Field(default=15.0, gt=0)
     #: after a 429, the sender's bucket pauses for the Retry-After, at most this long
     rate_limit_pause_max_seconds: float = Field(default=30.0, ge=0)
+    #: on SIGTERM, the provider calls under way get this long to finish and be recorded
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0)
+    #: messages a crashed instance left in flight, asked of their providers at once
+    reconcile_concurrency: PositiveInt = 16
 
 
 class Scheduler(_Model):

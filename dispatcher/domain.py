@@ -100,6 +100,9 @@ class MessageStatus(StrEnum):
     QUEUED = "queued"  # in the outbox, waiting for scheduled_at
     SENDING = "sending"  # claimed and in flight: outcome unknown until recorded
     SENT = "sent"  # accepted by the provider
+    #: the provider may have it but could not confirm it (an SMTP connection lost after
+    #: the message data went out): counts as sent for cadence and caps, never resent
+    SENT_UNCONFIRMED = "sent_unconfirmed"
     DELIVERED = "delivered"
     READ = "read"
     UNDELIVERED = "undelivered"

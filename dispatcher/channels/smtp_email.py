@@ -19,9 +19,11 @@ failed:
 | disconnect or timeout after DATA started | **ambiguous**: the server may have accepted it |
 
 `reconcile` cannot ask an SMTP server whether it accepted a message, so it answers
-FAILED ("outcome unknown after DATA; not retried (at most once)"): a reminder that may
-be lost is preferable to one that may be sent twice. Bounces that arrive later (to the
-VERP return path) still reach the case.
+SENT_UNCONFIRMED ("outcome unknown after DATA; not retried (at most once)"), under the
+Message-ID the message went out with: it is never resent (a reminder that may be lost
+is preferable to one that may be sent twice), and it counts as sent for the cadence and
+the caps (it most likely reached the debtor). Bounces that arrive later (to the VERP
+return path) still reach the case.
 """
 
 from __future__ import annotations
@@ -214,8 +216,10 @@ class SmtpEmailChannel:
             client.close()
 
     async def reconcile(self, message: OutboundMessage, since: dt.datetime) -> SendResult | None:
-        """SMTP cannot be asked: never claim "not sent" (a retry could duplicate it)."""
-        return SendResult(provider_id=self.message_id(message), status=MessageStatus.FAILED, error=UNKNOWN_AFTER_DATA)
+        """SMTP cannot be asked: never claim "not sent" (a retry could duplicate it), nor
+        "failed" (the cadence would plan another one): sent, unconfirmed."""
+        return SendResult(provider_id=self.message_id(message), status=MessageStatus.SENT_UNCONFIRMED,
+                          error=UNKNOWN_AFTER_DATA)
 
     async def aclose(self) -> None:
         """Close the pooled connections politely."""

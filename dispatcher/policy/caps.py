@@ -2,7 +2,9 @@
 
 Which history entries count: every message of the channel whose status is neither
 `cancelled` nor `failed` — queued and in-flight messages included (they will go out),
-and a placed call counts even when nobody answered (busy, no-answer, completed ...).
+`sent_unconfirmed` included (the debtor may well have it: an e-mail whose SMTP
+connection was lost after its data went out), and a placed call counts even when nobody
+answered (busy, no-answer, completed ...).
 Future-dated queued messages count on their own day.
 
 Rules for placing one more message on local day D (all are backward-looking; the

@@ -105,18 +105,19 @@ _PROVIDER_STATUS: dict[str, MessageStatus | None] = {
 STATUS_RANK: dict[MessageStatus, int] = {
     MessageStatus.QUEUED: 0,
     MessageStatus.SENDING: 1,
-    MessageStatus.SENT: 2,
-    MessageStatus.RINGING: 3,
-    MessageStatus.IN_PROGRESS: 4,
+    MessageStatus.SENT_UNCONFIRMED: 2,  # any word from the provider (a bounce) is news
+    MessageStatus.SENT: 3,
+    MessageStatus.RINGING: 4,
+    MessageStatus.IN_PROGRESS: 5,
     # terminal outcomes
-    MessageStatus.CANCELLED: 5,
-    MessageStatus.UNDELIVERED: 6,
-    MessageStatus.FAILED: 7,
-    MessageStatus.BUSY: 8,
-    MessageStatus.NO_ANSWER: 9,
-    MessageStatus.DELIVERED: 10,
-    MessageStatus.COMPLETED: 11,
-    MessageStatus.READ: 12,
+    MessageStatus.CANCELLED: 6,
+    MessageStatus.UNDELIVERED: 7,
+    MessageStatus.FAILED: 8,
+    MessageStatus.BUSY: 9,
+    MessageStatus.NO_ANSWER: 10,
+    MessageStatus.DELIVERED: 11,
+    MessageStatus.COMPLETED: 12,
+    MessageStatus.READ: 13,
 }
 
 TERMINAL_STATUSES = frozenset(s for s, r in STATUS_RANK.items() if r >= STATUS_RANK[MessageStatus.CANCELLED])

@@ -9,13 +9,20 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.domain import Channel, MessageStatus
 from dispatcher.store import repository
 from dispatcher.store.events import insert_events
 from dispatcher.store.tables import MessageRow, messages_t
+
+
+def unstamped() -> ColumnElement[bool]:
+    """SQL: the row carries no "in flight" stamp of its current claim (the provider call
+    of that claim never started): `status_at` unset or older than the claim."""
+    m = messages_t.c
+    return or_(m.status_at.is_(None), m.status_at < m.claimed_at)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class SendSummary:
     deferred: int = 0
     cancelled: int = 0
     reconciled: int = 0
+    unconfirmed: int = 0  # sent_unconfirmed: the provider may have it, it could not say
     by_channel: dict[str, int] = field(default_factory=dict)
 
 
@@ -48,6 +56,32 @@ class Claimed:
     body: str | None = None
     claimed_by: str | None = None  # with claimed_at: the claim every write of ours must still match
 
+    @staticmethod
+    def stamped(row: Any) -> bool:
+        """Does a row read by `stale_rows` carry the "in flight" stamp of its claim?"""
+        return row.status_at is not None and row.status_at >= row.claimed_at
+
+    @classmethod
+    def in_flight(cls, row: Any) -> Claimed:
+        """A row read by `stale_rows`, under the claim it was left with."""
+        attempts = max(row.attempts - 1, 0) if cls.stamped(row) else row.attempts  # before its last attempt
+        return cls(row.id, row.case_id, Channel(row.channel), row.stage, row.template_id, row.kind, attempts,
+                   row.claimed_at, row.to_address, row.body, row.claimed_by)
+
+
+def stale_rows(engine: Engine, lease_cut: dt.datetime, stamp_cut: dt.datetime, after: int, limit: int) -> list[Any]:
+    """Rows left in flight: never stamped and claimed before `lease_cut`, or stamped before
+    `stamp_cut`; by id, after `after`."""
+    m = messages_t.c
+    with engine.connect() as conn:
+        return list(conn.execute(
+            select(m.id, m.case_id, m.channel, m.stage, m.template_id, m.kind, m.attempts, m.claimed_at,
+                   m.status_at, m.to_address, m.body, m.subject, m.claimed_by)
+            .where(m.status == MessageStatus.SENDING.value, m.id > after,
+                   or_(and_(unstamped(), m.claimed_at < lease_cut), and_(~unstamped(), m.status_at < stamp_cut)))
+            .order_by(m.id).limit(limit)
+        ).all())
+
 
 @dataclass
 class Writes:
@@ -56,9 +90,7 @@ class Writes:
     requeue: list[dict[str, Any]] = field(default_factory=list)
     finish: list[dict[str, Any]] = field(default_factory=list)
     rendered: list[dict[str, Any]] = field(default_factory=list)
-    stamped: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
-    unstamp: list[dict[str, Any]] = field(default_factory=list)  # stamped, but never handed over
     events: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[tuple[str, str, dt.datetime, int]] = field(default_factory=list)
     #: message id -> (claimed_by, claimed_at): a row is written only while it still carries
@@ -70,41 +102,39 @@ class Writes:
         self.claims[item.id] = (item.claimed_by, item.claimed_at)
 
     def apply(self, conn: Connection) -> None:
-        """The sender's own batch: one executemany per kind of write, each guarded by the claim."""
+        """The sender's own batch: one executemany per kind of write, each guarded by the claim.
+        Re-queueing and finishing also need the row still in flight: another instance's
+        reconcile may have settled it (sent, under the same claim) meanwhile."""
         m = messages_t.c
         by_id = and_(m.id == bindparam("b_id"), m.claimed_by.is_not_distinct_from(bindparam("b_owner")),
                      m.claimed_at == bindparam("b_claimed"))
-        for rows in (self.requeue, self.finish, self.rendered, self.stamped, self.sent, self.unstamp):
+        in_flight = and_(by_id, m.status == MessageStatus.SENDING.value)
+        for rows in (self.requeue, self.finish, self.rendered, self.sent):
             for row in rows:
                 row["b_owner"], row["b_claimed"] = self.claims[row["b_id"]]
-        if self.unstamp:
-            conn.execute(update(MessageRow).where(by_id).values(attempts=m.attempts - 1), self.unstamp)
         if self.requeue:
-            conn.execute(update(MessageRow).where(by_id).values(
+            conn.execute(update(MessageRow).where(in_flight).values(
                 status=MessageStatus.QUEUED.value, scheduled_at=bindparam("b_when"), claimed_by=None,
                 last_error=bindparam("b_error")), self.requeue)
         if self.finish:
-            conn.execute(update(MessageRow).where(by_id).values(
+            conn.execute(update(MessageRow).where(in_flight).values(
                 status=bindparam("b_status"), status_at=bindparam("b_now"), last_error=bindparam("b_error"),
                 provider_id=bindparam("b_provider")), self.finish)
-        # The provider may have it from here on: stamped and committed before the call. A
-        # rendered row carries its stamp (one statement renders and stamps it); `stamped`
-        # holds the messages sent without rendering (system replies).
-        stamp: dict[str, Any] = dict(status_at=bindparam("b_now"), attempts=m.attempts + 1)
+        # The rendered content; each message's "in flight" stamp is committed apart, just
+        # before its own provider call (`services.stamps`).
         if self.rendered:
             conn.execute(update(MessageRow).where(by_id).values(
                 template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
                 stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
                 body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"),
-                to_address=bindparam("b_to"), **stamp), self.rendered)
-        if self.stamped:
-            conn.execute(update(MessageRow).where(by_id).values(**stamp), self.stamped)
+                to_address=bindparam("b_to")), self.rendered)
         if self.sent:
             conn.execute(update(MessageRow).where(by_id).values(
                 # A status callback may already have moved it on (e.g. delivered):
                 # never move a status backwards.
                 status=case((m.status == MessageStatus.SENDING.value, bindparam("b_status")), else_=m.status),
-                provider_id=bindparam("b_provider"), sent_at=bindparam("b_now"), last_error=None), self.sent)
+                provider_id=bindparam("b_provider"), sent_at=bindparam("b_now"), last_error=bindparam("b_error")),
+                self.sent)
         insert_events(conn, self.events)
         for channel, address, at, _message_id in self.invalid:
             repository.mark_address_invalid(conn, channel, address, at)
@@ -126,7 +156,12 @@ class Writes:
             return update(MessageRow).where(condition)
 
         for row in self.requeue:
-            if conn.execute(guarded(row, in_flight=True).values(
+            # "never started" re-queues need the row still unstamped: a stamp committed by
+            # a live owner after it was read means its provider call is under way
+            query = guarded(row, in_flight=True)
+            if row.get("b_unstamped"):
+                query = query.where(unstamped())
+            if conn.execute(query.values(
                     status=MessageStatus.QUEUED.value, scheduled_at=row["b_when"], claimed_by=None,
                     last_error=row["b_error"])).rowcount:
                 written.add(row["b_id"])
@@ -138,7 +173,7 @@ class Writes:
         for row in self.sent:
             if conn.execute(guarded(row, in_flight=False).values(
                     status=case((m.status == MessageStatus.SENDING.value, row["b_status"]), else_=m.status),
-                    provider_id=row["b_provider"], sent_at=row["b_now"], last_error=None)).rowcount:
+                    provider_id=row["b_provider"], sent_at=row["b_now"], last_error=row["b_error"])).rowcount:
                 written.add(row["b_id"])
         insert_events(conn, [e for e in self.events if e.get("message_id") in written])
         for channel, address, at, message_id in self.invalid:

@@ -4,20 +4,26 @@ before sending, renders it, and hands it to its channel — at most once.
 At-most-once protocol, per claimed batch:
 1. claim: `queued` -> `sending` in one statement (`FOR UPDATE SKIP LOCKED` on
    PostgreSQL; SQLite has a single writer), stamped with `claimed_by`/`claimed_at`;
-2. gate + render every row; one transaction records the rendered content and stamps
-   `status_at` *before* any provider call: from then on "the provider may have it";
-3. the provider calls run concurrently under the per-sender rate limits. Just before
-   each call (its turn at the rate limiter may come seconds later) the row goes back
-   to the queue instead if the case's contact window has closed since the gate, or if
-   the claim's lease (2 x provider timeout) has run out;
+2. gate + render every row; one transaction records the rendered content;
+3. the provider calls run concurrently under the per-sender rate limits. Each message,
+   once its turn at the rate limiter comes, goes back to the queue instead if the case's
+   contact window has closed since the gate, if the claim's lease (2 x provider timeout)
+   has run out, or if the instance is stopping; otherwise its own "in flight" stamp
+   (`status_at`, `attempts` + 1) is committed (`services.stamps`) and only then is the
+   provider called: from then on "the provider may have it". A crash leaves in flight
+   only the messages whose call had begun;
 4. one transaction records every result. An ambiguous result (timeout, reset, 5xx) is
-   reconciled with the provider first; only a provider with no trace of the message
-   lets it be retried. A crash leaves rows in `sending`; the reconcile job settles
-   rows older than lease + 3 x timeout the same way (rows whose provider call never
-   started are simply re-queued) — by then no live owner can still call the provider.
+   reconciled with the provider first (the window starting at the message's own stamp);
+   only a provider with no trace of the message lets it be retried; an SMTP server that
+   may have accepted it makes it `sent_unconfirmed` (counted as sent, never resent).
+Rows a crash left in `sending` are settled by `reconcile_stale`: rows never stamped once
+their claim's lease is over (simply re-queued), stamped rows once their own call and its
+reconcile are over (3 x provider timeout after the stamp) — by then no live owner can
+still call the provider. They are reconciled concurrently (`[sending]
+reconcile_concurrency`), each committed as it settles.
 Every write is guarded by the claim (`claimed_by`, `claimed_at`) it was made under, so
 a writer that lost its claim can never re-queue or overwrite a row someone else owns.
-The next batch is claimed as soon as every call of the current one has begun, so the
+The next batch is claimed as soon as most calls of the current one have begun, so the
 rate limiter does not idle between batches. Retries go back through the gate, so a
 retry never leaves the contact window.
 """
@@ -26,10 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Engine
@@ -45,13 +51,14 @@ from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.caps import history_for_recheck
 from dispatcher.policy.window import windows_for
-from dispatcher.services.claims import Claimed, SendSummary, Writes
+from dispatcher.services.claims import Claimed, SendSummary, Writes, stale_rows
+from dispatcher.services.compose import Composer
 from dispatcher.services.pacing import SenderLimits
-from dispatcher.services.planner import zone_info
+from dispatcher.services.stamps import StampQueue
 from dispatcher.store.events import EventKind, event_values
 from dispatcher.store.snapshots import iter_snapshots
 from dispatcher.store.tables import MessageRow
-from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
+from dispatcher.templates import TemplateSet
 
 log = logging.getLogger("dispatcher.outbox")
 
@@ -64,9 +71,19 @@ _ACCEPTED = {
     MessageStatus.IN_PROGRESS,
     MessageStatus.COMPLETED,
 }
+_STALE_PAGE = 1000  # stale rows read at a time
 _LEAVE_IN_FLIGHT = object()  # reconcile could not reach the provider
 _WINDOW_CLOSED = object()  # its turn at the rate limiter came after the contact window closed
 _CLAIM_EXPIRED = object()  # its turn came after the claim's lease: another instance may reconcile it
+_STOPPING = object()  # the instance began to stop before its turn
+_NOT_STAMPED = object()  # its stamp could not be committed: never handed over
+#: never handed over: back in the queue, due now, and why
+_NOT_HANDED_OVER = {
+    _WINDOW_CLOSED: "the contact window closed before its turn at the rate limiter",
+    _CLAIM_EXPIRED: "its claim expired before its turn at the rate limiter",
+    _STOPPING: "the instance stopped before its turn; back in the queue",
+    _NOT_STAMPED: "the store failed before its provider call; back in the queue",
+}
 
 
 class Sender:
@@ -95,32 +112,37 @@ class Sender:
         self.templates = templates
         self.channels = channels
         self.clock = clock
-        self.signer = signer
-        self.public_url = public_url.rstrip("/")
+        self.compose = Composer(config, templates, signer, public_url)
         self.instance_id = instance_id
         self.limits = SenderLimits(dict(config.sending.rate_per_second))
+        self.stamps = StampQueue(engine, clock.now)
         self._semaphore = asyncio.Semaphore(config.sending.concurrency)
         self._stopping = False
-        self._catalog_cache: Mapping[tuple[Channel, str, str], tuple[str, ...]] | None = None
+        self._waiting: set[asyncio.Future[None]] = set()  # turns at the rate limiter
         self._calendars: dict[str, WorkingCalendar] = {}
         timeout = dt.timedelta(seconds=config.sending.provider_timeout_seconds)
         #: A claimed message is handed to the provider only this long after its claim;
-        #: later (still waiting at the rate limiter), it goes back to the queue.
+        #: later (still waiting at the rate limiter), it goes back to the queue. A row
+        #: claimed longer ago and never stamped is re-queued by `reconcile_stale`.
         self.claim_lease = 2 * timeout
-        #: Rows in flight longer than this belong to an instance that is gone: a call
-        #: started within the lease has answered (or timed out) and been reconciled
-        #: (another timeout) by then, so `reconcile_stale` cannot race a live owner.
-        self.stale_after = self.claim_lease + 3 * timeout
-
-    def _catalog(self) -> Mapping[tuple[Channel, str, str], tuple[str, ...]]:
-        """The approved templates, read once per pass (it hashes every template file)."""
-        if self._catalog_cache is None:
-            self._catalog_cache = self.templates.approved_catalog()
-        return self._catalog_cache
+        #: A stamped row older than this belongs to an instance that is gone: its call
+        #: has answered (or timed out) and been reconciled by then (one timeout each, and
+        #: one more of margin), so `reconcile_stale` cannot race a live owner.
+        self.stamp_grace = 3 * timeout
+        #: the longest a row of a live instance stays in flight
+        self.stale_after = max(self.claim_lease, self.stamp_grace)
 
     def stop_claiming(self) -> None:
-        """Graceful shutdown: finish what is in flight, claim nothing new."""
+        """Graceful shutdown: claim nothing new, hand no more messages to the providers
+        (those waiting for their turn go back to the queue); the calls under way finish
+        and their results are recorded."""
         self._stopping = True
+        for waiter in list(self._waiting):
+            waiter.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     # -- claiming ----------------------------------------------------------------
 
@@ -167,7 +189,7 @@ class Sender:
     async def send_due(self, *, max_messages: int | None = None, only_ids: list[int] | None = None) -> SendSummary:
         """Claim and send everything due now (in batches), until nothing is left."""
         summary = SendSummary()
-        self._catalog_cache = None  # templates may have been edited or approved since the last pass
+        self.compose.new_pass()
         batch = self.config.sending.batch_size
         in_flight: set[asyncio.Task[None]] = set()
         try:
@@ -249,8 +271,6 @@ class Sender:
                 assert snapshot is not None
                 closes = None if item.kind == "system" else self._window_closes(snapshot, now)
                 ready.append((item, outbound, closes))
-                if item.kind == "system":  # a rendered message is stamped with its render row
-                    writes.stamped.append({"b_id": item.id, "b_now": now})
         await asyncio.to_thread(self._apply, writes)
         waiting = len(ready)
         # The next batch is prepared while the second half of this one's calls wait for
@@ -266,11 +286,12 @@ class Sender:
         if not ready and started is not None:
             started.set()
         lease_ends = (claimed[0].claimed_at + self.claim_lease).timestamp() if claimed else None
-        results = await asyncio.gather(*(self._call(outbound, closes, one_started, lease_ends)
-                                         for _item, outbound, closes in ready))
+        attempts = await asyncio.gather(*(self._call(item, outbound, closes, one_started, lease_ends)
+                                          for item, outbound, closes in ready))
+        results = [result for result, _stamp in attempts]
         settled = await asyncio.gather(
-            *(self._reconcile_if_ambiguous(item, outbound, result) for (item, outbound, _c), result in zip(
-                ready, results, strict=True))
+            *(self._reconcile_if_ambiguous(item, outbound, result, stamp) for (item, outbound, _c), (result, stamp)
+              in zip(ready, attempts, strict=True))
         )
         writes = Writes()
         for item, _outbound, _c in ready:
@@ -301,38 +322,69 @@ class Sender:
             closes.append(bounds[1])
         return float(min(closes))
 
-    async def _call(self, outbound: OutboundMessage, window_closes: float | None,
-                    on_start: Callable[[], None] | None = None, lease_ends: float | None = None) -> SendResult | object:
+    async def _call(self, item: Claimed, outbound: OutboundMessage, window_closes: float | None,
+                    on_start: Callable[[], None] | None = None, lease_ends: float | None = None,
+                    ) -> tuple[SendResult | object, dt.datetime | None]:
+        """The message's provider call, after its turn at the rate limiter and its own stamp;
+        with the stamp's instant (None: never handed over)."""
         async with self._semaphore:
             bucket = self.limits.bucket(outbound.channel.value, outbound.sender)
-            await bucket.acquire()
+            turn = await self._turn(bucket.acquire)
             if on_start is not None:
                 on_start()
+            if not turn:
+                return _STOPPING, None
             now = self.clock.now().timestamp()
             if lease_ends is not None and now >= lease_ends:
-                return _CLAIM_EXPIRED
+                return _CLAIM_EXPIRED, None
             if window_closes is not None and now >= window_closes:
-                return _WINDOW_CLOSED
+                return _WINDOW_CLOSED, None
+            try:
+                stamp = await self.stamps.stamp(item)
+            except Exception as exc:  # noqa: BLE001 - the store failed: nothing was handed over
+                log.warning("message %s: could not stamp it in flight (%s); not sent", item.id, type(exc).__name__)
+                return _NOT_STAMPED, None
+            if stamp is None:  # re-queued or settled by another instance meanwhile: not ours
+                return _LEAVE_IN_FLIGHT, None
             try:
                 result = await self.channels[outbound.channel].send(outbound)
             except Exception as exc:  # an adapter bug: the outcome is unknown, treat it as ambiguous
                 log.exception("message %s: channel raised", outbound.message_id)
                 return SendResult(None, MessageStatus.FAILED, retryable=True, ambiguous=True,
-                                  error=f"channel error: {type(exc).__name__}")
+                                  error=f"channel error: {type(exc).__name__}"), stamp
             if result.retry_after:
                 # the provider throttles this sender: the other messages waiting at the same
                 # bucket pause too, instead of each meeting its own 429
                 bucket.penalise(min(result.retry_after, self.config.sending.rate_limit_pause_max_seconds))
-            return result
+            return result, stamp
+
+    async def _turn(self, acquire: Callable[[], Awaitable[None]]) -> bool:
+        """Wait for a turn at the rate limiter; False when the sender stops meanwhile."""
+        if self._stopping:
+            return False
+        waiter = asyncio.ensure_future(acquire())
+        self._waiting.add(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stopping and waiter.cancelled() and not (task is not None and task.cancelling()):
+                return False  # `stop_claiming` cancelled the wait, not someone cancelling us
+            raise
+        finally:
+            self._waiting.discard(waiter)
+        return not self._stopping
 
     async def _reconcile_if_ambiguous(self, item: Claimed, outbound: OutboundMessage,
-                                      result: SendResult | object) -> SendResult | object | None:
+                                      result: SendResult | object, since: dt.datetime | None,
+                                      ) -> SendResult | object | None:
         """The result to record; None when the provider proved it never got the message
-        (safe to retry); `_LEAVE_IN_FLIGHT` when it could not be asked."""
+        (safe to retry); `_LEAVE_IN_FLIGHT` when it could not be asked. `since` is the
+        message's own "in flight" stamp: the provider cannot have it from before."""
         if not isinstance(result, SendResult) or not result.ambiguous:
             return result
         try:
-            found = await self.channels[item.channel].reconcile(outbound, item.claimed_at)
+            found = await self.channels[item.channel].reconcile(outbound, since or item.claimed_at)
         except Exception as exc:  # noqa: BLE001 - provider unreachable: the reconcile job retries
             log.warning("message %s: reconcile failed (%s); left in flight", item.id, type(exc).__name__)
             return _LEAVE_IN_FLIGHT
@@ -350,11 +402,11 @@ class Sender:
         if item.kind == "system":
             # Transactional replies (opt-out confirmation, HELP, a requested payment link):
             # the debtor asked for them, so no debt-template gate; the body is stored.
-            return self._system_outbound(item, snapshot)
+            return self.compose.system_outbound(item, snapshot)
         others = history_for_recheck(snapshot.history, item.id)
         decision = self.gate.decide_channel(
             replace(snapshot, history=others),
-            self._catalog(),
+            self.compose.catalog(),
             now,
             item.channel,
             apply_cadence=False,
@@ -369,108 +421,11 @@ class Sender:
                          summary, event=EventKind.MESSAGE_CANCELLED)
             return None
         try:
-            return self._render(item, snapshot, decision.template, decision.stage, now, writes)
+            return self.compose.render(item, snapshot, decision.template, decision.stage, now, writes)
         except Exception as exc:  # noqa: BLE001 - never reached the provider: fail it visibly
             self._finish(item, MessageStatus.FAILED, f"could not render {decision.template}: {exc}", now, writes,
                          summary)
             return None
-
-    def _system_outbound(self, item: Claimed, snapshot: CaseSnapshot) -> OutboundMessage:
-        profile = self.config.jurisdictions.get(snapshot.case.jurisdiction)
-        return OutboundMessage(
-            message_id=item.id,
-            case_id=item.case_id,
-            channel=item.channel,
-            to=item.to_address or "",
-            body=item.body or "",
-            idempotency_key=f"m{item.id}",
-            locale=snapshot.case.locale,
-            sender=(profile.sms_from or None) if profile else None,
-            messaging_service_sid=(profile.messaging_service_sid or None) if profile else None,
-            status_callback=f"{self.public_url}/twilio/sms/status?m={item.id}",
-        )
-
-    def _approved_locale(self, channel: Channel, template_id: str, case_locale: str, default: str) -> str:
-        """`pick_locale(..., approved_only=True)` answered from this pass's approved
-        catalog (it otherwise stats, reads and hashes the template file per message);
-        `render(require_approved=True)` still checks the file it renders."""
-        stage = template_id.split("/")[1] if template_id.count("/") == 2 else ""
-        catalog = self._catalog()
-        for locale in dict.fromkeys((case_locale, default)):
-            if locale and template_id in catalog.get((channel, stage, locale), ()):
-                return locale
-        return pick_locale(self.templates, template_id, case_locale, default, approved_only=True)
-
-    def _render(self, item: Claimed, snapshot: CaseSnapshot, template_id: str, stage: str | None,
-                now: dt.datetime, writes: Writes) -> OutboundMessage:
-        case_ = snapshot.case
-        profile = self.config.jurisdictions[case_.jurisdiction]
-        zone = snapshot.zones[0] if snapshot.zones else profile.default_timezones[0]
-        today = now.astimezone(zone_info(zone)).date()
-        expires = now + dt.timedelta(days=self.config.links.payment_link_days)
-        payment_link = f"{self.public_url}/p/{self.signer.payment_token(item.id, expires)}"
-        email = item.channel is Channel.EMAIL
-        unsubscribe_url = (f"{self.public_url}/email/unsubscribe/{self.signer.unsubscribe_token(item.id)}"
-                           if email else None)
-        locale = self._approved_locale(item.channel, template_id, case_.locale, profile.default_locale)
-        context = build_context(
-            case_,
-            config=self.config,
-            channel=item.channel,
-            today=today,
-            payment_link=payment_link,
-            opt_out=opt_out_text(item.channel, locale, unsubscribe_url),
-            locale=locale,
-            unsubscribe_url=unsubscribe_url,
-        )
-        rendered = self.templates.render(template_id, locale, context, require_approved=True)
-        to = next((c.address for c in snapshot.contacts if c.channel is item.channel), None) or ""
-        headers: dict[str, str] = {}
-        return_path = message_ref = status_callback = voice_url = None
-        sender: str | None
-        if email:
-            sender = self.config.organisation.email_from
-            headers = {
-                "List-Unsubscribe": f"<{unsubscribe_url}>",
-                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            }
-            return_path = self.signer.verp_address(item.id, self.config.organisation.bounce_domain)
-            message_ref = f"<dispatcher-{item.id}@{self.config.organisation.bounce_domain}>"
-        elif item.channel is Channel.SMS:
-            sender = profile.sms_from or None
-            status_callback = f"{self.public_url}/twilio/sms/status?m={item.id}"
-        else:
-            sender = profile.voice_from or None
-            status_callback = f"{self.public_url}/twilio/voice/status?m={item.id}"
-            voice_url = f"{self.public_url}/twilio/voice/answer?m={item.id}"
-        writes.rendered.append({
-            "b_id": item.id, "b_now": now, "b_template": template_id, "b_variant": rendered.variant, "b_locale": locale,
-            "b_stage": stage or item.stage, "b_hash": rendered.content_hash, "b_subject": rendered.subject,
-            "b_body": rendered.text, "b_html": rendered.html,
-            # the IVR needs the voice blocks (identity, script, voicemail) when the call is
-            # answered; an SMS or e-mail is all in body/subject/html already
-            "b_parts": (json.dumps(dict(rendered.blocks), ensure_ascii=False)
-                        if item.channel is Channel.VOICE and rendered.blocks else None),
-            "b_to": to,
-        })
-        return OutboundMessage(
-            message_id=item.id,
-            case_id=case_.case_id,
-            channel=item.channel,
-            to=to,
-            body=rendered.text,
-            idempotency_key=f"m{item.id}",
-            locale=locale,
-            subject=rendered.subject,
-            html=rendered.html,
-            sender=sender,
-            messaging_service_sid=profile.messaging_service_sid or None,
-            status_callback=status_callback,
-            voice_url=voice_url,
-            headers=headers,
-            return_path=return_path,
-            message_ref=message_ref,
-        )
 
     # -- recording ---------------------------------------------------------------
 
@@ -479,12 +434,10 @@ class Sender:
                  attempt_error: str | None = None) -> None:
         if result is _LEAVE_IN_FLIGHT:
             return
-        if result is _WINDOW_CLOSED or result is _CLAIM_EXPIRED:
-            # Never handed over: back in the queue, due now (the gate defers it to the next
-            # legal moment if the window closed), and the stamp's attempt does not count.
-            why = ("the contact window closed before its turn at the rate limiter" if result is _WINDOW_CLOSED
-                   else "its claim expired before its turn at the rate limiter")
-            writes.unstamp.append({"b_id": item.id})
+        why = _NOT_HANDED_OVER.get(result)
+        if why is not None:
+            # Never handed over (never stamped either): back in the queue, due now (the
+            # gate defers it to the next legal moment if the window closed).
             self._requeue(item, now, why, now, writes)
             summary.deferred += 1
             return
@@ -496,11 +449,24 @@ class Sender:
         assert isinstance(result, SendResult)
         if result.error == "reconciled":
             summary.reconciled += 1
+        if result.status is MessageStatus.SENT_UNCONFIRMED:
+            # The provider may have it and cannot be asked (SMTP after DATA): never resent,
+            # counted as sent for cadence and caps, and the timeline says it is unconfirmed.
+            writes.sent.append({"b_id": item.id, "b_status": result.status.value, "b_provider": result.provider_id,
+                                "b_now": now, "b_error": result.error})
+            writes.events.append(event_values(
+                EventKind.MESSAGE_SENT_UNCONFIRMED, now, case_id=item.case_id, message_id=item.id,
+                channel=item.channel.value, provider_id=result.provider_id, to=mask(outbound.to),
+                why=result.error or "outcome unknown"))
+            summary.unconfirmed += 1
+            log.warning("message %s via %s to %s: sent, unconfirmed (%s)", item.id, item.channel.value,
+                        mask(outbound.to), result.error)
+            return
         failed = result.status in {MessageStatus.FAILED, MessageStatus.UNDELIVERED}
         if result.status in _ACCEPTED or (result.provider_id and not failed):
             status = result.status if result.status in _ACCEPTED else MessageStatus.SENT
             writes.sent.append({"b_id": item.id, "b_status": status.value, "b_provider": result.provider_id,
-                                "b_now": now})
+                                "b_now": now, "b_error": None})
             writes.events.append(event_values(
                 EventKind.MESSAGE_SENT, now, case_id=item.case_id, message_id=item.id, channel=item.channel.value,
                 provider_id=result.provider_id, to=mask(outbound.to)))
@@ -531,8 +497,12 @@ class Sender:
         summary.retried += 1
 
     @staticmethod
-    def _requeue(item: Claimed, when: dt.datetime, why: str, now: dt.datetime, writes: Writes) -> None:
-        writes.requeue.append({"b_id": item.id, "b_when": when, "b_error": why})
+    def _requeue(item: Claimed, when: dt.datetime, why: str, now: dt.datetime, writes: Writes, *,
+                 unstamped: bool = False) -> None:
+        row = {"b_id": item.id, "b_when": when, "b_error": why}
+        if unstamped:  # only while it is still unstamped (`Writes.apply_stale`)
+            row["b_unstamped"] = True
+        writes.requeue.append(row)
         writes.events.append(event_values(
             EventKind.MESSAGE_DEFERRED, now, case_id=item.case_id, message_id=item.id, channel=item.channel.value,
             not_before=when.isoformat(), why=why))
@@ -553,42 +523,63 @@ class Sender:
     # -- reconciliation of stale in-flight rows -----------------------------------
 
     async def reconcile_stale(self, older_than: dt.timedelta | None = None) -> int:
-        """Settle rows left in `sending` by a crash or a failed reconcile."""
+        """Settle the rows a crashed (or stopped) instance left in `sending`: those never
+        stamped, once their claim's lease is over, are re-queued at once; those stamped,
+        once their own call is surely over (`stamp_grace` after the stamp), are reconciled
+        with their provider — concurrently, at most `[sending] reconcile_concurrency` at a
+        time, each committed as soon as it settles, so that the sender and the planner
+        carry on meanwhile. Returns the number of rows settled."""
         now = self.clock.now()
-        cutoff = now - (older_than or self.stale_after)
+        lease_cut = now - (older_than or self.claim_lease)
+        stamp_cut = now - (older_than or self.stamp_grace)
+        lookups = asyncio.Semaphore(self.config.sending.reconcile_concurrency)
+        settled, after = 0, 0
+        while True:
+            rows = await asyncio.to_thread(stale_rows, self.engine, lease_cut, stamp_cut, after, _STALE_PAGE)
+            if not rows:
+                return settled
+            after = rows[-1].id
+            writes = Writes()
+            started = []
+            for r in rows:
+                if Claimed.stamped(r):
+                    started.append(r)
+                    continue
+                item = Claimed.in_flight(r)
+                writes.claim(item)
+                self._requeue(item, now, "claimed but never sent (instance stopped); re-queued", now, writes,
+                              unstamped=True)
+            if writes.requeue:
+                settled += len(await asyncio.to_thread(self._apply_stale, writes))
+            settled += sum(await asyncio.gather(*(self._settle_stale(r, lookups) for r in started)))
+            if len(rows) < _STALE_PAGE:
+                return settled
+
+    def _apply_stale(self, writes: Writes) -> set[int]:
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(col(MessageRow.id), col(MessageRow.case_id), col(MessageRow.channel), col(MessageRow.stage),
-                       col(MessageRow.template_id), col(MessageRow.kind), col(MessageRow.attempts),
-                       col(MessageRow.claimed_at), col(MessageRow.status_at), col(MessageRow.to_address),
-                       col(MessageRow.body), col(MessageRow.subject), col(MessageRow.claimed_by))
-                .where(col(MessageRow.status) == MessageStatus.SENDING.value, col(MessageRow.claimed_at) < cutoff)
-                .with_for_update(skip_locked=True)
-            ).all()
-        writes = Writes()
-        summary = SendSummary()
-        for r in rows:
-            item = Claimed(r.id, r.case_id, Channel(r.channel), r.stage, r.template_id, r.kind,
-                            max(r.attempts - 1, 0), r.claimed_at, r.to_address, r.body, r.claimed_by)
-            writes.claim(item)
-            started = r.status_at is not None and r.status_at >= r.claimed_at
-            if not started:
-                self._requeue(item, now, "claimed but never sent (instance stopped); re-queued", now, writes)
-                continue
-            # The e-mail's Message-ID is ours and deterministic: the record must name the
-            # one the SMTP server was given (bounces and the sink are matched by it).
-            message_ref = (f"<dispatcher-{r.id}@{self.config.organisation.bounce_domain}>"
-                           if r.channel == Channel.EMAIL.value else None)
-            outbound = OutboundMessage(message_id=r.id, case_id=r.case_id, channel=Channel(r.channel),
-                                       to=r.to_address or "", body=r.body or "", idempotency_key=f"m{r.id}",
-                                       subject=r.subject, message_ref=message_ref)
+            return writes.apply_stale(conn)
+
+    async def _settle_stale(self, r: Any, lookups: asyncio.Semaphore) -> int:
+        """One stamped row: asked of its provider (the window from its own stamp), recorded."""
+        item = Claimed.in_flight(r)
+        # The e-mail's Message-ID is ours and deterministic: the record must name the
+        # one the SMTP server was given (bounces and the sink are matched by it).
+        message_ref = (f"<dispatcher-{r.id}@{self.config.organisation.bounce_domain}>"
+                       if r.channel == Channel.EMAIL.value else None)
+        outbound = OutboundMessage(message_id=r.id, case_id=r.case_id, channel=item.channel,
+                                   to=r.to_address or "", body=r.body or "", idempotency_key=f"m{r.id}",
+                                   subject=r.subject, message_ref=message_ref)
+        async with lookups:
             result = await self._reconcile_if_ambiguous(
                 item, outbound, SendResult(None, MessageStatus.SENDING, retryable=True, ambiguous=True,
-                                           error="left in flight"))
-            if result is _LEAVE_IN_FLIGHT:
-                continue
-            self._outcome(item, outbound, result, now, writes, summary)
-        with self.engine.begin() as conn:
-            settled = len(writes.apply_stale(conn))
-        return settled
-
+                                           error="left in flight"), r.status_at)
+        if result is _LEAVE_IN_FLIGHT:
+            return 0
+        writes = Writes()
+        writes.claim(item)
+        self._outcome(item, outbound, result, self.clock.now(), writes, SendSummary())
+        try:
+            return len(await asyncio.to_thread(self._apply_stale, writes))
+        except Exception as exc:  # noqa: BLE001 - the store failed: the row stays for the next pass
+            log.warning("message %s: could not record its reconcile (%s)", r.id, type(exc).__name__)
+            return 0

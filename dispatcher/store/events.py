@@ -31,6 +31,7 @@ class EventKind(StrEnum):
     MESSAGE_QUEUED = "message_queued"
     MESSAGE_DEFERRED = "message_deferred"
     MESSAGE_SENT = "message_sent"
+    MESSAGE_SENT_UNCONFIRMED = "message_sent_unconfirmed"  # the provider may have it; it could not say
     MESSAGE_FAILED = "message_failed"
     MESSAGE_CANCELLED = "message_cancelled"
     MESSAGE_RECONCILED = "message_reconciled"

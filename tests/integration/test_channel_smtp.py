@@ -139,7 +139,9 @@ async def test_drop_after_data_is_ambiguous_and_never_retried(sandbox: Sandbox, 
     assert len(sandbox.emails()) == 1  # the server did get it
     settled = await channel.reconcile(message, dt.datetime.now(dt.UTC))
     assert settled is not None
-    assert settled.status is MessageStatus.FAILED and settled.error == UNKNOWN_AFTER_DATA and not settled.retryable
+    # never resent, and counted as sent (the server most likely has it), not failed
+    assert settled.status is MessageStatus.SENT_UNCONFIRMED and settled.error == UNKNOWN_AFTER_DATA
+    assert not settled.retryable and settled.provider_id == SmtpEmailChannel.message_id(message)
 
 
 async def test_connection_refused_is_retryable_not_ambiguous() -> None:

@@ -54,7 +54,7 @@ FAULTS = "429:0.04,500:0.04,timeout:0.04,reset:0.04,reset_before:0.04"
 #: The client gives up on a held answer after this long (a `timeout` fault).
 CLIENT_TIMEOUT_S = 0.3
 SENT = frozenset({"sent", "delivered", "read", "ringing", "in-progress", "completed"})
-TERMINAL = SENT | {"failed", "cancelled"}
+TERMINAL = SENT | {"sent_unconfirmed", "failed", "cancelled"}
 
 
 def faulty_config(config: Config) -> Config:
@@ -160,7 +160,10 @@ async def test_twenty_percent_faults_every_message_sent_once_or_failed_never_out
 
     # The faults really happened, of every kind, and were dealt with.
     assert set(injected) == {"timeout", "reset"}  # the kinds that create the resource
-    assert totals.reconciled >= sum(injected.values())
+    # Reconciled inline by the sender, or (the crashed instances' rows) by reconcile_stale,
+    # whose settlements this total does not count: every record the provider created is
+    # matched to its row below.
+    assert totals.reconciled > 0
     assert totals.retried > 20  # 429, 500, reset_before, SMTP tempfail
     assert totals.sent > 200
     assert sum(crashes) > 0, "the crashed instances left rows in flight for the reconcile"
@@ -187,12 +190,16 @@ async def test_twenty_percent_faults_every_message_sent_once_or_failed_never_out
             continue
         if row.status in SENT:
             assert received[row.provider_id] == 1
-        elif row.status == "failed" and received[row.provider_id]:
-            # Dropped after DATA: the sink has it, we cannot know; never sent again.
-            assert "outcome unknown" in row.last_error
+        elif row.status == "sent_unconfirmed":
+            # Dropped after DATA (or a crash during the SMTP conversation): the sink may have
+            # it, we cannot know; never sent again, counted as sent.
+            assert received[row.provider_id] <= 1 and "outcome unknown" in row.last_error
+        elif row.status == "failed":
+            assert not received[row.provider_id], f"e-mail {row.id} was delivered but recorded failed"
     greylisted = [r for r in rows if r.channel == "email" and (r.to_address or "").endswith("3@example.com")]
-    # Always greylisted: given up (or, if a crash caught it mid-conversation, failed as unknown).
-    assert greylisted and all(r.status == "failed" and not received[r.provider_id] for r in greylisted)
+    # Always greylisted: given up (or, if a crash caught it mid-conversation, unconfirmed).
+    assert greylisted and all(r.status in ("failed", "sent_unconfirmed") and not received[r.provider_id]
+                              for r in greylisted)
     failures = Counter((r.channel, (r.last_error or "").split(":")[0]) for r in rows if r.status == "failed")
 
     # Nothing was received outside the case's window; caps per local day hold.

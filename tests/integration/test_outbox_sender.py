@@ -48,7 +48,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.db import make_engine
 from dispatcher.store.repository import ImportedCase
-from dispatcher.store.tables import MessageRow, messages_t
+from dispatcher.store.tables import MessageRow, events_t, messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.wiring import Runtime
@@ -618,9 +618,10 @@ async def test_reconcile_stale_retries_a_started_message_the_provider_never_got(
     call = world.row(voice_id)
     assert call.status == "queued" and "no trace" in call.last_error
     assert call.scheduled_at == world.clock.now() + dt.timedelta(seconds=world.config.sending.retry_backoff_seconds)
-    # SMTP cannot be asked whether it accepted a message: at most once means failed, with why.
+    # SMTP cannot be asked whether it accepted a message: at most once means never resent;
+    # it most likely arrived, so it counts as sent ("sent_unconfirmed"), with why.
     mail = world.row(email_id)
-    assert mail.status == "failed" and mail.last_error == UNKNOWN_AFTER_DATA
+    assert mail.status == "sent_unconfirmed" and mail.last_error == UNKNOWN_AFTER_DATA
     # ... recorded under the Message-ID it was sent with (bounces are matched by it).
     assert mail.provider_id == f"<dispatcher-{email_id}@{world.config.organisation.bounce_domain}>"
     assert not world.sandbox.calls() and not world.sandbox.emails()
@@ -742,15 +743,20 @@ async def test_two_instances_reconciling_the_same_stale_rows_never_resend_a_mess
     slow, fast = world.sender("slow-reconciler"), world.sender("fast-reconciler")
     world.clock.advance(slow.stale_after + dt.timedelta(seconds=1))
 
-    # The slow one reads the stale rows, then waits on the provider for the stamped one.
+    # The slow one reads the stale rows, re-queues at once the two never stamped (nothing
+    # to ask), then waits on the provider for the stamped one.
     world.sandbox.options = replace(world.sandbox.options, latency_ms=600)
     slow_task = asyncio.create_task(slow.reconcile_stale())
     await asyncio.sleep(0.2)
     world.sandbox.options = replace(world.sandbox.options, latency_ms=0)
-    assert await fast.reconcile_stale() == 3
+    assert await fast.reconcile_stale() == 1  # the stamped one: the provider has no trace of it
+    assert world.row(started_id).status == "queued"
     sent = await world.sender("next").send_due(only_ids=fresh_ids)
     assert sent.sent == 2
-    assert await slow_task == 0  # everything it read had been settled by someone else
+    assert await slow_task == 2  # the stamped row had been settled by the fast one meanwhile
+    with world.engine.connect() as conn:  # settled once: one re-queue event, not two
+        settled = conn.execute(select(events_t.c.kind).where(events_t.c.message_id == started_id)).scalars().all()
+    assert settled == ["message_deferred"]
 
     for message_id in fresh_ids:
         assert world.row(message_id).status in ACCEPTED

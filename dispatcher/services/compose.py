@@ -1,0 +1,136 @@
+"""What the sender hands a provider: a claimed row rendered from its approved template
+(the case's locale, payment link, opt-out text, e-mail headers, VERP return path, the
+status callback and TwiML URLs carrying the message id), or a system reply's stored body.
+The rendered content is recorded (`Writes.rendered`) with the row."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+
+from dispatcher.channels.base import OutboundMessage
+from dispatcher.config import Config
+from dispatcher.domain import CaseSnapshot, Channel
+from dispatcher.links import LinkSigner
+from dispatcher.services.claims import Claimed, Writes
+from dispatcher.services.planner import zone_info
+from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
+
+
+class Composer:
+    """Renders claimed rows into outbound messages, with one approved catalog per pass."""
+
+    def __init__(self, config: Config, templates: TemplateSet, signer: LinkSigner, public_url: str) -> None:
+        self.config = config
+        self.templates = templates
+        self.signer = signer
+        self.public_url = public_url.rstrip("/")
+        self._catalog_cache: Mapping[tuple[Channel, str, str], tuple[str, ...]] | None = None
+
+    def new_pass(self) -> None:
+        """Templates may have been edited or approved since the last pass."""
+        self._catalog_cache = None
+
+    def catalog(self) -> Mapping[tuple[Channel, str, str], tuple[str, ...]]:
+        """The approved templates, read once per pass (it hashes every template file)."""
+        if self._catalog_cache is None:
+            self._catalog_cache = self.templates.approved_catalog()
+        return self._catalog_cache
+
+    def system_outbound(self, item: Claimed, snapshot: CaseSnapshot) -> OutboundMessage:
+        profile = self.config.jurisdictions.get(snapshot.case.jurisdiction)
+        return OutboundMessage(
+            message_id=item.id,
+            case_id=item.case_id,
+            channel=item.channel,
+            to=item.to_address or "",
+            body=item.body or "",
+            idempotency_key=f"m{item.id}",
+            locale=snapshot.case.locale,
+            sender=(profile.sms_from or None) if profile else None,
+            messaging_service_sid=(profile.messaging_service_sid or None) if profile else None,
+            status_callback=f"{self.public_url}/twilio/sms/status?m={item.id}",
+        )
+
+    def approved_locale(self, channel: Channel, template_id: str, case_locale: str, default: str) -> str:
+        """`pick_locale(..., approved_only=True)` answered from this pass's approved
+        catalog (it otherwise stats, reads and hashes the template file per message);
+        `render(require_approved=True)` still checks the file it renders."""
+        stage = template_id.split("/")[1] if template_id.count("/") == 2 else ""
+        catalog = self.catalog()
+        for locale in dict.fromkeys((case_locale, default)):
+            if locale and template_id in catalog.get((channel, stage, locale), ()):
+                return locale
+        return pick_locale(self.templates, template_id, case_locale, default, approved_only=True)
+
+    def render(self, item: Claimed, snapshot: CaseSnapshot, template_id: str, stage: str | None,
+                now: dt.datetime, writes: Writes) -> OutboundMessage:
+        case_ = snapshot.case
+        profile = self.config.jurisdictions[case_.jurisdiction]
+        zone = snapshot.zones[0] if snapshot.zones else profile.default_timezones[0]
+        today = now.astimezone(zone_info(zone)).date()
+        expires = now + dt.timedelta(days=self.config.links.payment_link_days)
+        payment_link = f"{self.public_url}/p/{self.signer.payment_token(item.id, expires)}"
+        email = item.channel is Channel.EMAIL
+        unsubscribe_url = (f"{self.public_url}/email/unsubscribe/{self.signer.unsubscribe_token(item.id)}"
+                           if email else None)
+        locale = self.approved_locale(item.channel, template_id, case_.locale, profile.default_locale)
+        context = build_context(
+            case_,
+            config=self.config,
+            channel=item.channel,
+            today=today,
+            payment_link=payment_link,
+            opt_out=opt_out_text(item.channel, locale, unsubscribe_url),
+            locale=locale,
+            unsubscribe_url=unsubscribe_url,
+        )
+        rendered = self.templates.render(template_id, locale, context, require_approved=True)
+        to = next((c.address for c in snapshot.contacts if c.channel is item.channel), None) or ""
+        headers: dict[str, str] = {}
+        return_path = message_ref = status_callback = voice_url = None
+        sender: str | None
+        if email:
+            sender = self.config.organisation.email_from
+            headers = {
+                "List-Unsubscribe": f"<{unsubscribe_url}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            }
+            return_path = self.signer.verp_address(item.id, self.config.organisation.bounce_domain)
+            message_ref = f"<dispatcher-{item.id}@{self.config.organisation.bounce_domain}>"
+        elif item.channel is Channel.SMS:
+            sender = profile.sms_from or None
+            status_callback = f"{self.public_url}/twilio/sms/status?m={item.id}"
+        else:
+            sender = profile.voice_from or None
+            status_callback = f"{self.public_url}/twilio/voice/status?m={item.id}"
+            voice_url = f"{self.public_url}/twilio/voice/answer?m={item.id}"
+        writes.rendered.append({
+            "b_id": item.id, "b_now": now, "b_template": template_id, "b_variant": rendered.variant, "b_locale": locale,
+            "b_stage": stage or item.stage, "b_hash": rendered.content_hash, "b_subject": rendered.subject,
+            "b_body": rendered.text, "b_html": rendered.html,
+            # the IVR needs the voice blocks (identity, script, voicemail) when the call is
+            # answered; an SMS or e-mail is all in body/subject/html already
+            "b_parts": (json.dumps(dict(rendered.blocks), ensure_ascii=False)
+                        if item.channel is Channel.VOICE and rendered.blocks else None),
+            "b_to": to,
+        })
+        return OutboundMessage(
+            message_id=item.id,
+            case_id=case_.case_id,
+            channel=item.channel,
+            to=to,
+            body=rendered.text,
+            idempotency_key=f"m{item.id}",
+            locale=locale,
+            subject=rendered.subject,
+            html=rendered.html,
+            sender=sender,
+            messaging_service_sid=profile.messaging_service_sid or None,
+            status_callback=status_callback,
+            voice_url=voice_url,
+            headers=headers,
+            return_path=return_path,
+            message_ref=message_ref,
+        )
