@@ -126,6 +126,8 @@ class MessageRow(SQLModel, table=True):
         Index("ix_messages_due", "status", "scheduled_at"),
         Index("ix_messages_case", "case_id", "channel", "scheduled_at"),
         Index("ix_messages_provider", "provider_id"),
+        # reconcile's rivals: our other recent messages to the same number (services.ledger)
+        Index("ix_messages_to", "channel", "to_address", "status_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -115,7 +115,20 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0001_initial.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0002_dedupe_keys.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0003_messages_to_index.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
+
+
+def test_reconciles_rivals_query_has_its_index(empty_url: str) -> None:
+    """0003: reconcile asks for our other recent messages to one number on every
+    ambiguous send; the index on (channel, to_address, status_at) answers it."""
+    engine = make_engine(empty_url)
+    try:
+        ensure_schema(engine)
+        indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("messages")}
+        assert indexes["ix_messages_to"] == ["channel", "to_address", "status_at"]
+    finally:
+        engine.dispose()
 
 
 def _upgrade(engine: Engine, revision: str) -> None:
