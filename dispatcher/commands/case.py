@@ -54,7 +54,8 @@ def case_show(
     messages = Table("id", "channel", "template", "status", "provider id", "body", title="messages")
     for m in timeline["messages"]:
         body = (m.get("body") or "").replace("\n", " ")
-        messages.add_row(str(m["id"]), str(m["channel"]), str(m.get("template") or "-"), str(m["status"]),
+        status = str(m["status"]) + (f"\n({m['note']})" if m.get("note") else "")
+        messages.add_row(str(m["id"]), str(m["channel"]), str(m.get("template") or "-"), status,
                          str(m.get("provider_id") or "-"), body[:80])
     out.print(messages)
     events = Table("at", "kind", "details", title="events")

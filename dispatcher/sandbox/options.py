@@ -105,6 +105,9 @@ class SandboxOptions:
     bounce_url: str | None = None  # where async bounces are POSTed
     bounce_key: str = ""  # HMAC-SHA256 key for X-Dispatcher-Signature
     smtp_credentials: tuple[str, str] | None = None  # require AUTH with these; None accepts any
+    #: the SMTP sink holds its answer to the end of the message data this long (a slow
+    #: mail server: the message is received, the client does not know it yet)
+    smtp_latency_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.faults is None or isinstance(self.faults, str):
@@ -113,8 +116,8 @@ class SandboxOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.latency_ms < 0 or self.callback_delay_ms < 0:
-            raise ValueError("latency_ms and callback_delay_ms must not be negative")
+        if self.latency_ms < 0 or self.callback_delay_ms < 0 or self.smtp_latency_ms < 0:
+            raise ValueError("latency_ms, smtp_latency_ms and callback_delay_ms must not be negative")
         for pattern, kind in self.email_rules.items():
             if kind not in EMAIL_RULE_KINDS:
                 raise ValueError(f"email_rules[{pattern!r}] = {kind!r}: use one of {sorted(EMAIL_RULE_KINDS)}")

@@ -147,6 +147,8 @@ class SinkHandler:
         transport = server.transport
         if "drop_after_data" in rules.values() and isinstance(transport, asyncio.Transport):
             transport.abort()  # the reply below goes nowhere: the outcome is unknown to the client
+        elif self.options.smtp_latency_ms:
+            await asyncio.sleep(self.options.smtp_latency_ms / 1000)
         return "250 2.0.0 OK: queued"
 
     async def _bounce(self, record: EmailRecord, recipient: str, kind: str) -> None:

@@ -1,7 +1,16 @@
-"""The daemon: APScheduler 3 (AsyncIOScheduler) runs the plan, send, reconcile and
-retention jobs; uvicorn serves the web app in the same event loop.
+"""The daemon: APScheduler 3 (AsyncIOScheduler) runs the plan, send, reconcile, repair
+and retention jobs; uvicorn serves the web app in the same event loop.
 
-SIGTERM/SIGINT: stop claiming, let in-flight sends finish, stop the server, exit 0.
+Start-up: the reconcile of what a previous life left in flight runs alongside the first
+plan and send pass, not before it (a crash loop would otherwise never send anything).
+
+SIGTERM/SIGINT: stop claiming and hand no more messages to the providers (those waiting
+for their turn go back to the queue); let the provider calls under way finish and their
+results be recorded, for at most `[sending] shutdown_grace_seconds`; stop the server;
+exit 0. APScheduler 3.11 cancels the jobs that are running when it shuts down, so the
+scheduler only *starts* jobs: each runs as a task of the daemon's own (`DaemonJobs.
+_single`), awaited by the scheduler through `asyncio.shield`, which the daemon waits for
+before it shuts the scheduler down.
 """
 
 from __future__ import annotations
@@ -11,8 +20,8 @@ import contextlib
 import datetime as dt
 import logging
 import signal
-from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -53,8 +62,60 @@ class DaemonJobs:
     catalog: Callable[[], Mapping[tuple[Channel, str, str], Sequence[str]]]
     after_plan: Callable[[Engine, dt.datetime], Any] | None = None  # e.g. resume broken promises
     repair: StatusRepair | None = None  # the status repair job (lost callbacks)
+    #: the jobs' work running now, by job name: one run of each at a time
+    running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    async def _single(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `work` as a task of the daemon's own, unless the same job is still running
+        (the start-up pass and the scheduler's first run may meet). The caller (the
+        scheduler) awaits it shielded: cancelling the caller leaves the work running."""
+        current = self.running.get(name)
+        if current is not None and not current.done():
+            return
+        task = asyncio.create_task(work(), name=f"job-{name}")
+        self.running[name] = task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                return  # cut short at the end of the shutdown grace; logged there
+            raise
+
+    async def wait_running(self, grace: float) -> list[str]:
+        """Wait up to `grace` seconds for the running jobs; cancel (and return the names
+        of) those still running then."""
+        tasks = {name: t for name, t in self.running.items() if not t.done()}
+        if tasks:
+            await asyncio.wait(tasks.values(), timeout=grace)
+        late = [name for name, t in tasks.items() if not t.done()]
+        for name in late:
+            tasks[name].cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await asyncio.sleep(0)  # let the shielded callers see their tasks end
+        return late
 
     async def plan(self) -> None:
+        await self._single("plan", self._plan)
+
+    async def send(self) -> None:
+        await self._single("send", self._send)
+
+    async def reconcile(self) -> None:
+        await self._single("reconcile", self._reconcile)
+
+    async def repair_status(self) -> None:
+        await self._single("repair", self._repair_status)
+
+    async def retention(self) -> None:
+        await self._single("retention", self._retention)
+
+    async def startup(self) -> None:
+        """Plan and send once at start (after the first plan: what it queued is due)."""
+        await self.plan()
+        if not self.sender.stopping:
+            await self.send()
+
+    async def _plan(self) -> None:
         now = self.clock.now()
         if self.after_plan is not None:
             await asyncio.to_thread(self.after_plan, self.engine, now)
@@ -65,22 +126,23 @@ class DaemonJobs:
             log.info("plan: queued %d, deferred %d, escalated %d", summary.queued, summary.deferred,
                      summary.escalated)
 
-    async def send(self) -> None:
+    async def _send(self) -> None:
         summary = await self.sender.send_due()
         if summary.claimed:
-            log.info("send: claimed %d, sent %d, deferred %d, retrying %d, failed %d", summary.claimed,
-                     summary.sent, summary.deferred, summary.retried, summary.failed)
+            log.info("send: claimed %d, sent %d, unconfirmed %d, deferred %d, retrying %d, failed %d",
+                     summary.claimed, summary.sent, summary.unconfirmed, summary.deferred, summary.retried,
+                     summary.failed)
 
-    async def reconcile(self) -> None:
+    async def _reconcile(self) -> None:
         settled = await self.sender.reconcile_stale()
         if settled:
             log.info("reconcile: settled %d in-flight message(s)", settled)
 
-    async def repair_status(self) -> None:
+    async def _repair_status(self) -> None:
         if self.repair is not None:
             await self.repair.run()
 
-    async def retention(self) -> None:
+    async def _retention(self) -> None:
         """Delete communication records older than the archive period (default 5 years)."""
         cutoff = self.clock.now() - dt.timedelta(days=365 * self.config.retention.years + 1)
 
@@ -96,6 +158,12 @@ class DaemonJobs:
         if messages or events:
             log.info("retention: removed %d messages and %d events older than %s", messages, events,
                      cutoff.date())
+
+
+def _report_startup(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("start-up pass failed (%s: %s); the scheduled jobs carry on", type(exc).__name__, exc)
 
 
 async def run_daemon(jobs: DaemonJobs, web_app: Any, host: str, port: int,
@@ -119,28 +187,30 @@ async def run_daemon(jobs: DaemonJobs, web_app: Any, host: str, port: int,
                                          access_log=False))
     server_task = asyncio.create_task(server.serve())
 
-    # Plan and send once at start, then on the configured intervals.
-    await jobs.reconcile()
-    await jobs.plan()
-    await jobs.send()
-
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     scheduler.add_job(jobs.plan, "interval", seconds=cfg.plan_every_seconds, id="plan")
     scheduler.add_job(jobs.send, "interval", seconds=cfg.send_every_seconds, id="send")
-    scheduler.add_job(jobs.reconcile, "interval", seconds=cfg.reconcile_every_seconds, id="reconcile")
+    # the first reconcile at once, alongside the start-up pass below
+    scheduler.add_job(jobs.reconcile, "interval", seconds=cfg.reconcile_every_seconds, id="reconcile",
+                      next_run_time=dt.datetime.now(dt.UTC))
     scheduler.add_job(jobs.retention, "interval", seconds=cfg.retention_every_seconds, id="retention")
     scheduler.add_job(jobs.repair_status, "interval", seconds=cfg.repair_every_seconds, id="repair")
     scheduler.start()
+    startup = asyncio.create_task(jobs.startup(), name="startup")
+    startup.add_done_callback(_report_startup)
     log.info("dispatcher running on http://%s:%d", host, port)
 
     await stop.wait()
-    log.info("stopping: no new claims; finishing in-flight messages")
+    grace = jobs.config.sending.shutdown_grace_seconds
+    log.info("stopping: no new claims; finishing the provider calls under way (at most %g s)", grace)
     jobs.sender.stop_claiming()
+    scheduler.pause()  # starts nothing more; the jobs running carry on (see the module docstring)
+    late = await jobs.wait_running(grace)
+    if late:
+        log.warning("stopping: %s still running after %g s, cut short; what it left in flight is reconciled "
+                    "by the next instance", ", ".join(late), grace)
+    await asyncio.gather(startup, return_exceptions=True)
     scheduler.shutdown(wait=False)
-    # Let running jobs (an in-flight send pass) finish, bounded so we exit within 10 s.
-    running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t is not server_task]
-    if running:
-        await asyncio.wait(running, timeout=7)
     server.should_exit = True
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(server_task, timeout=2)

@@ -20,6 +20,12 @@ from dispatcher.store.repository import CaseNotFound
 from dispatcher.store.tables import cases_t, events_t, holds_t, messages_t
 from dispatcher.store.values import cents, split_list
 
+#: What a status means to a reader of the timeline, where its name is not enough.
+STATUS_NOTES = {
+    "sent_unconfirmed": "sent, unconfirmed: the provider may have it but could not confirm it (e.g. the SMTP "
+                        "connection was lost after the message data went out); counted as sent, never resent",
+}
+
 
 def _iso(value: dt.datetime | dt.date | None) -> str | None:
     return None if value is None else value.isoformat()
@@ -28,10 +34,11 @@ def _iso(value: dt.datetime | dt.date | None) -> str | None:
 def case_timeline(conn: Connection, case_id: str, now: dt.datetime | None = None) -> dict[str, Any]:
     """The case's timeline, the JSON shape of `dispatcher case show --format json`:
     `case_id`, `status`, `holds` [{reason, until}], `messages` [{id, channel, template,
-    status, provider_id, body}], `events` [{at, kind, ...}], oldest first. Holds are
-    those not released (and, given `now`, not expired). Money: `amount_due` (imported),
-    `paid_total` and `outstanding` (what is owed now); given `now`, `days_past_due` on the
-    debtor's local date in `zone`, the case's primary zone."""
+    status, provider_id, body, ..., last_error, note}], `events` [{at, kind, ...}], oldest
+    first. `note` explains a status such as `sent_unconfirmed` (`STATUS_NOTES`). Holds
+    are those not released (and, given `now`, not expired). Money: `amount_due`
+    (imported), `paid_total` and `outstanding` (what is owed now); given `now`,
+    `days_past_due` on the debtor's local date in `zone`, the case's primary zone."""
     row = conn.execute(select(cases_t).where(cases_t.c.case_id == case_id)).first()
     if row is None:
         raise CaseNotFound(case_id)
@@ -63,6 +70,8 @@ def case_timeline(conn: Connection, case_id: str, now: dt.datetime | None = None
             "scheduled_at": _iso(r.scheduled_at),
             "sent_at": _iso(r.sent_at),
             "status_at": _iso(r.status_at),
+            "last_error": r.last_error,
+            "note": STATUS_NOTES.get(r.status),
         }
         for r in conn.execute(select(messages_t).where(m.case_id == case_id).order_by(m.scheduled_at, m.id))
     ]
