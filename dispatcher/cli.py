@@ -212,6 +212,7 @@ def tick_cmd(ctx: typer.Context) -> None:
         table.add_row("escalated", str(planned.escalated))
     table.add_row("claimed", str(sent.claimed))
     table.add_row("sent", str(sent.sent))
+    table.add_row("sent, unconfirmed", str(sent.unconfirmed))
     table.add_row("deferred at send time", str(sent.deferred))
     table.add_row("retrying", str(sent.retried))
     table.add_row("cancelled", str(sent.cancelled))

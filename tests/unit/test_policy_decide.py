@@ -25,7 +25,7 @@ from dispatcher.domain import (
     Reason,
     SentMessage,
 )
-from dispatcher.policy import Gate
+from dispatcher.policy import ChannelUsage, Gate
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "config" / "dispatcher.toml")
 SH = ZoneInfo("Asia/Shanghai")
@@ -420,6 +420,17 @@ def test_one_off_and_queued_messages_count_for_cadence() -> None:
     for history in (one_off, queued):
         d = lines(GATE.decide_case(snap(make_case(DUE_DPD30), history=history), CATALOG, sh(2026, 12, 10)))[EMAIL]
         assert d.reason is Reason.NOT_DUE
+
+
+def test_an_unconfirmed_email_counts_for_cadence_and_caps() -> None:
+    """Issue 10: an e-mail whose SMTP connection was lost after its data went out is
+    `sent_unconfirmed`; it most likely reached the debtor, so the stage's cadence holds
+    (a dpd30 e-mail on Wed 9 Dec: the next on Mon 14 Dec, not Thu 10 Dec) and the day's cap too."""
+    history = (sent(EMAIL, sh(2026, 12, 9, 11), stage="dpd30", status=MessageStatus.SENT_UNCONFIRMED),)
+    d = lines(GATE.decide_case(snap(make_case(DUE_DPD30), history=history), CATALOG, sh(2026, 12, 10)))[EMAIL]
+    assert d.reason is Reason.NOT_DUE and d.detail.endswith("next on 2026-12-14")
+    usage = ChannelUsage.from_history(history, Channel.EMAIL, "Asia/Shanghai")
+    assert usage.per_day == {dt.date(2026, 12, 9).toordinal(): 1}
 
 
 def test_cancelled_and_failed_messages_do_not_count_for_cadence() -> None:
