@@ -12,8 +12,9 @@
   is a temporary SQLite file.
 - The Sender (`rate_per_second.sms = --rate`, `concurrency = --concurrency`) runs
   `send_due` — claim, gate, render, stamp, concurrent provider calls through the real
-  async Twilio SDK, record — for `--seconds`, then stops claiming and finishes the batch
-  in flight. Reported: sent/s over the whole run and the process's CPU time (user+sys,
+  async Twilio SDK, record — for `--seconds`, then stops as on SIGTERM: the calls under
+  way finish and are recorded, the messages still waiting for their turn go back to the
+  queue (counted `deferred`). Reported: sent/s over the whole run and the process's CPU time (user+sys,
   `resource.getrusage`) per message.
 - Baseline, in the same run: what a cron script would do — a sequential loop over the
   synchronous Twilio SDK (`Client(...).messages.create`) against the same sandbox, for
@@ -213,7 +214,7 @@ async def run_sender(engine: Engine, config: Config, sandbox: SandboxProcess, se
     finally:
         for adapter in channels.values():
             await adapter.aclose()
-    if summary.failed or summary.retried or summary.cancelled or summary.deferred:
+    if summary.failed or summary.retried or summary.cancelled or summary.sent + summary.deferred != summary.claimed:
         raise RuntimeError(f"the sender did not just send: {summary}")
     return Result("Sender (async SDK, rate-limited)", summary.sent, elapsed, cpu)
 

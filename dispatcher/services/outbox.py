@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -118,7 +118,7 @@ class Sender:
         self.stamps = StampQueue(engine, clock.now)
         self._semaphore = asyncio.Semaphore(config.sending.concurrency)
         self._stopping = False
-        self._waiting: set[asyncio.Future[None]] = set()  # turns at the rate limiter
+        self._stop = asyncio.Event()  # ends the waits at the rate limiter
         self._calendars: dict[str, WorkingCalendar] = {}
         timeout = dt.timedelta(seconds=config.sending.provider_timeout_seconds)
         #: A claimed message is handed to the provider only this long after its claim;
@@ -137,8 +137,7 @@ class Sender:
         (those waiting for their turn go back to the queue); the calls under way finish
         and their results are recorded."""
         self._stopping = True
-        for waiter in list(self._waiting):
-            waiter.cancel()
+        self._stop.set()
 
     @property
     def stopping(self) -> bool:
@@ -329,7 +328,7 @@ class Sender:
         with the stamp's instant (None: never handed over)."""
         async with self._semaphore:
             bucket = self.limits.bucket(outbound.channel.value, outbound.sender)
-            turn = await self._turn(bucket.acquire)
+            turn = not self._stopping and await bucket.acquire(self._stop)
             if on_start is not None:
                 on_start()
             if not turn:
@@ -357,23 +356,6 @@ class Sender:
                 # bucket pause too, instead of each meeting its own 429
                 bucket.penalise(min(result.retry_after, self.config.sending.rate_limit_pause_max_seconds))
             return result, stamp
-
-    async def _turn(self, acquire: Callable[[], Awaitable[None]]) -> bool:
-        """Wait for a turn at the rate limiter; False when the sender stops meanwhile."""
-        if self._stopping:
-            return False
-        waiter = asyncio.ensure_future(acquire())
-        self._waiting.add(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._stopping and waiter.cancelled() and not (task is not None and task.cancelling()):
-                return False  # `stop_claiming` cancelled the wait, not someone cancelling us
-            raise
-        finally:
-            self._waiting.discard(waiter)
-        return not self._stopping
 
     async def _reconcile_if_ambiguous(self, item: Claimed, outbound: OutboundMessage,
                                       result: SendResult | object, since: dt.datetime | None,
@@ -534,7 +516,7 @@ class Sender:
         stamp_cut = now - (older_than or self.stamp_grace)
         lookups = asyncio.Semaphore(self.config.sending.reconcile_concurrency)
         settled, after = 0, 0
-        while True:
+        while not self._stopping:
             rows = await asyncio.to_thread(stale_rows, self.engine, lease_cut, stamp_cut, after, _STALE_PAGE)
             if not rows:
                 return settled
@@ -554,6 +536,7 @@ class Sender:
             settled += sum(await asyncio.gather(*(self._settle_stale(r, lookups) for r in started)))
             if len(rows) < _STALE_PAGE:
                 return settled
+        return settled
 
     def _apply_stale(self, writes: Writes) -> set[int]:
         with self.engine.begin() as conn:
@@ -570,6 +553,8 @@ class Sender:
                                    to=r.to_address or "", body=r.body or "", idempotency_key=f"m{r.id}",
                                    subject=r.subject, message_ref=message_ref)
         async with lookups:
+            if self._stopping:  # shutting down: the next instance settles it
+                return 0
             result = await self._reconcile_if_ambiguous(
                 item, outbound, SendResult(None, MessageStatus.SENDING, retryable=True, ambiguous=True,
                                            error="left in flight"), r.status_at)

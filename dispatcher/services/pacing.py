@@ -9,6 +9,7 @@ outbound requests, so it deliberately uses real elapsed time, not the business c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 #: The shortest wait of a caller that finds the bucket empty. Waking the event loop for
 #: every single token (every 5 ms at 200/s) costs more CPU than the provider call it
@@ -32,15 +33,24 @@ class TokenBucket:
         self._last: float | None = None
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self, stop: asyncio.Event | None = None) -> bool:
+        """Take a token, waiting for it; False (no token taken) once `stop` is set — the
+        waits of every caller end then, not token by token."""
         async with self._lock:
             loop = asyncio.get_running_loop()
             while True:
+                if stop is not None and stop.is_set():
+                    return False
                 self._refill(loop.time())
                 if self._tokens >= 1:
                     self._tokens -= 1
-                    return
-                await asyncio.sleep(max(self._min_wait, (1 - self._tokens) / self.rate))
+                    return True
+                delay = max(self._min_wait, (1 - self._tokens) / self.rate)
+                if stop is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
 
     def _refill(self, now: float) -> None:
         if self._last is None:

@@ -20,8 +20,9 @@ import asyncio
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 
 from dispatcher.domain import MessageStatus
@@ -64,22 +65,27 @@ class StampQueue:
                     future.set_result(at if item.id in stamped else None)
 
     def _write(self, items: list[Claimed], at: dt.datetime) -> set[int]:
-        m = messages_t.c
         by_claim: dict[tuple[str | None, dt.datetime], list[int]] = defaultdict(list)
         for item in items:
             by_claim[(item.claimed_by, item.claimed_at)].append(item.id)
         stamped: set[int] = set()
         with self.engine.begin() as conn:
             for (owner, claimed_at), ids in by_claim.items():
-                rows = conn.execute(
-                    update(messages_t)
-                    .where(m.id.in_(ids), m.status == MessageStatus.SENDING.value,
-                           m.claimed_by.is_not_distinct_from(owner), m.claimed_at == claimed_at,
-                           unstamped())
-                    .values(status_at=at, attempts=m.attempts + 1)
-                    .returning(m.id)
-                ).scalars()
-                stamped.update(int(i) for i in rows)
+                rows = conn.execute(_STAMP, {"b_ids": ids, "b_owner": owner, "b_claimed": claimed_at, "b_at": at})
+                stamped.update(int(i) for i in rows.scalars())
         self.commits += 1
         return stamped
 
+
+def _stamp_statement() -> Any:
+    """Built once: constructing the statement cost more than running it."""
+    m = messages_t.c
+    return (update(messages_t)
+            .where(m.id.in_(bindparam("b_ids", expanding=True)), m.status == MessageStatus.SENDING.value,
+                   m.claimed_by.is_not_distinct_from(bindparam("b_owner", type_=m.claimed_by.type)),
+                   m.claimed_at == bindparam("b_claimed"), unstamped())
+            .values(status_at=bindparam("b_at"), attempts=m.attempts + 1)
+            .returning(m.id))
+
+
+_STAMP = _stamp_statement()

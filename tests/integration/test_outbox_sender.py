@@ -672,7 +672,7 @@ async def test_two_senders_racing_on_the_same_rows_send_each_message_once(world:
     for name, result in results.items():
         assert not isinstance(result, BaseException), f"{name}: {result!r}"
     assert sum(r.claimed for r in results.values()) == 2 * cases
-    assert sum(r.sent for r in results.values()) == 2 * cases
+    assert sum(r.sent for r in results.values()) == 2 * cases, results
     rows = world.rows()
     assert all(r.status in ("sent", "delivered") for r in rows)
     owners = Counter(r.claimed_by for r in rows)
