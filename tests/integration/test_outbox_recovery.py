@@ -11,6 +11,7 @@ slow and serial", against the real SMTP client and Twilio SDK and the in-thread 
    1 s: the survivor reconciles them concurrently (seconds, not the 100+ s of one lookup
    after another), commits each as it settles, and sends other due messages meanwhile;
    rows become recoverable a time proportional to the provider timeout after their stamp.
+3. An owner whose row another instance recorded sent never re-queues or fails it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import replace
 from sqlalchemy import select, update
 
 from dispatcher.domain import Channel
+from dispatcher.services.claims import Writes
+from dispatcher.services.outbox import Sender
 from dispatcher.store.tables import MessageRow, events_t
 from dispatcher.store.timeline import case_timeline
 from tests.integration import test_outbox_sender as outbox_world
@@ -149,3 +152,27 @@ async def test_fifty_stranded_messages_recover_concurrently_while_others_are_sen
     assert set(events.values()) == {1} and len(events) == cases
     assert not world.sandbox.messages()
     assert {r.channel for r in world.rows(status="sent")} == {Channel.EMAIL.value}
+
+
+async def test_an_owner_never_requeues_or_fails_a_row_someone_else_recorded_sent(world: World) -> None:
+    """Another instance's reconcile found the provider's record of a slow owner's message
+    and recorded it sent under the same claim; the owner, still believing the send failed,
+    must not put it back in the queue (it would be sent twice) nor fail it."""
+    world.add_cases(cn_case(1, due=DUE_DPD30), cn_case(2, due=DUE_DPD30))
+    world.plan()
+    first, second = (world.message_id(f"cn-000{n}", Channel.SMS) for n in (1, 2))
+    owner = world.sender("owner")
+    claimed = {c.id: c for c in owner.claim(10, only_ids=[first, second])}
+    with world.engine.begin() as conn:  # the other instance's verdict, under the owner's claim
+        conn.execute(update(MessageRow).where(MessageRow.id.in_([first, second])).values(
+            status="sent", provider_id="SMfound", sent_at=world.clock.now()))
+    writes = Writes()
+    for item in claimed.values():
+        writes.claim(item)
+    Sender._requeue(claimed[first], world.clock.now(), "the provider has no trace of it", world.clock.now(), writes)
+    writes.finish.append({"b_id": second, "b_status": "failed", "b_now": world.clock.now(), "b_error": "x",
+                          "b_provider": None})
+    with world.engine.begin() as conn:
+        writes.apply(conn)
+    assert {world.row(first).status, world.row(second).status} == {"sent"}
+    assert world.row(first).provider_id == "SMfound"
