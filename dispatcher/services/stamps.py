@@ -29,6 +29,8 @@ from dispatcher.domain import MessageStatus
 from dispatcher.services.claims import Claimed, unstamped
 from dispatcher.store.tables import messages_t
 
+_GATHER_PASSES = 4
+
 
 class StampQueue:
     """Commits per-message stamps, grouping those asked for together."""
@@ -50,6 +52,10 @@ class StampQueue:
         return await future
 
     async def _flush(self) -> None:
+        # The rate limiter hands its tokens out one event-loop pass after another: a few
+        # passes' wait lets the turns given together share a commit.
+        for _ in range(_GATHER_PASSES):
+            await asyncio.sleep(0)
         while self._pending:
             group, self._pending = self._pending, []
             at = self.now()

@@ -60,9 +60,10 @@ async def test_a_crash_leaves_in_flight_only_the_emails_it_attempted(world: Worl
     stamped = [r for r in in_flight if r.status_at is not None]
     received = {e["message_id"] for e in world.sandbox.emails()}
     # Only what was attempted carries the stamp: every e-mail the server has, and at
-    # most the calls under way besides (the rate limit lets 2 a second through).
+    # most the few conversations under way besides (the rate limit lets 2 a second
+    # through; on a loaded machine an SMTP conversation may take a second or more).
     assert len(in_flight) == cases
-    assert len(received) <= len(stamped) <= len(received) + 2, (len(received), len(stamped))
+    assert len(received) <= len(stamped) <= len(received) + 3, (len(received), len(stamped))
     assert len(stamped) < cases / 2, "the whole batch was stamped before its calls"
 
     survivor = world.sender("survivor")
