@@ -13,6 +13,9 @@ case-insensitive, e.g. `{"*@bounce.example": "hard", "full-*@*": "soft"}`):
 | `drop_after_data` | the message is received and recorded, then the connection is dropped
   without the final reply (the client cannot know it was accepted) |
 
+`SandboxOptions.smtp_latency_ms` holds the answer to the end of each message's data
+that long (received and recorded first): a slow mail server, for shutdown tests.
+
 Bounce notification contract (what the dispatcher's bounce endpoint receives), sent
 `callback_delay_ms` after the message was accepted:
 

@@ -70,8 +70,8 @@ class DaemonJobs:
         (the start-up pass and the scheduler's first run may meet). The caller (the
         scheduler) awaits it shielded: cancelling the caller leaves the work running."""
         current = self.running.get(name)
-        if current is not None and not current.done():
-            return
+        if self.sender.stopping or (current is not None and not current.done()):
+            return  # stopping: nothing new starts (a run the scheduler had already submitted)
         task = asyncio.create_task(work(), name=f"job-{name}")
         self.running[name] = task
         try:
