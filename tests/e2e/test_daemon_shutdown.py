@@ -12,8 +12,11 @@ within `[sending] shutdown_grace_seconds`, without a traceback. Nothing is left 
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from dispatcher.store.db import make_engine
 from dispatcher.store.tables import messages_t
 from tests.e2e import test_daemon as daemon_helpers
 from tests.e2e.test_daemon import (
+    NOW,
     free_port,
     healthy,
     import_cases,
@@ -103,3 +107,71 @@ def test_sigterm_during_a_scheduled_batch_records_every_call_under_way_and_exits
     print(f"\nSIGTERM: exited 0 after {took:.1f} s; {len(received)} sent, "
           f"{sum(s == 'queued' for _i, s, _p in rows)} left queued")
     assert any(status == "queued" for _id, status, _p in rows), "it stopped claiming: the rest waits"
+
+
+# ---------------------------------------------------- a restart after a crash
+
+
+def test_a_restart_after_a_crash_settles_the_stranded_rows_while_it_sends(
+    tmp_path: Path, fresh_pg_url: str, daemon_procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """Issue 10, "recovery is slow and serial": an instance is SIGKILLed while its SMS
+    calls are under way (every Twilio answer takes 1 s). The next instance, started with
+    its clock past the stamps' grace (3 x a 2 s provider timeout), reconciles the
+    stranded rows *while* its start-up pass sends the e-mails that are due:
+    e-mails are recorded sent before the reconcile has finished, nothing is left in
+    flight, and nothing reaches a provider twice."""
+    config = busy_config(tmp_path)
+    text = re.sub(r"(?m)^provider_timeout_seconds = .*$", "provider_timeout_seconds = 2.0",
+                  config.read_text(encoding="utf-8"))
+    # One lookup at a time here (the integration test measures the concurrency): even a
+    # slow recovery must not hold up the sending.
+    text = re.sub(r"(?m)^reconcile_concurrency = .*$", "reconcile_concurrency = 1", text)
+    config.write_text(text, encoding="utf-8")
+    later = (dt.datetime.fromisoformat(NOW) + dt.timedelta(minutes=1)).isoformat()
+    with run_sandbox_in_thread(latency_ms=1000, callback_delay_ms=0) as sandbox:
+        env = provider_env(tmp_path, sandbox)
+        env["DISPATCHER_DB_URL"] = fresh_pg_url
+        import_cases(env, tmp_path, config, 40, seed=21, dpd_range=(30, 59))
+        port = free_port()
+        crashed = start_daemon(daemon_procs, env, tmp_path, config, port)
+        wait_for(lambda: len(sandbox.messages()) >= 3, 60, "the first SMS", crashed)
+        crashed.kill()  # SIGKILL: the calls under way are abandoned in flight
+        crashed.communicate()
+        stranded = {i for i, status, _p in outbox_rows(fresh_pg_url) if status == "sending"}
+        assert len(stranded) >= 3
+
+        log_path = tmp_path / "restarted.log"
+        with log_path.open("wb") as log_file:
+            restarted = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher.cli", "--config", str(config), "--now", later, "run", "--port",
+                 str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+            daemon_procs.append(restarted)
+            wait_for(lambda: not any(s == "sending" for _i, s, _p in outbox_rows(fresh_pg_url)), 60,
+                     "the stranded rows to settle", restarted)
+            wait_for(lambda: "reconcile: settled" in log_path.read_text(encoding="utf-8"), 30,
+                     "the reconcile's summary", restarted)
+            restarted.send_signal(15)
+            assert restarted.wait(timeout=GRACE_S + 10) == 0
+        sms = sandbox.messages()
+
+    messages = [json.loads(line)["msg"] for line in log_path.read_text(encoding="utf-8").splitlines()
+                if line.startswith("{")]
+    settled_at = next(i for i, m in enumerate(messages) if m.startswith("reconcile: settled"))
+    emails_sent = [i for i, m in enumerate(messages) if re.match(r"message \d+ sent via email", m)]
+    assert emails_sent and emails_sent[0] < settled_at, "the start-up pass waited for the reconcile"
+    rows = outbox_rows(fresh_pg_url)
+    assert not [i for i, s, _p in rows if s == "sending"]
+    assert all(m["count"] == 1 for m in sms)
+    by_sid = {p: s for _i, s, p in rows if p}
+    assert all(by_sid.get(m["sid"]) == "sent" for m in sms), "a message the provider has is not recorded sent"
+
+
+def outbox_rows(url: str) -> list[tuple[int, str, str | None]]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [(int(i), str(s), p) for i, s, p in conn.execute(
+                select(messages_t.c.id, messages_t.c.status, messages_t.c.provider_id))]
+    finally:
+        engine.dispose()

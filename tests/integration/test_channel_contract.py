@@ -144,8 +144,8 @@ async def test_reconcile_after_a_successful_send_never_says_not_sent(subject: Su
     if subject.queryable:
         assert found.provider_id == sent.provider_id
         assert found.status in ACCEPTED
-    else:  # SMTP cannot be asked: settled as failed, never retried
-        assert found.status is MessageStatus.FAILED and not found.retryable
+    else:  # SMTP cannot be asked: sent, unconfirmed (counted as sent), never retried
+        assert found.status is MessageStatus.SENT_UNCONFIRMED and not found.retryable
 
 
 async def test_reconcile_of_a_message_never_sent(subject: Subject) -> None:
@@ -154,8 +154,8 @@ async def test_reconcile_of_a_message_never_sent(subject: Subject) -> None:
     found = await subject.adapter.reconcile(message_for(subject.channel), since)
     if subject.queryable:
         assert found is None
-    else:
-        assert found is not None and found.status is MessageStatus.FAILED
+    else:  # it cannot say "not sent": never retried (at most once)
+        assert found is not None and found.status is MessageStatus.SENT_UNCONFIRMED and not found.retryable
 
 
 async def test_an_unreachable_provider_gives_a_retryable_result_not_an_exception(subject: Subject) -> None:
