@@ -147,8 +147,8 @@ def test_a_restart_after_a_crash_settles_the_stranded_rows_while_it_sends(
                 [sys.executable, "-m", "dispatcher.cli", "--config", str(config), "--now", later, "run", "--port",
                  str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
             daemon_procs.append(restarted)
-            wait_for(lambda: not any(s == "sending" for _i, s, _p in outbox_rows(fresh_pg_url)), 60,
-                     "the stranded rows to settle", restarted)
+            wait_for(lambda: not any(s == "sending" and i in stranded for i, s, _p in outbox_rows(fresh_pg_url)),
+                     120, "the stranded rows to settle", restarted)
             wait_for(lambda: "reconcile: settled" in log_path.read_text(encoding="utf-8"), 30,
                      "the reconcile's summary", restarted)
             restarted.send_signal(15)
@@ -161,10 +161,12 @@ def test_a_restart_after_a_crash_settles_the_stranded_rows_while_it_sends(
     emails_sent = [i for i, m in enumerate(messages) if re.match(r"message \d+ sent via email", m)]
     assert emails_sent and emails_sent[0] < settled_at, "the start-up pass waited for the reconcile"
     rows = outbox_rows(fresh_pg_url)
-    assert not [i for i, s, _p in rows if s == "sending"]
+    assert not [i for i, s, _p in rows if s == "sending"], "left in flight after SIGTERM"
     assert all(m["count"] == 1 for m in sms)
     by_sid = {p: s for _i, s, p in rows if p}
-    assert all(by_sid.get(m["sid"]) == "sent" for m in sms), "a message the provider has is not recorded sent"
+    # (a reconciled record carries the provider's status at the time: often delivered already)
+    unrecorded = [m["sid"] for m in sms if by_sid.get(m["sid"]) not in ("sent", "delivered")]
+    assert not unrecorded, f"the provider has {unrecorded}, not recorded sent: {rows}"
 
 
 def outbox_rows(url: str) -> list[tuple[int, str, str | None]]:
