@@ -137,11 +137,13 @@ class Jurisdiction(_Model):
     @field_validator("hours", mode="before")
     @classmethod
     def _parse_hours(cls, value: object) -> object:
-        if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
-            if not all(_HHMM.fullmatch(v) for v in value):
-                raise ValueError(f'hours must be two "HH:MM" times, e.g. ["07:30", "21:00"]; got {list(value)}')
-            return tuple(dt.time.fromisoformat(v) for v in value)
-        return value
+        if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, dt.time) for v in value):
+            return value  # already parsed (a model built in code)
+        if not (isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
+                and all(_HHMM.fullmatch(v) for v in value)):
+            shown = list(value) if isinstance(value, list | tuple) else value
+            raise ValueError(f'hours must be two "HH:MM" times, e.g. ["07:30", "21:00"]; got {shown!r}')
+        return tuple(dt.time.fromisoformat(v) for v in value)
 
     @model_validator(mode="after")
     def _hours_order(self) -> Jurisdiction:

@@ -84,7 +84,7 @@ class _TimeVerdict:
     next_ts: float  # earliest legal instant >= now, ignoring caps
 
 
-def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: Instants) -> _TimeVerdict:
+def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: Instants, cite: str = "") -> _TimeVerdict:
     primary = windows[0]
     today = primary.ordinal(ts)
     failing = [w for w in windows if not w.contains(ts)]
@@ -106,7 +106,7 @@ def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: Insta
         stamps = [text for _, text in reasons]
         verb = "is" if len(stamps) == 1 else "are"
         reason = Reason.OUTSIDE_HOURS
-        why = f"{', '.join(stamps)} {verb} outside the contact hours {primary.hours_text}"
+        why = f"{', '.join(stamps)} {verb} outside the contact hours {primary.hours_text}{cite}"
     if len(windows) > 1:
         why += f" (must be legal in all of {', '.join(w.zone for w in windows)})"
     return _TimeVerdict(windows, today, False, reason, why, find_legal_ts(ts, windows))
@@ -118,10 +118,12 @@ def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: Insta
 class _Profile:
     """A profile with its calendar, caps and per-zones caches."""
 
-    __slots__ = ("profile", "calendar", "caps", "shared", "windows", "times", "instants")
+    __slots__ = ("profile", "calendar", "caps", "shared", "windows", "times", "instants", "cite")
 
-    def __init__(self, profile: Jurisdiction, instants: Instants) -> None:
+    def __init__(self, profile: Jurisdiction, instants: Instants, name: str = "") -> None:
         self.profile = profile
+        #: the profile's rule, quoted after a time or cap verdict: " (us-wa: Washington RCW 19.16.250)"
+        self.cite = f" ({name}: {profile.source})" if profile.source else ""
         self.calendar = WorkingCalendar.for_profile(profile)
         self.caps = {ch: ChannelCapRules(profile, ch) for ch in Channel}
         #: caps across channels: the lines of one decision count each other's sends
@@ -142,7 +144,7 @@ class _Profile:
         if verdict is None:
             if len(self.times) >= _TIME_CACHE_LIMIT:
                 self.times.clear()
-            verdict = self.times[key] = _time_verdict(self.windows_for(tuple(zones)), ts, self.instants)
+            verdict = self.times[key] = _time_verdict(self.windows_for(tuple(zones)), ts, self.instants, self.cite)
         return verdict
 
 
@@ -403,6 +405,8 @@ def _line(
                 f"{cadence}; {time.why}; caps allow; template {chosen}", template=chosen,
             )
         reason, why = cap_block.reason, cap_block.detail
+        if not why.startswith("shared cap"):  # a shared cap names its own source
+            why += c.prof.cite
     else:
         reason, why = time.reason, time.why  # type: ignore[assignment]
 
@@ -433,7 +437,7 @@ class Gate:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.instants = Instants()
-        self.profiles = {name: _Profile(p, self.instants) for name, p in config.jurisdictions.items()}
+        self.profiles = {name: _Profile(p, self.instants, name) for name, p in config.jurisdictions.items()}
         ordered = sorted(config.stages, key=lambda s: s.dpd_min)
         #: the stage whose (firmer) wording a case uses after a broken promise to pay
         self.firmer: dict[str, str] = {a.name: b.name for a, b in zip(ordered, ordered[1:], strict=False)}

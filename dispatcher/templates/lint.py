@@ -357,11 +357,9 @@ def lint_template(
     if reply is not None:
         return _dedupe(problems + _reply_problems(path, ref, reply, config, templates, _phrases, source, static_keys))
 
-    cases = sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES
+    cases = _per_profile(sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES, config)
     worst_sms: tuple[int, str] | None = None
     for case in cases:
-        if case.jurisdiction not in config.jurisdictions:
-            continue
         case = dataclasses.replace(case, locale=ref.locale)
         ctx = _sample_context(case, config, ref)
         try:
@@ -384,6 +382,24 @@ def lint_template(
     if worst_sms is not None:
         problem(1, worst_sms[1])
     return _dedupe(problems)
+
+
+def _per_profile(cases: Iterable[Case], config: Config) -> list[Case]:
+    """The sample cases of the configured profiles: each sample (`cn`, `us`), and a copy
+    for every other profile of its currency whose support number differs (the only
+    profile value a message shows, and its length counts for SMS segments)."""
+    out = []
+    profiles = config.jurisdictions
+    for case in cases:
+        home = profiles.get(case.jurisdiction)
+        if home is not None:
+            out.append(case)
+        shown = {home.support_phone} if home is not None else set()
+        for name, profile in sorted(profiles.items()):
+            if profile.default_currency == case.currency and profile.support_phone not in shown:
+                shown.add(profile.support_phone)
+                out.append(dataclasses.replace(case, jurisdiction=name, case_id=f"{case.case_id}-{name}"))
+    return out
 
 
 def _matching(phrases: list[_Phrase], text: str) -> list[_Phrase]:

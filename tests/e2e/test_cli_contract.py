@@ -237,3 +237,41 @@ def test_holds_and_payment(cli: Cli) -> None:
     assert timeline["status"] == "paid"
     assert [m["status"] for m in timeline["messages"]] == ["cancelled"]
     assert cli("payment", "a", "abc").returncode == 2
+
+
+def test_profile_rules_through_import_plan_and_send(cli: Cli) -> None:
+    """SPEC 12 through the CLI: Washington opens at 07:30, cn-bank closes at 22:00, NYC
+    refuses SMS without recorded consent, and a one-off counts for Massachusetts'
+    shared cap on calls and texts."""
+    us = {"phone": "", "email": "pat@example.com", "principal": "500.00", "interest": "0", "penalty": "0",
+          "amount_due": "500.00", "penalty_rate_daily": ""}
+    rows = [
+        case_row("wa", "2026-11-09", jurisdiction="us-wa", sms_consent="true", **{**us, "phone": "+12065550100"}),
+        case_row("bank", "2026-11-07", jurisdiction="cn-bank"),
+        case_row("nyc", "2026-11-09", jurisdiction="us-nyc", **{**us, "phone": "+12125550100"}),
+        case_row("ma", "2026-09-30", jurisdiction="us-ma", sms_consent="true", voice_consent="true",
+                 **{**us, "phone": "+16175550100"}),
+    ]
+    result = cli("import", str(write_cases(cli.tmp / "cases.csv", rows)))
+    assert result.returncode == 0, result.stderr
+    early = only(cli.plan("2026-12-09T07:29:00-08:00", "wa"), "sms")
+    assert (early["action"], early["reason"], early["not_before"]) == ("defer", "outside_hours",
+                                                                       "2026-12-09T07:30:00-08:00")
+    assert "(us-wa: Washington RCW 19.16.250)" in str(early["detail"])
+    assert only(cli.plan("2026-12-09T07:30:00-08:00", "wa"), "sms")["action"] == "send"
+    late = only(cli.plan("2026-12-06T22:00:00+08:00", "bank"), "sms")  # a Sunday: every day counts
+    assert (late["action"], late["reason"], late["not_before"]) == ("defer", "outside_hours",
+                                                                    "2026-12-07T08:00:00+08:00")
+    assert only(cli.plan("2026-12-06T21:59:00+08:00", "bank"), "sms")["action"] == "send"
+    nyc = only(cli.plan("2026-12-09T10:00:00-05:00", "nyc"), "sms")
+    assert (nyc["action"], nyc["reason"]) == ("skip", "no_consent")
+    refused = cli("send", "nyc", "--channel", "email", "--by", "agent-7", now="2026-12-09T10:00:00-05:00")
+    assert refused.returncode == 4 and "no_consent" in refused.stdout + refused.stderr
+    # Massachusetts: two one-off SMS fill the calls-and-texts cap; the planned call waits
+    for day in ("2026-12-07T10:00:00-05:00", "2026-12-08T10:00:00-05:00"):
+        sent = cli("send", "ma", "--channel", "sms", "--by", "agent-7", now=day)
+        assert sent.returncode == 0, sent.stderr
+    call = only(cli.plan("2026-12-09T10:00:00-05:00", "ma"), "voice")
+    assert (call["action"], call["reason"]) == ("defer", "frequency_cap")
+    assert "shared cap calls_and_texts (sms+voice)" in str(call["detail"])
+    assert call["not_before"] == "2026-12-14T08:00:00-05:00"

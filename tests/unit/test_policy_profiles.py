@@ -142,7 +142,7 @@ def test_wa_opens_at_0730_local() -> None:
     d = one_off(snapshot("us-wa", early), early, SMS)
     assert d.action is Action.DEFER and d.reason is Reason.OUTSIDE_HOURS
     assert d.not_before == dt.datetime(2026, 12, 9, 7, 30, tzinfo=LA)
-    assert "07:30-21:00" in d.detail
+    assert "outside the contact hours 07:30-21:00 (us-wa: Washington RCW 19.16.250)" in d.detail
     at = dt.datetime(2026, 12, 9, 7, 30, tzinfo=LA)
     assert one_off(snapshot("us-wa", at), at, SMS).action is Action.SEND
     late = dt.datetime(2026, 12, 9, 21, 0, tzinfo=LA)
@@ -174,6 +174,7 @@ def test_cn_bank_window_is_every_day_until_2200() -> None:
     ten = dt.datetime(2026, 12, 6, 22, 0, tzinfo=SH)
     d = one_off(snapshot("cn-bank", ten), ten, SMS)
     assert d.action is Action.DEFER and d.reason is Reason.OUTSIDE_HOURS
+    assert "08:00-22:00 (cn-bank: China Banking Association consumer-loan collection guideline (2026))" in d.detail
     assert d.not_before == dt.datetime(2026, 12, 7, 8, 0, tzinfo=SH)
     # the procedures' profile is closed on that Sunday and at 21:00
     assert one_off(snapshot("cn", sunday), sunday, SMS).reason is Reason.NON_WORKING_DAY
@@ -208,6 +209,7 @@ def test_cn_internet_counts_calls_answered_by_a_person_not_attempts() -> None:
     d = one_off(snapshot("cn-internet", now, history=third), now, VOICE)
     assert d.action is Action.DEFER and d.reason is Reason.FREQUENCY_CAP
     assert "3 calls answered by a person (or still ringing) on 2026-12-07 (at most 3 connected calls a day" in d.detail
+    assert d.detail.count("(cn-internet: GB/T 45251-2025)") == 1
     assert d.not_before == dt.datetime(2026, 12, 8, 8, 0, tzinfo=SH)
     # a call still ringing may yet be answered: it counts
     ringing = (*unanswered[1:], sent(VOICE, h(0), MessageStatus.RINGING))
@@ -278,6 +280,9 @@ default_region = "US"
     (BASE + 'hours = ["7:30", "21:00"]', 'jurisdictions.xx.hours: Value error, hours must be two "HH:MM" times'),
     (BASE + 'hours = ["07:30", "24:00"]', 'hours must be two "HH:MM" times, e.g. ["07:30", "21:00"]; got'),
     (BASE + 'hours = ["21:00", "07:30"]', "the start must be before the end"),
+    (BASE + 'hours = ["08:00"]', 'hours must be two "HH:MM" times, e.g. ["07:30", "21:00"]; got [\'08:00\']'),
+    (BASE + 'hours = "08:00-21:00"', 'hours must be two "HH:MM" times'),
+    (BASE + 'hours = [8, 21]', 'hours must be two "HH:MM" times'),
     (BASE + 'hours = ["08:00", "21:00"]\n[[jurisdictions.xx.shared_caps]]\nchannels = ["sms"]\nper_day = 1',
      "jurisdictions.xx.shared_caps.0.channels: List should have at least 2 items"),
     (BASE + 'hours = ["08:00", "21:00"]\n[[jurisdictions.xx.shared_caps]]\nchannels = ["sms", "fax"]\nper_day = 1',

@@ -410,3 +410,15 @@ def test_lint_path_takes_the_root_a_folder_or_a_file(tree: Path, config: Config)
     assert [str(p) for p in lint_path(bad, config, PHRASES)] == [expected]
     assert lint_path(tree / "email" / "dpd90", config, PHRASES) == []
     assert lint_path(tree / "sms/dpd30/v1.zh-CN.j2", config, PHRASES) == []
+
+
+def test_every_profile_is_rendered_with_its_own_support_number(tree: Path, config: Config) -> None:
+    # a profile whose number is longer than its family's can push an SMS over the limit
+    long_number = "+1 212 555 0199, then dial extension 4471 and choose option 3 " * 6
+    nyc = config.jurisdictions["us-nyc"].model_copy(update={"support_phone": long_number})
+    wordy = config.model_copy(update={"jurisdictions": {**config.jurisdictions, "us-nyc": nyc}})
+    text = GOOD_SMS_EN.replace(" is overdue.", " is overdue. Call {{ support_phone }}.")
+    write(tree, "sms/dpd30/v1.en-US.j2", text)
+    assert about(tree, config, "sms/dpd30/v1.en-US.j2") == []
+    [problem] = about(tree, wordy, "sms/dpd30/v1.en-US.j2")
+    assert problem.startswith("1: SMS is ") and "-us-nyc" in problem, problem
