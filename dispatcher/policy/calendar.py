@@ -136,17 +136,11 @@ class WorkingCalendar:
     def year_days(self, year: int) -> list[CalendarDay]:
         """Every non-working weekday and every working weekend day of `year`, in order.
         Does not count as a decision's use of the year (`years_used`)."""
-        used = year in self.years_used
         out = []
-        day = dt.date(year, 1, 1)
-        while day.year == year:
-            working = self.is_working_day(day)
-            weekend = day.weekday() >= 5
-            if working == weekend:  # a weekday off or a weekend day on
+        for ordinal, working in sorted(self._compute_year(year).items()):
+            day = dt.date.fromordinal(ordinal)
+            if working == (day.weekday() >= 5):  # a weekday off or a weekend day on
                 out.append(CalendarDay(day, working, self._name(day, working), self.source_of(day)))
-            day += dt.timedelta(days=1)
-        if not used:
-            self.years_used.discard(year)
         return out
 
     def _name(self, day: dt.date, working: bool) -> str:
@@ -196,9 +190,12 @@ class WorkingCalendar:
 
     def _load_year(self, year: int) -> None:
         self.years_used.add(year)
+        self._working.update(self._compute_year(year))
+
+    def _compute_year(self, year: int) -> dict[int, bool]:
         first = dt.date(year, 1, 1).toordinal()
         last = dt.date(year, 12, 31).toordinal()
-        working = self._working
+        working: dict[int, bool] = {}
         if self.days == "all":
             for ordinal in range(first, last + 1):
                 working[ordinal] = True
@@ -212,6 +209,7 @@ class WorkingCalendar:
         for ordinal in self._extra_holidays:
             if first <= ordinal <= last:
                 working[ordinal] = False
+        return working
 
 
 _CALENDARS: dict[tuple[object, ...], WorkingCalendar] = {}

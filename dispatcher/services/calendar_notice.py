@@ -87,3 +87,9 @@ def metric_lines(config: Config, now: dt.datetime) -> list[str]:
     lines += [f'dispatcher_calendar_estimated{{profile="{_label(name)}",year="{year}"}} {value}'
               for (name, year), value in sorted(rows.items())]
     return lines
+
+
+def forget_warnings() -> None:
+    """Forget which (profile, year) pairs were warned about (tests; a new process does it too)."""
+    with _LOCK:
+        _WARNED.clear()
