@@ -388,6 +388,12 @@ def report_cmd(
         table.add_row(*(str(getattr(r, c)) for c in COLUMNS), f"{r.delivery_rate:.1%}",
                       str(r.avg_days_to_first_contact if r.avg_days_to_first_contact is not None else "-"))
     out.print(table)
+    owed = Table("jurisdiction", "currency", "cases", "open", "amount due", "paid", "outstanding",
+                 title="owed now (outstanding = amount due - paid, open cases)")
+    for b in report.balances:
+        owed.add_row(b.jurisdiction, b.currency, str(b.cases), str(b.open_cases), str(b.amount_due),
+                     str(b.paid_total), str(b.outstanding))
+    out.print(owed)
 
 
 # ------------------------------------------------------------------------- demo

@@ -64,6 +64,10 @@ def test_preview_counts_days_past_due_in_the_case_zone_and_states_the_outstandin
     timeline = json.loads(cli("case", "show", "la", "--format", "json", now=evening).stdout)
     assert (timeline["amount_due"], timeline["paid_total"], timeline["outstanding"]) == ("510.00", "123.45", "386.55")
     assert timeline["zone"] == "America/Los_Angeles"
+    report = json.loads(cli("report", "--format", "json", now=evening).stdout)
+    assert report["balances"] == [{"jurisdiction": "us", "currency": "USD", "cases": 1, "open_cases": 1,
+                                   "amount_due": "510.00", "paid_total": "123.45", "outstanding": "386.55"}]
+    assert "386.55" in cli("report", now=evening).stdout
 
 
 def _config_with(cli: Cli, replace: dict[str, str]) -> Path:
