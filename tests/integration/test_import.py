@@ -200,7 +200,8 @@ CASES_PER_RULE = [
     ),
     ({"name": "  "}, "name", "required: the debtor's full name"),
     ({"jurisdiction": ""}, "jurisdiction", "required: one of cn, cn-bank, cn-internet, us, us-ma, us-nyc, us-wa"),
-    ({"jurisdiction": "uk"}, "jurisdiction", "must be one of cn, cn-bank, cn-internet, us, us-ma, us-nyc, us-wa (got 'uk')"),
+    ({"jurisdiction": "uk"}, "jurisdiction",
+     "must be one of cn, cn-bank, cn-internet, us, us-ma, us-nyc, us-wa (got 'uk')"),
     ({"locale": "fr-FR"}, "locale", "must be zh-CN or en-US, or empty for the jurisdiction's default (got 'fr-FR')"),
     (
         {"timezone": "Mars/Olympus"},
