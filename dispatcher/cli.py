@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from dispatcher.commands.calendar import calendar_cmd
 from dispatcher.commands.case import case_app
 from dispatcher.commands.common import (
     EXIT_FAILURE,
@@ -43,6 +44,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(case_app, name="case")
 app.add_typer(templates_app, name="templates")
+app.command("calendar")(calendar_cmd)
 
 
 @app.callback()
@@ -125,6 +127,7 @@ def plan_cmd(
     """Dry run: one decision per case and channel at "now". Writes nothing."""
     import gc
 
+    from dispatcher.services.calendar_notice import warn_estimated
     from dispatcher.services.planner import PLAN_GC_THRESHOLD, decision_line, plan_decisions
 
     if fmt not in ("jsonl", "table"):
@@ -146,6 +149,8 @@ def plan_cmd(
         if missing:
             raise fail(f"no such case: {', '.join(missing)}; check the id or import it first")
     stream = plan_decisions(runtime.engine, runtime.gate, catalog, now, case_ids=case)
+    # an estimated calendar year (SPEC 12) is said once the decisions that used it are out
+    ctx.call_on_close(lambda: warn_estimated(runtime.config, sys.stderr))
     if fmt == "jsonl":
         write = sys.stdout.write
         for _snapshot, decisions in stream:
@@ -199,8 +204,11 @@ def _tick(runtime: Runtime, channels: dict[Any, Any]) -> dict[str, Any]:
 @app.command("tick")
 def tick_cmd(ctx: typer.Context) -> None:
     """One pass of the daemon: plan, enqueue, send what is due now, settle what came back."""
+    from dispatcher.services.calendar_notice import warn_estimated
+
     runtime = rt(ctx)
     result = _tick(runtime, runtime.channels())
+    warn_estimated(runtime.config, sys.stderr)
     planned, sent = result["planned"], result["sent"]
     table = Table("step", "count", title=f"tick at {runtime.clock.now().isoformat()}")
     if planned is None:
@@ -381,6 +389,12 @@ def report_cmd(
         table.add_row(*(str(getattr(r, c)) for c in COLUMNS), f"{r.delivery_rate:.1%}",
                       str(r.avg_days_to_first_contact if r.avg_days_to_first_contact is not None else "-"))
     out.print(table)
+    owed = Table("jurisdiction", "currency", "cases", "open", "amount due", "paid", "outstanding",
+                 title="owed now (outstanding = amount due - paid, open cases)")
+    for b in report.balances:
+        owed.add_row(b.jurisdiction, b.currency, str(b.cases), str(b.open_cases), str(b.amount_due),
+                     str(b.paid_total), str(b.outstanding))
+    out.print(owed)
 
 
 # ------------------------------------------------------------------------- demo

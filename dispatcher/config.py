@@ -119,6 +119,8 @@ class Jurisdiction(_Model):
     source: str = ""
     extra_holidays: list[dt.date] = []
     extra_working_days: list[dt.date] = []
+    #: years whose holiday schedule the operator checked against the official notice (SPEC 12)
+    official_years: list[Annotated[int, Field(ge=1900, le=2200)]] = []
     support_phone: str = ""
     sms_from: str = ""
     voice_from: str = ""

@@ -34,6 +34,7 @@ from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.domain import Channel
 from dispatcher.policy import Gate
+from dispatcher.services.calendar_notice import warn_estimated
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.services.repair import StatusRepair
@@ -120,6 +121,7 @@ class DaemonJobs:
         if self.after_plan is not None:
             await asyncio.to_thread(self.after_plan, self.engine, now)
         summary = await asyncio.to_thread(run_planner, self.engine, self.gate, self.catalog(), now)
+        warn_estimated(self.config)  # once per profile and year (SPEC 12); logged to stderr
         if summary is None:
             log.info("plan: another instance holds the planner lock; skipped")
         else:

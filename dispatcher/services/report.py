@@ -17,11 +17,14 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
+from dispatcher.domain import CLOSED_STATUSES
 from dispatcher.store.tables import CaseRow, EventRow, HoldRow, MessageRow, PaymentRow
+from dispatcher.store.values import cents
 
+CLOSED = {s.value for s in CLOSED_STATUSES}
 DELIVERED = {"delivered", "read", "completed"}
 FAILED = {"failed", "undelivered", "busy", "no-answer"}
 REPLY_KINDS = {"reply_received"}
@@ -61,10 +64,30 @@ class KpiRow:
 
 
 @dataclass
+class Balance:
+    """What a jurisdiction's debtors owe now, in one currency (never summed across
+    currencies): `outstanding = amount_due - paid_total` per case (SPEC 11), never below 0."""
+
+    jurisdiction: str
+    currency: str
+    cases: int = 0
+    open_cases: int = 0  # not paid, settled or closed
+    amount_due: Decimal = Decimal("0.00")
+    paid_total: Decimal = Decimal("0.00")
+    outstanding: Decimal = Decimal("0.00")
+
+    def as_json(self) -> dict[str, object]:
+        return {"jurisdiction": self.jurisdiction, "currency": self.currency, "cases": self.cases,
+                "open_cases": self.open_cases, "amount_due": str(self.amount_due),
+                "paid_total": str(self.paid_total), "outstanding": str(self.outstanding)}
+
+
+@dataclass
 class Report:
     since: dt.date | None
     generated_at: dt.datetime
     rows: list[KpiRow]
+    balances: list[Balance] = field(default_factory=list)
 
     def totals(self) -> KpiRow:
         total = KpiRow("all", "all", "all")
@@ -81,6 +104,7 @@ class Report:
             "generated_at": self.generated_at.isoformat(),
             "rows": [r.as_json() for r in self.rows],
             "totals": self.totals().as_json(),
+            "balances": [b.as_json() for b in self.balances],
         }
 
 
@@ -155,8 +179,29 @@ def build_report(engine: Engine, now: dt.datetime, since: dt.date | None = None)
                 due_date = due.get(case_id)
                 if due_date is not None and at.date() > due_date:
                     rows[key].first_contact_days.append((at.date() - due_date).days)
+        balances = _balances(conn)
     ordered = sorted(rows.values(), key=lambda r: (_stage_order(r.stage), r.channel, r.template))
-    return Report(since, now, ordered)
+    return Report(since, now, ordered, balances)
+
+
+def _balances(conn: Connection) -> list[Balance]:
+    """What debtors owe now, per jurisdiction and currency (one pass over the cases)."""
+    out: dict[tuple[str, str], Balance] = {}
+    zero = Decimal("0.00")
+    for jurisdiction, currency, status, amount_due, paid in conn.execute(
+        select(col(CaseRow.jurisdiction), col(CaseRow.currency), col(CaseRow.status), col(CaseRow.amount_due),
+               col(CaseRow.paid_total))
+    ):
+        b = out.get((jurisdiction, currency)) or out.setdefault((jurisdiction, currency),
+                                                                 Balance(jurisdiction, currency))
+        due, paid_total = cents(Decimal(amount_due)), cents(Decimal(paid))
+        b.cases += 1
+        b.amount_due += due
+        b.paid_total += paid_total
+        if status not in CLOSED:
+            b.open_cases += 1
+            b.outstanding += max(due - paid_total, zero)
+    return [out[k] for k in sorted(out)]
 
 
 def _stage_order(stage: str) -> tuple[int, str]:
@@ -218,6 +263,11 @@ def report_html(report: Report) -> str:
                    fmt="{:.0f}"),
     ]
     since = report.since.isoformat() if report.since else "the beginning"
+    balance_rows = [
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            b.jurisdiction, b.currency, b.cases, b.open_cases, b.amount_due, b.paid_total, b.outstanding)) + "</tr>"
+        for b in report.balances
+    ]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Dispatcher report</title>
@@ -235,6 +285,9 @@ Total sent {totals.sent}, delivered {totals.delivered} ({totals.delivery_rate:.1
 replies {totals.replies}, opt-outs {totals.opt_outs}, clicks {totals.clicks},
 payments within 7 days {totals.payments_7d}, complaints {totals.complaints}.</p>
 <table><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table>
+<h2>Owed now (outstanding = amount due &minus; paid, open cases)</h2>
+<table id="balances"><thead><tr><th>jurisdiction</th><th>currency</th><th>cases</th><th>open</th><th>amount due</th>
+<th>paid</th><th>outstanding</th></tr></thead><tbody>{"".join(balance_rows)}</tbody></table>
 {"".join(f"<figure>{c}</figure>" for c in charts)}
 </body></html>
 """

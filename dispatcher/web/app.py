@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from dispatcher.services.calendar_notice import metric_lines as calendar_metric_lines
 from dispatcher.settings import Settings
 from dispatcher.web import api, console, email_hooks, payment_links
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
@@ -86,7 +87,8 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
 
     app = DispatcherAPI(web, title="dispatcher", docs_url=None, redoc_url=None, openapi_url=None,
                         lifespan=lifespan)
-    metrics = WebhookMetrics(receipts.message_counts)
+    metrics = WebhookMetrics(receipts.message_counts,
+                             extra=lambda: calendar_metric_lines(web.config, web.clock.now()))
     if not web.settings.twilio_auth_token:
         log.warning("TWILIO_AUTH_TOKEN is not set: every /twilio/* request will be refused with 403")
     hooks = TwilioHooks(receipts, web.config, web.settings)

@@ -94,3 +94,30 @@ async def test_timeline(client: tuple[httpx.AsyncClient, FakeClock]) -> None:
     assert [m["channel"] for m in timeline["messages"]] == ["sms"]
     assert {"at", "kind"} <= set(timeline["events"][0])
     assert (await c.get("/api/cases/NOPE", headers=AUTH)).status_code == 404
+
+
+async def test_the_api_states_the_outstanding_amount_and_days_past_due_in_the_debtors_day(
+        client: tuple[httpx.AsyncClient, FakeClock], engine: Engine) -> None:
+    c, clock = client
+    with engine.begin() as conn:
+        repo.record_payment(conn, "A1", Decimal("325.55"), "cashier", clock.now())
+    timeline = (await c.get("/api/cases/A1", headers=AUTH)).json()
+    assert (timeline["amount_due"], timeline["paid_total"], timeline["outstanding"]) == ("10325.00", "325.55",
+                                                                                        "9999.45")
+    # 00:30 on Mon 7 Dec in Shanghai is still the 6th in UTC (DPD 29 there): DPD follows
+    # the debtor's calendar, 30 days after the due date 2026-11-07
+    clock.set(dt.datetime(2026, 12, 7, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=8))))
+    timeline = (await c.get("/api/cases/A1", headers=AUTH)).json()
+    assert (timeline["days_past_due"], timeline["zone"]) == (30, "Asia/Shanghai")
+
+
+async def test_metrics_show_an_estimated_calendar_year(client: tuple[httpx.AsyncClient, FakeClock]) -> None:
+    c, clock = client
+    text = (await c.get("/metrics")).text
+    assert 'dispatcher_calendar_estimated{profile="cn",year="2026"} 0' in text
+    clock.set(dt.datetime(2027, 1, 4, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8))))
+    r = await c.post("/api/cases/A1/messages", json={"channel": "sms", "by": "agent7"}, headers=AUTH)
+    assert r.status_code == 202  # decided in 2027, on the estimated calendar
+    text = (await c.get("/metrics")).text
+    assert 'dispatcher_calendar_estimated{profile="cn",year="2027"} 1' in text
+    assert "# TYPE dispatcher_calendar_estimated gauge" in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -94,6 +95,18 @@ async def test_case_page_shows_decisions_messages_and_the_forms(console: tuple[h
     assert "+86***" in page or "****" in page  # contact points are masked
     assert "sms/dpd30/" in page  # approved templates to choose from
     assert "wang@example.com" not in page and "+8613812345678" not in page
+
+
+async def test_case_page_states_the_outstanding_amount_and_local_days_past_due(
+        console: tuple[httpx.AsyncClient, FakeClock], engine: Engine) -> None:
+    c, clock = console
+    await sign_in(c)
+    with engine.begin() as conn:
+        repo.record_payment(conn, "A1", Decimal("1000.00"), "cashier", clock.now())
+    clock.set(dt.datetime(2026, 12, 7, 0, 30, tzinfo=SHANGHAI))  # still the 6th in UTC
+    page = (await c.get("/ui/cases/A1")).text
+    assert 'id="outstanding">9325.00<' in page and 'id="paid-total">1000.00<' in page
+    assert 'id="days-past-due">30<' in page and "days past due (Asia/Shanghai)" in page
 
 
 async def test_one_off_through_the_gate_and_its_refusal(console: tuple[httpx.AsyncClient, FakeClock],

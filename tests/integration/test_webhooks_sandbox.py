@@ -307,3 +307,32 @@ async def test_a_hard_bounce_marks_the_address_invalid(e2e: E2E) -> None:
     await wait_until(lambda: e2e.contact("e2e-4", "email").invalid, "address invalid after the bounce")
     kinds = [e["kind"] for e in e2e.timeline("e2e-4")["events"]]
     assert "bounce" in kinds and "address_invalid" in kinds
+
+
+async def test_after_a_partial_payment_every_channel_states_the_outstanding_amount(e2e: E2E) -> None:
+    """Issue 11: the reminders were queued before the payment came in; rendered at send
+    time, the SMS, the e-mail and the spoken script state what is owed *then* (SPEC 11)."""
+    with e2e.engine.begin() as conn:
+        repo.upsert_cases(conn, [cn_case(6, PHONE_PERSON, "six@example.com")], e2e.clock.now())
+    summary = run_planner(e2e.engine, Gate(e2e.config), e2e.templates.approved_catalog(), e2e.clock.now())
+    assert summary is not None and summary.queued == 3
+    with e2e.engine.begin() as conn:
+        paid = repo.record_payment(conn, "e2e-6", Decimal("3000.37"), "cashier", e2e.clock.now())
+    assert not paid.closed and paid.amount_due - paid.paid_total == Decimal("7269.63")
+    sent = await e2e.sender.send_due()
+    assert sent.sent == 3
+    await e2e.settle()
+    await wait_until(lambda: e2e.message("e2e-6", "voice").conversation, "a completed conversation")
+
+    owed, imported = "¥7,269.63", "10,270.00"
+    (sms,) = [m for m in e2e.sandbox.messages() if m["to"] == PHONE_PERSON]
+    assert f"应还{owed}" in sms["body"] and imported not in sms["body"]
+    assert "已还¥3,000.37" in sms["body"]  # the penalty explanation reconciles the payment
+    (email,) = [m for m in e2e.sandbox.emails() if m["rcpt_tos"] == ["six@example.com"]]
+    assert f"应还金额：{owed}" in email["text"] and owed in email["html"]
+    assert "已还金额：¥3,000.37（原应还¥10,270.00）" in email["text"]
+    assert f"原应还¥10,270.00-已还¥3,000.37=尚欠{owed}。" in email["text"]
+    spoken = " ".join(e2e.call_to(PHONE_PERSON)["spoken"])
+    assert owed in spoken and f"尚欠{owed}" in spoken and imported not in spoken.replace("原应还¥10,270.00", "")
+    # what was stored is what was sent
+    assert e2e.message("e2e-6", "sms").body == sms["body"]
