@@ -221,6 +221,16 @@ class SmtpEmailChannel:
         return SendResult(provider_id=self.message_id(message), status=MessageStatus.SENT_UNCONFIRMED,
                           error=UNKNOWN_AFTER_DATA)
 
+    async def probe(self) -> None:
+        """Connect, greet and leave (the circuit breaker's probe). A server that answers,
+        even with a refusal, is reachable; raises `OSError` when it cannot be reached."""
+        client = self._new_client()
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException:
+            return  # it answered, if only to refuse (e.g. 421 too busy)
+        await _close(client, polite=True)
+
     async def aclose(self) -> None:
         """Close the pooled connections politely."""
         idle, self._idle = self._idle, []
@@ -268,8 +278,10 @@ def _result_for_error(exc: BaseException, phase: str) -> SendResult:
             return SendResult(None, failed, retryable=True, error=f"{what} (temporary): {_reply(exc)}")
         return SendResult(None, failed, error=f"{what}: {_reply(exc)}")
     name = type(exc).__name__
+    # no answer from the server at all: counts toward the circuit breaker (`channels.guarded`)
+    unreachable = isinstance(exc, OSError)
     if phase == "data":
-        return SendResult(
-            None, failed, retryable=True, ambiguous=True, error=f"{name} during DATA; {UNKNOWN_AFTER_DATA}"
-        )
-    return SendResult(None, failed, retryable=True, error=f"{name} before DATA ({phase}); nothing was sent")
+        return SendResult(None, failed, retryable=True, ambiguous=True, unreachable=unreachable,
+                          error=f"{name} during DATA; {UNKNOWN_AFTER_DATA}")
+    return SendResult(None, failed, retryable=True, unreachable=unreachable,
+                      error=f"{name} before DATA ({phase}); nothing was sent")

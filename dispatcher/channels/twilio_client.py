@@ -29,8 +29,13 @@ depends on Twilio:
 | HTTP 5xx | retryable, **ambiguous** (Twilio may have created it; reconcile first) |
 | HTTP 401/403 | retryable (credentials are an operator problem, not the message's) |
 | other 4xx | failed, not retryable; an address error says "invalid address" |
-| connection refused (nothing sent) | retryable, not ambiguous |
-| timeout, reset, disconnect, anything else | retryable, **ambiguous** |
+| connection refused (nothing sent) | retryable, not ambiguous, unreachable |
+| timeout, reset, disconnect | retryable, **ambiguous**, unreachable |
+| anything else | retryable, **ambiguous** |
+
+`unreachable` (no answer at all) counts toward the provider's circuit breaker
+(`channels.guarded`); `probe()` on the channels asks Twilio for one record of a list,
+which any answer (even a refusal) proves reachable.
 """
 
 from __future__ import annotations
@@ -278,6 +283,7 @@ def result_for_error(exc: BaseException, probe: Mapping[str, Any], what: str) ->
             MessageStatus.FAILED,
             retryable=True,
             error=f"cannot connect to Twilio ({type(exc).__name__}); nothing was sent",
+            unreachable=True,
         )
     if isinstance(exc, TimeoutError):
         return SendResult(
@@ -286,6 +292,7 @@ def result_for_error(exc: BaseException, probe: Mapping[str, Any], what: str) ->
             retryable=True,
             ambiguous=True,
             error=f"timeout waiting for Twilio; {what} may have been created",
+            unreachable=True,
         )
     name = type(exc).__name__
     if isinstance(exc, OSError | TwilioException):
@@ -295,6 +302,7 @@ def result_for_error(exc: BaseException, probe: Mapping[str, Any], what: str) ->
             retryable=True,
             ambiguous=True,
             error=f"connection failed after the request was sent ({name}); {what} may have been created",
+            unreachable=isinstance(exc, OSError),
         )
     return SendResult(
         None,

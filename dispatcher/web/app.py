@@ -86,7 +86,8 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
 
     app = DispatcherAPI(web, title="dispatcher", docs_url=None, redoc_url=None, openapi_url=None,
                         lifespan=lifespan)
-    metrics = WebhookMetrics(receipts.message_counts)
+    metrics = WebhookMetrics(receipts.message_counts,
+                             extra=web.circuits.metric_lines if web.circuits is not None else None)
     if not web.settings.twilio_auth_token:
         log.warning("TWILIO_AUTH_TOKEN is not set: every /twilio/* request will be refused with 403")
     hooks = TwilioHooks(receipts, web.config, web.settings)

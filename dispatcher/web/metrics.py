@@ -1,6 +1,6 @@
-"""Prometheus text exposition: webhook counters (in process) and messages by status
+"""Prometheus text exposition: webhook counters (in process), messages by status
 (from the store, cached so a scrape never costs more than one GROUP BY every few
-seconds)."""
+seconds) and the providers' circuit breakers (`channels.guarded`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ def _label(value: str) -> str:
 class WebhookMetrics:
     """Thread-safe counters; one instance per app (per worker process)."""
 
-    def __init__(self, message_counts: Callable[[], list[tuple[str, str, int]]]) -> None:
+    def __init__(self, message_counts: Callable[[], list[tuple[str, str, int]]], *,
+                 extra: Callable[[], list[str]] | None = None) -> None:
         self._lock = threading.Lock()
+        self._extra = extra  # more exposition lines (the providers' circuits)
         self._requests: Counter[tuple[str, str]] = Counter()
         self._message_counts = message_counts
         self._cached: tuple[float, list[tuple[str, str, int]]] | None = None
@@ -62,4 +64,6 @@ class WebhookMetrics:
         for channel, status, n in sorted(messages or []):
             lines.append(f'dispatcher_messages{{channel="{_label(channel)}",status="{_label(status)}"}} {n}')
         lines.append(f"dispatcher_store_up {0 if messages is None else 1}")
+        if self._extra is not None:
+            lines += self._extra()
         return "\n".join(lines) + "\n"
