@@ -418,11 +418,14 @@ def run_cmd(
     from dispatcher.services.daemon import DaemonJobs, run_daemon
     from dispatcher.services.receipts import resume_broken_promises
     from dispatcher.services.repair import StatusRepair
+    from dispatcher.store.outage import wait_for_store
     from dispatcher.web.app import create_app
 
     configure_logging(log_level.upper())
     runtime = rt(ctx)
     _startup_lint(runtime)
+    # The database may not be up yet (a host's boot, a fail-over): wait for it, never exit.
+    wait_for_store(lambda: runtime.engine, what="start-up")
     channels = runtime.channels()
     sender = runtime.sender(channels)
     jobs = DaemonJobs(

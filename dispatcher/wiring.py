@@ -112,12 +112,17 @@ class Runtime:
             return self._given_engine
         try:
             engine = make_engine(self.settings.db_url)
+        except Exception as exc:  # noqa: BLE001 - a malformed URL: tell the operator what to check
+            raise SetupError(f"cannot open the database {safe_url(self.settings.db_url)}: {exc}. "
+                             "Check --db / DISPATCHER_DB_URL.") from None
+        try:
             ensure_schema(engine)
-        except Exception as exc:  # noqa: BLE001 - any driver error: tell the operator what to check
+        except Exception as exc:
+            engine.dispose()
             raise SetupError(
                 f"cannot open the database {safe_url(self.settings.db_url)}: {exc}. "
                 "Check --db / DISPATCHER_DB_URL and that the server is running."
-            ) from None
+            ) from exc
         self._closers.append(engine.dispose)
         return engine
 
