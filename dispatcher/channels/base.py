@@ -38,9 +38,9 @@ class SendResult:
 
     `ambiguous` means the outcome is unknown (timeout, reset after the request went
     out): the outbox must reconcile with the provider before any retry. `unreachable`
-    means no answer came from the provider at all (connection refused, reset or timed
-    out): it counts toward the provider's circuit breaker, and when not also ambiguous
-    nothing was sent, so the message waits without spending an attempt.
+    means the connection to the provider could not even be opened (refused, reset or
+    timed out while connecting): nothing was sent, it counts toward the provider's
+    circuit breaker, and the message waits without spending an attempt.
     """
 
     provider_id: str | None

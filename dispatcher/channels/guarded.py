@@ -4,12 +4,13 @@
 logs every change of state. `guard(adapter, circuit)` wraps a channel:
 - `send`: while the circuit is open nothing is handed to the provider and no connection
   is made; the message gets an `unreachable`, non-ambiguous result (the outbox puts it
-  back in the queue without spending an attempt). A result that says the provider could
-  not be reached counts as a failure, any other as a success;
+  back in the queue without spending an attempt). A result that says the connection
+  could not be opened counts as a failure, an answer as a success, an ambiguous outcome
+  (timeout or reset after the request went out) as neither;
 - `reconcile` and `fetch_status` (the status repair job): refused with
   `ProviderUnavailable` while open (the row stays in flight, the look-up waits for the
-  next pass); a connection error (`OSError`) counts as a failure, anything else —
-  including the provider's refusal — as a success;
+  next pass); a failure to connect counts as a failure, the provider's answer —
+  including a refusal — as a success, a timeout after sending as neither;
 - `probe_if_due`: at most one probe per `probe_seconds` while open (the sender calls it
   at the start of every pass); its success closes the circuit.
 `Circuits` is the process's set, one per channel; `/metrics` shows it as the gauge
@@ -24,6 +25,8 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import ClassVar, TypeVar
 
+import aiosmtplib
+
 from dispatcher.channels.base import (
     ChannelAdapter,
     OutboundMessage,
@@ -33,6 +36,7 @@ from dispatcher.channels.base import (
     StatusSource,
 )
 from dispatcher.channels.breaker import Breaker, BreakerSettings, CircuitState
+from dispatcher.channels.http11 import ConnectError
 from dispatcher.clock import Clock
 from dispatcher.domain import Channel, MessageStatus
 
@@ -46,8 +50,10 @@ class ProviderUnavailable(ConnectionError):
 
 
 def is_connection_failure(exc: BaseException) -> bool:
-    """A failure to reach the provider (no answer at all), as opposed to its answer."""
-    return isinstance(exc, OSError)
+    """The connection to the provider could not be opened (refused, reset or timed out
+    while connecting). A timeout or reset once a request went out is not counted: the
+    provider may be slow or flaky rather than down, and its answer is merely unknown."""
+    return isinstance(exc, ConnectError | ConnectionRefusedError | aiosmtplib.SMTPConnectError)
 
 
 class Circuit:
@@ -166,7 +172,7 @@ class GuardedChannel:
         result = await self.inner.send(message)
         if result.unreachable:
             self.circuit.failure(result.error or "connection failed")
-        else:
+        elif not result.ambiguous:  # an answer (an ambiguous outcome proves nothing either way)
             self.circuit.success("the provider answered")
         return result
 
@@ -178,7 +184,7 @@ class GuardedChannel:
         except Exception as exc:
             if is_connection_failure(exc):
                 self.circuit.failure(type(exc).__name__)
-            else:
+            elif not isinstance(exc, OSError):  # an answer, if a refusal; a timeout proves nothing
                 self.circuit.success("the provider answered")
             raise
         self.circuit.success("the provider answered")
@@ -196,7 +202,7 @@ class GuardedChannel:
         try:
             await self.inner.probe()
         except Exception as exc:  # noqa: BLE001 - a probe's failure is the answer
-            if is_connection_failure(exc):
+            if isinstance(exc, OSError):  # not reached, or no answer in time: still open
                 self.circuit.failure(f"probe failed: {type(exc).__name__}")
                 return False
         self.circuit.success("a probe was answered")

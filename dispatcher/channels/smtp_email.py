@@ -18,6 +18,8 @@ failed:
 | cannot connect / TLS / AUTH / disconnect before DATA | retryable, not ambiguous: the server has nothing |
 | disconnect or timeout after DATA started | **ambiguous**: the server may have accepted it |
 
+A failure to connect is also `unreachable` (it counts toward the circuit breaker).
+
 `reconcile` cannot ask an SMTP server whether it accepted a message, so it answers
 SENT_UNCONFIRMED ("outcome unknown after DATA; not retried (at most once)"), under the
 Message-ID the message went out with: it is never resent (a reminder that may be lost
@@ -278,10 +280,11 @@ def _result_for_error(exc: BaseException, phase: str) -> SendResult:
             return SendResult(None, failed, retryable=True, error=f"{what} (temporary): {_reply(exc)}")
         return SendResult(None, failed, error=f"{what}: {_reply(exc)}")
     name = type(exc).__name__
-    # no answer from the server at all: counts toward the circuit breaker (`channels.guarded`)
-    unreachable = isinstance(exc, OSError)
     if phase == "data":
-        return SendResult(None, failed, retryable=True, ambiguous=True, unreachable=unreachable,
-                          error=f"{name} during DATA; {UNKNOWN_AFTER_DATA}")
+        return SendResult(
+            None, failed, retryable=True, ambiguous=True, error=f"{name} during DATA; {UNKNOWN_AFTER_DATA}"
+        )
+    # the connection could not be opened: counts toward the circuit breaker (`channels.guarded`)
+    unreachable = phase == "connect" and isinstance(exc, OSError)
     return SendResult(None, failed, retryable=True, unreachable=unreachable,
                       error=f"{name} before DATA ({phase}); nothing was sent")
