@@ -460,12 +460,14 @@ def table_row(r: Result) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the CI configuration (fewer kills, short outage)")
-    parser.add_argument("--cases", type=int, default=None, help="cases per scenario (default 300; quick: 60)")
+    parser.add_argument("--cases", type=int, default=None, help="cases per scenario (default 200; quick: 60)")
     parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--ci", action="store_true", help="the two worlds of tests/e2e/test_chaos.py")
     args = parser.parse_args()
-    cases = args.cases or (60 if args.quick else 300)
+    # a SIGTERM (or `timeout`) still stops the daemons and the sandbox and drops the databases
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    cases = args.cases or (60 if args.quick else 200)
     pool = list(CI_SCENARIOS) if args.ci else scenarios(args.quick)
     chosen = [s for s in pool if not args.scenario or s.name in args.scenario]
     if args.ci and not args.cases:
@@ -474,7 +476,7 @@ def main() -> int:
           f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC", flush=True)
     results = []
     for scenario in chosen:
-        result = run_scenario(scenario, cases=cases, seed=args.seed)
+        result = run_scenario(scenario, cases=cases, seed=args.seed, settle_seconds=180 if args.quick else 600)
         results.append(result)
         print(f"{scenario.name}: {'ok' if result.ok else 'FAILED'} {dict(result.statuses)} {result.notes}",
               flush=True)
