@@ -213,9 +213,16 @@ class World:
                 raise RuntimeError(f"the sandbox did not start; see {self.logs / 'sandbox.log'}")
 
     def stop_sandbox(self) -> None:
-        if self.sandbox is not None and self.sandbox.poll() is None:
-            self.sandbox.send_signal(signal.SIGTERM)
-            self.sandbox.wait(20)
+        if self.sandbox is not None:
+            if self.sandbox.poll() is None:
+                self.sandbox.send_signal(signal.SIGTERM)
+                try:
+                    self.sandbox.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.sandbox.kill()
+                    self.sandbox.wait()
+            if self.sandbox.stdout is not None:
+                self.sandbox.stdout.close()  # or a ResourceWarning when the Popen is collected
         self.sandbox = None
 
     def start_daemon(self, instance: int) -> None:
