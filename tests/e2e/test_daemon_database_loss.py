@@ -14,6 +14,7 @@ Only this test's own, uniquely named database is touched (the server is shared).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,6 +46,7 @@ from tests.e2e.test_daemon import (
 pytestmark = pytest.mark.postgres
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+EMAIL_SETTLED = frozenset({"sent", "sent_unconfirmed", "failed"})
 
 
 def _admin() -> str:
@@ -76,6 +78,9 @@ def daemons() -> Iterator[list[Any]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def create_database(name: str) -> None:
@@ -123,8 +128,9 @@ class LogReader:
         self._thread.start()
 
     def _read(self, stream: Any) -> None:
-        for raw in iter(stream.readline, b""):
-            self._lines.append(raw.decode("utf-8", "replace"))
+        with contextlib.suppress(ValueError, OSError):  # the pipe closed under it (teardown)
+            for raw in iter(stream.readline, b""):
+                self._lines.append(raw.decode("utf-8", "replace"))
 
     def count(self, fragment: str) -> int:
         return sum(fragment in line for line in list(self._lines))
@@ -189,8 +195,10 @@ def test_the_daemon_waits_for_the_database_and_outlives_its_connections_being_ki
 
         def settled() -> bool:
             current = rows(db_name)
+            # an e-mail whose result could not be recorded (the connection killed after the
+            # SMTP server accepted it) is settled "outcome unknown", never resent
             return bool(current) and all(
-                (ch == "sms" and status == "delivered") or (ch == "email" and status == "sent")
+                (ch == "sms" and status == "delivered") or (ch == "email" and status in EMAIL_SETTLED)
                 for _id, ch, status, _p in current)
 
         try:
@@ -207,8 +215,9 @@ def test_the_daemon_waits_for_the_database_and_outlives_its_connections_being_ki
     assert startup_kills.rounds > 5 and sending_kills.killed > 0, (startup_kills.killed, sending_kills.killed)
     assert len(final) >= 60
     assert all(m["count"] == 1 for m in sms) and all(e["count"] == 1 for e in emails)
-    assert len(sms) + len(emails) == len(final)
-    assert {m["sid"] for m in sms} | {e["message_id"] for e in emails} == {r[3] for r in final}
+    assert {m["sid"] for m in sms} == {r[3] for r in final if r[1] == "sms"}
+    sent_emails = {r[3] for r in final if r[1] == "email" and r[2] != "failed"}
+    assert sent_emails <= {e["message_id"] for e in emails} <= {r[3] for r in final if r[1] == "email"}
     text = logs.text()
     messages = [json.loads(line)["msg"] for line in text.splitlines() if line.startswith("{")]
     assert any("start-up: the database is unavailable" in m for m in messages)
