@@ -40,15 +40,7 @@ def _postgres(pg_url: str) -> None:
     """PostgreSQL must be reachable (skipped, or failed in CI, like every PostgreSQL test)."""
 
 
-#: SIGTERM is still a crash on this branch: APScheduler cancels the send job in flight and
-#: rows stay "sending" (issue 10 item 3, graceful shutdown, is the i10-outbox work).
-SIGTERM_PENDING = pytest.mark.xfail(
-    reason="needs issue 10 item 3 (graceful SIGTERM: finish in-flight calls within shutdown_grace_seconds, exit 0),"
-           " not on main yet", strict=False)
-PARAMS = [pytest.param(s, id=s.name, marks=[SIGTERM_PENDING] if s.sigterm else []) for s in chaos.CI_SCENARIOS]
-
-
-@pytest.mark.parametrize("scenario", PARAMS)
+@pytest.mark.parametrize("scenario", chaos.CI_SCENARIOS, ids=lambda s: s.name)
 def test_chaos_keeps_the_outbox_promise(scenario: object, tmp_path: Path) -> None:
     result = chaos.run_scenario(scenario, cases=chaos.CI_CASES, seed=10, settle_seconds=180, workdir=tmp_path)
     summary = f"{chaos.table_row(result)}\n{dict(result.statuses)}\n{result.notes}\nlogs under {tmp_path}"
