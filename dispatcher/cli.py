@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import signal
 import sys
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
@@ -432,11 +433,17 @@ def run_cmd(
     from dispatcher.services.daemon import DaemonJobs, run_daemon
     from dispatcher.services.receipts import resume_broken_promises
     from dispatcher.services.repair import StatusRepair
+    from dispatcher.store.outage import wait_for_store
     from dispatcher.web.app import create_app
 
     configure_logging(log_level.upper())
+    # SIGTERM before the daemon's own handler is installed (still waiting for the database,
+    # starting up): nothing is claimed yet, so stop at once, and with status 0.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     runtime = rt(ctx)
     _startup_lint(runtime)
+    # The database may not be up yet (a host's boot, a fail-over): wait for it, never exit.
+    wait_for_store(lambda: runtime.engine, what="start-up")
     channels = runtime.channels()
     sender = runtime.sender(channels)
     jobs = DaemonJobs(
@@ -459,6 +466,10 @@ def run_cmd(
             await web.receipts.aclose()
 
     raise typer.Exit(asyncio.run(serve()))
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _startup_lint(runtime: Runtime) -> None:

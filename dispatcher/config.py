@@ -217,6 +217,15 @@ class Replies(_Model):
     promise_to_pay_days: PositiveInt = 7
 
 
+class Breaker(_Model):
+    """`[sending.breaker]`: the circuit breaker of each provider (`channels.breaker`)."""
+
+    #: this many consecutive connection failures (no answer at all) open the circuit
+    failures_to_open: PositiveInt = 5
+    #: while open, one probe of the provider at most this often; messages wait meanwhile
+    probe_seconds: float = Field(default=30.0, gt=0)
+
+
 class Sending(_Model):
     rate_per_second: dict[str, float] = {"sms": 50.0, "voice": 5.0, "email": 50.0}
     concurrency: PositiveInt = 16
@@ -230,6 +239,7 @@ class Sending(_Model):
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
     #: messages a crashed instance left in flight, asked of their providers at once
     reconcile_concurrency: PositiveInt = 16
+    breaker: Breaker = Breaker()
 
 
 class Scheduler(_Model):

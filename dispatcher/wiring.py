@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when first built: `dispatcher 
     from sqlalchemy.engine import Engine
 
     from dispatcher.channels.base import ChannelAdapter
+    from dispatcher.channels.guarded import Circuits
     from dispatcher.domain import Channel
     from dispatcher.links import LinkSigner
     from dispatcher.policy import Gate
@@ -111,12 +112,17 @@ class Runtime:
             return self._given_engine
         try:
             engine = make_engine(self.settings.db_url)
+        except Exception as exc:  # noqa: BLE001 - a malformed URL: tell the operator what to check
+            raise SetupError(f"cannot open the database {safe_url(self.settings.db_url)}: {exc}. "
+                             "Check --db / DISPATCHER_DB_URL.") from None
+        try:
             ensure_schema(engine)
-        except Exception as exc:  # noqa: BLE001 - any driver error: tell the operator what to check
+        except Exception as exc:
+            engine.dispose()
             raise SetupError(
                 f"cannot open the database {safe_url(self.settings.db_url)}: {exc}. "
                 "Check --db / DISPATCHER_DB_URL and that the server is running."
-            ) from None
+            ) from exc
         self._closers.append(engine.dispose)
         return engine
 
@@ -153,16 +159,28 @@ class Runtime:
         self._closers.append(receipts.close)
         return receipts
 
+    @cached_property
+    def circuits(self) -> Circuits:
+        """The providers' circuit breakers, one per channel for the whole process."""
+        from dispatcher.channels.breaker import BreakerSettings
+        from dispatcher.channels.guarded import Circuits
+
+        breaker = self.config.sending.breaker
+        return Circuits(BreakerSettings(breaker.failures_to_open, breaker.probe_seconds), self.clock)
+
     def channels(self) -> dict[Channel, ChannelAdapter]:
-        """One adapter per channel; the caller owns them (`await adapter.aclose()`)."""
+        """One adapter per channel, each behind its provider's circuit breaker; the caller
+        owns them (`await adapter.aclose()`)."""
+        from dispatcher.channels.guarded import guard_all
         from dispatcher.channels.registry import build_channels
         from dispatcher.services.ledger import StoreLedger
 
         try:
-            return build_channels(self.settings, timeout=self.config.sending.provider_timeout_seconds,
-                                  clock=self.clock, ledger=StoreLedger(self.engine))
+            built = build_channels(self.settings, timeout=self.config.sending.provider_timeout_seconds,
+                                   clock=self.clock, ledger=StoreLedger(self.engine))
         except (ValueError, KeyError) as exc:
             raise SetupError(str(exc)) from None
+        return guard_all(built, self.circuits)
 
     def sender(self, channels: dict[Channel, ChannelAdapter]) -> Sender:
         """The outbox's sender over `channels`."""
@@ -177,7 +195,7 @@ class Runtime:
 
         return WebCollaborators(engine=self.engine, config=self.config, gate=self.gate, clock=self.clock,
                                 settings=self.settings, signer=self.signer, templates=self.templates,
-                                receipts=self.receipts)
+                                receipts=self.receipts, circuits=self.circuits)
 
     def close(self) -> None:
         """Release what was opened, newest first."""

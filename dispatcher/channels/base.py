@@ -37,7 +37,10 @@ class SendResult:
     """What happened at the provider.
 
     `ambiguous` means the outcome is unknown (timeout, reset after the request went
-    out): the outbox must reconcile with the provider before any retry.
+    out): the outbox must reconcile with the provider before any retry. `unreachable`
+    means the connection to the provider could not even be opened (refused, reset or
+    timed out while connecting): nothing was sent, it counts toward the provider's
+    circuit breaker, and the message waits without spending an attempt.
     """
 
     provider_id: str | None
@@ -46,6 +49,7 @@ class SendResult:
     error: str | None = None
     ambiguous: bool = False
     retry_after: float | None = None  # seconds, from a 429's Retry-After
+    unreachable: bool = False
 
 
 class ChannelAdapter(Protocol):
@@ -89,6 +93,17 @@ class ProviderStatus:
     error_code: str | None = None
     answered_by: str | None = None  # calls with machine detection
     duration: str | None = None  # call seconds
+
+
+@runtime_checkable
+class Probeable(Protocol):
+    """A channel that can ask its provider whether it is reachable, without sending
+    anything (the circuit breaker's probe)."""
+
+    async def probe(self) -> None:
+        """Return when the provider answered (whatever the answer); raise `OSError`
+        (refused, reset, timed out) when it could not be reached."""
+        ...
 
 
 @runtime_checkable

@@ -18,6 +18,8 @@ failed:
 | cannot connect / TLS / AUTH / disconnect before DATA | retryable, not ambiguous: the server has nothing |
 | disconnect or timeout after DATA started | **ambiguous**: the server may have accepted it |
 
+A failure to connect is also `unreachable` (it counts toward the circuit breaker).
+
 `reconcile` cannot ask an SMTP server whether it accepted a message, so it answers
 SENT_UNCONFIRMED ("outcome unknown after DATA; not retried (at most once)"), under the
 Message-ID the message went out with: it is never resent (a reminder that may be lost
@@ -221,6 +223,16 @@ class SmtpEmailChannel:
         return SendResult(provider_id=self.message_id(message), status=MessageStatus.SENT_UNCONFIRMED,
                           error=UNKNOWN_AFTER_DATA)
 
+    async def probe(self) -> None:
+        """Connect, greet and leave (the circuit breaker's probe). A server that answers,
+        even with a refusal, is reachable; raises `OSError` when it cannot be reached."""
+        client = self._new_client()
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException:
+            return  # it answered, if only to refuse (e.g. 421 too busy)
+        await _close(client, polite=True)
+
     async def aclose(self) -> None:
         """Close the pooled connections politely."""
         idle, self._idle = self._idle, []
@@ -272,4 +284,7 @@ def _result_for_error(exc: BaseException, phase: str) -> SendResult:
         return SendResult(
             None, failed, retryable=True, ambiguous=True, error=f"{name} during DATA; {UNKNOWN_AFTER_DATA}"
         )
-    return SendResult(None, failed, retryable=True, error=f"{name} before DATA ({phase}); nothing was sent")
+    # the connection could not be opened: counts toward the circuit breaker (`channels.guarded`)
+    unreachable = phase == "connect" and isinstance(exc, OSError)
+    return SendResult(None, failed, retryable=True, unreachable=unreachable,
+                      error=f"{name} before DATA ({phase}); nothing was sent")

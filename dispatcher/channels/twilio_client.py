@@ -29,8 +29,13 @@ depends on Twilio:
 | HTTP 5xx | retryable, **ambiguous** (Twilio may have created it; reconcile first) |
 | HTTP 401/403 | retryable (credentials are an operator problem, not the message's) |
 | other 4xx | failed, not retryable; an address error says "invalid address" |
-| connection refused (nothing sent) | retryable, not ambiguous |
+| cannot connect: refused, reset or timed out connecting (nothing sent) | retryable, not ambiguous, unreachable |
 | timeout, reset, disconnect, anything else | retryable, **ambiguous** |
+
+`unreachable` (the connection could not even be opened) counts toward the provider's
+circuit breaker (`channels.guarded`); a timeout or reset once the request went out does
+not (the provider may be slow or flaky, not down). `probe()` on the channels asks Twilio
+for one record of a list, which any answer (even a refusal) proves reachable.
 """
 
 from __future__ import annotations
@@ -278,6 +283,7 @@ def result_for_error(exc: BaseException, probe: Mapping[str, Any], what: str) ->
             MessageStatus.FAILED,
             retryable=True,
             error=f"cannot connect to Twilio ({type(exc).__name__}); nothing was sent",
+            unreachable=True,
         )
     if isinstance(exc, TimeoutError):
         return SendResult(

@@ -150,5 +150,13 @@ class TwilioSmsChannel:
             error_code=None if record.error_code is None else str(record.error_code),
         )
 
+    async def probe(self) -> None:
+        """Ask Twilio for one record of the messages list (the circuit breaker's probe): any
+        answer, even a refusal, proves it reachable; raises `OSError` when it is not."""
+        try:
+            await self._client.api.account.messages.page_async(page_size=1)
+        except TwilioRestException:
+            return
+
     async def aclose(self) -> None:
         await self._http.close()

@@ -152,5 +152,13 @@ class TwilioVoiceChannel:
             duration=found.duration,
         )
 
+    async def probe(self) -> None:
+        """Ask Twilio for one record of the calls list (the circuit breaker's probe): any
+        answer, even a refusal, proves it reachable; raises `OSError` when it is not."""
+        try:
+            await self._client.api.account.calls.page_async(page_size=1)
+        except TwilioRestException:
+            return
+
     async def aclose(self) -> None:
         await self._http.close()

@@ -88,6 +88,8 @@ class Writes:
     """Row updates and events collected for one transaction."""
 
     requeue: list[dict[str, Any]] = field(default_factory=list)
+    #: stamped, but the provider could not be reached: the attempt is given back
+    refund: list[dict[str, Any]] = field(default_factory=list)
     finish: list[dict[str, Any]] = field(default_factory=list)
     rendered: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
@@ -109,9 +111,11 @@ class Writes:
         by_id = and_(m.id == bindparam("b_id"), m.claimed_by.is_not_distinct_from(bindparam("b_owner")),
                      m.claimed_at == bindparam("b_claimed"))
         in_flight = and_(by_id, m.status == MessageStatus.SENDING.value)
-        for rows in (self.requeue, self.finish, self.rendered, self.sent):
+        for rows in (self.requeue, self.refund, self.finish, self.rendered, self.sent):
             for row in rows:
                 row["b_owner"], row["b_claimed"] = self.claims[row["b_id"]]
+        if self.refund:
+            conn.execute(update(MessageRow).where(in_flight).values(attempts=m.attempts - 1), self.refund)
         if self.requeue:
             conn.execute(update(MessageRow).where(in_flight).values(
                 status=MessageStatus.QUEUED.value, scheduled_at=bindparam("b_when"), claimed_by=None,

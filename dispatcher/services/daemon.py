@@ -11,6 +11,7 @@ exit 0. APScheduler 3.11 cancels the jobs that are running when it shuts down, s
 scheduler only *starts* jobs: each runs as a task of the daemon's own (`DaemonJobs.
 _single`), awaited by the scheduler through `asyncio.shield`, which the daemon waits for
 before it shuts the scheduler down.
+Every job outlives a database outage (`store.outage.survives_outage`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dispatcher.services.calendar_notice import warn_estimated
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.services.repair import StatusRepair
+from dispatcher.store.outage import survives_outage
 from dispatcher.store.tables import EventRow, MessageRow, dedupe_keys_t
 
 log = logging.getLogger("dispatcher.daemon")
@@ -116,6 +118,7 @@ class DaemonJobs:
         if not self.sender.stopping:
             await self.send()
 
+    @survives_outage
     async def _plan(self) -> None:
         now = self.clock.now()
         if self.after_plan is not None:
@@ -128,6 +131,7 @@ class DaemonJobs:
             log.info("plan: queued %d, deferred %d, escalated %d", summary.queued, summary.deferred,
                      summary.escalated)
 
+    @survives_outage
     async def _send(self) -> None:
         summary = await self.sender.send_due()
         if summary.claimed:
@@ -135,15 +139,18 @@ class DaemonJobs:
                      summary.claimed, summary.sent, summary.unconfirmed, summary.deferred, summary.retried,
                      summary.failed)
 
+    @survives_outage
     async def _reconcile(self) -> None:
         settled = await self.sender.reconcile_stale()
         if settled:
             log.info("reconcile: settled %d in-flight message(s)", settled)
 
+    @survives_outage
     async def _repair_status(self) -> None:
         if self.repair is not None:
             await self.repair.run()
 
+    @survives_outage
     async def _retention(self) -> None:
         """Delete communication records older than the archive period (default 5 years)."""
         cutoff = self.clock.now() - dt.timedelta(days=365 * self.config.retention.years + 1)

@@ -21,6 +21,8 @@ their claim's lease is over (simply re-queued), stamped rows once their own call
 reconcile are over (3 x provider timeout after the stamp) — by then no live owner can
 still call the provider. They are reconciled concurrently (`[sending]
 reconcile_concurrency`), each committed as it settles.
+A provider whose circuit is open (`channels.guarded`) is not claimed for: its messages
+wait in the queue, and one it could not reach goes back there without spending an attempt.
 Every write is guarded by the claim (`claimed_by`, `claimed_at`) it was made under, so
 a writer that lost its claim can never re-queue or overwrite a row someone else owns.
 The next batch is claimed as soon as most calls of the current one have begun, so the
@@ -42,6 +44,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from dispatcher.channels.base import ChannelAdapter, OutboundMessage, SendResult
+from dispatcher.channels.guarded import paused_channels, probe_due
 from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.domain import Action, CaseSnapshot, Channel, MessageStatus
@@ -153,6 +156,8 @@ class Sender:
         )
         if only_ids is not None:
             due = due.where(col(MessageRow.id).in_(only_ids))
+        if paused := [c.value for c in paused_channels(self.channels)]:  # circuit open: they wait untouched
+            due = due.where(col(MessageRow.channel).not_in(paused))
         due = (due.order_by(col(MessageRow.scheduled_at), col(MessageRow.id)).limit(limit)
                .with_for_update(skip_locked=True))
         if self.engine.dialect.name == "postgresql":
@@ -191,6 +196,7 @@ class Sender:
         self.compose.new_pass()
         batch = self.config.sending.batch_size
         in_flight: set[asyncio.Task[None]] = set()
+        await probe_due(self.channels)  # an open circuit's provider asked whether it is back
         try:
             while not self._stopping:
                 limit = batch if max_messages is None else min(batch, max_messages - summary.claimed)
@@ -429,6 +435,12 @@ class Sender:
             self._retry(item, f"{attempt_error}; {why}" if attempt_error else why, None, now, writes, summary)
             return
         assert isinstance(result, SendResult)
+        if result.unreachable and not result.ambiguous:  # provider down, nothing sent: wait, attempt not spent
+            writes.refund.append({"b_id": item.id})
+            self._requeue(item, now + dt.timedelta(seconds=self.config.sending.breaker.probe_seconds),
+                          result.error or "provider unreachable", now, writes)
+            summary.deferred += 1
+            return
         if result.error == "reconciled":
             summary.reconciled += 1
         if result.status is MessageStatus.SENT_UNCONFIRMED:

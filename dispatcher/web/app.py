@@ -73,6 +73,14 @@ class WebApp:
         await response(scope, receive, send)
 
 
+def _extra_metric_lines(web: WebCollaborators) -> list[str]:
+    """/metrics lines beyond the webhook counters: the calendar gauge and the providers' circuits."""
+    lines = calendar_metric_lines(web.config, web.clock.now())
+    if web.circuits is not None:
+        lines += web.circuits.metric_lines()
+    return lines
+
+
 def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> WebApp:
     """The web app wired to its collaborators. On PostgreSQL the status hot path keeps
     a pool of its own: the lifespan's shutdown closes it on its loop; a server run with
@@ -88,7 +96,7 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app = DispatcherAPI(web, title="dispatcher", docs_url=None, redoc_url=None, openapi_url=None,
                         lifespan=lifespan)
     metrics = WebhookMetrics(receipts.message_counts,
-                             extra=lambda: calendar_metric_lines(web.config, web.clock.now()))
+                             extra=lambda: _extra_metric_lines(web))
     if not web.settings.twilio_auth_token:
         log.warning("TWILIO_AUTH_TOKEN is not set: every /twilio/* request will be refused with 403")
     hooks = TwilioHooks(receipts, web.config, web.settings)

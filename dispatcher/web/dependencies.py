@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.engine import Engine
 
+from dispatcher.channels.guarded import Circuits
 from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.links import LinkSigner
@@ -38,6 +39,7 @@ class WebCollaborators:
     signer: LinkSigner
     templates: TemplateSet
     receipts: Receipts
+    circuits: Circuits | None = None  # the providers' circuit breakers of this process (/metrics)
 
 
 class DispatcherAPI(FastAPI):

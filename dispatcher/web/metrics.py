@@ -1,6 +1,6 @@
-"""Prometheus text exposition: webhook counters (in process) and messages by status
+"""Prometheus text exposition: webhook counters (in process), messages by status
 (from the store, cached so a scrape never costs more than one GROUP BY every few
-seconds)."""
+seconds) and the providers' circuit breakers (`channels.guarded`)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ def _label(value: str) -> str:
 class WebhookMetrics:
     """Thread-safe counters; one instance per app (per worker process)."""
 
-    def __init__(self, message_counts: Callable[[], list[tuple[str, str, int]]],
+    def __init__(self, message_counts: Callable[[], list[tuple[str, str, int]]], *,
                  extra: Callable[[], list[str]] | None = None) -> None:
         self._lock = threading.Lock()
-        self._extra = extra  # more exposition lines (e.g. the calendar gauge)
+        self._extra = extra  # more exposition lines (the calendar gauge, the providers' circuits)
         self._requests: Counter[tuple[str, str]] = Counter()
         self._message_counts = message_counts
         self._cached: tuple[float, list[tuple[str, str, int]]] | None = None

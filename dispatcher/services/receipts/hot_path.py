@@ -134,13 +134,20 @@ class LoopPool:
         connections.add(conn)
         used[conn] = time.monotonic()  # just connected: no check needed
 
+    def _forget_checks(self) -> None:
+        """Make every pooled connection be checked at its next checkout."""
+        for conn in list(self._used.keys()):
+            self._used[conn] = 0.0
+
     async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if time.monotonic() - self._used.get(conn, 0.0) > CHECK_IDLE_AFTER:
             await AsyncConnectionPool.check_connection(conn)
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run one statement. A connection found broken is dropped by the pool and the
-        statement runs once more on another (the statements here are idempotent)."""
+        statement runs again on another, checked one (the statements here are
+        idempotent): up to three tries, so a server that killed every connection of the
+        pool costs no callback a 503."""
         pool = self._pool
         if pool is None or self._loop is not asyncio.get_running_loop():
             pool = await self._open()
@@ -154,7 +161,7 @@ class LoopPool:
         else:
             await self._slots.acquire()
         try:
-            for attempt in (1, 2):
+            for attempt in (1, 2, 3):
                 conn = await pool.getconn()  # PoolTimeout (an OperationalError) if none comes in time
                 try:
                     cursor = await conn.execute(sql, params)
@@ -162,8 +169,13 @@ class LoopPool:
                     self._used[conn] = time.monotonic()
                     return rows
                 except psycopg.OperationalError:
-                    if attempt == 2:
+                    if attempt == 3:
                         raise
+                    if attempt == 1:
+                        # The server may have dropped every connection at once (a restart,
+                        # `pg_terminate_backend`): check the idle ones now (`check_connection`
+                        # on each; the broken are replaced), not one failed callback apiece.
+                        self._forget_checks()
                 finally:
                     await pool.putconn(conn)  # a broken one is closed and replaced by the pool
         finally:
