@@ -28,6 +28,7 @@ from dispatcher.commands.common import (
     out,
     rt,
 )
+from dispatcher.commands.people import tokens_app, users_app
 from dispatcher.commands.templates import templates_app
 from dispatcher.settings import Settings
 from dispatcher.wiring import Runtime, SetupError, build_clock
@@ -43,6 +44,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(case_app, name="case")
 app.add_typer(templates_app, name="templates")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
 
 
 @app.callback()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when first built: `dispatcher 
     from dispatcher.links import LinkSigner
     from dispatcher.policy import Gate
     from dispatcher.services.outbox import Sender
+    from dispatcher.services.people import People
     from dispatcher.services.receipts import Receipts
     from dispatcher.templates import TemplateSet
     from dispatcher.web.dependencies import WebCollaborators
@@ -152,6 +153,13 @@ class Runtime:
                             templates=self.templates)
         self._closers.append(receipts.close)
         return receipts
+
+    @cached_property
+    def people(self) -> People:
+        """Users, API tokens and console sessions."""
+        from dispatcher.services.people import People
+
+        return People(self.engine, self.clock)
 
     def channels(self) -> dict[Channel, ChannelAdapter]:
         """One adapter per channel; the caller owns them (`await adapter.aclose()`)."""
