@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+import threading
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -42,26 +43,37 @@ class Passwords:
     """argon2id hashing and verification, and a dummy hash to verify against when there
     is no such user, so that a sign-in takes as long whether the name exists or not."""
 
-    def __init__(self, hasher: PasswordHasher | None = None) -> None:
-        self._hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile
+    def __init__(self, hasher: PasswordHasher | None = None, *, max_concurrent: int = 4) -> None:
+        self._hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile (64 MiB)
+        # each hash takes 64 MiB and a core for a while: a flood of sign-ins queues here
+        # instead of exhausting the server's memory
+        self._slots = threading.BoundedSemaphore(max_concurrent)
 
     def hash(self, password: str) -> str:
-        return self._hasher.hash(password)
+        with self._slots:
+            return self._hasher.hash(password)
 
     def verify(self, stored: str | None, password: str) -> bool:
         """True if `password` matches `stored`; with no stored hash, the same work is done
         against a dummy and False returned."""
-        try:
-            return self._hasher.verify(stored or self._dummy, password) and stored is not None
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
+        against = stored or self._dummy
+        with self._slots:
+            try:
+                return self._hasher.verify(against, password) and stored is not None
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
 
     def needs_rehash(self, stored: str) -> bool:
         return self._hasher.check_needs_rehash(stored)
 
     @functools.cached_property
     def _dummy(self) -> str:
-        return self._hasher.hash(secrets.token_urlsafe(16))
+        return self.hash(secrets.token_urlsafe(16))
+
+
+def light_passwords() -> Passwords:
+    """argon2id with small parameters: for tests and the demo only, never for real users."""
+    return Passwords(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 def new_api_token() -> str:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when first built: `dispatcher 
     from sqlalchemy.engine import Engine
 
     from dispatcher.channels.base import ChannelAdapter
+    from dispatcher.credentials import Passwords
     from dispatcher.domain import Channel
     from dispatcher.links import LinkSigner
     from dispatcher.policy import Gate
@@ -74,15 +75,18 @@ class Runtime:
 
     A part given here is used instead of being built: `config` replaces the file's (the
     demo raises its rate limits); an `engine` or `templates` given stays the caller's
-    (tests share theirs) and is not closed by `close()`."""
+    (tests share theirs) and is not closed by `close()`; `passwords` replaces the argon2
+    parameters (tests use lighter ones)."""
 
     def __init__(self, settings: Settings, clock: Clock, *, config: Config | None = None,
-                 engine: Engine | None = None, templates: TemplateSet | None = None) -> None:
+                 engine: Engine | None = None, templates: TemplateSet | None = None,
+                 passwords: Passwords | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self._given_config = config
         self._given_engine = engine
         self._given_templates = templates
+        self._passwords = passwords
         self._closers: list[Callable[[], object]] = []
 
     @cached_property
@@ -159,7 +163,7 @@ class Runtime:
         """Users, API tokens and console sessions."""
         from dispatcher.services.people import People
 
-        return People(self.engine, self.clock)
+        return People(self.engine, self.clock, self._passwords)
 
     def channels(self) -> dict[Channel, ChannelAdapter]:
         """One adapter per channel; the caller owns them (`await adapter.aclose()`)."""
@@ -185,7 +189,7 @@ class Runtime:
 
         return WebCollaborators(engine=self.engine, config=self.config, gate=self.gate, clock=self.clock,
                                 settings=self.settings, signer=self.signer, templates=self.templates,
-                                receipts=self.receipts)
+                                receipts=self.receipts, people=self.people)
 
     def close(self) -> None:
         """Release what was opened, newest first."""

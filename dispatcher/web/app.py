@@ -19,13 +19,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from dispatcher.roles import Permission
 from dispatcher.settings import Settings
 from dispatcher.web import api, console, email_hooks, payment_links
+from dispatcher.web.auth import AccessDenied, CsrfFailed, api_permission
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
 from dispatcher.web.guard import GuardMiddleware, Receive, Scope, Send
 from dispatcher.web.metrics import WebhookMetrics
@@ -101,6 +103,19 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     async def _rejected(request: Request, exc: Rejected) -> Response:
         return rejected_response(request, exc)
 
+    @app.exception_handler(AccessDenied)
+    async def _denied(request: Request, exc: AccessDenied) -> Response:
+        request.state.result = "unauthorized" if exc.status == 401 else "forbidden"
+        if exc.console:
+            return console.access_denied_response(request, exc)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(CsrfFailed)
+    async def _csrf(request: Request, exc: CsrfFailed) -> Response:
+        request.state.result = "forbidden"
+        return console.csrf_failed_response(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         request.state.result = "bad_request"
@@ -116,7 +131,7 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(api_permission(Permission.METRICS_READ))])
     async def metrics_page() -> Response:
         text = await run_in_threadpool(metrics.render)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

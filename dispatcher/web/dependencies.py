@@ -21,6 +21,7 @@ from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.links import LinkSigner
 from dispatcher.policy import Gate
+from dispatcher.services.people import People
 from dispatcher.services.receipts import Receipts
 from dispatcher.settings import Settings
 from dispatcher.templates import TemplateSet
@@ -38,6 +39,7 @@ class WebCollaborators:
     signer: LinkSigner
     templates: TemplateSet
     receipts: Receipts
+    people: People  # users, API tokens, console sessions (web.auth checks them)
 
 
 class DispatcherAPI(FastAPI):
