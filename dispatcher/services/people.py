@@ -179,7 +179,7 @@ class People:
             raise PeopleError(f"--days {days}: a token lives 1 to {TOKEN_DAYS_MAX} days")
         now = self.clock.now()
         token = new_api_token()
-        expires = now + dt.timedelta(days=days)
+        expires = (now + dt.timedelta(days=days)).astimezone(dt.UTC)
         with self.engine.begin() as conn:
             row = self._require_user(conn, name)
             if row.disabled_at is not None:
