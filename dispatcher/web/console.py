@@ -85,11 +85,18 @@ def _page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
                                                             "X-Frame-Options": "DENY"})
 
 
-def _safe_next(value: str | None, principal: Principal | None = None) -> str:
-    # only our own pages: no scheme, no host (a protocol-relative //evil.example cannot
-    # start with /ui/), no backslash that a browser might read as a slash
+def _own_page(value: str | None) -> str:
+    """`value` if it is one of our pages, else "": no scheme, no host (a protocol-relative
+    //evil.example cannot start with /ui/), no backslash a browser might read as a slash."""
     if value and value.startswith("/ui/") and "\\" not in value and not value.startswith("/ui/login"):
         return value
+    return ""
+
+
+def _safe_next(value: str | None, principal: Principal | None = None) -> str:
+    """Where to go after signing in: the page asked for, else the user's start page."""
+    if _own_page(value):
+        return _own_page(value)
     if principal is not None and not principal.can(Permission.CASES_READ):
         return "/ui/home"
     return "/ui/cases"
@@ -132,7 +139,7 @@ SIGN_IN_PAUSED = ("Too many failed sign-ins for this name or from this computer.
                   " again, or ask an administrator to set a new password.")
 
 
-def _sign_in_page(request: Request, status: int = 200, *, next: str = "/ui/cases", user: str = "",
+def _sign_in_page(request: Request, status: int = 200, *, next: str = "", user: str = "",
                   error: str | None = None, settings: Settings) -> Response:
     """The sign-in form, with a fresh nonce cookie its CSRF token is bound to."""
     nonce = new_sign_in_nonce()
@@ -149,7 +156,7 @@ async def console_root(request: Request) -> Response:
 
 @router.get("/login")
 async def login_page(request: Request, settings: SettingsDep, next: str | None = None) -> Response:
-    return _sign_in_page(request, next=_safe_next(next), settings=settings)
+    return _sign_in_page(request, next=_own_page(next), settings=settings)
 
 
 @router.post("/login")
@@ -158,15 +165,15 @@ async def login(request: Request, settings: SettingsDep, people: PeopleDep) -> R
     name, password, wanted = form.get("user", ""), form.get("password", ""), form.get("next")
     shown = " ".join(name.split())[:NAME_MAX]
     if not csrf_ok(request.cookies.get(SIGN_IN_COOKIE), form.get("csrf"), "sign-in"):
-        return _sign_in_page(request, 403, next=_safe_next(wanted), user=shown, settings=settings,
+        return _sign_in_page(request, 403, next=_own_page(wanted), user=shown, settings=settings,
                              error="This sign-in form expired or did not come from this console; try again.")
     if not shown or not password:
-        return _sign_in_page(request, 400, next=_safe_next(wanted), user=shown, settings=settings,
+        return _sign_in_page(request, 400, next=_own_page(wanted), user=shown, settings=settings,
                              error="Enter your name and your password.")
     result = await run_in_threadpool(people.sign_in, name, password, _client(request))
     if result.principal is None or result.session is None:
         paused = result.refusal is Refusal.RATE_LIMITED
-        return _sign_in_page(request, 429 if paused else 401, next=_safe_next(wanted), user=shown,
+        return _sign_in_page(request, 429 if paused else 401, next=_own_page(wanted), user=shown,
                              settings=settings, error=SIGN_IN_PAUSED if paused else SIGN_IN_FAILED)
     previous = request.cookies.get(SESSION_COOKIE)
     if previous:  # whatever session this browser had ends: the new one has a new secret
