@@ -397,13 +397,27 @@ def demo_cmd(
     workdir: Annotated[Path, typer.Option("--workdir", help="where the demo database and report go")] = Path(
         "var/demo"),
     seed: Annotated[int, typer.Option("--seed")] = 7,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="afterwards keep the daemon, console and sandbox running on the demo's data (Ctrl-C stops)")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="with --serve: the port (0: a free one)")] = 0,
 ) -> None:
     """The embedded-default end-to-end run: SQLite, sandbox providers, simulated weeks."""
     from dispatcher.demo import print_summary, run_demo
 
     runtime = rt(ctx)
-    result = run_demo(runtime.config, workdir, cases=cases, days=days, seed=seed, console=out)
-    print_summary(result, out)
+    if serve and port:
+        import socket
+
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise fail(f"--port {port} is in use; choose another or leave it out (a free port)") from None
+    result = run_demo(runtime.config, workdir, cases=cases, days=days, seed=seed, console=out,
+                      serve_port=port if serve else None)
+    if not serve:
+        print_summary(result, out)
 
 
 # -------------------------------------------------------------------------- run
