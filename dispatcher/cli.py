@@ -477,6 +477,9 @@ def _startup_lint(runtime: Runtime) -> None:
     log = logging.getLogger("dispatcher")
     for problem in problems:
         log.warning("template lint: %s", problem)
+    if not runtime.people.anyone_can_sign_in():
+        log.warning("no user can sign in to the console yet: add one with `dispatcher users add NAME --role ROLE`"
+                    " and `dispatcher users password NAME`")
 
 
 def main() -> None:

@@ -273,11 +273,26 @@ class People:
         return None if row is None else Principal(row.name, _roles_of(row.roles), row.id)
 
     def sign_out(self, session: str, by: str) -> None:
+        """End a session; the event names its owner (`by` is who ended it, when another
+        user's sign-in in the same browser replaced it)."""
         now = self.clock.now()
+        digest = token_digest(session)
         with self.engine.begin() as conn:
-            gone = conn.execute(delete(console_sessions_t).where(console_sessions_t.c.digest == token_digest(session)))
-            if gone.rowcount:
-                record_event(conn, EventKind.SIGNED_OUT, now, actor=by)
+            owner = conn.execute(select(users_t.c.name).join(console_sessions_t,
+                                                            console_sessions_t.c.user_id == users_t.c.id)
+                                 .where(console_sessions_t.c.digest == digest)).scalar()
+            if owner is None:
+                return
+            conn.execute(delete(console_sessions_t).where(console_sessions_t.c.digest == digest))
+            extra = {} if owner == by else {"session_of": owner}
+            record_event(conn, EventKind.SIGNED_OUT, now, actor=by, **extra)
+
+    def anyone_can_sign_in(self) -> bool:
+        """Whether some active user has a password (else the console is unusable)."""
+        query = select(func.count()).select_from(users_t).where(users_t.c.disabled_at.is_(None),
+                                                                users_t.c.password_hash.is_not(None))
+        with self.engine.connect() as conn:
+            return bool(conn.execute(query).scalar_one())
 
     # ---------------------------------------------------------------- helpers
 

@@ -115,7 +115,8 @@ async def test_one_client_guessing_many_names_is_paused(world: tuple[WebApp, Fak
         assert (await post_sign_in(c, "agent7", PASSWORD)).status_code == 303
 
 
-async def test_a_planted_session_is_worthless(world: tuple[WebApp, FakeClock, CountingPasswords]) -> None:
+async def test_a_planted_session_is_worthless(world: tuple[WebApp, FakeClock, CountingPasswords],
+                                              engine: Engine) -> None:
     """Session fixation: whatever cookie the browser had before signing in, the session
     after it is a new secret, and the old one (even a real session) no longer works."""
     app, _clock, _ = world
@@ -134,6 +135,9 @@ async def test_a_planted_session_is_worthless(world: tuple[WebApp, FakeClock, Co
         assert (await attacker.get("/ui/cases/A1")).status_code == 303  # the planted session was ended
         attacker.cookies.set(SESSION_COOKIE, "made-up", domain="d.example", path="/ui")
         assert (await attacker.get("/ui/cases/A1")).status_code == 303
+    with engine.connect() as conn:
+        ended = conn.execute(select(events_t.c.actor, events_t.c.data).where(events_t.c.kind == "signed_out")).one()
+    assert ended.actor == "agent7" and '"session_of": "ops.li"' in ended.data  # whose session was ended, by whom
     # and two sign-ins never share a session
     sessions = set()
     for _ in range(3):
