@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -86,18 +87,23 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         yield
         await receipts.aclose()  # the status hot path's own pool, closed on its loop
 
-    app = DispatcherAPI(web, title="dispatcher", docs_url=None, redoc_url=None, openapi_url=None,
-                        lifespan=lifespan)
+    app = DispatcherAPI(web, title="dispatcher", version=_version(), docs_url=None, redoc_url=None,
+                        openapi_url="/openapi.json", lifespan=lifespan,
+                        description="The collectors' HTTP API. Authenticate with `Authorization: Bearer <token>`"
+                                    " (`dispatcher tokens create NAME`): 401 without a valid token, 403 when the"
+                                    " token's roles lack the permission.")
     metrics = WebhookMetrics(receipts.message_counts)
     if not web.settings.twilio_auth_token:
         log.warning("TWILIO_AUTH_TOKEN is not set: every /twilio/* request will be refused with 403")
     hooks = TwilioHooks(receipts, web.config, web.settings)
 
     app.router.routes.extend(hooks.routes())
-    app.include_router(email_hooks.router)
-    app.include_router(payment_links.router)
+    # OpenAPI (/openapi.json, /docs) documents the API; pages and webhooks are not part of it
+    app.include_router(email_hooks.router, include_in_schema=False)
+    app.include_router(payment_links.router, include_in_schema=False)
     app.include_router(api.router)
-    app.include_router(console.router)
+    app.include_router(console.router, include_in_schema=False)
+    _add_docs(app)
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> Response:
@@ -140,6 +146,33 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, metrics=metrics,
                        known_paths=frozenset(fast_routes))
     return WebApp(app, fast_routes, max_body_bytes=max_body_bytes, metrics=metrics)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dispatcher")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from files shipped in a package (`fastapi-offline`), not a CDN:
+    the console and its docs must work on a bank's closed network."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    static = Path(fastapi_offline.__file__).resolve().parent / "static"
+    app.mount("/docs/static", StaticFiles(directory=static), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="dispatcher API",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="/docs/static/favicon.png")
 
 
 def rejected_response(request: Request, exc: Rejected) -> Response:

@@ -201,3 +201,12 @@ async def test_an_author_does_not_get_the_collectors_pages(served: tuple[str, En
     response = await page.goto(f"{base}/ui/cases/A1")
     assert response is not None and response.status == 403
     assert "lacks the permission cases.read" in await page.inner_text("main")
+
+
+async def test_the_api_docs_render_offline(served: tuple[str, Engine, FakeClock], page: Any) -> None:
+    base, _engine, _clock = served
+    await page.goto(f"{base}/docs")
+    await page.wait_for_selector(".swagger-ui .info .title")
+    assert "dispatcher" in await page.inner_text(".swagger-ui .info .title")
+    await page.wait_for_selector('[data-path="/api/cases/{case_id}/messages"]')
+    await page.screenshot(path=str(SCREENSHOTS / "api-docs.png"), full_page=True)
