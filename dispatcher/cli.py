@@ -30,6 +30,7 @@ from dispatcher.commands.common import (
     out,
     rt,
 )
+from dispatcher.commands.people import tokens_app, users_app
 from dispatcher.commands.templates import templates_app
 from dispatcher.settings import Settings
 from dispatcher.wiring import Runtime, SetupError, build_clock
@@ -46,6 +47,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(case_app, name="case")
 app.add_typer(templates_app, name="templates")
 app.command("calendar")(calendar_cmd)
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
 
 
 @app.callback()
@@ -409,13 +412,27 @@ def demo_cmd(
     workdir: Annotated[Path, typer.Option("--workdir", help="where the demo database and report go")] = Path(
         "var/demo"),
     seed: Annotated[int, typer.Option("--seed")] = 7,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="afterwards keep the daemon, console and sandbox running on the demo's data (Ctrl-C stops)")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="with --serve: the port (0: a free one)")] = 0,
 ) -> None:
     """The embedded-default end-to-end run: SQLite, sandbox providers, simulated weeks."""
     from dispatcher.demo import print_summary, run_demo
 
     runtime = rt(ctx)
-    result = run_demo(runtime.config, workdir, cases=cases, days=days, seed=seed, console=out)
-    print_summary(result, out)
+    if serve and port:
+        import socket
+
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise fail(f"--port {port} is in use; choose another or leave it out (a free port)") from None
+    result = run_demo(runtime.config, workdir, cases=cases, days=days, seed=seed, console=out,
+                      serve_port=port if serve else None)
+    if not serve:
+        print_summary(result, out)
 
 
 # -------------------------------------------------------------------------- run
@@ -485,6 +502,9 @@ def _startup_lint(runtime: Runtime) -> None:
     log = logging.getLogger("dispatcher")
     for problem in problems:
         log.warning("template lint: %s", problem)
+    if not runtime.people.anyone_can_sign_in():
+        log.warning("no user can sign in to the console yet: add one with `dispatcher users add NAME --role ROLE`"
+                    " and `dispatcher users password NAME`")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import json
 import random
 import re
 import shutil
+import threading
 import time
 import zlib
 from collections import Counter
@@ -41,6 +42,14 @@ from dispatcher.wiring import Runtime
 START = dt.datetime(2026, 11, 30, 0, 0, tzinfo=dt.UTC)  # a Monday
 #: Ticks per simulated day (UTC): 09:30 in Shanghai; 12:30 ET / 09:30 PT (every US zone open).
 TICK_TIMES = (dt.time(1, 30), dt.time(17, 30))
+#: The demo's sample people, one per role (SPEC 14). Their passwords are public: demo only.
+DEMO_USERS = (
+    ("王小明", "collector", "demo-collector-1"),
+    ("Alice Author", "author", "demo-author-1"),
+    ("陈合规", "compliance", "demo-compliance-1"),
+    ("admin", "admin", "demo-admin-1"),
+    ("ops", "ops", "demo-ops-1"),
+)
 SMS_REPLIES = [("退订", 0.15), ("STOP", 0.15), ("PAID", 0.15), ("已还款", 0.1), ("DISPUTE", 0.08),
                ("不是我", 0.05), ("HELP", 0.07), ("Can I pay next Friday?", 0.15), ("请问可以分期吗", 0.10),
                # revocations in free text (SPEC 13): opt out at once, a review task for a collector
@@ -58,6 +67,7 @@ class DemoResult:
     report_html: Path | None = None
     report_json: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    api_token: str = ""  # the sample collector's API token (DEMO_USERS[0])
 
 
 def _call_behaviour(number: str) -> Any:
@@ -108,8 +118,13 @@ def run_demo(
     days: int = 21,
     seed: int = 7,
     console: Console | None = None,
+    serve_port: int | None = None,
 ) -> DemoResult:
-    """Run the whole simulation in `workdir` (recreated) and return what happened."""
+    """Run the whole simulation in `workdir` (recreated) and return what happened.
+
+    With `serve_port`, the sandbox stays up afterwards and the daemon (scheduler, sender,
+    webhooks, API and console) serves the demo's data on that port (0: a free one) until
+    Ctrl-C or SIGTERM, the clock running on in real time from the simulation's end."""
     from dispatcher.sandbox.server import run_sandbox_in_process
     from dispatcher.services.importer import import_file
     from dispatcher.web.process import run_web_in_process
@@ -126,7 +141,7 @@ def run_demo(
     rng = random.Random(seed)
     result = DemoResult(cases=cases, days=days, seconds=0.0)
 
-    web_port = _free_port()
+    web_port = serve_port or _free_port()
     public_url = f"http://127.0.0.1:{web_port}"
     sandbox_opts = dict(
         seed=seed,
@@ -160,15 +175,88 @@ def run_demo(
                                                other_profiles=0.3))
             report = import_file(csv_path, runtime.engine, config, clock)
             console.print(f"imported {report.imported} generated cases (rejected {report.rejected})")
+            result.api_token = _add_demo_users(runtime.engine, clock)
             with run_web_in_process(settings, clock, web_port, log_path=workdir / "dispatcher.log"):
                 ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
                          for d in range(days) for t in TICK_TIMES]
                 asyncio.run(_simulate(ticks, runtime, sandbox, rng, result, console))
             _summarise(runtime.engine, clock, workdir, result)
+            result.seconds = time.perf_counter() - started
+            if serve_port is not None:
+                print_summary(result, console)
+                _serve(runtime, sandbox, web_port, result, console)
         finally:
             runtime.close()
-    result.seconds = time.perf_counter() - started
+    result.seconds = result.seconds or time.perf_counter() - started
     return result
+
+
+def _add_demo_users(engine: Engine, clock: Clock) -> str:
+    """One sample user per role, with the passwords of `DEMO_USERS`; returns an API
+    token for the sample collector. Light argon2 parameters: these passwords are public."""
+    from dispatcher.credentials import light_passwords
+    from dispatcher.roles import Role
+    from dispatcher.services.people import People
+
+    people = People(engine, clock, light_passwords())
+    for name, role, password in DEMO_USERS:
+        people.add_user(name, frozenset({Role(role)}), "demo")
+        people.set_password(name, password, "demo")
+    return people.create_token(DEMO_USERS[0][0], 30, "demo").token
+
+
+def _serve(runtime: Runtime, sandbox: Any, port: int, result: DemoResult, console: Console) -> None:
+    """The daemon on the demo's data, with the sandbox, until Ctrl-C: the same jobs and
+    web app as `dispatcher run`, on the shared clock, which runs on in real time."""
+    from dispatcher.services.daemon import DaemonJobs, run_daemon
+    from dispatcher.services.receipts import resume_broken_promises
+    from dispatcher.services.repair import StatusRepair
+    from dispatcher.web.app import create_app
+
+    clock = runtime.clock
+    assert isinstance(clock, SharedClock)  # the sandbox process reads it
+    stop_ticking = threading.Event()
+    start, wall = clock.now(), time.monotonic()
+
+    def keep_time() -> None:
+        while not stop_ticking.wait(0.5):
+            clock.set(start + dt.timedelta(seconds=time.monotonic() - wall))
+
+    channels = runtime.channels()
+    jobs = DaemonJobs(engine=runtime.engine, config=runtime.config, gate=runtime.gate, clock=clock,
+                      sender=runtime.sender(channels), catalog=runtime.templates.approved_catalog,
+                      after_plan=resume_broken_promises,
+                      repair=StatusRepair(runtime.engine, runtime.config, clock, channels))
+    web = runtime.web()
+    _print_how_to_look_around(runtime.settings.public_url, sandbox, result, console)
+
+    async def serve() -> int:
+        try:
+            return await run_daemon(jobs, create_app(web), "127.0.0.1", port)
+        finally:
+            await web.receipts.aclose()
+
+    ticker = threading.Thread(target=keep_time, name="demo-clock", daemon=True)
+    ticker.start()
+    try:
+        asyncio.run(serve())
+    finally:
+        stop_ticking.set()
+        ticker.join()
+    console.print("demo stopped")
+
+
+def _print_how_to_look_around(base: str, sandbox: Any, result: DemoResult, console: Console) -> None:
+    name, _role, password = DEMO_USERS[0]
+    console.print(f"serving the demo: open {base}/ui/login and sign in as any sample user above,"
+                  f" e.g. {name} / {password} (collector)", highlight=False)
+    console.print(f"API: curl -H 'Authorization: Bearer {result.api_token}' {base}/api/cases/<case id>"
+                  f"  ({DEMO_USERS[0][0]}'s token)", highlight=False, soft_wrap=True)
+    console.print(f"sandbox: {sandbox.twilio_url}/sandbox/messages, /sandbox/calls, /sandbox/emails",
+                  highlight=False)
+    console.print(f"the clock runs on in real time from the end of the {result.days} simulated days;"
+                  " press Ctrl-C to stop", highlight=False)
+    console.print(f"demo ready at {base}/ui/login", highlight=False)
 
 
 def _summarise(engine: Engine, clock: Clock, workdir: Path, result: DemoResult) -> None:
@@ -331,6 +419,10 @@ def print_summary(result: DemoResult, console: Console) -> None:
     console.print(holds)
     console.print("time spent: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
     console.print(f"report: {result.report_html} (and {result.report_json.name if result.report_json else ''})")
+    users = Table("sample user", "role", "password", title="people (demo only: these passwords are public)")
+    for name, role, password in DEMO_USERS:
+        users.add_row(name, role, password)
+    console.print(users)
 
 
 def result_json(result: DemoResult) -> str:

@@ -26,10 +26,12 @@ if TYPE_CHECKING:  # the heavy parts are imported when first built: `dispatcher 
 
     from dispatcher.channels.base import ChannelAdapter
     from dispatcher.channels.guarded import Circuits
+    from dispatcher.credentials import Passwords
     from dispatcher.domain import Channel
     from dispatcher.links import LinkSigner
     from dispatcher.policy import Gate
     from dispatcher.services.outbox import Sender
+    from dispatcher.services.people import People
     from dispatcher.services.receipts import Receipts
     from dispatcher.templates import TemplateSet
     from dispatcher.web.dependencies import WebCollaborators
@@ -74,15 +76,18 @@ class Runtime:
 
     A part given here is used instead of being built: `config` replaces the file's (the
     demo raises its rate limits); an `engine` or `templates` given stays the caller's
-    (tests share theirs) and is not closed by `close()`."""
+    (tests share theirs) and is not closed by `close()`; `passwords` replaces the argon2
+    parameters (tests use lighter ones)."""
 
     def __init__(self, settings: Settings, clock: Clock, *, config: Config | None = None,
-                 engine: Engine | None = None, templates: TemplateSet | None = None) -> None:
+                 engine: Engine | None = None, templates: TemplateSet | None = None,
+                 passwords: Passwords | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self._given_config = config
         self._given_engine = engine
         self._given_templates = templates
+        self._passwords = passwords
         self._closers: list[Callable[[], object]] = []
 
     @cached_property
@@ -168,6 +173,13 @@ class Runtime:
         breaker = self.config.sending.breaker
         return Circuits(BreakerSettings(breaker.failures_to_open, breaker.probe_seconds), self.clock)
 
+    @cached_property
+    def people(self) -> People:
+        """Users, API tokens and console sessions."""
+        from dispatcher.services.people import People
+
+        return People(self.engine, self.clock, self._passwords)
+
     def channels(self) -> dict[Channel, ChannelAdapter]:
         """One adapter per channel, each behind its provider's circuit breaker; the caller
         owns them (`await adapter.aclose()`)."""
@@ -195,7 +207,7 @@ class Runtime:
 
         return WebCollaborators(engine=self.engine, config=self.config, gate=self.gate, clock=self.clock,
                                 settings=self.settings, signer=self.signer, templates=self.templates,
-                                receipts=self.receipts, circuits=self.circuits)
+                                receipts=self.receipts, people=self.people, circuits=self.circuits)
 
     def close(self) -> None:
         """Release what was opened, newest first."""

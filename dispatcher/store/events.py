@@ -54,6 +54,15 @@ class EventKind(StrEnum):
     ORPHAN_CALLBACK = "orphan_callback"
     PROMISE_BROKEN = "promise_broken"
     REPLY_NOT_SENT = "reply_not_sent"
+    # people (no case): who manages whom, and who signed in
+    USER_ADDED = "user_added"
+    USER_DISABLED = "user_disabled"
+    PASSWORD_SET = "password_set"
+    TOKEN_CREATED = "token_created"
+    TOKEN_REVOKED = "token_revoked"
+    SIGNED_IN = "signed_in"
+    SIGN_IN_REFUSED = "sign_in_refused"
+    SIGNED_OUT = "signed_out"
 
 
 #: The columns of one event row, in the order `event_values` builds them.

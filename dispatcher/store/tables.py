@@ -1,5 +1,6 @@
 """SQLModel tables: cases, contact points, the outbox (messages), append-only events,
-holds, payments, template approvals and the dedupe keys of webhook steps.
+holds, payments, template approvals, the dedupe keys of webhook steps, and the people who
+use the console and the API (users, API tokens, console sessions, failed sign-ins).
 
 All datetimes are stored as UTC and come back timezone-aware (`UTCDateTime`); money is
 stored exactly (`Money`: NUMERIC on PostgreSQL, text on SQLite, which has no decimal type).
@@ -238,6 +239,64 @@ class DedupeKeyRow(SQLModel, table=True):
     at: dt.datetime = _utc(nullable=False)
 
 
+class UserRow(SQLModel, table=True):
+    """A person who signs in (SPEC 14). Never deleted: disabling keeps the audit trail's names."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)  # NFC, as shown and recorded as `by`
+    name_key: str = Field(max_length=256, unique=True)  # NFC case-folded: one person per key
+    roles: str = Field(max_length=128)  # comma-separated role names
+    password_hash: str | None = Field(default=None, max_length=256)  # argon2id; None: cannot sign in
+    created_at: dt.datetime = _utc(nullable=False)
+    created_by: str = Field(max_length=64)
+    disabled_at: dt.datetime | None = _utc()
+    disabled_by: str | None = Field(default=None, max_length=64)
+
+
+class ApiTokenRow(SQLModel, table=True):
+    """An API token: only its SHA-256 digest is kept (see `dispatcher.credentials`)."""
+
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    digest: str = Field(max_length=64, unique=True)
+    created_at: dt.datetime = _utc(nullable=False)
+    created_by: str = Field(max_length=64)
+    expires_at: dt.datetime = _utc(nullable=False)
+    revoked_at: dt.datetime | None = _utc()
+    revoked_by: str | None = Field(default=None, max_length=64)
+
+
+class ConsoleSessionRow(SQLModel, table=True):
+    """A signed-in console session, keyed by the digest of the cookie's secret: signing
+    out, disabling the user or changing the password deletes it."""
+
+    __tablename__ = "console_sessions"
+
+    digest: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    created_at: dt.datetime = _utc(nullable=False)
+    expires_at: dt.datetime = _utc(nullable=False)
+
+
+class SignInFailureRow(SQLModel, table=True):
+    """A failed console sign-in, counted per name and per client for the rate limit."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (
+        Index("ix_sign_in_failures_name", "name_key", "at"),
+        Index("ix_sign_in_failures_client", "client", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name_key: str = Field(max_length=256)
+    client: str = Field(max_length=64)
+    at: dt.datetime = _utc(nullable=False)
+
+
 def _core(model: Any) -> Table:
     """The Core table of a SQLModel class (SQLModel's stubs do not declare `__table__`)."""
     table: Table = model.__table__
@@ -254,3 +313,7 @@ payments_t = _core(PaymentRow)
 escalations_t = _core(EscalationRow)
 template_approvals_t = _core(TemplateApprovalRow)
 dedupe_keys_t = _core(DedupeKeyRow)
+users_t = _core(UserRow)
+api_tokens_t = _core(ApiTokenRow)
+console_sessions_t = _core(ConsoleSessionRow)
+sign_in_failures_t = _core(SignInFailureRow)

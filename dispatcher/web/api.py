@@ -2,31 +2,32 @@
 compliance gate as everything else (SPEC section 4, one-off messages).
 
     GET  /api/cases/{case_id}              the timeline (the `case show --format json` shape)
-    POST /api/cases/{case_id}/messages     {"channel": "sms", "template": null, "by": "agent7"}
+    POST /api/cases/{case_id}/messages     {"channel": "sms", "template": null}
          202 {"message_id", "action": "send"|"defer", "reason", "template", "not_before"}
          422 {"refused": "<reason code>", "detail"}     any `skip` reason refuses it
-         404 unknown case, 400 bad body, 401 bad token, 503 API disabled
+         404 unknown case, 400 bad body, 401 no valid token, 403 a role without the permission
 
-Authentication: `Authorization: Bearer <DISPATCHER_API_TOKEN>`; with no token configured
-the API is disabled. The daemon's sender sends a queued one-off on its next pass.
+Authentication and permissions: `web.auth` (a user's bearer token, or the bootstrap
+DISPATCHER_API_TOKEN). The message is recorded as requested by the token's user; a
+`by` in the body is ignored. The daemon's sender sends a queued one-off on its next pass.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher.domain import Channel
+from dispatcher.roles import Permission, Principal
 from dispatcher.services.oneoff import request_one_off
-from dispatcher.settings import Settings
 from dispatcher.store import repository
 from dispatcher.store.timeline import case_timeline as read_case_timeline
-from dispatcher.web.dependencies import ClockDep, EngineDep, GateDep, SettingsDep, TemplatesDep
+from dispatcher.web.auth import api_permission
+from dispatcher.web.dependencies import ClockDep, EngineDep, GateDep, TemplatesDep
 
 router = APIRouter(prefix="/api")
 
@@ -35,21 +36,12 @@ def _refuse(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _check_token(request: Request, settings: Settings) -> JSONResponse | None:
-    token = settings.api_token
-    if not token:
-        return _refuse(503, "the collector API is disabled: set DISPATCHER_API_TOKEN to enable it")
-    supplied = request.headers.get("authorization", "")
-    if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
-        return _refuse(401, "send Authorization: Bearer <DISPATCHER_API_TOKEN>")
-    return None
+Reader = Annotated[Principal, Depends(api_permission(Permission.CASES_READ))]
+Writer = Annotated[Principal, Depends(api_permission(Permission.CASES_WRITE))]
 
 
 @router.get("/cases/{case_id}")
-async def case_timeline(case_id: str, request: Request, settings: SettingsDep, engine: EngineDep,
-                        clock: ClockDep) -> JSONResponse:
-    if (denied := _check_token(request, settings)) is not None:
-        return denied
+async def case_timeline(case_id: str, who: Reader, engine: EngineDep, clock: ClockDep) -> JSONResponse:
 
     def read() -> dict[str, Any]:
         with engine.connect() as conn:
@@ -63,25 +55,22 @@ async def case_timeline(case_id: str, request: Request, settings: SettingsDep, e
 
 
 @router.post("/cases/{case_id}/messages")
-async def one_off(case_id: str, request: Request, settings: SettingsDep, engine: EngineDep, gate: GateDep,
+async def one_off(case_id: str, request: Request, who: Writer, engine: EngineDep, gate: GateDep,
                   clock: ClockDep, templates: TemplatesDep) -> JSONResponse:
-    if (denied := _check_token(request, settings)) is not None:
-        return denied
     try:
         body = json.loads(await request.body() or b"{}")
         channel = Channel(body["channel"])
-        by = str(body["by"]).strip()
         template = body.get("template")
-        if not by or (template is not None and not isinstance(template, str)):
+        if template is not None and not isinstance(template, str):
             raise ValueError
     except (ValueError, KeyError, TypeError):
-        return _refuse(400, 'send JSON {"channel": "sms"|"email"|"voice", "by": "<user>", "template": null}')
+        return _refuse(400, 'send JSON {"channel": "sms"|"email"|"voice", "template": null}')
     # the approved templates are read from the tree on each call: approvals may change
     catalog = await run_in_threadpool(templates.approved_catalog)
     try:
         result = await run_in_threadpool(
             lambda: request_one_off(engine, gate, catalog, clock.now(), case_id=case_id,
-                                    channel=channel, template=template, by=by[:64])
+                                    channel=channel, template=template, by=who.name)
         )
     except repository.CaseNotFound as exc:
         return _refuse(404, str(exc))

@@ -18,15 +18,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from dispatcher.roles import Permission
 from dispatcher.services.calendar_notice import metric_lines as calendar_metric_lines
 from dispatcher.settings import Settings
 from dispatcher.web import api, console, email_hooks, payment_links
+from dispatcher.web.auth import AccessDenied, CsrfFailed, api_permission
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
 from dispatcher.web.guard import GuardMiddleware, Receive, Scope, Send
 from dispatcher.web.metrics import WebhookMetrics
@@ -93,8 +96,11 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         yield
         await receipts.aclose()  # the status hot path's own pool, closed on its loop
 
-    app = DispatcherAPI(web, title="dispatcher", docs_url=None, redoc_url=None, openapi_url=None,
-                        lifespan=lifespan)
+    app = DispatcherAPI(web, title="dispatcher", version=_version(), docs_url=None, redoc_url=None,
+                        openapi_url="/openapi.json", lifespan=lifespan,
+                        description="The collectors' HTTP API. Authenticate with `Authorization: Bearer <token>`"
+                                    " (`dispatcher tokens create NAME`): 401 without a valid token, 403 when the"
+                                    " token's roles lack the permission.")
     metrics = WebhookMetrics(receipts.message_counts,
                              extra=lambda: _extra_metric_lines(web))
     if not web.settings.twilio_auth_token:
@@ -102,14 +108,29 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     hooks = TwilioHooks(receipts, web.config, web.settings)
 
     app.router.routes.extend(hooks.routes())
-    app.include_router(email_hooks.router)
-    app.include_router(payment_links.router)
+    # OpenAPI (/openapi.json, /docs) documents the API; pages and webhooks are not part of it
+    app.include_router(email_hooks.router, include_in_schema=False)
+    app.include_router(payment_links.router, include_in_schema=False)
     app.include_router(api.router)
-    app.include_router(console.router)
+    app.include_router(console.router, include_in_schema=False)
+    _add_docs(app)
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> Response:
         return rejected_response(request, exc)
+
+    @app.exception_handler(AccessDenied)
+    async def _denied(request: Request, exc: AccessDenied) -> Response:
+        request.state.result = "unauthorized" if exc.status == 401 else "forbidden"
+        if exc.console:
+            return console.access_denied_response(request, exc)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(CsrfFailed)
+    async def _csrf(request: Request, exc: CsrfFailed) -> Response:
+        request.state.result = "forbidden"
+        return console.csrf_failed_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -126,7 +147,7 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(api_permission(Permission.METRICS_READ))])
     async def metrics_page() -> Response:
         text = await run_in_threadpool(metrics.render)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -135,6 +156,33 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, metrics=metrics,
                        known_paths=frozenset(fast_routes))
     return WebApp(app, fast_routes, max_body_bytes=max_body_bytes, metrics=metrics)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dispatcher")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from files shipped in a package (`fastapi-offline`), not a CDN:
+    the console and its docs must work on a bank's closed network."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    static = Path(fastapi_offline.__file__).resolve().parent / "static"
+    app.mount("/docs/static", StaticFiles(directory=static), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="dispatcher API",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="/docs/static/favicon.png")
 
 
 def rejected_response(request: Request, exc: Rejected) -> Response:

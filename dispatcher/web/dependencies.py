@@ -22,6 +22,7 @@ from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.links import LinkSigner
 from dispatcher.policy import Gate
+from dispatcher.services.people import People
 from dispatcher.services.receipts import Receipts
 from dispatcher.settings import Settings
 from dispatcher.templates import TemplateSet
@@ -39,6 +40,7 @@ class WebCollaborators:
     signer: LinkSigner
     templates: TemplateSet
     receipts: Receipts
+    people: People  # users, API tokens, console sessions (web.auth checks them)
     circuits: Circuits | None = None  # the providers' circuit breakers of this process (/metrics)
 
 

@@ -1,8 +1,9 @@
 """The collectors' console in a real headless Chromium (Playwright driving the system's
 Chromium) against the app served by uvicorn on loopback, on SQLite.
 
-A collector signs in, opens a case, reads why each channel waits or sends, sends a
-one-off SMS through the gate, places and releases a hold. Chromium comes from the
+A collector signs in with name and password (a Chinese name too), opens a case, reads
+why each channel waits or sends, sends a one-off SMS through the gate, places and
+releases a hold. Screenshots go to var/screenshots/ (named in the README). Chromium comes from the
 system (Debian's `chromium`; `DISPATCHER_CHROMIUM` names another binary). Without it
 these tests skip, unless DISPATCHER_REQUIRE_BROWSER=1 (CI), where they fail.
 """
@@ -22,6 +23,8 @@ from sqlalchemy.engine import Engine
 
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
+from dispatcher.credentials import light_passwords
+from dispatcher.roles import Role
 from dispatcher.sandbox.asgi_server import serve_in_thread
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
@@ -33,7 +36,8 @@ from dispatcher.wiring import Runtime
 from tests.integration.test_collector_api import imported
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "browser-test-token"
+PASSWORD = "correct horse battery staple"
+SCREENSHOTS = ROOT / "var" / "screenshots"
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -61,9 +65,14 @@ def served(tmp_path: Path, config: Config) -> Iterator[tuple[str, Engine, FakeCl
     clock = FakeClock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=SHANGHAI))
     with engine.begin() as conn:
         repo.upsert_cases(conn, [imported("A1")], clock.now())
-    settings = Settings(public_url="http://127.0.0.1", api_token=TOKEN, signing_key="browser-key")
-    app = create_app(Runtime(settings, clock, config=config, engine=engine,
+    settings = Settings(public_url="http://127.0.0.1", signing_key="browser-key")
+    app = create_app(Runtime(settings, clock, config=config, engine=engine, passwords=light_passwords(),
                              templates=TemplateSet(ROOT / "templates", config)).web())
+    people = app.collaborators.people
+    for name, role in [("agent7", Role.COLLECTOR), ("lead.li", Role.COLLECTOR), ("王小明", Role.COLLECTOR),
+                       ("writer", Role.AUTHOR)]:
+        people.add_user(name, frozenset({role}), "test-admin")
+        people.set_password(name, PASSWORD, "test-admin")
     try:
         with serve_in_thread(app, name="console-web") as port:
             yield f"http://127.0.0.1:{port}", engine, clock
@@ -93,10 +102,10 @@ async def test_a_collector_signs_in_reads_the_case_and_sends_a_one_off(
     await page.goto(f"{base}/ui/cases/A1")
     assert page.url.startswith(f"{base}/ui/login")  # no session: the sign-in page, then back here
     await page.fill("#user", "agent7")
-    await page.fill("#token", "not-the-token")
+    await page.fill("#password", "not the password")
     await page.click("#sign-in")
-    assert "not right" in await page.inner_text("#error")
-    await page.fill("#token", TOKEN)
+    assert "do not match" in await page.inner_text("#error")
+    await page.fill("#password", PASSWORD)
     await page.click("#sign-in")
     await page.wait_for_url(f"{base}/ui/cases/A1")
     assert await page.inner_text("#who") == "agent7"
@@ -120,7 +129,7 @@ async def test_a_hold_from_the_page_stops_every_channel_until_released(
     base, engine, _clock = served
     await page.goto(f"{base}/ui/login?next=/ui/cases/A1")
     await page.fill("#user", "lead.li")
-    await page.fill("#token", TOKEN)
+    await page.fill("#password", PASSWORD)
     await page.click("#sign-in")
     await page.wait_for_url(f"{base}/ui/cases/A1")
 
@@ -149,3 +158,55 @@ async def test_a_hold_from_the_page_stops_every_channel_until_released(
         one_offs = conn.execute(select(messages_t)).all()
     assert (hold.reason, hold.placed_by, hold.released_by) == ("collector_hold", "lead.li", "lead.li")
     assert one_offs == []
+
+
+async def test_a_collector_with_a_chinese_name_signs_in_and_works_under_that_name(
+        served: tuple[str, Engine, FakeClock], page: Any) -> None:
+    base, engine, _clock = served
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.goto(f"{base}/ui/cases/A1")
+    await page.fill("#user", "王小明")
+    await page.fill("#password", PASSWORD)
+    await page.screenshot(path=str(SCREENSHOTS / "console-sign-in.png"), full_page=True)
+    await page.click("#sign-in")
+    await page.wait_for_url(f"{base}/ui/cases/A1")
+    assert await page.inner_text("#who") == "王小明"
+    assert await page.inner_text("#roles") == "(collector)"
+    assert await page.inner_text("#case-id") == "A1"
+    await page.fill("#hold-note", "客户要求下周回电")
+    await page.click("#hold")
+    await page.wait_for_selector("#result")
+    assert "王小明" in await page.inner_text("#holds")
+    await page.screenshot(path=str(SCREENSHOTS / "console-case-collector-zh.png"), full_page=True)
+    with engine.connect() as conn:
+        hold = conn.execute(select(holds_t)).one()
+    assert (hold.placed_by, hold.note) == ("王小明", "客户要求下周回电")
+
+    # sign out: the session is gone, the case page asks to sign in again
+    await page.click("#sign-out")
+    await page.wait_for_url(f"{base}/ui/login")
+    await page.goto(f"{base}/ui/cases/A1")
+    assert page.url.startswith(f"{base}/ui/login")
+
+
+async def test_an_author_does_not_get_the_collectors_pages(served: tuple[str, Engine, FakeClock], page: Any) -> None:
+    base, _engine, _clock = served
+    await page.goto(f"{base}/ui/login")
+    await page.fill("#user", "writer")
+    await page.fill("#password", PASSWORD)
+    await page.click("#sign-in")
+    await page.wait_for_url(f"{base}/ui/home")
+    assert await page.inner_text("#home-roles") == "author"
+    await page.screenshot(path=str(SCREENSHOTS / "console-home-author.png"), full_page=True)
+    response = await page.goto(f"{base}/ui/cases/A1")
+    assert response is not None and response.status == 403
+    assert "lacks the permission cases.read" in await page.inner_text("main")
+
+
+async def test_the_api_docs_render_offline(served: tuple[str, Engine, FakeClock], page: Any) -> None:
+    base, _engine, _clock = served
+    await page.goto(f"{base}/docs")
+    await page.wait_for_selector(".swagger-ui .info .title")
+    assert "dispatcher" in await page.inner_text(".swagger-ui .info .title")
+    await page.wait_for_selector('[data-path="/api/cases/{case_id}/messages"]')
+    await page.screenshot(path=str(SCREENSHOTS / "api-docs.png"), full_page=True)

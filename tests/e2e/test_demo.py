@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,3 +54,75 @@ def test_small_demo_runs_end_to_end(tmp_path: Path) -> None:
             "select count(*) from messages where sent_at is not null and kind != 'system'"
             " and (body is null or content_hash is null)").fetchone()[0]
         assert missing == 0
+
+
+def test_demo_serve_lets_a_newcomer_sign_in_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """`demo --serve`: after the run, the console, API and sandbox stay up on the demo's
+    data; each sample user signs in with the printed password; Ctrl-C (SIGINT to the
+    whole process group, as a terminal sends it) stops everything cleanly."""
+    import signal
+    import threading
+
+    env = {**os.environ, "DISPATCHER_CONFIG": str(ROOT / "config/dispatcher.toml")}
+    for key in ("DISPATCHER_NOW", "DISPATCHER_TRANSPORT", "DISPATCHER_DB_URL", "DISPATCHER_API_TOKEN"):
+        env.pop(key, None)
+    stderr_path = tmp_path / "stderr.txt"
+    lines: list[str] = []
+    ready = threading.Event()
+    with stderr_path.open("w") as stderr_file, subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", "demo", "--cases", "40", "--days", "1", "--workdir",
+             str(tmp_path / "demo"), "--serve"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
+            start_new_session=True) as process:
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                lines.append(line)
+                if line.startswith("demo ready at "):
+                    ready.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            _look_around(tmp_path, ready, lines)
+        finally:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(60)
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+            reader.join(10)
+    assert process.returncode == 0
+    stderr = stderr_path.read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "demo stopped" in "".join(lines)
+
+
+def _look_around(tmp_path: Path, ready: Any, lines: list[str]) -> None:
+    """Each sample user signs in with the printed password; the collector's token reads a case."""
+    import re
+
+    import httpx
+
+    assert ready.wait(240), "".join(lines)[-3000:]
+    text = "".join(lines)
+    base = re.search(r"demo ready at (http://127\.0\.0\.1:\d+)/ui/login", text).group(1)  # type: ignore[union-attr]
+    users = re.findall(r"│ (\S+(?: \S+)?)\s+│ (collector|author|compliance|admin|ops)\s+│ (demo-\S+)\s+│", text)
+    assert {role for _, role, _ in users} == {"collector", "author", "compliance", "admin", "ops"}
+    token = re.search(r"Bearer (dsp_\S+)'", text).group(1)  # type: ignore[union-attr]
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for name, role, password in users:
+            client.cookies.clear()
+            page = client.get("/ui/login").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            r = client.post("/ui/login", data={"user": name, "password": password, "csrf": csrf, "next": ""})
+            assert r.status_code == 303, (name, r.text[-500:])
+            start = client.get(r.headers["location"])
+            assert start.status_code == 200 and name in start.text, role
+        with sqlite3.connect(tmp_path / "demo" / "demo.db") as db:
+            (case_id,) = db.execute("select case_id from cases order by case_id limit 1").fetchone()
+        r = client.get(f"/api/cases/{case_id}", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json()["case_id"] == case_id
+        assert client.get(f"/api/cases/{case_id}").status_code == 401

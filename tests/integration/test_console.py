@@ -1,11 +1,13 @@
-"""The collectors' console over the real ASGI app, on SQLite and PostgreSQL: sign-in,
-sessions and CSRF, the case page, one-off messages through the gate, holds."""
+"""The collectors' console over the real ASGI app, on SQLite and PostgreSQL: sign-in with
+name and password, sessions and CSRF, the case page, one-off messages through the gate,
+holds. (Attacks on sign-in and sessions: test_console_security.py.)"""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,39 +18,49 @@ from sqlalchemy.engine import Engine
 
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
+from dispatcher.credentials import light_passwords
 from dispatcher.domain import CaseStatus
+from dispatcher.roles import Role
+from dispatcher.services.people import People
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.tables import holds_t, messages_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
-from dispatcher.web.console import COOKIE, ConsoleSessions
+from dispatcher.web.auth import SESSION_COOKIE
 from dispatcher.wiring import Runtime
 from tests.integration.test_collector_api import imported
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "console-token-for-tests"
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Console:
+    client: httpx.AsyncClient
+    clock: FakeClock
+    people: People
+
+    def add(self, name: str, *roles: Role, password: str = PASSWORD) -> None:
+        self.people.add_user(name, frozenset(roles or (Role.COLLECTOR,)), "test-admin")
+        self.people.set_password(name, password, "test-admin")
 
 
 @pytest.fixture
-async def console(engine: Engine, config: Config) -> AsyncIterator[tuple[httpx.AsyncClient, FakeClock]]:
+async def console(engine: Engine, config: Config) -> AsyncIterator[Console]:
     clock = FakeClock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=SHANGHAI))
     with engine.begin() as conn:
         repo.upsert_cases(conn, [imported("A1"), imported("P1", CaseStatus.PAID)], clock.now())
-    settings = Settings(public_url="https://d.example", api_token=TOKEN, signing_key="console-key")
-    app = create_app(Runtime(settings, clock, config=config, engine=engine,
+    settings = Settings(public_url="https://d.example", signing_key="console-key")
+    app = create_app(Runtime(settings, clock, config=config, engine=engine, passwords=light_passwords(),
                              templates=TemplateSet(ROOT / "templates", config)).web())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://d.example") as c:
-        yield c, clock
+        world = Console(c, clock, app.collaborators.people)
+        for name in ("agent7", "lead.li"):
+            world.add(name, Role.COLLECTOR)
+        yield world
     await app.collaborators.receipts.aclose()
-
-
-async def sign_in(c: httpx.AsyncClient, user: str = "agent7") -> None:
-    r = await c.post("/ui/login", data={"user": user, "token": TOKEN, "next": "/ui/cases/A1"})
-    assert r.status_code == 303 and r.headers["location"] == "/ui/cases/A1"
-    cookie = r.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" in cookie and "Path=/ui" in cookie
 
 
 def csrf_of(page: str) -> str:
@@ -57,37 +69,49 @@ def csrf_of(page: str) -> str:
     return match.group(1)
 
 
-async def test_pages_need_a_session_and_the_right_token(console: tuple[httpx.AsyncClient, FakeClock]) -> None:
-    c, _ = console
+async def post_sign_in(c: httpx.AsyncClient, user: str, password: str, next: str = "/ui/cases/A1") -> httpx.Response:
+    """Open the sign-in page (its nonce cookie and CSRF token), then send the form."""
+    page = await c.get("/ui/login", params={"next": next})
+    return await c.post("/ui/login", data={"user": user, "password": password, "next": next,
+                                           "csrf": csrf_of(page.text)})
+
+
+async def sign_in(c: httpx.AsyncClient, user: str = "agent7", password: str = PASSWORD) -> None:
+    r = await post_sign_in(c, user, password)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/cases/A1", r.text
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith(f"{SESSION_COOKIE}="))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" in cookie and "Path=/ui" in cookie
+
+
+async def test_pages_need_a_session_and_the_right_password(console: Console) -> None:
+    c = console.client
     r = await c.get("/ui/cases/A1")
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/cases/A1"
-    r = await c.post("/ui/login", data={"user": "agent7", "token": "wrong", "next": "/ui/cases/A1"})
-    assert r.status_code == 401 and "not right" in r.text and COOKIE not in r.headers.get("set-cookie", "")
-    r = await c.post("/ui/login", data={"user": "bad name!", "token": TOKEN})
+    r = await post_sign_in(c, "agent7", "wrong password!")
+    assert r.status_code == 401 and "do not match" in r.text
+    assert SESSION_COOKIE not in r.headers.get("set-cookie", "")
+    r = await post_sign_in(c, "", PASSWORD)
     assert r.status_code == 400
     # an open redirect is not possible: only our own pages are followed after sign-in
-    r = await c.post("/ui/login", data={"user": "agent7", "token": TOKEN, "next": "//evil.example/x"})
+    r = await post_sign_in(c, "agent7", PASSWORD, next="//evil.example/x")
     assert r.headers["location"] == "/ui/cases"
     c.cookies.clear()
-    c.cookies.set(COOKIE, "agent7|ffffffffff.forged", domain="d.example", path="/ui")
+    c.cookies.set(SESSION_COOKIE, "forged-session-secret", domain="d.example", path="/ui")
     assert (await c.get("/ui/cases/A1")).status_code == 303
 
 
-async def test_the_session_expires_by_the_clock(console: tuple[httpx.AsyncClient, FakeClock]) -> None:
-    c, clock = console
+async def test_the_session_expires_by_the_clock(console: Console) -> None:
+    c, clock = console.client, console.clock
     await sign_in(c)
     assert (await c.get("/ui/cases/A1")).status_code == 200
-    clock.advance(hours=13)
+    clock.advance(hours=11)
+    assert (await c.get("/ui/cases/A1")).status_code == 200
+    clock.advance(hours=1)
     assert (await c.get("/ui/cases/A1")).status_code == 303
-    sessions = ConsoleSessions("console-key")
-    cookie = sessions.issue("agent7", clock.now())
-    assert sessions.user(cookie, clock.now()) == "agent7"
-    assert sessions.user(cookie, clock.now() + dt.timedelta(hours=12)) is None
-    assert ConsoleSessions("another-key").user(cookie, clock.now()) is None
 
 
-async def test_case_page_shows_decisions_messages_and_the_forms(console: tuple[httpx.AsyncClient, FakeClock]) -> None:
-    c, _ = console
+async def test_case_page_shows_decisions_messages_and_the_forms(console: Console) -> None:
+    c = console.client
     await sign_in(c)
     page = (await c.get("/ui/cases/A1")).text
     assert 'id="case-id">A1<' in page and "dpd30" in page and "王伟" in page
@@ -98,8 +122,8 @@ async def test_case_page_shows_decisions_messages_and_the_forms(console: tuple[h
 
 
 async def test_case_page_states_the_outstanding_amount_and_local_days_past_due(
-        console: tuple[httpx.AsyncClient, FakeClock], engine: Engine) -> None:
-    c, clock = console
+        console: Console, engine: Engine) -> None:
+    c, clock = console.client, console.clock
     await sign_in(c)
     with engine.begin() as conn:
         repo.record_payment(conn, "A1", Decimal("1000.00"), "cashier", clock.now())
@@ -109,9 +133,9 @@ async def test_case_page_states_the_outstanding_amount_and_local_days_past_due(
     assert 'id="days-past-due">30<' in page and "days past due (Asia/Shanghai)" in page
 
 
-async def test_one_off_through_the_gate_and_its_refusal(console: tuple[httpx.AsyncClient, FakeClock],
+async def test_one_off_through_the_gate_and_its_refusal(console: Console,
                                                         engine: Engine) -> None:
-    c, clock = console
+    c, clock = console.client, console.clock
     await sign_in(c)
     csrf = csrf_of((await c.get("/ui/cases/A1")).text)
     r = await c.post("/ui/cases/A1/messages", data={"channel": "sms", "template": "", "csrf": csrf})
@@ -135,9 +159,9 @@ async def test_one_off_through_the_gate_and_its_refusal(console: tuple[httpx.Asy
     assert "Refused: case_closed" in page
 
 
-async def test_forms_without_the_csrf_token_change_nothing(console: tuple[httpx.AsyncClient, FakeClock],
+async def test_forms_without_the_csrf_token_change_nothing(console: Console,
                                                            engine: Engine) -> None:
-    c, _ = console
+    c = console.client
     await sign_in(c)
     for path, data in [("/ui/cases/A1/messages", {"channel": "sms"}), ("/ui/cases/A1/holds", {"reason": "legal_hold"}),
                        ("/ui/cases/A1/holds/release", {})]:
@@ -148,8 +172,8 @@ async def test_forms_without_the_csrf_token_change_nothing(console: tuple[httpx.
         assert conn.execute(select(holds_t)).first() is None
 
 
-async def test_holds_placed_and_released_from_the_page(console: tuple[httpx.AsyncClient, FakeClock]) -> None:
-    c, _ = console
+async def test_holds_placed_and_released_from_the_page(console: Console) -> None:
+    c = console.client
     await sign_in(c, "lead.li")
     csrf = csrf_of((await c.get("/ui/cases/A1")).text)
     r = await c.post("/ui/cases/A1/holds", data={"reason": "collector_hold", "until": "2026-12-20",
@@ -167,8 +191,8 @@ async def test_holds_placed_and_released_from_the_page(console: tuple[httpx.Asyn
     assert "Released 1 hold(s)." in page and 'id="no-holds"' in page
 
 
-async def test_find_a_case(console: tuple[httpx.AsyncClient, FakeClock]) -> None:
-    c, _ = console
+async def test_find_a_case(console: Console) -> None:
+    c = console.client
     await sign_in(c)
     r = await c.get("/ui/cases", params={"case_id": "A1"})
     assert r.status_code == 303 and r.headers["location"] == "/ui/cases/A1"
@@ -177,10 +201,7 @@ async def test_find_a_case(console: tuple[httpx.AsyncClient, FakeClock]) -> None
     assert (await c.get("/ui/cases/NOPE")).status_code == 404
 
 
-async def test_disabled_without_a_token(engine: Engine, config: Config) -> None:
-    clock = FakeClock(dt.datetime(2026, 12, 7, 10, 0, tzinfo=SHANGHAI))
-    app = create_app(Runtime(Settings(signing_key="k"), clock, config=config, engine=engine).web())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-        r = await c.get("/ui/login")
-        assert r.status_code == 503 and "DISPATCHER_API_TOKEN" in r.text
-    await app.collaborators.receipts.aclose()
+async def test_the_console_needs_no_api_token(console: Console) -> None:
+    """Users sign in with passwords: DISPATCHER_API_TOKEN (bootstrap, API only) is not needed."""
+    await sign_in(console.client)
+    assert (await console.client.get("/ui/cases/A1")).status_code == 200

@@ -26,7 +26,8 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 @pytest.fixture
 async def app(engine: Engine, config: Config, fake_clock: FakeClock) -> AsyncIterator[WebApp]:
-    runtime = Runtime(Settings(public_url=PUBLIC, twilio_auth_token=TOKEN, signing_key="web-app-key"), fake_clock,
+    runtime = Runtime(Settings(public_url=PUBLIC, twilio_auth_token=TOKEN, signing_key="web-app-key",
+                                api_token="web-app-bootstrap"), fake_clock,
                       config=config, engine=engine)
     app = create_app(runtime.web(), max_body_bytes=1024)
     try:
@@ -65,7 +66,8 @@ async def test_fast_path_and_full_stack_answer_and_count_alike(app: WebApp) -> N
         # not a webhook path: the FastAPI app
         assert (await client.post("/twilio/sms/nowhere", data=params)).status_code == 404
         assert (await client.get("/healthz")).json() == {"status": "ok"}
-        metrics = (await client.get("/metrics")).text
+        assert (await client.get("/metrics")).status_code == 401  # ops (or the bootstrap token) only
+        metrics = (await client.get("/metrics", headers={"Authorization": "Bearer web-app-bootstrap"})).text
     counted = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1])
                for line in metrics.splitlines() if line.startswith("dispatcher_webhooks_total{")}
     assert counted == {
@@ -75,4 +77,5 @@ async def test_fast_path_and_full_stack_answer_and_count_alike(app: WebApp) -> N
         'dispatcher_webhooks_total{endpoint="/twilio/sms/status",result="bad_request"}': 1,
         'dispatcher_webhooks_total{endpoint="other",result="not_found"}': 1,
         'dispatcher_webhooks_total{endpoint="/healthz",result="ok"}': 1,
+        'dispatcher_webhooks_total{endpoint="/metrics",result="unauthorized"}': 1,
     }

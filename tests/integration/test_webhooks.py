@@ -185,12 +185,17 @@ class World:
         return self.event_count(), messages, contacts, holds
 
 
+#: /metrics needs the `metrics.read` permission: the bootstrap token has it
+METRICS_TOKEN = "webhook-tests-bootstrap-token"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
 def sign(url: str, params: Any) -> str:
     return RequestValidator(TOKEN).compute_signature(url, params)
 
 
 def make_app(engine: Engine, config: Config, clock: FakeClock, **kw: Any) -> Any:
-    settings = Settings(public_url=PUBLIC, twilio_auth_token=TOKEN, signing_key=KEY)
+    settings = Settings(public_url=PUBLIC, twilio_auth_token=TOKEN, signing_key=KEY, api_token=METRICS_TOKEN)
     return create_app(Runtime(settings, clock, config=config, engine=engine).web(), **kw)
 
 
@@ -326,7 +331,7 @@ async def test_forged_replayed_and_unsigned_requests_change_nothing(world: World
         r = await world.client.post(p, data=params, headers={"X-Twilio-Signature": "bm9wZQ=="})
         assert r.status_code == 403
     assert world.snapshot() == before
-    metrics = (await world.client.get("/metrics")).text
+    metrics = (await world.client.get("/metrics", headers=METRICS_AUTH)).text
     assert 'dispatcher_webhooks_total{endpoint="/twilio/sms/status",result="forbidden"} 7' in metrics
 
 
@@ -776,7 +781,7 @@ async def test_health_and_metrics(world: World) -> None:
     assert (r.status_code, r.json()) == (200, {"status": "ok"})
     await world.status("SM10", "delivered", world.sms_id)
     await world.status("SM10", "delivered", world.sms_id)
-    text = (await world.client.get("/metrics")).text
+    text = (await world.client.get("/metrics", headers=METRICS_AUTH)).text
     assert 'dispatcher_webhooks_total{endpoint="/twilio/sms/status",result="applied"} 1' in text
     assert 'dispatcher_webhooks_total{endpoint="/twilio/sms/status",result="stale"} 1' in text
     assert 'dispatcher_messages{channel="sms",status="delivered"} 1' in text
@@ -803,7 +808,7 @@ async def test_health_reports_an_unreachable_store(config: Config, fake_clock: F
                 },
             )
             assert r.status_code == 503
-            assert "dispatcher_store_up 0" in (await client.get("/metrics")).text
+            assert "dispatcher_store_up 0" in (await client.get("/metrics", headers=METRICS_AUTH)).text
     finally:
         await app.collaborators.receipts.aclose()
         broken.dispose()
