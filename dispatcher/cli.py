@@ -439,6 +439,7 @@ def run_cmd(
     from dispatcher.web.app import create_app
 
     configure_logging(log_level.upper())
+    _check_listen(host, port)
     runtime = rt(ctx)
     _startup_lint(runtime)
     channels = runtime.channels()
@@ -463,6 +464,22 @@ def run_cmd(
             await web.receipts.aclose()
 
     raise typer.Exit(asyncio.run(serve()))
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse to start, saying why, when the address cannot be listened on (uvicorn would
+    find out only after the start-up pass, and leave with its own exit status)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what uses it or choose"
+                   " another --host/--port", EXIT_FAILURE) from None
 
 
 def _startup_lint(runtime: Runtime) -> None:

@@ -233,3 +233,14 @@ def test_a_gbk_csv_imports_its_chinese_names(tmp_path: Path, extra: list[str]) -
 def test_an_unknown_encoding_is_a_usage_error(tmp_path: Path) -> None:
     result = import_case(tmp_path, "utf-8", "--encoding", "klingon")
     assert result.returncode == 2 and "--encoding 'klingon': unknown encoding" in result.stderr
+
+
+def test_a_port_in_use_is_one_json_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(tmp_path, "run", "--port", str(port))
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # JSON lines only, no bare traceback
+    assert lines[-1]["level"] == "error" and f"cannot listen on 127.0.0.1:{port}" in lines[-1]["msg"]
