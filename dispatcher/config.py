@@ -387,11 +387,15 @@ def load_config(path: Path) -> Config:
 
 
 def _explain(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: invalid configuration"]
+    """One line for one problem (`FILE: invalid configuration: KEY: what to do`), else
+    one line per problem under the file's."""
+    problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key; check the spelling against config/dispatcher.toml"
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {message}")
+    if len(problems) == 1:
+        return f"{path}: invalid configuration: {problems[0]}"
+    return "\n".join([f"{path}: invalid configuration", *(f"  {p}" for p in problems)])

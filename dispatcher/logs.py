@@ -100,8 +100,9 @@ class JsonFormatter(logging.Formatter):
 
 
 #: APScheduler's executor logs "Running job …" and "… executed successfully" at INFO for
-#: every run of every job (151 of 163 lines in five minutes): they belong to DEBUG
-ROUTINE_LOGGERS = ("apscheduler.executors", "apscheduler.scheduler")
+#: every run of every job (151 of 163 lines in five minutes), and Alembic one line per
+#: plugin at every start: they belong to DEBUG
+ROUTINE_LOGGERS = ("apscheduler.executors", "apscheduler.scheduler", "alembic.runtime.plugins")
 
 
 class _RoutineToDebug(logging.Filter):
