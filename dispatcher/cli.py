@@ -62,7 +62,7 @@ def main_options(
         str | None, typer.Option("--now", envvar="DISPATCHER_NOW", help="the clock for this command (ISO 8601)")
     ] = None,
 ) -> None:
-    """Global options go before the command name."""
+    """Global options, before or after the command name."""
     settings = Settings.from_env()
     overrides: dict[str, Any] = {}
     if config is not None:
@@ -77,7 +77,10 @@ def main_options(
         # the daemon's clock runs on from --now; a one-shot command's stands still there
         clock = build_clock(settings, advancing=ctx.invoked_subcommand == "run")
     except ValueError as exc:
-        raise fail(f"--now: {exc}") from None
+        from typer._click.core import ParameterSource
+
+        given = ctx.get_parameter_source("now") is ParameterSource.COMMANDLINE
+        raise fail(f"{'--now' if given else 'DISPATCHER_NOW (environment or .env)'}: {exc}") from None
     runtime = Runtime(settings=settings, clock=clock)
     ctx.obj = runtime
     ctx.call_on_close(runtime.close)
@@ -103,13 +106,16 @@ def import_cmd(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="cases as .csv (header row) or .jsonl")],
     rejects: Annotated[Path | None, typer.Option("--rejects", help="write rejected rows here (CSV)")] = None,
+    encoding: Annotated[str | None, typer.Option(
+        "--encoding", help="the file's encoding, e.g. gbk (default: detected, UTF-8 or GBK/GB 18030)")] = None,
 ) -> None:
     """Import cases (upsert by case_id)."""
     from dispatcher.services.importer import ImportUsageError, import_file
 
     runtime = rt(ctx)
     try:
-        report = import_file(file, runtime.engine, runtime.config, runtime.clock, rejects_path=rejects)
+        report = import_file(file, runtime.engine, runtime.config, runtime.clock, rejects_path=rejects,
+                             encoding=encoding)
     except ImportUsageError as exc:
         raise fail(str(exc)) from None
     for error in report.errors:
@@ -350,14 +356,26 @@ def sandbox_cmd(
         "--records", help="keep the records in this file (JSON lines); a restart reads them back")] = None,
     drop_callbacks: Annotated[float, typer.Option(
         "--drop-callbacks", help="share of status callbacks lost (0..1)")] = 0.0,
+    account_sid: Annotated[str | None, typer.Option(
+        "--account-sid", envvar="TWILIO_ACCOUNT_SID", show_envvar=True,
+        help="the account the sandbox accepts (default: its own test account)")] = None,
+    auth_token: Annotated[str | None, typer.Option(
+        "--auth-token", envvar="TWILIO_AUTH_TOKEN", show_envvar=True,
+        help="the token it checks requests with and signs callbacks with")] = None,
 ) -> None:
-    """A local Twilio-compatible API and an SMTP sink, for demos and tests."""
+    """A local Twilio-compatible API and an SMTP sink, for demos and tests.
+
+    It takes TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN from the environment, as the
+    dispatcher does, so one environment serves both. A reply from a debtor is simulated
+    with `POST /sandbox/inbound` {"from", "to", "body", "url"} on its HTTP port: it posts a
+    signed inbound SMS to `url` (the dispatcher's /twilio/sms/inbound)."""
     from dispatcher.sandbox.server import serve
 
+    credentials = {k: v for k, v in (("account_sid", account_sid), ("auth_token", auth_token)) if v}
     try:
         serve(host=host, twilio_port=twilio_port, smtp_port=smtp_port, latency_ms=latency_ms,
               fail_ratio=fail_ratio, faults=faults, clock_offset_seconds=clock_offset_seconds,
-              records_path=records, drop_callback_ratio=drop_callbacks)
+              records_path=records, drop_callback_ratio=drop_callbacks, **credentials)
     except ValueError as exc:
         raise fail(str(exc)) from None
 
@@ -457,6 +475,7 @@ def run_cmd(
     # SIGTERM before the daemon's own handler is installed (still waiting for the database,
     # starting up): nothing is claimed yet, so stop at once, and with status 0.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _check_listen(host, port)
     runtime = rt(ctx)
     _startup_lint(runtime)
     # The database may not be up yet (a host's boot, a fail-over): wait for it, never exit.
@@ -489,6 +508,22 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Refuse to start, saying why, when the address cannot be listened on (uvicorn would
+    find out only after the start-up pass, and leave with its own exit status)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what uses it or choose"
+                   " another --host/--port", EXIT_FAILURE) from None
+
+
 def _startup_lint(runtime: Runtime) -> None:
     """Lint at start-up (SPEC section 7): a broken template is reported, and only
     approved, unchanged templates are ever sent anyway."""
@@ -507,20 +542,79 @@ def _startup_lint(runtime: Runtime) -> None:
                     " and `dispatcher users password NAME`")
 
 
+#: the global options (`main_options`), also accepted after the command name
+GLOBAL_OPTIONS = ("--config", "--db", "--now")
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """`dispatcher plan --now T` as `dispatcher --now T plan`: the global options given
+    anywhere after the command (before a `--`) move in front of it, where click wants
+    them. No command has an option of the same name."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        i += 2 if argv[i] in GLOBAL_OPTIONS else 1
+    head, rest = argv[:i], argv[i:]
+    moved: list[str] = []
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        arg = rest[j]
+        if arg == "--":
+            kept += rest[j:]
+            break
+        if arg in GLOBAL_OPTIONS and j + 1 < len(rest):
+            moved += rest[j:j + 2]
+            j += 2
+            continue
+        if arg.startswith(tuple(f"{o}=" for o in GLOBAL_OPTIONS)):
+            moved.append(arg)
+        else:
+            kept.append(arg)
+        j += 1
+    return head + moved + kept
+
+
+def _command_of(args: list[str]) -> str | None:
+    """The command name in `args` (after the global options)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in GLOBAL_OPTIONS else 1
+    return args[i] if i < len(args) else None
+
+
 def main() -> None:
     """Console entry point."""
+    from dispatcher.logs import json_logging_active, log_failure
     from dispatcher.policy import NoLegalInstantError
 
+    def report(message: str) -> None:
+        # the daemon logs JSON lines (a log shipper reads them); other commands talk to a person
+        if json_logging_active():
+            log_failure(message)
+        else:
+            err.print(f"[bold red]error:[/] {message}", highlight=False)
+
+    args = hoist_global_options(sys.argv[1:])
+    if _command_of(args) == "run":
+        from dispatcher.logs import configure_logging
+
+        configure_logging()  # the daemon's start-up failures are JSON lines too
     try:
-        app()
+        app(args=args, prog_name="dispatcher")
     except SetupError as exc:
         # a collaborator the command needs cannot be built (bad configuration file,
         # unreachable database, missing secret): exit 2 for the operator's input, 1 else
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        report(str(exc))
         raise SystemExit(EXIT_USAGE if exc.usage else EXIT_FAILURE) from None
     except NoLegalInstantError as exc:
-        err.print(f"[bold red]error:[/] {exc}. Check the case's timezone and the profile's hours,"
-                  " calendar and extra_holidays in the configuration.", highlight=False)
+        report(f"{exc}. Check the case's timezone and the profile's hours, calendar and extra_holidays"
+               " in the configuration.")
+        raise SystemExit(EXIT_FAILURE) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a JSON log line, never a bare traceback
+        log_failure(f"unexpected failure: {type(exc).__name__}: {exc}; this is a bug, please report it with"
+                    " this line", exc)
         raise SystemExit(EXIT_FAILURE) from None
 
 

@@ -110,9 +110,9 @@ def parse_instant(text: str) -> dt.datetime:
             f"{text!r} is not an ISO 8601 instant; write e.g. 2026-11-24T10:00:00+08:00"
         ) from exc
     if value.tzinfo is None:
-        raise ValueError(
-            f"{text!r} has no UTC offset; add one, e.g. {text}+08:00 or {text}Z"
-        )
+        # the suggestion is itself a valid instant (a bare date gets its midnight)
+        example = value.isoformat(timespec="seconds")
+        raise ValueError(f"{text!r} has no UTC offset; add one, e.g. {example}+08:00 or {example}Z")
     return value
 
 

@@ -10,14 +10,17 @@ import datetime as dt
 import re
 import tomllib
 import zoneinfo
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,6 +34,47 @@ class ConfigError(Exception):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_quoted_numbers(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic's lax mode would take `sms_max_segments = "3"` or `per_day = "1"`
+        # silently: a number, a boolean written as text is a mistake to name
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None:
+            problem = _text_for_scalar(field.annotation, value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+def _text_for_scalar(annotation: Any, value: object) -> str | None:
+    """Why `value` (from TOML) is text where `annotation` wants a number or a boolean, or None."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _text_for_scalar(args[0], value)
+    if origin in (Union, UnionType):
+        scalars = [a for a in args if a is not type(None)]
+        if len(scalars) == 1:
+            return _text_for_scalar(scalars[0], value)
+        return None
+    if annotation in (int, float, bool) and isinstance(value, str):
+        kind = "true or false" if annotation is bool else "a number"
+        return f"{value!r} is text (in quotes); write {kind} without quotes"
+    if annotation is bool and not isinstance(value, bool) and isinstance(value, int | float):
+        return f"{value!r} is a number; write true or false"
+    if origin in (list, tuple) and isinstance(value, list | tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        for i, item in enumerate(value):
+            problem = _text_for_scalar(inner[min(i, len(inner) - 1)], item) if inner else None
+            if problem:
+                return f"item {i + 1}: {problem}"
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        for key, item in value.items():
+            problem = _text_for_scalar(args[1], item)
+            if problem:
+                return f"{key}: {problem}"
+    return None
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -136,6 +180,15 @@ class Jurisdiction(_Model):
                 raise ValueError(f"{zone!r} is not an IANA time zone (e.g. Asia/Shanghai)") from None
         return zones
 
+    @field_validator("calendar")
+    @classmethod
+    def _calendar_known(cls, code: str) -> str:
+        known = _holiday_countries()
+        if code not in known:
+            raise ValueError(f"{code!r} is not a country code the holidays package knows; use e.g. CN or US"
+                             f" (one of {len(known)} ISO 3166 codes)")
+        return code
+
     @field_validator("hours", mode="before")
     @classmethod
     def _parse_hours(cls, value: object) -> object:
@@ -163,6 +216,13 @@ class Jurisdiction(_Model):
 
     def caps_for(self, channel: Channel) -> ChannelCaps:
         return self.caps.get(channel, ChannelCaps())
+
+
+@cache
+def _holiday_countries() -> frozenset[str]:
+    import holidays
+
+    return frozenset(holidays.list_supported_countries())
 
 
 class ChannelCadence(_Model):
@@ -285,7 +345,7 @@ class Config(_Model):
     links: Links = Links()
     retention: Retention = Retention()
 
-    #: where the file was read from; relative paths in it are relative to its parent's parent
+    #: where the file was read from; relative paths in it are relative to its folder
     source: Path | None = None
 
     @model_validator(mode="after")
@@ -315,10 +375,13 @@ class Config(_Model):
         return next((s for s in self.stages if s.name == name), None)
 
     def resolve(self, path: Path) -> Path:
-        """A path from the file, made absolute against the project root of the file."""
+        """A path from the file, made absolute against the file's own folder (as a
+        relative `include` in nginx or systemd): `/etc/dispatcher/dispatcher.toml` with
+        `directory = "templates"` means `/etc/dispatcher/templates`. A configuration built
+        in code (no file) resolves against the working directory."""
         if path.is_absolute() or self.source is None:
             return path
-        return self.source.resolve().parent.parent / path
+        return (self.source.resolve().parent / path).resolve()
 
 
 def load_config(path: Path) -> Config:
@@ -338,11 +401,15 @@ def load_config(path: Path) -> Config:
 
 
 def _explain(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: invalid configuration"]
+    """One line for one problem (`FILE: invalid configuration: KEY: what to do`), else
+    one line per problem under the file's."""
+    problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key; check the spelling against config/dispatcher.toml"
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {message}")
+    if len(problems) == 1:
+        return f"{path}: invalid configuration: {problems[0]}"
+    return "\n".join([f"{path}: invalid configuration", *(f"  {p}" for p in problems)])

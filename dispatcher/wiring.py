@@ -138,7 +138,17 @@ class Runtime:
 
         if self._given_templates is not None:
             return self._given_templates
-        return TemplateSet(self.config.resolve(self.config.templates.directory), self.config)
+        directory = self.config.resolve(self.config.templates.directory)
+        if not any(directory.glob("*/*/*.j2")):
+            # a daemon without templates would start and send nothing (every decision
+            # no_approved_template): refuse instead, saying where it looked and why
+            where = f" in {self.config.source}" if self.config.source else ""
+            state = "has no templates (<channel>/<stage>/<variant>.<locale>.j2)" if directory.is_dir() \
+                else "does not exist"
+            raise SetupError(
+                f"templates folder {directory} {state}; set [templates] directory{where} to the templates"
+                " folder (a relative path is relative to the configuration file's folder)", usage=True)
+        return TemplateSet(directory, self.config)
 
     @cached_property
     def signer(self) -> LinkSigner:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated
+from decimal import Decimal
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from dispatcher.commands.common import fail, out, rt
+from dispatcher.wiring import Runtime
 
 case_app = typer.Typer(help="A case's timeline, holds.", no_args_is_help=True)
 
@@ -46,23 +48,56 @@ def case_show(
     if fmt == "json":
         print(json.dumps(timeline, ensure_ascii=False, indent=2, default=str))
         return
-    out.print(f"[bold]{timeline['case_id']}[/] status {timeline['status']}", highlight=False)
+    _print_timeline(runtime, timeline)
+
+
+def _print_timeline(runtime: Runtime, timeline: dict[str, Any]) -> None:
+    """The header (masked name, outstanding amount, stage), holds, every message with its
+    whole text (a block each, never cut at the terminal's width) and the events."""
+    from sqlalchemy import select
+
+    from dispatcher.logs import mask_name
+    from dispatcher.store.tables import cases_t
+
+    with runtime.engine.connect() as conn:
+        name = conn.execute(select(cases_t.c.name).where(cases_t.c.case_id == timeline["case_id"])).scalar()
+    outstanding = Decimal(timeline["amount_due"]) - Decimal(timeline["paid_total"])
+    stage = _stage_now(runtime, timeline)
+    print(f"{timeline['case_id']}  {mask_name(name)}  status {timeline['status']}  stage {stage}"
+          f"  outstanding {outstanding} {timeline['currency']} (due {timeline['amount_due']},"
+          f" paid {timeline['paid_total']})  due date {timeline['due_date']}")
     holds = Table("hold", "until", title="holds")
     for hold in timeline["holds"]:
         holds.add_row(str(hold["reason"]), str(hold.get("until") or "until released"))
     out.print(holds)
-    messages = Table("id", "channel", "template", "status", "provider id", "body", title="messages")
+    print(f"messages ({len(timeline['messages'])})")
     for m in timeline["messages"]:
-        body = (m.get("body") or "").replace("\n", " ")
-        status = str(m["status"]) + (f"\n({m['note']})" if m.get("note") else "")
-        messages.add_row(str(m["id"]), str(m["channel"]), str(m.get("template") or "-"), status,
-                         str(m.get("provider_id") or "-"), body[:80])
-    out.print(messages)
+        note = f" ({m['note']})" if m.get("note") else ""
+        print(f"- #{m['id']} {m['channel']} {m.get('template') or '-'} {m['status']}{note}"
+              f" provider id {m.get('provider_id') or '-'} sent {m.get('sent_at') or '-'}")
+        if m.get("subject"):
+            print(f"  subject: {m['subject']}")
+        for line in (m.get("body") or "(not rendered yet)").splitlines() or [""]:
+            print(f"  {line}")
     events = Table("at", "kind", "details", title="events")
     for e in timeline["events"]:
         details = {k: v for k, v in e.items() if k not in ("at", "kind")}
-        events.add_row(str(e["at"]), str(e["kind"]), json.dumps(details, ensure_ascii=False, default=str)[:100])
+        events.add_row(str(e["at"]), str(e["kind"]), json.dumps(details, ensure_ascii=False, default=str))
     out.print(events)
+
+
+def _stage_now(runtime: Runtime, timeline: dict[str, Any]) -> str:
+    """The case's stage at the clock's now, DPD counted in its primary zone (SPEC 11)."""
+    from zoneinfo import ZoneInfo
+
+    from dispatcher.policy.stages import days_past_due
+
+    if not timeline.get("due_date") or not timeline.get("zones"):
+        return "-"
+    today = runtime.clock.now().astimezone(ZoneInfo(timeline["zones"][0])).date()
+    dpd = days_past_due(dt.date.fromisoformat(str(timeline["due_date"])[:10]), today)
+    stage = runtime.config.stage_for(dpd)
+    return f"{stage.name if stage else 'none'} (DPD {dpd})"
 
 
 @case_app.command("hold")

@@ -15,8 +15,14 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print an error that says what to do, and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print an error that says what to do, and return the Exit to raise. The daemon,
+    whose stderr is JSON lines, logs it as one."""
+    from dispatcher.logs import json_logging_active, log_failure
+
+    if json_logging_active():
+        log_failure(message)
+    else:
+        err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
 
 

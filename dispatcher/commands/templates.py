@@ -77,6 +77,7 @@ def templates_approve(
     """Record approval of the template's current content (all its locales)."""
     from dispatcher.store.tables import TemplateApprovalRow
     from dispatcher.templates import ApprovalError, approve
+    from dispatcher.templates.approval import ApprovalUsageError
 
     runtime = rt(ctx)
     config = runtime.config
@@ -89,7 +90,9 @@ def templates_approve(
             config,
             config.resolve(config.templates.forbidden_phrases),
         )
-    except ApprovalError as exc:
+    except ApprovalUsageError as exc:  # an unknown id: exit 2, as `templates preview` does
+        raise fail(str(exc)) from None
+    except ApprovalError as exc:  # it fails lint, or the approvals file is broken
         raise fail(str(exc), EXIT_FAILURE) from None
     with runtime.engine.begin() as conn:
         from sqlalchemy import insert

@@ -398,7 +398,10 @@ def serve(
                 f"#   TWILIO_AUTH_TOKEN={sandbox.auth_token}\n"
                 f"#   DISPATCHER_TWILIO_API_URL={sandbox.twilio_url}\n"
                 f"#   DISPATCHER_SMTP_URL={sandbox.smtp_url}\n"
-                f"# records: {sandbox.twilio_url}/sandbox/messages, /sandbox/calls, /sandbox/emails",
+                f"# records: {sandbox.twilio_url}/sandbox/messages, /sandbox/calls, /sandbox/emails\n"
+                f"# a debtor's reply: POST {sandbox.twilio_url}/sandbox/inbound"
+                ' {"from": "+8613812345678", "to": "<sms_from>", "body": "PAID",'
+                ' "url": "<DISPATCHER_PUBLIC_URL>/twilio/sms/inbound"}',
                 file=sys.stderr,
                 flush=True,
             )

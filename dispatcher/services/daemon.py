@@ -193,7 +193,7 @@ async def run_daemon(jobs: DaemonJobs, web_app: Any, host: str, port: int,
             loop.add_signal_handler(sig, request_stop)
 
     server = _QuietServer(uvicorn.Config(web_app, host=host, port=port, log_level="warning", lifespan="off",
-                                         access_log=False))
+                                         access_log=False, log_config=None))  # our JSON handler
     server_task = asyncio.create_task(server.serve())
 
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})

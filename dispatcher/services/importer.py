@@ -12,6 +12,7 @@ the other values, so the operator sees what was wrong.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import json
@@ -32,6 +33,7 @@ from dispatcher.clock import Clock
 from dispatcher.config import Config, Jurisdiction
 from dispatcher.domain import Case, CaseStatus, Channel, Product
 from dispatcher.policy.zones import resolve_zones
+from dispatcher.services.text_encoding import detect_encoding
 from dispatcher.store.repository import ImportedCase, upsert_cases
 
 #: Columns of the contract, in its order (also the rejects CSV order for JSON Lines).
@@ -105,12 +107,16 @@ def import_file(
     batch_size: int = 2000,
     *,
     on_error: Callable[[RowError], None] | None = None,
+    encoding: str | None = None,
 ) -> ImportReport:
     """Import a `.csv` (header row) or `.jsonl` file of cases; upsert by case_id.
 
     Raises `ImportUsageError` when the file cannot be used (unknown extension, missing,
     unreadable, no header, a required column missing from the header). `on_error` is
     called with each `RowError` as it is found (errors are also in the report).
+    `encoding` is the file's text encoding (a Python codec name); by default it is
+    detected (`detect_encoding`): UTF-8 (with or without BOM), else GB 18030 (GBK, what
+    Excel writes for Chinese text), else UTF-8 with the undecodable rows rejected.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -123,10 +129,16 @@ def import_file(
         raise ImportUsageError("batch size must be at least 1")
     if rejects_path is not None and Path(rejects_path).resolve() == path.resolve():
         raise ImportUsageError(f"--rejects {rejects_path}: that is the input file; choose another path")
+    if encoding is not None:
+        try:
+            encoding = codecs.lookup(encoding).name
+        except LookupError:
+            raise ImportUsageError(f"--encoding {encoding!r}: unknown encoding; use e.g. utf-8 or gbk") from None
     try:
-        # surrogateescape: a row with bytes that are not UTF-8 is rejected on its own
-        # (and written back unchanged to the rejects file) instead of failing the file.
-        source = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115
+        encoding = "utf-8-sig" if encoding == "utf-8" else encoding or detect_encoding(path)
+        # surrogateescape: a row with bytes that are not text in that encoding is rejected
+        # on its own (and written back unchanged to the rejects file) instead of failing the file.
+        source = open(path, encoding=encoding, errors="surrogateescape", newline="")  # noqa: SIM115
     except FileNotFoundError:
         raise ImportUsageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -186,7 +198,7 @@ def _not_utf8(texts: Any) -> bool:
     return False
 
 
-_NOT_UTF8 = (ROW, "contains bytes that are not UTF-8 text; save the file as UTF-8")
+_NOT_UTF8 = (ROW, "contains bytes that are not UTF-8 text; save the file as UTF-8 (or give --encoding, e.g. gbk)")
 
 
 def _csv_records(source: IO[str], path: Path) -> tuple[list[str], Iterator[Record]]:

@@ -25,6 +25,10 @@ class ApprovalRefused(ApprovalError):
         self.problems = problems
 
 
+class ApprovalUsageError(ApprovalError):
+    """The request itself is wrong (an unknown template id, no approver): bad usage."""
+
+
 def approve(
     directory: Path,
     template_id: str,
@@ -36,11 +40,11 @@ def approve(
     """Lint every locale file of `template_id`, then record their current content as approved.
 
     Raises `ApprovalRefused` (with the lint problems) if any file fails, and
-    `ApprovalError` for an unknown id (naming close matches) or a missing approver.
+    `ApprovalUsageError` for an unknown id (naming close matches) or a missing approver.
     """
     by = by.strip()
     if not by:
-        raise ApprovalError("say who approves: --by USER")
+        raise ApprovalUsageError("say who approves: --by USER")
     if now.tzinfo is None or now.utcoffset() is None:
         raise ApprovalError("approval time must be timezone-aware")
     directory = Path(directory)
@@ -48,9 +52,9 @@ def approve(
     try:
         locales = templates.locales_of(template_id)
     except LookupError as exc:
-        raise ApprovalError(str(exc)) from None
+        raise ApprovalUsageError(str(exc)) from None
     if not locales:
-        raise ApprovalError(str(templates.unknown(template_id)))
+        raise ApprovalUsageError(str(templates.unknown(template_id)))
 
     problems: list[LintProblem] = []
     for locale in locales:

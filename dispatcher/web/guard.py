@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import psycopg
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from dispatcher.web.metrics import WebhookMetrics
 
@@ -62,6 +62,13 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         status_box = [0]
+        problem = bad_path(scope)
+        if problem is not None:
+            # before any handler or query: a NUL byte would reach PostgreSQL as an error
+            # that looks like an outage (503); it is the request that is wrong
+            await _plain(send, 400, f"bad request: {problem}")
+            self._count(scope, 400)
+            return
         try:
             body = await self._read_body(scope, receive)
         except _TooLarge:
@@ -88,7 +95,11 @@ class GuardMiddleware:
         try:
             await self.app(scope, replay, tracking_send)
         except Exception as exc:  # the catch-all: never a 500
-            status = 503 if isinstance(exc, SQLAlchemyError | psycopg.Error | OSError | TimeoutError) else 400
+            # a value the store refuses (NUL in text, out of range) is the request's fault
+            # and says nothing about the store's health: 400, never 503
+            unavailable = isinstance(exc, SQLAlchemyError | psycopg.Error | OSError | TimeoutError) \
+                and not isinstance(exc, DataError | psycopg.DataError)
+            status = 503 if unavailable else 400
             log.error("%s %s failed: %s; answered %d", scope.get("method"), scope.get("path"),
                       type(exc).__name__, status, exc_info=exc)
             if status_box[0] == 0:
@@ -127,6 +138,20 @@ class GuardMiddleware:
         state = scope.get("state") or {}
         result = state.get("result") if isinstance(state, dict) else None
         self.metrics.count(endpoint, result or _result_for(status))
+
+
+#: longer paths are refused (a case id is at most 64 characters, a token 16)
+MAX_PATH_CHARS = 2048
+
+
+def bad_path(scope: Scope) -> str | None:
+    """What is wrong with the request's path (control characters, length), or None."""
+    path = scope.get("path", "")
+    if len(path) > MAX_PATH_CHARS:
+        return f"the path is longer than {MAX_PATH_CHARS} characters"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return "the path contains control characters (e.g. %00)"
+    return None
 
 
 class _TooLarge(Exception):

@@ -182,8 +182,8 @@ def slow_config(tmp: Path) -> Path:
     patched = re.sub(r"(?m)^rate_per_second = .*$", "rate_per_second = { sms = 20.0, voice = 5.0, email = 20.0 }",
                      source)
     patched = re.sub(r"(?m)^batch_size = .*$", "batch_size = 40", patched)
-    patched = patched.replace('directory = "templates"', f'directory = "{ROOT / "templates"}"')
-    patched = patched.replace('forbidden_phrases = "config/forbidden_phrases.txt"',
+    patched = patched.replace('directory = "../templates"', f'directory = "{ROOT / "templates"}"')
+    patched = patched.replace('forbidden_phrases = "forbidden_phrases.txt"',
                               f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"')
     path = tmp / "config" / "dispatcher.toml"
     path.parent.mkdir(parents=True, exist_ok=True)

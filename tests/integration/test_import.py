@@ -463,7 +463,7 @@ def test_a_row_that_is_not_utf8_is_rejected_alone(run, engine: Engine, tmp_path:
     rejects = tmp_path / "rejects.csv"
     report = run(path, rejects_path=rejects)
     assert [str(e) for e in report.errors] == [
-        "line 2: row: contains bytes that are not UTF-8 text; save the file as UTF-8"]
+        "line 2: row: contains bytes that are not UTF-8 text; save the file as UTF-8 (or give --encoding, e.g. gbk)"]
     assert report.imported == 1
     assert b"Jos\xe9" in rejects.read_bytes()  # written back byte for byte
 

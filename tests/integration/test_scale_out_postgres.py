@@ -81,8 +81,8 @@ def fast_config(config: Config, directory: Path) -> Path:
     patched = re.sub(r"(?m)^rate_per_second = .*$",
                      'rate_per_second = { sms = 2000.0, voice = 2000.0, email = 2000.0 }', source)
     patched = re.sub(r"(?m)^concurrency = .*$", "concurrency = 32", patched)
-    patched = patched.replace('directory = "templates"', f'directory = "{ROOT / "templates"}"')
-    patched = patched.replace('forbidden_phrases = "config/forbidden_phrases.txt"',
+    patched = patched.replace('directory = "../templates"', f'directory = "{ROOT / "templates"}"')
+    patched = patched.replace('forbidden_phrases = "forbidden_phrases.txt"',
                               f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"')
     assert patched.count("2000.0") == 3 and str(ROOT / "templates") in patched
     path = directory / "config" / "dispatcher.toml"

@@ -277,7 +277,7 @@ default_region = "US"
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    (BASE + 'hours = ["7:30", "21:00"]', 'jurisdictions.xx.hours: Value error, hours must be two "HH:MM" times'),
+    (BASE + 'hours = ["7:30", "21:00"]', 'jurisdictions.xx.hours: hours must be two "HH:MM" times'),
     (BASE + 'hours = ["07:30", "24:00"]', 'hours must be two "HH:MM" times, e.g. ["07:30", "21:00"]; got'),
     (BASE + 'hours = ["21:00", "07:30"]', "the start must be before the end"),
     (BASE + 'hours = ["08:00"]', 'hours must be two "HH:MM" times, e.g. ["07:30", "21:00"]; got [\'08:00\']'),
