@@ -1,0 +1,47 @@
+"""Messages keep their SMS segment count (what the provider bills; reports' cost).
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-03
+
+The sender sets `segments` when it renders an SMS (and the automatic replies when they
+are queued). Rows sent before this revision are counted here from their stored body,
+with the same counter (`templates.segments.sms_segments`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import op
+
+from dispatcher.templates.segments import sms_segments
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+_BATCH = 1000
+
+
+def upgrade() -> None:
+    op.add_column("messages", sa.Column("segments", sa.Integer(), nullable=True))
+    conn = op.get_bind()
+    messages = sa.table("messages", sa.column("id", sa.Integer()), sa.column("channel", sa.String()),
+                        sa.column("body", sa.Text()), sa.column("segments", sa.Integer()))
+    rows: Any = conn.execute(
+        sa.select(messages.c.id, messages.c.body)
+        .where(messages.c.channel == "sms", messages.c.body.is_not(None))
+        .order_by(messages.c.id)
+    ).all()
+    update = sa.update(messages).where(messages.c.id == sa.bindparam("b_id")).values(segments=sa.bindparam("b_n"))
+    for start in range(0, len(rows), _BATCH):
+        batch = [{"b_id": r.id, "b_n": sms_segments(r.body).segments} for r in rows[start:start + _BATCH]]
+        conn.execute(update, batch)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_column("segments")
