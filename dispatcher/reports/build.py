@@ -1,0 +1,204 @@
+"""`build_report`: run the report's queries and assemble the KPIs (SPEC sections 9, 16).
+
+Money is summed in integer cents by the database and becomes `Decimal` here; costs are
+`[costs.<CURRENCY>]` prices times the stored SMS segments, e-mails and billed call
+minutes, in the currency of the cases the messages served.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
+
+from sqlalchemy.engine import Connection, Engine
+
+from dispatcher.config import Config
+from dispatcher.reports.dialect import Dialect
+from dispatcher.reports.model import (
+    CENT,
+    Experiment,
+    OutboxTotals,
+    Report,
+    StageKpi,
+    VariantKpi,
+    Week,
+)
+from dispatcher.reports.period import Period, from_day_number, resolve_period
+from dispatcher.reports.queries import Query
+from dispatcher.reports.stats import chi_squared, wilson_interval
+
+#: channels whose provider reports delivery (SMS receipts, call outcomes); e-mail over
+#: SMTP has none: its delivery figures are null and clicks stand in for engagement
+RECEIPT_CHANNELS = frozenset({"sms", "voice"})
+DELIVERED = frozenset({"delivered", "read", "completed"})
+FAILED = frozenset({"failed", "undelivered", "busy", "no-answer", "canceled"})
+
+
+def _cents(value: int | None) -> Decimal:
+    return (Decimal(int(value or 0)) / 100).quantize(CENT)
+
+
+def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.date | None = None,
+                 until: dt.date | None = None) -> Report:
+    """The KPIs for `since` .. `until` (dates in `organisation.timezone`; defaults: from
+    the first imported case to today)."""
+    zone = config.organisation.timezone
+    with engine.connect() as conn:
+        dialect = Dialect(conn.dialect.name)
+        first_day = None
+        if since is None:
+            first = Query(dialect, Period(now.date(), now.date(), zone), config)
+            rows = first.run(conn, first.first_day_sql())
+            first_at = rows[0][0] if rows else None
+            if isinstance(first_at, str):  # SQLite, outside the ORM's types
+                first_at = dt.datetime.fromisoformat(first_at).replace(tzinfo=dt.UTC)
+            if first_at is not None:
+                from zoneinfo import ZoneInfo
+
+                first_day = first_at.astimezone(ZoneInfo(zone)).date()
+        period = resolve_period(since, until, zone, now, first_day)
+        query = Query(dialect, period, config)
+        stages = _stages(conn, query, config)
+        variants = _variants(conn, query)
+        weeks = _weeks(conn, query)
+        outbox = _outbox(conn, query)
+    currency: dict[str, set[str]] = defaultdict(set)
+    for s in stages:
+        currency[s.jurisdiction].add(s.currency)
+    notes = [
+        "cured counts cases paid in full; a case brought back to a lower stage by a re-import is not in the"
+        " stored history and is not counted",
+    ]
+    missing = sorted({s.currency for s in stages if s.cost is None and s.messages})
+    if missing:
+        notes.append(f"no [costs.<CURRENCY>] prices for {', '.join(missing)}: cost is null there")
+    return Report(
+        since=period.since, until=period.until, timezone=zone, generated_at=now,
+        currency={k: sorted(v) for k, v in sorted(currency.items())},
+        stages=stages, variants=variants, experiments=_experiments(variants, config), weeks=weeks,
+        messages=outbox, notes=notes,
+    )
+
+
+def _stages(conn: Connection, query: Query, config: Config) -> list[StageKpi]:
+    last = query.ordered_stages()[-1].name
+    rows: dict[tuple[str, str, str], StageKpi] = {}
+    order: dict[str, int] = {s.name: i for i, s in enumerate(query.ordered_stages())}
+    for r in query.run(conn, query.stage_sql()):
+        rows[(r.stage, r.jurisdiction, r.currency)] = StageKpi(
+            stage=r.stage, jurisdiction=r.jurisdiction, currency=r.currency,
+            cases_entered=int(r.entered), contacted=int(r.contacted or 0), right_party_contacts=int(r.rpc or 0),
+            first_contact_hours_p50=None if r.p50 is None else round(float(r.p50), 4),
+            promises=int(r.promises or 0), promises_kept=int(r.kept or 0), cured=int(r.cured or 0),
+            rolled_forward=int(r.rolled or 0), has_next_stage=r.stage != last,
+            amount_at_entry=_cents(r.entry_cents), amount_recovered=_cents(r.recovered_cents),
+            complaints=int(r.complaints or 0), opt_outs=int(r.opt_outs or 0),
+        )
+    for r in query.run(conn, query.stage_messages_sql()):
+        if r.stage is None:  # system replies (opt-out confirmations, HELP): no stage
+            continue
+        key = (r.stage, r.jurisdiction, r.currency)
+        kpi = rows.get(key) or rows.setdefault(key, StageKpi(r.stage, r.jurisdiction, r.currency,
+                                                             has_next_stage=r.stage != last))
+        kpi.messages += int(r.messages)
+        if r.channel == "sms":
+            kpi.segments += int(r.segments or 0)
+        elif r.channel == "email":
+            kpi.emails += int(r.messages)
+        elif r.channel == "voice":
+            kpi.call_minutes += int(r.minutes or 0)
+    for kpi in rows.values():
+        prices = config.costs.get(kpi.currency)
+        if prices is not None:
+            kpi.cost = (kpi.segments * prices.sms_segment + kpi.emails * prices.email
+                        + kpi.call_minutes * prices.voice_minute).quantize(Decimal("0.0001"))
+        elif not kpi.messages:
+            kpi.cost = Decimal("0.0000")
+    return sorted(rows.values(), key=lambda k: (order.get(k.stage, len(order)), k.stage, k.jurisdiction, k.currency))
+
+
+def template_stage(template_id: str) -> str:
+    """The stage a template was written for: `<channel>/<stage>/<variant>`."""
+    parts = template_id.split("/")
+    return parts[1] if len(parts) == 3 else "-"
+
+
+def _variants(conn: Connection, query: Query) -> list[VariantKpi]:
+    """Grouped by the template (whose id names its stage), not by the case's stage at
+    sending: a template sent to a case in another stage is counted under its own stage
+    and in `off_stage`, so a variant appears once."""
+    rows: dict[tuple[str, str], VariantKpi] = {}
+    for r in query.run(conn, query.variant_sql()):
+        key = (r.template_id, r.locale or "-")
+        v = rows.get(key)
+        if v is None:
+            v = rows[key] = VariantKpi(r.template_id, template_stage(r.template_id), r.channel, r.locale or "-",
+                                       delivered=0 if r.channel in RECEIPT_CHANNELS else None)
+        v.sent += int(r.sent)
+        if v.delivered is not None:
+            v.delivered += int(r.delivered or 0)
+        v.clicks += int(r.clicks or 0)
+        v.payments_7d += int(r.payments_7d or 0)
+        if r.stage != v.stage:
+            v.off_stage += int(r.sent)
+    for v in rows.values():
+        v.conversion_ci = wilson_interval(v.payments_7d, v.sent)
+    order = {s.name: i for i, s in enumerate(query.ordered_stages())}
+    return sorted(rows.values(), key=lambda v: (order.get(v.stage, len(order)), v.channel, v.locale, v.template))
+
+
+def _experiments(variants: list[VariantKpi], config: Config) -> list[Experiment]:
+    groups: dict[tuple[str, str, str], list[VariantKpi]] = defaultdict(list)
+    for v in variants:
+        if v.sent:
+            groups[(v.stage, v.channel, v.locale)].append(v)
+    experiments = []
+    for (stage, channel, locale), arms in groups.items():
+        if len(arms) < 2:
+            continue
+        test = chi_squared([(a.payments_7d, a.sent) for a in arms])
+        best = max(arms, key=lambda a: (a.payments_7d / a.sent))
+        ties = [a for a in arms if a.payments_7d * best.sent == best.payments_7d * a.sent]
+        experiments.append(Experiment(
+            stage, channel, locale, arms,
+            p_value=None if test is None else test.p_value, chi2=None if test is None else test.statistic,
+            leader=best.template if len(ties) == 1 and best.payments_7d else None,
+        ))
+    return experiments
+
+
+def _weeks(conn: Connection, query: Query) -> list[Week]:
+    weeks: dict[int, Week] = {}
+    for r in query.run(conn, query.weekly_messages_sql()):
+        w = weeks.setdefault(int(r.week), Week(from_day_number(int(r.week))))
+        w.sent, w.contacts = int(r.sent), int(r.contacts or 0)
+    for r in query.run(conn, query.weekly_payments_sql()):
+        w = weeks.setdefault(int(r.week), Week(from_day_number(int(r.week))))
+        w.payments += int(r.payments)
+        w.recovered[r.currency] = w.recovered.get(r.currency, Decimal("0.00")) + _cents(r.cents)
+    return [weeks[k] for k in sorted(weeks)]
+
+
+def _outbox(conn: Connection, query: Query) -> OutboxTotals:
+    totals = OutboxTotals()
+    for r in query.run(conn, query.outbox_sql()):
+        counts = totals.by_channel.setdefault(r.channel, {})
+        n = int(r.n)
+
+        def add(what: str, n: int = n, counts: dict[str, int] = counts) -> None:
+            counts[what] = counts.get(what, 0) + n
+
+        if r.reached:
+            add("sent")
+            if r.status in DELIVERED:
+                add("delivered")
+            elif r.status in FAILED:
+                add("failed")
+        elif r.status == "failed":
+            add("rejected")
+        elif r.status in ("queued", "sending"):
+            add("queued")
+        elif r.status == "cancelled":
+            add("cancelled")
+    return totals
