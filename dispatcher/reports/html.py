@@ -22,18 +22,18 @@ from dispatcher.reports.model import Report
 from dispatcher.reports.text import money, pct
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #1a202c; max-width: 1200px; }
-table { border-collapse: collapse; font-size: 13px; margin-bottom: 2rem; }
-th, td { border: 1px solid #cbd5e0; padding: 3px 7px; text-align: right; white-space: nowrap; }
-th { background: #edf2f7; }
-td.l, th.l { text-align: left; }
-figure { margin: 0 0 2rem 0; }
-.charts { display: flex; flex-wrap: wrap; gap: 1rem 2rem; }
-dl { font-size: 14px; } dt { font-weight: bold; margin-top: .4rem; }
-.sig { color: #276749; font-weight: bold; }
-.note { color: #4a5568; font-size: 13px; }
-.scroll { overflow-x: auto; margin-bottom: 2rem; } .scroll table { margin-bottom: 0; }
+.report { color: #1a202c; }
+.report table { border-collapse: collapse; font-size: 13px; width: auto; }
+.report th, .report td { border: 1px solid #cbd5e0; padding: 3px 7px; text-align: right; white-space: nowrap; }
+.report th { background: #edf2f7; color: #1a202c; }
+.report td.l, .report th.l { text-align: left; }
+.report figure { margin: 0 0 2rem 0; }
+.report .charts { display: flex; flex-wrap: wrap; gap: 1rem 2rem; }
+.report dl { font-size: 14px; } .report dt { font-weight: bold; margin-top: .4rem; }
+.report .note { color: #4a5568; font-size: 13px; }
+.report .scroll { overflow-x: auto; margin-bottom: 2rem; }
 """
+PAGE_STYLE = "body { font-family: system-ui, sans-serif; margin: 2rem; max-width: 1200px; }"
 
 
 def _cell(value: Any, left: bool = False) -> str:
@@ -121,7 +121,7 @@ def dashboard(report: Report) -> str:
     figures = "".join(f"<figure>{c}</figure>" for c in trend_charts(report))
     variants = "".join(f"<figure>{c}</figure>" for c in variant_charts(report)) or "<p>No experiment yet.</p>"
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in report.notes)
-    return f"""<h1>Collections report</h1>
+    return f"""<div class="report"><h1>Collections report</h1>
 <p>{escape(report.since.isoformat())} to {escape(report.until.isoformat())} (dates in
 {escape(report.timezone)}); generated {escape(report.generated_at.isoformat(timespec="seconds"))}.
 Messages sent {totals.total("sent"):,}, delivered {totals.total("delivered"):,}, failed
@@ -134,7 +134,7 @@ across currencies.</p>
 <h2>Variant comparison</h2><div class="charts">{variants}</div>
 <h2>Experiments</h2>{_table(experiment_head, experiment_body)}
 <h2>Template variants</h2>{_table(variant_head, variant_body)}
-<h2>Definitions</h2>{DEFINITIONS}{notes}"""
+<h2>Definitions</h2>{DEFINITIONS}{notes}</div>"""
 
 
 DEFINITIONS = """<dl>
@@ -157,7 +157,7 @@ def report_html(report: Report) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Collections report {escape(report.since.isoformat())} – {escape(report.until.isoformat())}</title>
-<style>{STYLE}</style></head><body>
+<style>{PAGE_STYLE}{STYLE}</style></head><body>
 {dashboard(report)}
 </body></html>
 """

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher.settings import Settings
-from dispatcher.web import api, console, email_hooks, payment_links
+from dispatcher.web import api, console, email_hooks, payment_links, reports_page
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
 from dispatcher.web.guard import GuardMiddleware, Receive, Scope, Send
 from dispatcher.web.metrics import WebhookMetrics
@@ -96,6 +96,7 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app.include_router(payment_links.router)
     app.include_router(api.router)
     app.include_router(console.router)
+    app.include_router(reports_page.router)
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> Response:
