@@ -168,6 +168,7 @@ def run_demo(
         finally:
             runtime.close()
     result.seconds = time.perf_counter() - started
+    (workdir / "summary.json").write_text(result_json(result), encoding="utf-8")
     return result
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from typing import Annotated
 
 import typer
@@ -55,6 +54,6 @@ def report_cmd(
     elif fmt == "html":
         print(report_html(report))
     else:
-        console = Console(width=max(200, int(os.environ.get("COLUMNS", "80") or 80)), soft_wrap=False) \
-            if wide else out
+        # --wide: as wide as the columns need (a pager or a file takes the long lines)
+        console = Console(width=1000) if wide else out
         print_tables(report, console, wide=wide, tables=(table,) if table else TABLES)

@@ -117,9 +117,9 @@ def print_tables(report: Report, console: Console, *, wide: bool = False,
     totals = report.messages
     console.print(f"messages: sent {totals.total('sent'):,}, delivered {totals.total('delivered'):,}, "
                   f"failed {totals.total('failed'):,}, rejected {totals.total('rejected'):,}, "
-                  f"queued {totals.total('queued'):,}, cancelled {totals.total('cancelled'):,}")
+                  f"queued {totals.total('queued'):,}, cancelled {totals.total('cancelled'):,}", soft_wrap=False)
     for note in report.notes:
-        console.print(f"note: {note}", style="dim")
+        console.print(f"note: {note}", style="dim", soft_wrap=False)
 
 
 def _flat(value: Any) -> Any:
