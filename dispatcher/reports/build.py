@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -31,6 +32,8 @@ from dispatcher.reports.stats import chi_squared, wilson_interval
 #: channels whose provider reports delivery (SMS receipts, call outcomes); e-mail over
 #: SMTP has none: its delivery figures are null and clicks stand in for engagement
 RECEIPT_CHANNELS = frozenset({"sms", "voice"})
+#: PostgreSQL memory per sort/hash of the report's queries (the default 4 MB spills to disk)
+WORK_MEM = "128MB"
 DELIVERED = frozenset({"delivered", "read", "completed"})
 FAILED = frozenset({"failed", "undelivered", "busy", "no-answer", "canceled"})
 
@@ -46,6 +49,11 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
     zone = config.organisation.timezone
     with engine.connect() as conn:
         dialect = Dialect(conn.dialect.name)
+        if dialect.postgres:
+            # every figure from one snapshot, so that they add up while the daemon writes;
+            # and room for the aggregations' hash tables (the report's own session only)
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
         first_day = None
         if since is None:
             first = Query(dialect, Period(now.date(), now.date(), zone), config)
@@ -59,10 +67,11 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
                 first_day = first_at.astimezone(ZoneInfo(zone)).date()
         period = resolve_period(since, until, zone, now, first_day)
         query = Query(dialect, period, config)
-        stages = _stages(conn, query, config)
-        variants = _variants(conn, query)
-        weeks = _weeks(conn, query)
-        outbox = _outbox(conn, query)
+        messages = query.run(conn, query.message_sql())
+        stages = _stages(conn, query, config, messages)
+        variants, by_week = _messages(conn, query, messages)
+        weeks = _payment_weeks(conn, query, by_week)
+        outbox = _outbox(messages)
     currency: dict[str, set[str]] = defaultdict(set)
     for s in stages:
         currency[s.jurisdiction].add(s.currency)
@@ -81,7 +90,7 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
     )
 
 
-def _stages(conn: Connection, query: Query, config: Config) -> list[StageKpi]:
+def _stages(conn: Connection, query: Query, config: Config, messages: list[Any]) -> list[StageKpi]:
     last = query.ordered_stages()[-1].name
     rows: dict[tuple[str, str, str], StageKpi] = {}
     order: dict[str, int] = {s.name: i for i, s in enumerate(query.ordered_stages())}
@@ -95,17 +104,17 @@ def _stages(conn: Connection, query: Query, config: Config) -> list[StageKpi]:
             amount_at_entry=_cents(r.entry_cents), amount_recovered=_cents(r.recovered_cents),
             complaints=int(r.complaints or 0), opt_outs=int(r.opt_outs or 0),
         )
-    for r in query.run(conn, query.stage_messages_sql()):
-        if r.stage is None:  # system replies (opt-out confirmations, HELP): no stage
+    for r in messages:
+        if r.stage is None or not r.reached:  # system replies (opt-out confirmations, HELP) have no stage
             continue
         key = (r.stage, r.jurisdiction, r.currency)
         kpi = rows.get(key) or rows.setdefault(key, StageKpi(r.stage, r.jurisdiction, r.currency,
                                                              has_next_stage=r.stage != last))
-        kpi.messages += int(r.messages)
+        kpi.messages += int(r.n)
         if r.channel == "sms":
             kpi.segments += int(r.segments or 0)
         elif r.channel == "email":
-            kpi.emails += int(r.messages)
+            kpi.emails += int(r.n)
         elif r.channel == "voice":
             kpi.call_minutes += int(r.minutes or 0)
     for kpi in rows.values():
@@ -124,28 +133,44 @@ def template_stage(template_id: str) -> str:
     return parts[1] if len(parts) == 3 else "-"
 
 
-def _variants(conn: Connection, query: Query) -> list[VariantKpi]:
-    """Grouped by the template (whose id names its stage), not by the case's stage at
-    sending: a template sent to a case in another stage is counted under its own stage
-    and in `off_stage`, so a variant appears once."""
+def _messages(conn: Connection, query: Query, messages: list[Any]) -> tuple[list[VariantKpi], dict[int, Week]]:
+    """Variants grouped by the template (whose id names its stage), not by the case's
+    stage at sending: a template sent to a case in another stage (after a broken
+    promise, the next stage's firmer wording) is counted under its own stage and in
+    `off_stage`, so a variant appears once. And the weekly trend of messages."""
     rows: dict[tuple[str, str], VariantKpi] = {}
-    for r in query.run(conn, query.variant_sql()):
-        key = (r.template_id, r.locale or "-")
+    weeks: dict[int, Week] = {}
+
+    def variant(template_id: str, locale: str | None, channel: str) -> VariantKpi:
+        key = (template_id, locale or "-")
         v = rows.get(key)
         if v is None:
-            v = rows[key] = VariantKpi(r.template_id, template_stage(r.template_id), r.channel, r.locale or "-",
-                                       delivered=0 if r.channel in RECEIPT_CHANNELS else None)
-        v.sent += int(r.sent)
+            v = rows[key] = VariantKpi(template_id, template_stage(template_id), channel, locale or "-",
+                                       delivered=0 if channel in RECEIPT_CHANNELS else None)
+        return v
+
+    for r in messages:
+        if not r.reached:
+            continue
+        w = weeks.setdefault(int(r.week), Week(from_day_number(int(r.week))))
+        w.sent += int(r.n)
+        w.contacts += int(r.contacts or 0)
+        if r.template_id is None or r.system:
+            continue
+        v = variant(r.template_id, r.locale, r.channel)
+        v.sent += int(r.n)
         if v.delivered is not None:
             v.delivered += int(r.delivered or 0)
         v.clicks += int(r.clicks or 0)
-        v.payments_7d += int(r.payments_7d or 0)
         if r.stage != v.stage:
-            v.off_stage += int(r.sent)
+            v.off_stage += int(r.n)
+    for r in query.run(conn, query.converted_sql()):
+        variant(r.template_id, r.locale, r.channel).payments_7d += int(r.payments_7d)
     for v in rows.values():
         v.conversion_ci = wilson_interval(v.payments_7d, v.sent)
     order = {s.name: i for i, s in enumerate(query.ordered_stages())}
-    return sorted(rows.values(), key=lambda v: (order.get(v.stage, len(order)), v.channel, v.locale, v.template))
+    ordered = sorted(rows.values(), key=lambda v: (order.get(v.stage, len(order)), v.channel, v.locale, v.template))
+    return ordered, weeks
 
 
 def _experiments(variants: list[VariantKpi], config: Config) -> list[Experiment]:
@@ -168,11 +193,7 @@ def _experiments(variants: list[VariantKpi], config: Config) -> list[Experiment]
     return experiments
 
 
-def _weeks(conn: Connection, query: Query) -> list[Week]:
-    weeks: dict[int, Week] = {}
-    for r in query.run(conn, query.weekly_messages_sql()):
-        w = weeks.setdefault(int(r.week), Week(from_day_number(int(r.week))))
-        w.sent, w.contacts = int(r.sent), int(r.contacts or 0)
+def _payment_weeks(conn: Connection, query: Query, weeks: dict[int, Week]) -> list[Week]:
     for r in query.run(conn, query.weekly_payments_sql()):
         w = weeks.setdefault(int(r.week), Week(from_day_number(int(r.week))))
         w.payments += int(r.payments)
@@ -180,9 +201,9 @@ def _weeks(conn: Connection, query: Query) -> list[Week]:
     return [weeks[k] for k in sorted(weeks)]
 
 
-def _outbox(conn: Connection, query: Query) -> OutboxTotals:
+def _outbox(messages: list[Any]) -> OutboxTotals:
     totals = OutboxTotals()
-    for r in query.run(conn, query.outbox_sql()):
+    for r in messages:
         counts = totals.by_channel.setdefault(r.channel, {})
         n = int(r.n)
 

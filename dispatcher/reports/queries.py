@@ -175,69 +175,56 @@ SELECT a.*, md.p50 FROM agg a
 LEFT JOIN median md ON md.stage = a.stage AND md.jurisdiction = a.jurisdiction AND md.currency = a.currency
 ORDER BY a.ord, a.jurisdiction, a.currency"""
 
-    def stage_messages_sql(self) -> str:
-        """Messages, segments, e-mails and billed call minutes per (case's stage,
-        jurisdiction, currency, channel), for what the messages cost."""
+    # -- variants --------------------------------------------------------------------
+
+    def message_sql(self) -> str:
+        """One pass over the period's messages, per (template, locale, channel, the
+        case's stage, jurisdiction, currency, status, week): counts, delivered,
+        effective contacts, clicked messages, SMS segments and billed call minutes.
+        Variants, weekly trends, the stages' messages and cost, and the outbox totals
+        are sums of these rows. A message belongs to the period by when it was sent, or,
+        never sent, by when its status last changed (else when it was queued)."""
         d = self.dialect
-        return f"""WITH calls AS (
+        when = "COALESCE(m.sent_at, m.status_at, m.created_at)"
+        day = d.instant_day(when)
+        return f"""WITH clicked AS (
+  SELECT DISTINCT message_id FROM events WHERE kind = 'link_clicked' AND message_id IS NOT NULL
+),
+calls AS (
   SELECT e.message_id, MAX({d.call_seconds('e.data')}) AS seconds
   FROM events e JOIN messages m ON m.id = e.message_id
   WHERE e.kind = 'status_received' AND m.channel = 'voice' AND m.sent_at >= :since_at AND m.sent_at < :until_at
   GROUP BY e.message_id
 )
-SELECT m.stage, c.jurisdiction, c.currency, m.channel, COUNT(*) AS messages,
-       SUM(COALESCE(m.segments, 0)) AS segments,
+SELECT m.template_id, m.locale, m.channel, m.stage, c.jurisdiction, c.currency, m.status,
+       CASE WHEN m.kind = 'system' THEN 1 ELSE 0 END AS system,
+       CASE WHEN m.sent_at IS NULL THEN 0 ELSE 1 END AS reached,
+       {day} - (({day} + 3) % 7) AS week, COUNT(*) AS n,
+       SUM(CASE WHEN ({SMS_DELIVERED}) OR ({CALL_COMPLETED}) THEN 1 ELSE 0 END) AS delivered,
+       SUM(CASE WHEN ({SMS_DELIVERED}) OR ({CALL_CONNECTED}) THEN 1 ELSE 0 END) AS contacts,
+       SUM(CASE WHEN k.message_id IS NULL THEN 0 ELSE 1 END) AS clicks,
+       SUM(CASE WHEN m.channel = 'sms' AND m.sent_at IS NOT NULL THEN COALESCE(m.segments, 0) ELSE 0 END)
+         AS segments,
        SUM(CASE WHEN cl.seconds > 0 THEN (cl.seconds + 59) / 60 ELSE 0 END) AS minutes
 FROM messages m JOIN cases c ON c.case_id = m.case_id
-LEFT JOIN calls cl ON cl.message_id = m.id
-WHERE m.sent_at >= :since_at AND m.sent_at < :until_at
-GROUP BY m.stage, c.jurisdiction, c.currency, m.channel"""
-
-    # -- variants --------------------------------------------------------------------
-
-    def variant_sql(self) -> str:
-        """Per (template, locale, channel, the case's stage): sent, delivered, clicked
-        messages, messages followed by a payment on their case within 7 days."""
-        d = self.dialect
-        return f"""WITH sent AS (
-  SELECT m.id, m.case_id, m.sent_at FROM messages m
-  WHERE m.sent_at >= :since_at AND m.sent_at < :until_at AND m.template_id IS NOT NULL AND m.kind <> 'system'
-),
-converted AS (
-  SELECT DISTINCT s.id FROM sent s JOIN payments p ON p.case_id = s.case_id
-  WHERE {d.within_7_days('p.at', 's.sent_at')}
-),
-clicked AS (SELECT DISTINCT message_id FROM events WHERE kind = 'link_clicked' AND message_id IS NOT NULL)
-SELECT m.template_id, m.locale, m.channel, m.stage, COUNT(*) AS sent,
-       SUM(CASE WHEN ({SMS_DELIVERED}) OR ({CALL_COMPLETED}) THEN 1 ELSE 0 END) AS delivered,
-       SUM(CASE WHEN k.message_id IS NULL THEN 0 ELSE 1 END) AS clicks,
-       SUM(CASE WHEN cv.id IS NULL THEN 0 ELSE 1 END) AS payments_7d
-FROM messages m JOIN sent s ON s.id = m.id
-LEFT JOIN converted cv ON cv.id = m.id
 LEFT JOIN clicked k ON k.message_id = m.id
+LEFT JOIN calls cl ON cl.message_id = m.id
+WHERE (m.sent_at >= :since_at AND m.sent_at < :until_at)
+   OR (m.sent_at IS NULL AND {when} >= :since_at AND {when} < :until_at)
+GROUP BY m.template_id, m.locale, m.channel, m.stage, c.jurisdiction, c.currency, m.status,
+         CASE WHEN m.kind = 'system' THEN 1 ELSE 0 END, CASE WHEN m.sent_at IS NULL THEN 0 ELSE 1 END, week"""
+
+    def converted_sql(self) -> str:
+        """Messages followed by a payment on their case within 7 days, per (template,
+        locale, channel, the case's stage): a semi-join, one pass."""
+        d = self.dialect
+        return f"""SELECT m.template_id, m.locale, m.channel, m.stage, COUNT(*) AS payments_7d
+FROM messages m
+WHERE m.sent_at >= :since_at AND m.sent_at < :until_at AND m.template_id IS NOT NULL AND m.kind <> 'system'
+  AND EXISTS (SELECT 1 FROM payments p WHERE p.case_id = m.case_id AND {d.within_7_days('p.at', 'm.sent_at')})
 GROUP BY m.template_id, m.locale, m.channel, m.stage"""
 
     # -- the outbox and weekly trends ------------------------------------------------
-
-    def outbox_sql(self) -> str:
-        """Messages by channel and status: those sent in the period, and those that
-        never reached the provider, by when they were last touched."""
-        return """SELECT m.channel, m.status, CASE WHEN m.sent_at IS NULL THEN 0 ELSE 1 END AS reached,
-       COUNT(*) AS n
-FROM messages m
-WHERE COALESCE(m.sent_at, m.status_at, m.created_at) >= :since_at
-  AND COALESCE(m.sent_at, m.status_at, m.created_at) < :until_at
-GROUP BY m.channel, m.status, CASE WHEN m.sent_at IS NULL THEN 0 ELSE 1 END"""
-
-    def weekly_messages_sql(self) -> str:
-        d = self.dialect
-        day = d.instant_day("m.sent_at")
-        return f"""SELECT w.week, COUNT(*) AS sent,
-       SUM(CASE WHEN w.effective = 1 THEN 1 ELSE 0 END) AS contacts
-FROM (SELECT {day} - (({day} + 3) % 7) AS week,
-             CASE WHEN ({SMS_DELIVERED}) OR ({CALL_CONNECTED}) THEN 1 ELSE 0 END AS effective
-      FROM messages m WHERE m.sent_at >= :since_at AND m.sent_at < :until_at) w
-GROUP BY w.week ORDER BY w.week"""
 
     def weekly_payments_sql(self) -> str:
         d = self.dialect
