@@ -31,15 +31,18 @@ def upgrade() -> None:
     conn = op.get_bind()
     messages = sa.table("messages", sa.column("id", sa.Integer()), sa.column("channel", sa.String()),
                         sa.column("body", sa.Text()), sa.column("segments", sa.Integer()))
-    rows: Any = conn.execute(
-        sa.select(messages.c.id, messages.c.body)
-        .where(messages.c.channel == "sms", messages.c.body.is_not(None))
-        .order_by(messages.c.id)
-    ).all()
     update = sa.update(messages).where(messages.c.id == sa.bindparam("b_id")).values(segments=sa.bindparam("b_n"))
-    for start in range(0, len(rows), _BATCH):
-        batch = [{"b_id": r.id, "b_n": sms_segments(r.body).segments} for r in rows[start:start + _BATCH]]
-        conn.execute(update, batch)
+    last = 0
+    while True:  # keyset batches: memory stays flat however many messages there are
+        rows: Any = conn.execute(
+            sa.select(messages.c.id, messages.c.body)
+            .where(messages.c.channel == "sms", messages.c.body.is_not(None), messages.c.id > last)
+            .order_by(messages.c.id).limit(_BATCH)
+        ).all()
+        if not rows:
+            break
+        conn.execute(update, [{"b_id": r.id, "b_n": sms_segments(r.body).segments} for r in rows])
+        last = rows[-1].id
 
 
 def downgrade() -> None:
