@@ -40,11 +40,12 @@ def line_chart(title: str, labels: Sequence[str], series: Sequence[Series], *, w
     plot_w, plot_h = width - left - right, height - top - bottom
     top_value = _nice_max(max((v for s in series for v in s.values), default=0))
     body = [f'<text x="0" y="14" font-weight="bold">{escape(title)}</text>']
+    tick_fmt = fmt if (top_value / 4).is_integer() else "{:,.1f}"  # 12.5, not 12
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#e2e8f0"/>')
         body.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                    f'{escape(fmt.format(top_value * i / 4))}</text>')
+                    f'{escape(tick_fmt.format(top_value * i / 4))}</text>')
     n = max(len(labels), 1)
     xs = [left + (plot_w * (i + 0.5) / n) for i in range(n)]
     for i, label in enumerate(labels):
