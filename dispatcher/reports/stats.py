@@ -7,8 +7,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy.stats import binomtest, chi2_contingency
-
 #: significance level of the experiments
 ALPHA = 0.05
 
@@ -18,6 +16,8 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     None without trials."""
     if trials <= 0:
         return None
+    from scipy.stats import binomtest  # scipy takes a second to import: only when a report is built
+
     ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -36,6 +36,8 @@ def chi_squared(counts: Sequence[tuple[int, int]]) -> ChiSquared | None:
     table = [(s, n - s) for s, n in counts if n > 0]
     if len(table) < 2 or sum(s for s, _ in table) == 0 or sum(f for _, f in table) == 0:
         return None
+    from scipy.stats import chi2_contingency
+
     result = chi2_contingency(table, correction=False)
     p_value = float(result.pvalue)
     if math.isnan(p_value):
