@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -199,13 +199,13 @@ def test_dedupe_keys_are_backfilled_so_old_duplicates_stay_duplicates(empty_url:
 
 
 def test_sms_segments_are_backfilled_from_the_stored_bodies(empty_url: str) -> None:
-    """0003 counts the segments of SMS sent before it (reports bill them), with the
+    """0004 counts the segments of SMS sent before it (reports bill them), with the
     same counter the sender uses; other channels stay without."""
     engine = make_engine(empty_url)
     at = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC)
     bodies = {"sms-short": "Pay 100.00 now", "sms-long": "还款提醒" * 20, "email-1": "x" * 500}
     try:
-        _upgrade(engine, "0002")
+        _upgrade(engine, "0003")
         with engine.begin() as conn:
             conn.execute(sa.text(
                 "INSERT INTO cases (case_id, name, jurisdiction, locale, zones, escalated_stages, currency,"

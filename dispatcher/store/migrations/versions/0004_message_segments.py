@@ -1,7 +1,7 @@
 """Messages keep their SMS segment count (what the provider bills; reports' cost).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-03
 
 The sender sets `segments` when it renders an SMS (and the automatic replies when they
@@ -18,8 +18,8 @@ from alembic import op
 
 from dispatcher.templates.segments import sms_segments
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 
