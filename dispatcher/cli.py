@@ -7,7 +7,6 @@ Exit statuses (SPEC section 5): 0 success, 1 other failures, 2 bad usage or inpu
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import signal
 import sys
 from dataclasses import replace
@@ -31,6 +30,7 @@ from dispatcher.commands.common import (
     rt,
 )
 from dispatcher.commands.people import tokens_app, users_app
+from dispatcher.commands.report import report_cmd
 from dispatcher.commands.templates import templates_app
 from dispatcher.settings import Settings
 from dispatcher.wiring import Runtime, SetupError, build_clock
@@ -383,40 +383,7 @@ def sandbox_cmd(
 # ----------------------------------------------------------------------- report
 
 
-@app.command("report")
-def report_cmd(
-    ctx: typer.Context,
-    since: Annotated[str | None, typer.Option("--since", help="YYYY-MM-DD")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or html")] = "table",
-) -> None:
-    """KPIs per stage, channel and template variant."""
-    from dispatcher.services.report import COLUMNS, build_report, report_html, report_json
-
-    if fmt not in ("table", "json", "html"):
-        raise fail(f"--format {fmt!r}: use table, json or html")
-    try:
-        since_date = dt.date.fromisoformat(since) if since else None
-    except ValueError:
-        raise fail(f"--since {since!r}: write a date as YYYY-MM-DD") from None
-    runtime = rt(ctx)
-    report = build_report(runtime.engine, runtime.clock.now(), since_date)
-    if fmt == "json":
-        print(report_json(report))
-        return
-    if fmt == "html":
-        print(report_html(report))
-        return
-    table = Table(*COLUMNS, "delivery", "days to 1st", title="KPIs by stage, channel and variant")
-    for r in [*report.rows, report.totals()]:
-        table.add_row(*(str(getattr(r, c)) for c in COLUMNS), f"{r.delivery_rate:.1%}",
-                      str(r.avg_days_to_first_contact if r.avg_days_to_first_contact is not None else "-"))
-    out.print(table)
-    owed = Table("jurisdiction", "currency", "cases", "open", "amount due", "paid", "outstanding",
-                 title="owed now (outstanding = amount due - paid, open cases)")
-    for b in report.balances:
-        owed.add_row(b.jurisdiction, b.currency, str(b.cases), str(b.open_cases), str(b.amount_due),
-                     str(b.paid_total), str(b.outstanding))
-    out.print(owed)
+app.command("report")(report_cmd)
 
 
 # ------------------------------------------------------------------------- demo

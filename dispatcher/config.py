@@ -10,6 +10,7 @@ import datetime as dt
 import re
 import tomllib
 import zoneinfo
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from types import UnionType
@@ -261,6 +262,17 @@ class Organisation(_Model):
     email_from: str = "reminders@bank.example"
     bounce_domain: str = "bounce.bank.example"
     payment_page: str = "https://pay.bank.example/pay"
+    #: the zone of the organisation's calendar: report periods (`--since`, `--until`) are its dates
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}, e.g. 'Asia/Shanghai' or 'UTC'") from None
+        return value
 
     def name_for(self, locale: str) -> str:
         return self.name.get(locale) or next(iter(self.name.values()))
@@ -327,6 +339,18 @@ class Links(_Model):
     payment_link_days: PositiveInt = 14
 
 
+Price = Annotated[Decimal, Field(ge=0, decimal_places=6)]
+
+
+class ChannelCosts(_Model):
+    """What the providers charge, in one currency: per SMS segment, per e-mail and per
+    started call minute (the units they bill by)."""
+
+    sms_segment: Price = Decimal("0")
+    email: Price = Decimal("0")
+    voice_minute: Price = Decimal("0")
+
+
 class Retention(_Model):
     years: PositiveInt = 5
 
@@ -344,6 +368,8 @@ class Config(_Model):
     receipts: Receipts = Receipts()
     links: Links = Links()
     retention: Retention = Retention()
+    #: `[costs.<CURRENCY>]`: prices in the currency of the cases they serve (reports)
+    costs: dict[str, ChannelCosts] = {}
 
     #: where the file was read from; relative paths in it are relative to its folder
     source: Path | None = None

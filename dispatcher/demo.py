@@ -180,8 +180,9 @@ def run_demo(
                 ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
                          for d in range(days) for t in TICK_TIMES]
                 asyncio.run(_simulate(ticks, runtime, sandbox, rng, result, console))
-            _summarise(runtime.engine, clock, workdir, result)
+            _summarise(runtime.engine, config, clock, workdir, result)
             result.seconds = time.perf_counter() - started
+            (workdir / "summary.json").write_text(result_json(result), encoding="utf-8")
             if serve_port is not None:
                 print_summary(result, console)
                 _serve(runtime, sandbox, web_port, result, console)
@@ -259,38 +260,40 @@ def _print_how_to_look_around(base: str, sandbox: Any, result: DemoResult, conso
     console.print(f"demo ready at {base}/ui/login", highlight=False)
 
 
-def _summarise(engine: Engine, clock: Clock, workdir: Path, result: DemoResult) -> None:
-    """What the store says happened, and the KPI report (HTML and JSON)."""
-    from dispatcher.services.report import build_report, report_html, report_json
-    from dispatcher.store.tables import EventRow, HoldRow, MessageRow
+def _summarise(engine: Engine, config: Config, clock: Clock, workdir: Path, result: DemoResult) -> None:
+    """The KPI report (HTML and JSON), and the summary's message counts taken from it:
+    one computation, so the summary and the report cannot disagree."""
+    from dispatcher.reports import build_report
+    from dispatcher.reports.html import report_html
+    from dispatcher.store.tables import EventRow, HoldRow
 
+    kpis = build_report(engine, config, clock.now())
+    totals = kpis.messages
     with engine.connect() as conn:
-        statuses = dict(conn.execute(
-            select(col(MessageRow.status), func.count()).group_by(col(MessageRow.status))).all())
         kinds = dict(conn.execute(select(col(EventRow.kind), func.count()).group_by(col(EventRow.kind))).all())
         result.holds = dict(conn.execute(
             select(col(HoldRow.reason), func.count()).group_by(col(HoldRow.reason))).all())
-        result.counts = {
-            "sent": sum(v for k, v in statuses.items() if k not in ("queued", "sending", "cancelled")),
-            "delivered": sum(statuses.get(k, 0) for k in ("delivered", "read", "completed")),
-            "failed": sum(statuses.get(k, 0) for k in ("failed", "undelivered", "busy", "no-answer")),
-            "still queued": statuses.get("queued", 0),
-            "cancelled before sending": statuses.get("cancelled", 0),
-            "opt-outs": kinds.get("opted_out", 0),
-            "replies for collectors": kinds.get("reply_received", 0),
-            "keypresses": kinds.get("keypress", 0),
-            "payment-link clicks": kinds.get("link_clicked", 0),
-            "payments": kinds.get("payment_recorded", 0),
-            "cases closed": kinds.get("case_closed", 0),
-            "escalated to legal": kinds.get("escalated", 0),
-            "addresses marked invalid": kinds.get("address_invalid", 0),
-            "broken promises": kinds.get("promise_broken", 0),
-        }
-    kpis = build_report(engine, clock.now())
+    result.counts = {
+        "sent": totals.total("sent"),
+        "delivered": totals.total("delivered"),
+        "failed": totals.total("failed"),
+        "rejected before sending": totals.total("rejected"),
+        "still queued": totals.total("queued"),
+        "cancelled before sending": totals.total("cancelled"),
+        "opt-outs": kinds.get("opted_out", 0),
+        "replies for collectors": kinds.get("reply_received", 0),
+        "keypresses": kinds.get("keypress", 0),
+        "payment-link clicks": kinds.get("link_clicked", 0),
+        "payments": kinds.get("payment_recorded", 0),
+        "cases closed": kinds.get("case_closed", 0),
+        "escalated to legal": kinds.get("escalated", 0),
+        "addresses marked invalid": kinds.get("address_invalid", 0),
+        "broken promises": kinds.get("promise_broken", 0),
+    }
     result.report_html = workdir / "report.html"
     result.report_json = workdir / "report.json"
     result.report_html.write_text(report_html(kpis), encoding="utf-8")
-    result.report_json.write_text(report_json(kpis), encoding="utf-8")
+    result.report_json.write_text(json.dumps(kpis.as_json(), ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 async def _simulate(ticks: list[dt.datetime], runtime: Runtime, sandbox: Any, rng: random.Random,

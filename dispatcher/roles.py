@@ -32,9 +32,11 @@ class Permission(StrEnum):
     TEMPLATES_APPROVE = "templates.approve"  # four eyes: approve or reject (never one's own version)
     USERS_MANAGE = "users.manage"  # users and API tokens
     METRICS_READ = "metrics.read"
+    REPORTS_READ = "reports.read"  # the KPI dashboard (aggregates, no debtor data)
 
 
-_READ_EVERYTHING = frozenset({Permission.CASES_READ, Permission.TEMPLATES_READ, Permission.METRICS_READ})
+_READ_EVERYTHING = frozenset({Permission.CASES_READ, Permission.TEMPLATES_READ, Permission.METRICS_READ,
+                              Permission.REPORTS_READ})
 
 #: SPEC 14: collector — cases, tasks, one-offs, holds, promises, payments, notes; author —
 #: templates (draft, preview); compliance — templates (approve, reject), holds and releases,

@@ -16,6 +16,7 @@ from dispatcher.links import LinkSigner
 from dispatcher.services.claims import Claimed, Writes
 from dispatcher.services.planner import zone_info
 from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
+from dispatcher.templates.segments import sms_segments
 
 
 class Composer:
@@ -115,6 +116,7 @@ class Composer:
             "b_parts": (json.dumps(dict(rendered.blocks), ensure_ascii=False)
                         if item.channel is Channel.VOICE and rendered.blocks else None),
             "b_to": to,
+            "b_segments": sms_segments(rendered.text).segments if item.channel is Channel.SMS else None,
         })
         return OutboundMessage(
             message_id=item.id,

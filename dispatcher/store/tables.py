@@ -160,6 +160,8 @@ class MessageRow(SQLModel, table=True):
     created_by: str | None = Field(default=None, max_length=64)
     answered_by: str | None = Field(default=None, max_length=32)
     conversation: bool = False
+    #: SMS segments of the body as sent (what the provider bills); None for other channels
+    segments: int | None = None
 
 
 class EventRow(SQLModel, table=True):

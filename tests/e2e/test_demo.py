@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -28,10 +29,22 @@ def test_small_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "demo: 150 cases over 3 simulated days" in result.stdout
 
     report = json.loads((workdir / "report.json").read_text(encoding="utf-8"))
-    totals = report["totals"]
+    totals = report["messages"]
     assert totals["sent"] > 100
     assert 0 < totals["delivered"] <= totals["sent"]
     assert "<svg" in (workdir / "report.html").read_text(encoding="utf-8")
+    # one source of truth: the printed summary is the report's own count, figure by figure
+    summary = json.loads((workdir / "summary.json").read_text(encoding="utf-8"))["counts"]
+    for printed, reported in (("sent", "sent"), ("delivered", "delivered"), ("failed", "failed"),
+                              ("rejected before sending", "rejected"), ("still queued", "queued"),
+                              ("cancelled before sending", "cancelled")):
+        assert summary[printed] == totals[reported], printed
+        assert re.search(rf"│ {re.escape(printed)}\s+│\s+{totals[reported]}\s+│", result.stdout), printed
+    # and the report's figures add up: every message that reached the provider once
+    with sqlite3.connect(workdir / "demo.db") as db:
+        reached = db.execute("select count(*) from messages where sent_at is not null").fetchone()[0]
+    assert totals["sent"] == reached
+    assert {s["stage"] for s in report["stages"]} >= {"early", "dpd30", "dpd60", "dpd90"}
 
     with sqlite3.connect(workdir / "demo.db") as db:
         channels = {c for (c,) in db.execute("select distinct channel from messages where sent_at is not null")}

@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -195,5 +195,36 @@ def test_dedupe_keys_are_backfilled_so_old_duplicates_stay_duplicates(empty_url:
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT opted_out FROM contact_points WHERE case_id = 'M-1'")).scalar() in (
                 False, 0)
+    finally:
+        engine.dispose()
+
+
+def test_sms_segments_are_backfilled_from_the_stored_bodies(empty_url: str) -> None:
+    """0005 counts the segments of SMS sent before it (reports bill them), with the
+    same counter the sender uses; other channels stay without."""
+    engine = make_engine(empty_url)
+    at = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC)
+    bodies = {"sms-short": "Pay 100.00 now", "sms-long": "还款提醒" * 20, "email-1": "x" * 500}
+    try:
+        _upgrade(engine, "0003")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO cases (case_id, name, jurisdiction, locale, zones, escalated_stages, currency,"
+                " principal, interest, penalty, fees, amount_due, due_date, status, product, paid_total,"
+                " created_at, updated_at) VALUES ('S-1', 'Old Case', 'cn', 'zh-CN', 'Asia/Shanghai', '', 'CNY',"
+                " 100, 0, 0, 0, 100, '2026-10-01', 'active', 'other', 0, :at, :at)"), {"at": at})
+            for key, body in bodies.items():
+                conn.execute(sa.text(
+                    "INSERT INTO messages (case_id, channel, kind, body, status, idempotency_key, scheduled_at,"
+                    " created_at, sent_at, attempts, conversation) VALUES ('S-1', :channel, 'scheduled', :body,"
+                    " 'delivered', :key, :at, :at, :at, 1, FALSE)"),
+                    {"channel": key.split("-")[0], "body": body, "key": key, "at": at})
+
+        ensure_schema(engine)
+
+        with engine.connect() as conn:
+            segments = dict(conn.execute(sa.text("SELECT idempotency_key, segments FROM messages")).all())
+        # GSM-7 fits one; 80 Chinese characters are UCS-2: 67 per part, 2 parts
+        assert segments == {"sms-short": 1, "sms-long": 2, "email-1": None}
     finally:
         engine.dispose()

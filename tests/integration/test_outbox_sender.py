@@ -41,6 +41,7 @@ from dispatcher.links import LinkSigner
 from dispatcher.policy import Gate
 from dispatcher.sandbox import Sandbox, run_sandbox_in_thread
 from dispatcher.sandbox.asgi_server import AsgiServer
+from dispatcher.sandbox.twilio_api import num_segments
 from dispatcher.services.ledger import StoreLedger
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
@@ -266,6 +267,9 @@ async def test_sms_email_and_call_are_sent_once_with_content_stored_and_receipts
     (received,) = world.sms_to(phone)
     assert (received["count"], received["body"], received["sid"]) == (1, sms.body, sms.provider_id)
     assert received["from"] == world.config.jurisdictions["cn"].sms_from
+    # what the provider bills: the stored segment count is the provider's own count of the body
+    assert sms.segments is not None and sms.segments == num_segments(received["body"]) >= 1
+    assert (email.segments, voice.segments) == (None, None)
     (call,) = world.calls_to(phone)
     assert (call["count"], call["sid"]) == (1, voice.provider_id)
     (mail,) = world.sandbox.email_records()

@@ -29,6 +29,7 @@ from dispatcher.store.events import EventKind, record_event
 from dispatcher.store.tables import messages_t
 from dispatcher.templates.rendering import RenderedMessage, TemplateSet, TemplateSetError, pick_locale
 from dispatcher.templates.replies import ReplySpec, build_reply_context
+from dispatcher.templates.segments import sms_segments
 
 log = logging.getLogger("dispatcher.receipts")
 
@@ -104,6 +105,7 @@ def _insert_system_sms(conn: Connection, case_id: str, to: str, rendered: Render
         content_hash=rendered.content_hash,
         to_address=to,
         body=rendered.text,
+        segments=sms_segments(rendered.text).segments,
         status=MessageStatus.QUEUED.value,
         idempotency_key=key,
         scheduled_at=now,

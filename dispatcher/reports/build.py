@@ -1,0 +1,260 @@
+"""`build_report`: run the report's queries and assemble the KPIs (SPEC sections 9, 16).
+
+Money is summed in integer cents by the database and becomes `Decimal` here; costs are
+`[costs.<CURRENCY>]` prices times the stored SMS segments, e-mails and billed call
+minutes, in the currency of the cases the messages served.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.engine import Connection, Engine
+
+from dispatcher.config import Config
+from dispatcher.domain import CLOSED_STATUSES
+from dispatcher.reports.dialect import Dialect
+from dispatcher.reports.model import (
+    CENT,
+    Balance,
+    Experiment,
+    OutboxTotals,
+    Report,
+    StageKpi,
+    VariantKpi,
+    Week,
+)
+from dispatcher.reports.period import Period, from_day_number, resolve_period
+from dispatcher.reports.queries import Query
+from dispatcher.reports.stats import chi_squared, wilson_interval
+from dispatcher.store.tables import cases_t
+from dispatcher.store.values import cents
+
+#: channels whose provider reports delivery (SMS receipts, call outcomes); e-mail over
+#: SMTP has none: its delivery figures are null and clicks stand in for engagement
+RECEIPT_CHANNELS = frozenset({"sms", "voice"})
+#: PostgreSQL memory per sort/hash of the report's queries (the default 4 MB spills to disk)
+WORK_MEM = "128MB"
+DELIVERED = frozenset({"delivered", "read", "completed"})
+FAILED = frozenset({"failed", "undelivered", "busy", "no-answer", "canceled"})
+
+
+def _cents(value: int | None) -> Decimal:
+    return (Decimal(int(value or 0)) / 100).quantize(CENT)
+
+
+def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.date | None = None,
+                 until: dt.date | None = None) -> Report:
+    """The KPIs for `since` .. `until` (dates in `organisation.timezone`; defaults: from
+    the first imported case to today)."""
+    zone = config.organisation.timezone
+    with engine.connect() as conn:
+        dialect = Dialect(conn.dialect.name)
+        if dialect.postgres:
+            # every figure from one snapshot, so that they add up while the daemon writes;
+            # and room for the aggregations' hash tables (the report's own session only)
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        first_day = None
+        if since is None:
+            first = Query(dialect, Period(now.date(), now.date(), zone), config)
+            rows = first.run(conn, first.first_day_sql())
+            first_at = rows[0][0] if rows else None
+            if isinstance(first_at, str):  # SQLite, outside the ORM's types
+                first_at = dt.datetime.fromisoformat(first_at).replace(tzinfo=dt.UTC)
+            if first_at is not None:
+                from zoneinfo import ZoneInfo
+
+                first_day = first_at.astimezone(ZoneInfo(zone)).date()
+        period = resolve_period(since, until, zone, now, first_day)
+        query = Query(dialect, period, config)
+        messages = query.run(conn, query.message_sql())
+        stages = _stages(conn, query, config, messages)
+        variants, by_week = _messages(conn, query, messages)
+        weeks = _payment_weeks(conn, query, by_week)
+        outbox = _outbox(messages)
+        balances = _balances(conn)
+    currency: dict[str, set[str]] = defaultdict(set)
+    for s in stages:
+        currency[s.jurisdiction].add(s.currency)
+    notes = [
+        "cured counts cases paid in full; a case brought back to a lower stage by a re-import is not in the"
+        " stored history and is not counted",
+    ]
+    missing = sorted({s.currency for s in stages if s.cost is None and s.messages})
+    if missing:
+        notes.append(f"no [costs.<CURRENCY>] prices for {', '.join(missing)}: cost is null there")
+    return Report(
+        since=period.since, until=period.until, timezone=zone, generated_at=now,
+        currency={k: sorted(v) for k, v in sorted(currency.items())},
+        stages=stages, variants=variants, experiments=_experiments(variants, config), weeks=weeks,
+        messages=outbox, notes=notes, balances=balances,
+    )
+
+
+def _balances(conn: Connection) -> list[Balance]:
+    """What debtors owe now, per jurisdiction and currency: sums in SQL over the cases
+    (exact NUMERIC on PostgreSQL; on SQLite each case's amounts are summed in cents here,
+    as its SUM would be a float)."""
+    closed = [s.value for s in CLOSED_STATUSES]
+    out: dict[tuple[str, str], Balance] = {}
+    c = cases_t.c
+    is_open = case((c.status.in_(closed), 0), else_=1)
+    if conn.dialect.name == "postgresql":
+        owed = func.greatest(c.amount_due - c.paid_total, 0)
+        rows = conn.execute(select(c.jurisdiction, c.currency, func.count(), func.sum(is_open),
+                                   func.sum(c.amount_due), func.sum(c.paid_total), func.sum(owed))
+                            .group_by(c.jurisdiction, c.currency))
+        for jurisdiction, currency, n, n_open, due, paid, outstanding in rows:
+            out[(jurisdiction, currency)] = Balance(jurisdiction, currency, int(n), int(n_open or 0), cents(due),
+                                                    cents(paid), cents(outstanding))
+    else:
+        for jurisdiction, currency, status, due, paid in conn.execute(
+                select(c.jurisdiction, c.currency, c.status, c.amount_due, c.paid_total)):
+            b = out.setdefault((jurisdiction, currency), Balance(jurisdiction, currency))
+            due, paid = cents(Decimal(str(due))), cents(Decimal(str(paid)))
+            b.cases += 1
+            b.open_cases += status not in closed
+            b.amount_due += due
+            b.paid_total += paid
+            b.outstanding += max(due - paid, Decimal("0.00"))
+    return [out[k] for k in sorted(out)]
+
+
+def _stages(conn: Connection, query: Query, config: Config, messages: list[Any]) -> list[StageKpi]:
+    last = query.ordered_stages()[-1].name
+    rows: dict[tuple[str, str, str], StageKpi] = {}
+    order: dict[str, int] = {s.name: i for i, s in enumerate(query.ordered_stages())}
+    for r in query.run(conn, query.stage_sql()):
+        rows[(r.stage, r.jurisdiction, r.currency)] = StageKpi(
+            stage=r.stage, jurisdiction=r.jurisdiction, currency=r.currency,
+            cases_entered=int(r.entered), contacted=int(r.contacted or 0), right_party_contacts=int(r.rpc or 0),
+            first_contact_hours_p50=None if r.p50 is None else round(float(r.p50), 4),
+            promises=int(r.promises or 0), promises_kept=int(r.kept or 0), cured=int(r.cured or 0),
+            rolled_forward=int(r.rolled or 0), has_next_stage=r.stage != last,
+            amount_at_entry=_cents(r.entry_cents), amount_recovered=_cents(r.recovered_cents),
+            complaints=int(r.complaints or 0), opt_outs=int(r.opt_outs or 0),
+        )
+    for r in messages:
+        if r.stage is None or not r.reached:  # system replies (opt-out confirmations, HELP) have no stage
+            continue
+        key = (r.stage, r.jurisdiction, r.currency)
+        kpi = rows.get(key) or rows.setdefault(key, StageKpi(r.stage, r.jurisdiction, r.currency,
+                                                             has_next_stage=r.stage != last))
+        kpi.messages += int(r.n)
+        if r.channel == "sms":
+            kpi.segments += int(r.segments or 0)
+        elif r.channel == "email":
+            kpi.emails += int(r.n)
+        elif r.channel == "voice":
+            kpi.call_minutes += int(r.minutes or 0)
+    for kpi in rows.values():
+        prices = config.costs.get(kpi.currency)
+        if prices is not None:
+            kpi.cost = (kpi.segments * prices.sms_segment + kpi.emails * prices.email
+                        + kpi.call_minutes * prices.voice_minute).quantize(Decimal("0.0001"))
+        elif not kpi.messages:
+            kpi.cost = Decimal("0.0000")
+    return sorted(rows.values(), key=lambda k: (order.get(k.stage, len(order)), k.stage, k.jurisdiction, k.currency))
+
+
+def template_stage(template_id: str) -> str:
+    """The stage a template was written for: `<channel>/<stage>/<variant>`."""
+    parts = template_id.split("/")
+    return parts[1] if len(parts) == 3 else "-"
+
+
+def _messages(conn: Connection, query: Query, messages: list[Any]) -> tuple[list[VariantKpi], dict[int, Week]]:
+    """Variants grouped by the template (whose id names its stage), not by the case's
+    stage at sending: a template sent to a case in another stage (after a broken
+    promise, the next stage's firmer wording) is counted under its own stage and in
+    `off_stage`, so a variant appears once. And the weekly trend of messages."""
+    rows: dict[tuple[str, str], VariantKpi] = {}
+    weeks: dict[int, Week] = {}
+
+    def variant(template_id: str, locale: str | None, channel: str) -> VariantKpi:
+        key = (template_id, locale or "-")
+        v = rows.get(key)
+        if v is None:
+            v = rows[key] = VariantKpi(template_id, template_stage(template_id), channel, locale or "-",
+                                       delivered=0 if channel in RECEIPT_CHANNELS else None)
+        return v
+
+    for r in messages:
+        if not r.reached:
+            continue
+        w = weeks.setdefault(int(r.week), Week(from_day_number(int(r.week))))
+        w.sent += int(r.n)
+        w.contacts += int(r.contacts or 0)
+        if r.template_id is None or r.system:
+            continue
+        v = variant(r.template_id, r.locale, r.channel)
+        v.sent += int(r.n)
+        if v.delivered is not None:
+            v.delivered += int(r.delivered or 0)
+        v.clicks += int(r.clicks or 0)
+        if r.stage != v.stage:
+            v.off_stage += int(r.n)
+    for r in query.run(conn, query.converted_sql()):
+        variant(r.template_id, r.locale, r.channel).payments_7d += int(r.payments_7d)
+    for v in rows.values():
+        v.conversion_ci = wilson_interval(v.payments_7d, v.sent)
+    order = {s.name: i for i, s in enumerate(query.ordered_stages())}
+    ordered = sorted(rows.values(), key=lambda v: (order.get(v.stage, len(order)), v.channel, v.locale, v.template))
+    return ordered, weeks
+
+
+def _experiments(variants: list[VariantKpi], config: Config) -> list[Experiment]:
+    groups: dict[tuple[str, str, str], list[VariantKpi]] = defaultdict(list)
+    for v in variants:
+        if v.sent:
+            groups[(v.stage, v.channel, v.locale)].append(v)
+    experiments = []
+    for (stage, channel, locale), arms in groups.items():
+        if len(arms) < 2:
+            continue
+        test = chi_squared([(a.payments_7d, a.sent) for a in arms])
+        best = max(arms, key=lambda a: (a.payments_7d / a.sent))
+        ties = [a for a in arms if a.payments_7d * best.sent == best.payments_7d * a.sent]
+        experiments.append(Experiment(
+            stage, channel, locale, arms,
+            p_value=None if test is None else test.p_value, chi2=None if test is None else test.statistic,
+            leader=best.template if len(ties) == 1 and best.payments_7d else None,
+        ))
+    return experiments
+
+
+def _payment_weeks(conn: Connection, query: Query, weeks: dict[int, Week]) -> list[Week]:
+    for r in query.run(conn, query.weekly_payments_sql()):
+        w = weeks.setdefault(int(r.week), Week(from_day_number(int(r.week))))
+        w.payments += int(r.payments)
+        w.recovered[r.currency] = w.recovered.get(r.currency, Decimal("0.00")) + _cents(r.cents)
+    return [weeks[k] for k in sorted(weeks)]
+
+
+def _outbox(messages: list[Any]) -> OutboxTotals:
+    totals = OutboxTotals()
+    for r in messages:
+        counts = totals.by_channel.setdefault(r.channel, {})
+        n = int(r.n)
+
+        def add(what: str, n: int = n, counts: dict[str, int] = counts) -> None:
+            counts[what] = counts.get(what, 0) + n
+
+        if r.reached:
+            add("sent")
+            if r.status in DELIVERED:
+                add("delivered")
+            elif r.status in FAILED:
+                add("failed")
+        elif r.status == "failed":
+            add("rejected")
+        elif r.status in ("queued", "sending"):
+            add("queued")
+        elif r.status == "cancelled":
+            add("cancelled")
+    return totals
