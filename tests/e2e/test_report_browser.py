@@ -15,7 +15,9 @@ from sqlalchemy.engine import Engine
 
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
+from dispatcher.credentials import light_passwords
 from dispatcher.reports import build_report
+from dispatcher.roles import Role
 from dispatcher.reports.html import report_html
 from dispatcher.sandbox.asgi_server import serve_in_thread
 from dispatcher.settings import Settings
@@ -28,6 +30,7 @@ from tests.integration.test_report_known_answers import NOW, build_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "var" / "screenshots"
+PASSWORD = "correct horse battery staple"
 TOKEN = "report-browser-token"
 
 
@@ -94,8 +97,12 @@ async def test_the_html_report_renders_offline_with_its_charts(
 def served(history: Engine, config: Config) -> Iterator[str]:
     clock = FakeClock(NOW)
     settings = Settings(public_url="http://127.0.0.1", api_token=TOKEN, signing_key="report-key")
-    app = create_app(Runtime(settings, clock, config=config, engine=history,
+    app = create_app(Runtime(settings, clock, config=config, engine=history, passwords=light_passwords(),
                              templates=TemplateSet(ROOT / "templates", config)).web())
+    people = app.collaborators.people
+    for name, role in (("ops.wang", Role.OPS), ("collector.li", Role.COLLECTOR)):
+        people.add_user(name, frozenset({role}), "test")
+        people.set_password(name, PASSWORD, "test")
     try:
         with serve_in_thread(app, name="report-web") as port:
             yield f"http://127.0.0.1:{port}"
@@ -103,11 +110,23 @@ def served(history: Engine, config: Config) -> Iterator[str]:
         app.collaborators.receipts.close()
 
 
+async def test_the_dashboard_is_not_for_collectors(served: str, page: Any) -> None:
+    await page.goto(f"{served}/ui/login")
+    await page.fill("#user", "collector.li")
+    await page.fill("#password", PASSWORD)
+    await page.click("#sign-in")
+    await page.wait_for_load_state()
+    assert await page.locator("#nav-reports").count() == 0  # no link to it
+    response = await page.goto(f"{served}/ui/reports")
+    assert response is not None and response.status == 403
+    assert "3,300.00" not in await page.content()
+
+
 async def test_the_console_dashboard_behind_sign_in(served: str, page: Any) -> None:
     await page.goto(f"{served}/ui/reports?since=2026-11-01&until=2026-11-30")
     assert page.url.startswith(f"{served}/ui/login")  # not signed in: sign in first
     await page.fill("#user", "ops.wang")
-    await page.fill("#token", TOKEN)
+    await page.fill("#password", PASSWORD)
     await page.click("#sign-in")
     await page.wait_for_url(f"{served}/ui/reports?since=2026-11-01&until=2026-11-30")
     assert await page.inner_text("#who") == "ops.wang"

@@ -24,10 +24,10 @@ def test_the_permission_table_of_spec_14() -> None:
 
     assert can(Role.COLLECTOR) == {"cases.read", "cases.write", "holds.place", "holds.release", "tasks.work"}
     assert can(Role.AUTHOR) == {"templates.read", "templates.draft"}
-    assert can(Role.COMPLIANCE) == {"cases.read", "templates.read", "metrics.read", "templates.approve",
-                                    "holds.place", "holds.release"}
+    assert can(Role.COMPLIANCE) == {"cases.read", "templates.read", "metrics.read", "reports.read",
+                                    "templates.approve", "holds.place", "holds.release"}
     assert can(Role.ADMIN) == {"users.manage"}
-    assert can(Role.OPS) == {"cases.read", "templates.read", "metrics.read"}
+    assert can(Role.OPS) == {"cases.read", "templates.read", "metrics.read", "reports.read"}
 
 
 def test_roles_add_up_and_the_bootstrap_credential_cannot_approve() -> None:
