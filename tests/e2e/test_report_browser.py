@@ -17,8 +17,8 @@ from dispatcher.clock import FakeClock
 from dispatcher.config import Config
 from dispatcher.credentials import light_passwords
 from dispatcher.reports import build_report
-from dispatcher.roles import Role
 from dispatcher.reports.html import report_html
+from dispatcher.roles import Role
 from dispatcher.sandbox.asgi_server import serve_in_thread
 from dispatcher.settings import Settings
 from dispatcher.store.db import ensure_schema, make_engine
