@@ -147,9 +147,10 @@ def config_file(directory: Path) -> Path:
                        "concurrency": "8", "provider_timeout_seconds": "2.0", "retry_backoff_seconds": "1.0",
                        "probe_seconds": "2.0", "failures_to_open": "3"}.items():
         text = re.sub(rf"(?m)^{key} = [^\s#]+", f"{key} = {value}", text)
-    text = text.replace('directory = "templates"', f'directory = "{ROOT / "templates"}"')
-    text = text.replace('forbidden_phrases = "config/forbidden_phrases.txt"',
-                        f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"')
+    # the copy lives elsewhere: the shipped relative paths (relative to config/) made absolute
+    text = re.sub(r'(?m)^directory = "[^"]*"', f'directory = "{ROOT / "templates"}"', text)
+    text = re.sub(r'(?m)^forbidden_phrases = "[^"]*"',
+                  f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"', text)
     # a slow trickle, so that every disruption meets messages still to be sent
     rates = f"rate_per_second = {{ sms = {RATE}, voice = {RATE}, email = {RATE} }}"
     text = re.sub(r"(?m)^rate_per_second = .*$", rates, text)

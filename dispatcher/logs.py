@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 #: record attributes written to the JSON line (given with `extra=`); personal ones masked
-FIELDS = ("case_id", "message_id", "channel", "provider_id", "status", "to", "phone", "email", "name", "address")
-PII_FIELDS = frozenset({"to", "phone", "email", "name", "address"})
+#: (a person's name is `person`: a LogRecord's own `name` is the logger's, which `extra=` cannot set)
+FIELDS = ("case_id", "message_id", "channel", "provider_id", "status", "to", "phone", "email", "person", "address")
+PII_FIELDS = frozenset({"to", "phone", "email", "person", "address"})
 
 # E.164 (+ and 7-15 digits, optionally grouped by single spaces or dashes), a Chinese
 # mobile number (11 digits, 1[3-9]...), a North American number written 555-123-4567 or
@@ -66,7 +67,7 @@ def mask_field(field: str, value: object) -> object:
     if field not in PII_FIELDS or value is None:
         return value
     text = str(value)
-    return mask_name(text) if field == "name" else mask(text)
+    return mask_name(text) if field == "person" else mask(text)
 
 
 def _mask_email(m: re.Match[str]) -> str:

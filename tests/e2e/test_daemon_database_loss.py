@@ -148,9 +148,9 @@ def fast_config(tmp: Path) -> Path:
     for key, value in {"plan_every_seconds": 2, "send_every_seconds": 1, "reconcile_every_seconds": 3,
                        "repair_every_seconds": 2, "repair_after_seconds": 3}.items():
         source = re.sub(rf"(?m)^{key} = \d+", f"{key} = {value}", source)
-    source = source.replace('directory = "templates"', f'directory = "{ROOT / "templates"}"')
-    source = source.replace('forbidden_phrases = "config/forbidden_phrases.txt"',
-                            f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"')
+    source = re.sub(r'(?m)^directory = "[^"]*"', f'directory = "{ROOT / "templates"}"', source)
+    source = re.sub(r'(?m)^forbidden_phrases = "[^"]*"',
+                    f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"', source)
     path = tmp / "config" / "dispatcher.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source, encoding="utf-8")

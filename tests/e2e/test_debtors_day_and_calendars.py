@@ -76,7 +76,10 @@ def _config_with(cli: Cli, replace: dict[str, str]) -> Path:
         assert old in text, old
         text = text.replace(old, new, 1)
     path = cli.tmp / "dispatcher.toml"
-    path.write_text(text.replace('directory = "templates"', f'directory = "{ROOT / "templates"}"'), encoding="utf-8")
+    text = re.sub(r'(?m)^directory = "[^"]*"', f'directory = "{ROOT / "templates"}"', text)
+    text = re.sub(r'(?m)^forbidden_phrases = "[^"]*"',
+                  f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"', text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 

@@ -55,15 +55,20 @@ def test_what_is_personal_is_masked(text: str, secret: str, masked: str) -> None
 
 def test_personal_fields_are_masked_by_kind_and_others_kept() -> None:
     line = formatted("sms %s accepted as %s", 4711, "SMc6e8b7246c1f1596a71b83e0d1242d11",
-                     to="+8613812345678", name="王小明", email="wang.xiaoming@example.com",
+                     to="+8613812345678", person="王小明", email="wang.xiaoming@example.com",
                      case_id="C0001785", provider_id="SMc6e8b7246c1f1596a71b83e0d1242d11", message_id=4711)
     assert line["to"] == "+86138****5678"
-    assert line["name"] == "王**"
+    assert line["person"] == "王**"
     assert line["email"] == "w***@example.com"
     assert line["case_id"] == "C0001785" and line["message_id"] == 4711
     assert line["provider_id"] == "SMc6e8b7246c1f1596a71b83e0d1242d11"
     assert line["msg"] == "sms 4711 accepted as SMc6e8b7246c1f1596a71b83e0d1242d11"
     assert "13812345678" not in json.dumps(line) and "小明" not in json.dumps(line)
+
+
+def test_the_logger_name_is_not_taken_for_a_persons_name() -> None:
+    line = formatted("started")
+    assert line["logger"] == "dispatcher.test" and "name" not in line and "person" not in line
 
 
 def test_names_keep_one_letter_per_word() -> None:
