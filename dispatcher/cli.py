@@ -444,9 +444,9 @@ def run_cmd(
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _check_listen(host, port)
     runtime = rt(ctx)
-    _startup_lint(runtime)
     # The database may not be up yet (a host's boot, a fail-over): wait for it, never exit.
     wait_for_store(lambda: runtime.engine, what="start-up")
+    _startup_lint(runtime)  # asks the store whether anyone can sign in
     channels = runtime.channels()
     sender = runtime.sender(channels)
     jobs = DaemonJobs(

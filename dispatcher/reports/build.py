@@ -12,7 +12,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.config import Config
@@ -97,33 +97,21 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
 
 
 def _balances(conn: Connection) -> list[Balance]:
-    """What debtors owe now, per jurisdiction and currency: sums in SQL over the cases
-    (exact NUMERIC on PostgreSQL; on SQLite each case's amounts are summed in cents here,
-    as its SUM would be a float)."""
+    """What debtors owe now, per jurisdiction and currency: one pass over the cases, each
+    case's amounts summed exactly in Decimal (a SQL SUM is a float on SQLite)."""
     closed = [s.value for s in CLOSED_STATUSES]
     out: dict[tuple[str, str], Balance] = {}
     c = cases_t.c
-    is_open = case((c.status.in_(closed), 0), else_=1)
-    if conn.dialect.name == "postgresql":
-        owed = func.greatest(c.amount_due - c.paid_total, 0)
-        rows = conn.execute(select(c.jurisdiction, c.currency, func.count(), func.sum(is_open),
-                                   func.sum(c.amount_due), func.sum(c.paid_total), func.sum(owed))
-                            .group_by(c.jurisdiction, c.currency))
-        for jurisdiction, currency, n, n_open, due, paid, outstanding in rows:
-            out[(jurisdiction, currency)] = Balance(jurisdiction, currency, int(n), int(n_open or 0), cents(due),
-                                                    cents(paid), cents(outstanding))
-    else:
-        for jurisdiction, currency, status, due, paid in conn.execute(
-                select(c.jurisdiction, c.currency, c.status, c.amount_due, c.paid_total)):
-            b = out.setdefault((jurisdiction, currency), Balance(jurisdiction, currency))
-            due, paid = cents(Decimal(str(due))), cents(Decimal(str(paid)))
-            b.cases += 1
-            b.open_cases += status not in closed
-            b.amount_due += due
-            b.paid_total += paid
-            b.outstanding += max(due - paid, Decimal("0.00"))
+    for jurisdiction, currency, status, due, paid in conn.execute(
+            select(c.jurisdiction, c.currency, c.status, c.amount_due, c.paid_total)):
+        b = out.setdefault((jurisdiction, currency), Balance(jurisdiction, currency))
+        due, paid = cents(Decimal(str(due))), cents(Decimal(str(paid)))
+        b.cases += 1
+        b.open_cases += status not in closed
+        b.amount_due += due
+        b.paid_total += paid
+        b.outstanding += max(due - paid, Decimal("0.00"))
     return [out[k] for k in sorted(out)]
-
 
 def _stages(conn: Connection, query: Query, config: Config, messages: list[Any]) -> list[StageKpi]:
     last = query.ordered_stages()[-1].name

@@ -55,6 +55,8 @@ CONCURRENCY = 2
 SENT = frozenset({"sent", "delivered", "read", "ringing", "in-progress", "completed"})
 
 
+METRICS_TOKEN = "outage-metrics-token"  # the bootstrap credential: /metrics needs metrics.read
+
 def outage_config(config: Config) -> Config:
     sending = config.sending.model_copy(update={
         "rate_per_second": {"sms": 1000.0, "voice": 1000.0, "email": 1000.0},
@@ -95,7 +97,7 @@ async def metrics_text(runtime: Runtime) -> str:
     app = create_app(runtime.web())
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            response = await client.get("/metrics")
+            response = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
         assert response.status_code == 200
         return response.text
     finally:
@@ -122,7 +124,7 @@ async def test_an_outage_spends_no_attempt_hammers_no_provider_and_everything_go
     settings = Settings(twilio_account_sid=defaults.account_sid, twilio_auth_token=defaults.auth_token,
                         twilio_api_url=f"http://127.0.0.1:{twilio_port}", smtp_url=f"smtp://127.0.0.1:{smtp_port}",
                         public_url="http://127.0.0.1:9", signing_key="outage-test-key-0123456789",
-                        instance_id="outage")
+                        instance_id="outage", api_token=METRICS_TOKEN)
     runtime = Runtime(settings, clock, config=cfg, engine=engine, templates=templates)
     channels = runtime.channels()
     sender = runtime.sender(channels)
