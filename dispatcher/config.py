@@ -342,6 +342,45 @@ class Links(_Model):
 Price = Annotated[Decimal, Field(ge=0, decimal_places=6)]
 
 
+class PlanOffer(_Model):
+    """One repayment plan a debtor may choose on their page (`[[self_service.plans]]`)."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    instalments: int = Field(ge=2, le=24)
+    #: days between instalments; the first falls this many days after the plan is made
+    every_days: PositiveInt = 30
+    #: no instalment may be smaller (an outstanding amount too small for it gets no offer)
+    min_instalment: Annotated[Decimal, Field(gt=0, decimal_places=2)] = Decimal("50.00")
+    #: the outstanding penalty is waived when every instalment is paid on time
+    waive_penalty: bool = False
+    #: stages a case must be in for the offer (empty: every stage)
+    stages: list[str] = []
+    min_outstanding: Annotated[Decimal, Field(ge=0, decimal_places=2)] = Decimal("0.00")
+    max_outstanding: Annotated[Decimal, Field(gt=0, decimal_places=2)] | None = None
+
+
+class SelfService(_Model):
+    """`[self_service]`: the debtor's page behind a payment link, and repayment plans."""
+
+    #: a promise to pay may name a date at most this many days ahead (the debtor's dates)
+    promise_max_days: PositiveInt = 14
+    #: an instalment still unpaid this many days after its date breaks the plan
+    plan_grace_days: int = Field(default=3, ge=0)
+    #: reminders of an instalment this many days before its date (0: on the day)
+    plan_reminder_days: list[Annotated[int, Field(ge=0, le=60)]] = [3, 0]
+    #: requests one client may make for one link per minute (the page and its forms)
+    requests_per_minute: PositiveInt = 20
+    plans: list[PlanOffer] = []
+
+    @field_validator("plans")
+    @classmethod
+    def _unique_names(cls, plans: list[PlanOffer]) -> list[PlanOffer]:
+        names = [p.name for p in plans]
+        if len(set(names)) != len(names):
+            raise ValueError(f"plan names must be unique; got {names}")
+        return plans
+
+
 class ChannelCosts(_Model):
     """What the providers charge, in one currency: per SMS segment, per e-mail and per
     started call minute (the units they bill by)."""
@@ -367,6 +406,7 @@ class Config(_Model):
     scheduler: Scheduler = Scheduler()
     receipts: Receipts = Receipts()
     links: Links = Links()
+    self_service: SelfService = SelfService()
     retention: Retention = Retention()
     #: `[costs.<CURRENCY>]`: prices in the currency of the cases they serve (reports)
     costs: dict[str, ChannelCosts] = {}
@@ -380,8 +420,14 @@ class Config(_Model):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"stages: names must be unique; repeated: {sorted(dupes)}")
-        if "replies" in names:  # templates/sms/replies/ holds the automatic SMS replies
-            raise ValueError("stages: 'replies' is reserved for the automatic SMS replies; rename the stage")
+        for reserved, what in (("replies", "the automatic SMS replies"), ("plan", "repayment plan reminders")):
+            if reserved in names:  # templates/<channel>/<reserved>/ holds these
+                raise ValueError(f"stages: {reserved!r} is reserved for {what}; rename the stage")
+        known = set(names)
+        for offer in self.self_service.plans:
+            unknown = sorted(set(offer.stages) - known)
+            if unknown:
+                raise ValueError(f"self_service.plans {offer.name}: unknown stages {unknown}; known: {sorted(known)}")
         ordered = sorted(self.stages, key=lambda s: s.dpd_min)
         for prev, nxt in zip(ordered, ordered[1:], strict=False):
             if prev.dpd_max is None or prev.dpd_max >= nxt.dpd_min:

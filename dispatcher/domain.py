@@ -44,6 +44,8 @@ class Reason(StrEnum):
     COLLECTOR_HOLD = "collector_hold"
     PAYMENT_CLAIMED = "payment_claimed"
     PROMISE_TO_PAY = "promise_to_pay"
+    #: a repayment plan is being kept: its instalment reminders replace collection (after the holds)
+    REPAYMENT_PLAN = "repayment_plan"
     # 2. stage
     NOT_OVERDUE = "not_overdue"
     # 3. channel
@@ -199,6 +201,35 @@ class SentMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Instalment:
+    """One instalment of a repayment plan: its number (1-based), the debtor's local date
+    it is due on, and its amount."""
+
+    number: int
+    due: dt.date
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class RepaymentPlan:
+    """A repayment plan the debtor accepted and that has not ended (not broken, not
+    completed). Payments recorded after it was made (the case's paid total above
+    `paid_at_start`) apply to its instalments in order."""
+
+    plan_id: int
+    offer: str
+    created_on: dt.date  # the debtor's local date the plan was accepted
+    instalments: tuple[Instalment, ...]
+    paid_at_start: Decimal
+    #: the penalty waived if every instalment is paid (0: no waiver)
+    waived: Decimal = Decimal("0.00")
+
+    @property
+    def total(self) -> Decimal:
+        return sum((i.amount for i in self.instalments), Decimal("0.00"))
+
+
+@dataclass(frozen=True, slots=True)
 class CaseSnapshot:
     """Everything the policy needs to decide about one case."""
 
@@ -211,6 +242,8 @@ class CaseSnapshot:
     zones: tuple[str, ...] = ()
     #: a promise to pay was broken and no payment has come in since: firmer wording
     promise_broken: bool = False
+    #: the case's repayment plan in force (accepted, neither broken nor completed), if any
+    plan: RepaymentPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)

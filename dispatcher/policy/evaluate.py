@@ -4,8 +4,12 @@ Reason precedence (SPEC section 4; the first that applies wins):
 
 1. case: `case_closed`, then the active holds in the order `cease_communication`,
    `dispute_hold`, `legal_hold`, `collector_hold`, `payment_claimed`, `promise_to_pay`
-   (a hold of any other reason still suppresses, after those). Every channel line
-   gets the case reason (action `skip`), and no escalation is emitted.
+   (a hold of any other reason still suppresses, after those), then `repayment_plan`
+   while the case's plan is kept (`policy.plans`). Every channel line gets the case
+   reason (action `skip`), and no escalation is emitted. A kept plan adds the lines of
+   its instalment reminders on the days they are due (stage `plan`, templates
+   `<channel>/plan/...`, checked like any stage's: channel, time, caps); a broken plan
+   is no reason at all: collection resumes at the case's own stage.
 2. stage: `not_overdue` (one line, channel null).
 3. channel: `no_contact`, `invalid_address`, `no_consent`, `opted_out`.
 4. cadence: `not_due` (skip) — see `policy.stages`.
@@ -40,9 +44,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-from dispatcher.config import Config, Jurisdiction, Stage
+from dispatcher.config import ChannelCadence, Config, Jurisdiction, Stage
 from dispatcher.domain import (
     ADDRESS_KIND,
     CLOSED_STATUSES,
@@ -58,7 +61,9 @@ from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.caps import NOT_COUNTED, ChannelCapRules, ChannelUsage, is_connected
 from dispatcher.policy.instants import TIME_CACHE_LIMIT as _TIME_CACHE_LIMIT
 from dispatcher.policy.instants import Instants
+from dispatcher.policy.plans import PlanStanding, PlanStatus, plan_standing, reminder_due
 from dispatcher.policy.rotation import rotate
+from dispatcher.policy.time_verdict import TimeVerdict, time_verdict
 from dispatcher.policy.window import ContactWindow, find_legal_ts, windows_for
 from dispatcher.policy.zones import resolve_zones
 
@@ -69,47 +74,10 @@ _ADDRESS_WORD = {"phone": "phone number", "email": "e-mail address"}
 _UTC = dt.UTC
 _CH = {ch: ch.value for ch in Channel}
 _SEND, _DEFER, _SKIP, _ESCALATE = Action.SEND, Action.DEFER, Action.SKIP, Action.ESCALATE
-
-
-# -- time ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _TimeVerdict:
-    windows: tuple[ContactWindow, ...]  # one per zone, primary first
-    today: int  # primary-zone local date ordinal of now
-    legal: bool
-    reason: Reason | None  # NON_WORKING_DAY / OUTSIDE_HOURS when not legal
-    why: str  # auditor's sentence about now
-    next_ts: float  # earliest legal instant >= now, ignoring caps
-
-
-def _time_verdict(windows: tuple[ContactWindow, ...], ts: float, instants: Instants, cite: str = "") -> _TimeVerdict:
-    primary = windows[0]
-    today = primary.ordinal(ts)
-    failing = [w for w in windows if not w.contains(ts)]
-    if not failing:
-        where = instants.text(ts, primary)
-        if len(windows) > 1:
-            where += f" (legal in all of {', '.join(w.zone for w in windows)})"
-        return _TimeVerdict(windows, today, True, None, f"inside the contact window at {where}", ts)
-    reasons = [w.why_not(ts) for w in failing]
-    if len(windows) > 1:
-        reasons = [
-            (holiday, f"{text} (local date in {w.zone})" if holiday else text)
-            for w, (holiday, text) in zip(failing, reasons, strict=True)
-        ]
-    non_working = [text for holiday, text in reasons if holiday]
-    if non_working:
-        reason, why = Reason.NON_WORKING_DAY, non_working[0]
-    else:
-        stamps = [text for _, text in reasons]
-        verb = "is" if len(stamps) == 1 else "are"
-        reason = Reason.OUTSIDE_HOURS
-        why = f"{', '.join(stamps)} {verb} outside the contact hours {primary.hours_text}{cite}"
-    if len(windows) > 1:
-        why += f" (must be legal in all of {', '.join(w.zone for w in windows)})"
-    return _TimeVerdict(windows, today, False, reason, why, find_legal_ts(ts, windows))
+#: the stage name of instalment reminders (reserved: no delinquency stage may take it)
+PLAN_STAGE = "plan"
+#: the channels instalment reminders go out on (each still needs its approved templates)
+_PLAN_CHANNELS = (Channel.SMS, Channel.EMAIL)
 
 
 # -- per-profile caches ----------------------------------------------------------------
@@ -129,7 +97,7 @@ class _Profile:
         #: caps across channels: the lines of one decision count each other's sends
         self.shared = bool(profile.shared_caps)
         self.windows: dict[tuple[str, ...], tuple[ContactWindow, ...]] = {}
-        self.times: dict[tuple[tuple[str, ...], float], _TimeVerdict] = {}
+        self.times: dict[tuple[tuple[str, ...], float], TimeVerdict] = {}
         self.instants = instants
 
     def windows_for(self, zones: tuple[str, ...]) -> tuple[ContactWindow, ...]:
@@ -138,13 +106,13 @@ class _Profile:
             windows = self.windows[zones] = windows_for(zones, self.profile, self.calendar)
         return windows
 
-    def time_at(self, zones: tuple[str, ...], ts: float) -> _TimeVerdict:
+    def time_at(self, zones: tuple[str, ...], ts: float) -> TimeVerdict:
         key = (zones, ts)
         verdict = self.times.get(key)
         if verdict is None:
             if len(self.times) >= _TIME_CACHE_LIMIT:
                 self.times.clear()
-            verdict = self.times[key] = _time_verdict(self.windows_for(tuple(zones)), ts, self.instants, self.cite)
+            verdict = self.times[key] = time_verdict(self.windows_for(tuple(zones)), ts, self.instants, self.cite)
         return verdict
 
 
@@ -224,7 +192,7 @@ class _Case:
 
     __slots__ = (
         "snapshot", "case_id", "gate", "prof", "zones", "windows", "time", "now_ts",
-        "dpd", "stage", "stage_name", "channels", "prefix", "case_reason", "_histories", "_usages",
+        "dpd", "stage", "stage_name", "channels", "prefix", "case_reason", "_histories", "_usages", "plan",
     )
 
     def __init__(self, snapshot: CaseSnapshot, gate: Gate, now: dt.datetime) -> None:
@@ -255,6 +223,25 @@ class _Case:
         )
         self._histories: dict[Channel, _ChannelHistory] | None = None
         self._usages: dict[Channel, ChannelUsage] | None = None
+        self.plan: PlanStanding | None = None
+        if self.case_reason is None and snapshot.plan is not None:
+            ss = gate.config.self_service
+            self.plan = plan_standing(snapshot.plan, case.paid_total, dt.date.fromordinal(time.today),
+                                      ss.plan_grace_days)
+            if self.plan.status is PlanStatus.BROKEN:
+                self.plan = None  # collection resumes at the case's own stage
+            else:
+                self.case_reason = Reason.REPAYMENT_PLAN, _plan_detail(snapshot, self.plan)
+
+    def as_plan(self) -> _Case:
+        """This case seen from its plan's reminder stage (cadence: once a day)."""
+        other = object.__new__(_Case)
+        for name in _Case.__slots__:
+            setattr(other, name, getattr(self, name))
+        stage = self.gate.plan_stage
+        other.stage, other.stage_name, other._histories = stage, stage.name, None
+        other.prefix = f"{self.prefix}; instalment reminder"
+        return other
 
     def history(self, channel: Channel) -> _ChannelHistory:
         if self._histories is None:
@@ -289,6 +276,16 @@ class _Case:
             self.case_id, self.stage_name, channel, action, reason, template, not_before,
             f"{self.prefix}; {detail}",
         )
+
+
+def _plan_detail(snapshot: CaseSnapshot, standing: PlanStanding) -> str:
+    plan = snapshot.plan
+    assert plan is not None
+    nxt = standing.next_unpaid
+    if nxt is None:
+        return f"repayment plan {plan.offer} (#{plan.plan_id}) completed: every instalment paid"
+    return (f"repayment plan {plan.offer} (#{plan.plan_id}) kept: instalment {nxt.instalment.number} of"
+            f" {len(plan.instalments)}, {nxt.remaining} due {nxt.instalment.due.isoformat()}")
 
 
 def _contact(snapshot: CaseSnapshot, channel: Channel) -> ContactPoint | None:
@@ -432,7 +429,7 @@ class Gate:
     now) -> decisions. Owns its caches (see the module docstring); build one per
     configuration and keep it."""
 
-    __slots__ = ("config", "profiles", "firmer", "instants", "_stages", "_heads", "_ordered", "_now")
+    __slots__ = ("config", "profiles", "firmer", "instants", "plan_stage", "_stages", "_heads", "_ordered", "_now")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -441,6 +438,9 @@ class Gate:
         ordered = sorted(config.stages, key=lambda s: s.dpd_min)
         #: the stage whose (firmer) wording a case uses after a broken promise to pay
         self.firmer: dict[str, str] = {a.name: b.name for a, b in zip(ordered, ordered[1:], strict=False)}
+        #: instalment reminders, checked like a stage's messages (at most one a day per channel)
+        self.plan_stage = Stage(name=PLAN_STAGE, dpd=(-(10**6),),
+                                channels={ch: ChannelCadence(every_days=1) for ch in _PLAN_CHANNELS})
         self._stages: dict[int, tuple[Stage, tuple[tuple[Channel, int], ...]] | None] = {}
         self._heads: dict[tuple[int, dt.date], _Head] = {}
         #: sorted, de-duplicated candidates per catalog value; only immutable (tuple)
@@ -458,8 +458,19 @@ class Gate:
         if c.case_reason is not None:
             reason, detail = c.case_reason
             if stage is None:
-                return [c.decision(None, _SKIP, reason, detail)]
-            return [c.decision(ch, _SKIP, reason, detail) for ch, _ in c.channels]
+                lines = [c.decision(None, _SKIP, reason, detail)]
+            else:
+                lines = [c.decision(ch, _SKIP, reason, detail) for ch, _ in c.channels]
+            if c.plan is not None and reminder_due(
+                c.plan, dt.date.fromordinal(c.time.today), self.config.self_service.plan_reminder_days
+            ):
+                p = c.as_plan()
+                for ch in _PLAN_CHANNELS:
+                    line = _line(p, templates, ch, 1, apply_cadence=True, template=None)
+                    if p.prof.shared:
+                        p.plan_message(line)
+                    lines.append(line)
+            return lines
         if stage is None:
             return [c.decision(None, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")]
         out = []
@@ -486,12 +497,20 @@ class Gate:
         *,
         apply_cadence: bool = True,
         template: str | None = None,
+        plan_reminder: bool = False,
     ) -> Decision:
         """The gate for one channel: one-off sends (`apply_cadence=False`, optionally a
         chosen `template`, which must be approved for the channel in any stage) and the
-        sender's last-moment re-check. The channel need not belong to the current stage."""
+        sender's last-moment re-check. The channel need not belong to the current stage.
+        `plan_reminder`: the message is an instalment reminder (stage `plan`), allowed
+        only while the case's plan is kept."""
         channel = Channel(channel)
         c = _Case(snapshot, self, now)
+        if plan_reminder:
+            if c.plan is not None and c.plan.status is PlanStatus.KEPT:  # the case reason is the plan
+                return _line(c.as_plan(), templates, channel, 1, apply_cadence=apply_cadence, template=template)
+            if c.case_reason is None:
+                return c.decision(channel, _SKIP, Reason.NOT_DUE, "no repayment plan in force: no instalment reminder")
         if c.case_reason is not None:
             reason, detail = c.case_reason
             return c.decision(channel, _SKIP, reason, detail)
