@@ -187,12 +187,12 @@ def plan_cmd(
 
 
 def _tick(runtime: Runtime, channels: dict[Any, Any]) -> dict[str, Any]:
+    from dispatcher.services.plan_check import after_planning
     from dispatcher.services.planner import run_planner
-    from dispatcher.services.receipts import resume_broken_promises
     from dispatcher.services.repair import StatusRepair
 
     now = runtime.clock.now()
-    resume_broken_promises(runtime.engine, now)
+    after_planning(runtime.config)(runtime.engine, now)
     planned = run_planner(runtime.engine, runtime.gate, runtime.templates.approved_catalog(), now)
     sender = runtime.sender(channels)
 
@@ -433,7 +433,7 @@ def run_cmd(
     """The daemon: scheduler + webhook/API server + sender, until SIGTERM."""
     from dispatcher.logs import configure_logging
     from dispatcher.services.daemon import DaemonJobs, run_daemon
-    from dispatcher.services.receipts import resume_broken_promises
+    from dispatcher.services.plan_check import after_planning
     from dispatcher.services.repair import StatusRepair
     from dispatcher.store.outage import wait_for_store
     from dispatcher.web.app import create_app
@@ -456,7 +456,7 @@ def run_cmd(
         clock=runtime.clock,
         sender=sender,
         catalog=runtime.templates.approved_catalog,
-        after_plan=resume_broken_promises,
+        after_plan=after_planning(runtime.config),
         repair=StatusRepair(runtime.engine, runtime.config, runtime.clock, channels),
     )
     web = runtime.web()

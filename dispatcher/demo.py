@@ -210,7 +210,7 @@ def _serve(runtime: Runtime, sandbox: Any, port: int, result: DemoResult, consol
     """The daemon on the demo's data, with the sandbox, until Ctrl-C: the same jobs and
     web app as `dispatcher run`, on the shared clock, which runs on in real time."""
     from dispatcher.services.daemon import DaemonJobs, run_daemon
-    from dispatcher.services.receipts import resume_broken_promises
+    from dispatcher.services.plan_check import after_planning
     from dispatcher.services.repair import StatusRepair
     from dispatcher.web.app import create_app
 
@@ -226,7 +226,7 @@ def _serve(runtime: Runtime, sandbox: Any, port: int, result: DemoResult, consol
     channels = runtime.channels()
     jobs = DaemonJobs(engine=runtime.engine, config=runtime.config, gate=runtime.gate, clock=clock,
                       sender=runtime.sender(channels), catalog=runtime.templates.approved_catalog,
-                      after_plan=resume_broken_promises,
+                      after_plan=after_planning(runtime.config),
                       repair=StatusRepair(runtime.engine, runtime.config, clock, channels))
     web = runtime.web()
     _print_how_to_look_around(runtime.settings.public_url, sandbox, result, console)
@@ -298,7 +298,7 @@ def _summarise(engine: Engine, config: Config, clock: Clock, workdir: Path, resu
 
 async def _simulate(ticks: list[dt.datetime], runtime: Runtime, sandbox: Any, rng: random.Random,
                     result: DemoResult, console: Console) -> None:
-    from dispatcher.services.receipts import resume_broken_promises
+    from dispatcher.services.plan_check import after_planning
     from dispatcher.store import repository
     from dispatcher.store.tables import MessageRow
 
@@ -317,7 +317,7 @@ async def _simulate(ticks: list[dt.datetime], runtime: Runtime, sandbox: Any, rn
             for instant in ticks:
                 clock.set(instant)
                 t0 = time.perf_counter()
-                await asyncio.to_thread(resume_broken_promises, engine, instant)
+                await asyncio.to_thread(after_planning(runtime.config), engine, instant)
                 summary = await asyncio.to_thread(run_planner, engine, gate, catalog, instant)
                 result.timings["plan"] = result.timings.get("plan", 0.0) + time.perf_counter() - t0
                 if summary is not None:

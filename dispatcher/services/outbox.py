@@ -53,6 +53,7 @@ from dispatcher.logs import mask
 from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.caps import history_for_recheck
+from dispatcher.policy.evaluate import PLAN_STAGE
 from dispatcher.policy.window import windows_for
 from dispatcher.services.claims import Claimed, SendSummary, Writes, stale_rows
 from dispatcher.services.compose import Composer
@@ -399,6 +400,7 @@ class Sender:
             item.channel,
             apply_cadence=False,
             template=item.template_id if item.kind == "one_off" else None,
+            plan_reminder=item.stage == PLAN_STAGE,
         )
         if decision.action is Action.DEFER and decision.not_before is not None:
             self._requeue(item, decision.not_before, f"{decision.reason}: {decision.detail}", now, writes)

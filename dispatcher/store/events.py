@@ -54,6 +54,11 @@ class EventKind(StrEnum):
     ORPHAN_CALLBACK = "orphan_callback"
     PROMISE_BROKEN = "promise_broken"
     REPLY_NOT_SENT = "reply_not_sent"
+    # the debtor's page and repayment plans
+    SELF_SERVICE = "self_service"  # a choice the debtor made on their page (pay, promise, plan, dispute)
+    PLAN_CREATED = "plan_created"
+    PLAN_BROKEN = "plan_broken"
+    PLAN_COMPLETED = "plan_completed"
     # people (no case): who manages whom, and who signed in
     USER_ADDED = "user_added"
     USER_DISABLED = "user_disabled"

@@ -452,6 +452,22 @@ def record_payment(
     return PaymentOutcome(case_id, amount, paid_total, amount_due, status, closed, cancelled)
 
 
+def settle_case(conn: Executor, case_id: str, by: str | None, now: dt.datetime, reason: str) -> bool:
+    """Close an active case as `settled` (e.g. a kept plan's waiver covers the rest) and
+    cancel its queued messages; False if it was not active."""
+    conn = _conn(conn)
+    changed = conn.execute(
+        update(cases_t).where(cases_t.c.case_id == case_id, cases_t.c.status == CaseStatus.ACTIVE.value)
+        .values(status=CaseStatus.SETTLED.value, updated_at=now)
+    ).rowcount
+    if not changed:
+        return False
+    insert_events(conn, [event_values(EventKind.CASE_CLOSED, now, case_id=case_id, actor=by,
+                                      status=CaseStatus.SETTLED.value, reason=reason)])
+    _cancel_queued(conn, case_id, now, reason="case_closed")
+    return True
+
+
 # ------------------------------------------------------------------------- escalation
 
 

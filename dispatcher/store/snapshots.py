@@ -1,5 +1,5 @@
 """The snapshot read model: every case with its contact points, active holds, recent
-history and broken promise, streamed as `CaseSnapshot`s for the policy.
+history, broken promise and repayment plan in force, streamed as `CaseSnapshot`s for the policy.
 
 Why it is a module of its own, written the way it is: the planner reads *every* case on
 every run (and the sender the cases of every batch it sends), so this is the store's
@@ -36,7 +36,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.sqltypes import NullType
 
-from dispatcher.domain import Case, CaseSnapshot, Channel, ContactPoint, Hold, Reason, SentMessage
+from dispatcher.domain import Case, CaseSnapshot, Channel, ContactPoint, Hold, Reason, RepaymentPlan, SentMessage
+from dispatcher.store.plans import plans_in_force
 from dispatcher.store.repository import BROKEN_PROMISE_NOTE, CaseNotFound
 from dispatcher.store.tables import cases_t, contacts_t, holds_t, messages_t, payments_t
 from dispatcher.store.values import (
@@ -284,6 +285,7 @@ class _Batch:
     holds: dict[str, list[Hold]]
     history: dict[str, list[SentMessage]]
     broken: set[str]  # case ids with a broken promise to pay and no payment since
+    plans: dict[str, RepaymentPlan]  # repayment plans in force, by case id
 
 
 class _BatchReader:
@@ -344,11 +346,11 @@ class _BatchReader:
                 SentMessage(channels[channel], instant(when), statuses[status], stage, template,  # type: ignore[arg-type]
                             flag(conversation), message_id, answered_by)
             )
-        return _Batch(case_rows, holds, history, broken_promises)
+        return _Batch(case_rows, holds, history, broken_promises, plans_in_force(conn, in_batch))
 
     def snapshots(self, batch: _Batch) -> Iterator[CaseSnapshot]:
         """The snapshot of each case row, in row order. Pure: the rows are already read."""
-        holds, history, broken = batch.holds, batch.history, batch.broken
+        holds, history, broken, plans = batch.holds, batch.history, batch.broken, batch.plans
         decode = self.decode
         flag, money, rate_of, date_of = decode.flag, decode.money, decode.rate, decode.date
         sms, email_ch, voice = _JOINED_CHANNELS
@@ -398,6 +400,7 @@ class _BatchReader:
                 stages,
                 zone_tuple,
                 case_id in broken,
+                plans.get(case_id) if plans else None,
             )
         for values in (zone_values, stage_values):
             if len(values) > 10_000:  # distinct values are few; never let them grow without bound
@@ -410,7 +413,7 @@ _POSITIONAL_FIELDS = {
     Case: ("case_id", "name", "jurisdiction", "locale", "currency", "principal", "interest", "penalty", "fees",
            "amount_due", "due_date", "timezone", "phone", "email", "penalty_rate_daily", "status", "product",
            "paid_total"),
-    CaseSnapshot: ("case", "contacts", "holds", "history", "escalated_stages", "zones", "promise_broken"),
+    CaseSnapshot: ("case", "contacts", "holds", "history", "escalated_stages", "zones", "promise_broken", "plan"),
     ContactPoint: ("channel", "address", "consent", "opted_out", "invalid"),
     SentMessage: ("channel", "at", "status", "stage", "template", "conversation", "message_id", "answered_by"),
     Hold: ("reason", "until"),

@@ -1,6 +1,7 @@
 """SQLModel tables: cases, contact points, the outbox (messages), append-only events,
-holds, payments, template approvals, the dedupe keys of webhook steps, and the people who
-use the console and the API (users, API tokens, console sessions, failed sign-ins).
+holds, payments, template approvals, the dedupe keys of webhook steps, the people who
+use the console and the API (users, API tokens, console sessions, failed sign-ins), and
+repayment plans with their instalments and the agreements debtors accepted.
 
 All datetimes are stored as UTC and come back timezone-aware (`UTCDateTime`); money is
 stored exactly (`Money`: NUMERIC on PostgreSQL, text on SQLite, which has no decimal type).
@@ -299,6 +300,56 @@ class SignInFailureRow(SQLModel, table=True):
     at: dt.datetime = _utc(nullable=False)
 
 
+class AgreementRow(SQLModel, table=True):
+    """What a debtor accepted on their page (a repayment plan): the terms as data and the
+    exact text shown, kept verbatim for the record; never updated."""
+
+    __tablename__ = "agreements"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64, index=True)
+    kind: str = Field(max_length=32)  # repayment_plan
+    locale: str = Field(max_length=8)
+    accepted_at: dt.datetime = _utc(nullable=False)
+    accepted_by: str = Field(max_length=64)  # "debtor" (through the page), or the collector's name
+    message_id: int | None = None  # the message whose link the debtor followed
+    #: the terms as JSON (offer, amounts, dates, waiver, currency)
+    terms: str = Field(sa_column=Column(Text, nullable=False))
+    #: the text shown to the debtor when they accepted, verbatim
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    content_hash: str = Field(max_length=64)  # SHA-256 of `text`
+
+
+class PlanRow(SQLModel, table=True):
+    """A repayment plan: `active` while in force, then `broken` or `completed`."""
+
+    __tablename__ = "plans"
+    __table_args__ = (Index("ix_plans_case", "case_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64)
+    agreement_id: int = Field(foreign_key="agreements.id")
+    offer: str = Field(max_length=64)
+    status: str = Field(default="active", max_length=16, index=True)
+    created_at: dt.datetime = _utc(nullable=False)
+    created_on: dt.date  # the debtor's local date
+    paid_at_start: Decimal = _money()  # the case's paid total when the plan was made
+    total: Decimal = _money()
+    waived: Decimal = _money()
+    ended_at: dt.datetime | None = _utc()
+
+
+class InstalmentRow(SQLModel, table=True):
+    __tablename__ = "instalments"
+    __table_args__ = (UniqueConstraint("plan_id", "number", name="uq_instalment_plan_number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    plan_id: int = Field(foreign_key="plans.id", index=True)
+    number: int
+    due: dt.date  # the debtor's local date
+    amount: Decimal = _money()
+
+
 def _core(model: Any) -> Table:
     """The Core table of a SQLModel class (SQLModel's stubs do not declare `__table__`)."""
     table: Table = model.__table__
@@ -319,3 +370,6 @@ users_t = _core(UserRow)
 api_tokens_t = _core(ApiTokenRow)
 console_sessions_t = _core(ConsoleSessionRow)
 sign_in_failures_t = _core(SignInFailureRow)
+agreements_t = _core(AgreementRow)
+plans_t = _core(PlanRow)
+instalments_t = _core(InstalmentRow)

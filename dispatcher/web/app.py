@@ -1,4 +1,4 @@
-"""The web app: webhooks (Twilio, e-mail), payment links, the collectors' API and
+"""The web app: webhooks (Twilio, e-mail), the debtor's page behind payment links, the collectors' API and
 console, health and metrics.
 
 A composition root (STYLE principle 5): `create_app` receives its collaborators, built
@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from dispatcher.roles import Permission
 from dispatcher.services.calendar_notice import metric_lines as calendar_metric_lines
 from dispatcher.settings import Settings
-from dispatcher.web import api, console, email_hooks, payment_links, reports_page
+from dispatcher.web import api, console, debtor_page, email_hooks, reports_page
 from dispatcher.web.auth import AccessDenied, CsrfFailed, api_permission
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
 from dispatcher.web.guard import GuardMiddleware, Receive, Scope, Send
@@ -110,7 +110,7 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app.router.routes.extend(hooks.routes())
     # OpenAPI (/openapi.json, /docs) documents the API; pages and webhooks are not part of it
     app.include_router(email_hooks.router, include_in_schema=False)
-    app.include_router(payment_links.router, include_in_schema=False)
+    app.include_router(debtor_page.router, include_in_schema=False)
     app.include_router(api.router)
     app.include_router(console.router, include_in_schema=False)
     app.include_router(reports_page.router, include_in_schema=False)

@@ -26,6 +26,7 @@ from dispatcher.services.people import People
 from dispatcher.services.receipts import Receipts
 from dispatcher.settings import Settings
 from dispatcher.templates import TemplateSet
+from dispatcher.web.rate_limit import PageLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,8 @@ class DispatcherAPI(FastAPI):
     def __init__(self, collaborators: WebCollaborators, **options: Any) -> None:
         super().__init__(**options)
         self.collaborators = collaborators
+        #: the debtor's page's rate limit, this app's own (`web.rate_limit`)
+        self.page_limiter = PageLimiter(collaborators.config.self_service.requests_per_minute)
 
 
 def collaborators(request: Request) -> WebCollaborators:

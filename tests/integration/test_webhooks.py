@@ -702,10 +702,16 @@ async def test_one_click_unsubscribe(world: World) -> None:
     assert (await world.client.post(f"/email/unsubscribe/{gone}")).status_code == 410
 
 
-async def test_payment_link_redirects_and_logs_the_click(world: World) -> None:
+async def test_payment_link_opens_the_debtors_page_and_logs_the_click(world: World) -> None:
+    """The link opens the debtor's page (logged as a click); paying is a choice on it
+    (tests/integration/test_debtor_page.py) that redirects to the payment page."""
     token = world.signer.payment_token(world.sms_id, world.clock.now() + dt.timedelta(days=14))
     r = await world.client.get(f"/p/{token}")
-    assert r.status_code == 302
+    assert r.status_code == 200 and f'action="/p/{token}/pay"' in r.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', r.text)
+    assert csrf is not None
+    r = await world.client.post(f"/p/{token}/pay", data={"csrf": csrf.group(1)})
+    assert r.status_code == 303
     location = urlsplit(r.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == world.config.organisation.payment_page
     assert parse_qs(location.query) == {"ref": ["cn-1"]}
