@@ -1,6 +1,7 @@
-"""`GET /p/{token}`: the payment link of a message. A valid click is logged on the case
-and redirected to the organisation's payment page; a bad or expired link gets a
-friendly page, never an error."""
+"""`GET /p/{token}`: the payment link of a message (a short stored token or an old signed
+one, both read by `services.links.resolve`). A valid click is logged on the case and
+redirected to the organisation's payment page; a bad or expired link gets a friendly
+page, never an error, and never the debtor's data."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from dispatcher.links import LinkError
-from dispatcher.web.dependencies import ClockDep, ConfigDep, ReceiptsDep, SignerDep
+from dispatcher.services.links import resolve
+from dispatcher.web.dependencies import ClockDep, ConfigDep, EngineDep, ReceiptsDep, SignerDep
 from dispatcher.web.html import link_problem
 
 router = APIRouter()
@@ -35,14 +36,10 @@ def _expired() -> Response:
 
 
 @router.get("/p/{token}")
-async def payment_link(request: Request, token: str, signer: SignerDep, clock: ClockDep, receipts: ReceiptsDep,
-                       config: ConfigDep) -> Response:
-    try:
-        message_id = signer.verify_payment_token(token, clock.now())
-    except LinkError as exc:
-        if exc.reason == "expired":
-            request.state.result = "expired"
-            return _expired()
+async def payment_link(request: Request, token: str, engine: EngineDep, signer: SignerDep, clock: ClockDep,
+                       receipts: ReceiptsDep, config: ConfigDep) -> Response:
+    target = await run_in_threadpool(resolve, engine, signer, token, clock.now())
+    if target is None:
         request.state.result = "bad_token"
         return link_problem(
             400,
@@ -50,7 +47,10 @@ async def payment_link(request: Request, token: str, signer: SignerDep, clock: C
             "The link may have been cut off when it was copied. Open it from the latest reminder.",
             "链接无效，可能复制不完整。请从最新的提醒中打开。",
         )
-    case_id = await run_in_threadpool(receipts.record_click, message_id)
+    if target.expired:
+        request.state.result = "expired"
+        return _expired()
+    case_id = await run_in_threadpool(receipts.record_click, target.message_id)
     if case_id is None:
         request.state.result = "unknown_message"
         return _expired()
