@@ -337,6 +337,20 @@ class Receipts(_Model):
 
 class Links(_Model):
     payment_link_days: PositiveInt = 14
+    #: the base of payment links, `<base_url>/p/<token>` (a bank's short domain that
+    #: reaches this service); unset: DISPATCHER_PUBLIC_URL. Shorter links, fewer SMS segments.
+    base_url: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"links.base_url must be an http(s) URL without query, like"
+                             f" 'https://bk.example', got {value!r}")
+        return value
 
 
 Price = Annotated[Decimal, Field(ge=0, decimal_places=6)]

@@ -4,7 +4,9 @@ Built on `itsdangerous.Signer`, not its timed serializer: that one reads the sys
 clock, and here all time comes from the injected clock. The expiry instant travels in
 the signed payload and is checked against the `now` the caller passes.
 
-Tokens are short on purpose (a payment link goes into a 3-part SMS): the payload is
+Payment links are now short random tokens kept in the store (`services.links`); the
+signed payment tokens below are still read, so links sent before keep working until
+they expire. Tokens are short on purpose (a payment link goes into an SMS): the payload is
 ``<message id hex>-<expiry unix seconds hex>`` and the signature HMAC-SHA1 in URL-safe
 base64 (27 characters). HMAC-SHA1 is not weakened by SHA-1 collisions; a longer digest
 would cost SMS characters for no practical gain.
@@ -66,15 +68,22 @@ class LinkSigner:
     def verify_payment_token(self, token: str, now: dt.datetime) -> int:
         """The message id of a valid, unexpired payment token; `LinkError` otherwise."""
         _require_aware(now, "now")
+        message_id, expires_at = self.read_payment_token(token)
+        if now >= expires_at:
+            raise LinkError("payment link has expired; a new reminder carries a fresh link", "expired")
+        return message_id
+
+    def read_payment_token(self, token: str) -> tuple[int, dt.datetime]:
+        """The message id and expiry of a payment token with a valid signature, expired or
+        not (`LinkError` for a bad signature or a malformed token)."""
         payload = self._unsign(self._payment, token, "payment link")
         try:
             id_hex, expiry_hex = payload.split("-")
             message_id, expiry = int(id_hex, 16), int(expiry_hex, 16)
-        except ValueError:
+            expires_at = dt.datetime.fromtimestamp(expiry, dt.UTC)
+        except (ValueError, OverflowError, OSError):
             raise LinkError("payment link is malformed", "malformed") from None
-        if now.timestamp() >= expiry:
-            raise LinkError("payment link has expired; a new reminder carries a fresh link", "expired")
-        return message_id
+        return message_id, expires_at
 
     def payment_link(self, public_url: str, message_id: int, expires_at: dt.datetime) -> str:
         """The full payment URL (`GET /p/{token}`) under the dispatcher's public URL."""

@@ -19,22 +19,34 @@ from dispatcher.domain import Case, Product
 __all__ = [
     "SAMPLE_CASES",
     "SAMPLE_PAYMENT_LINK",
+    "SAMPLE_TOKEN",
     "SAMPLE_TODAY",
     "SAMPLE_UNSUBSCRIBE_URL",
     "FakeClock",
     "partly_paid",
     "sample_case",
     "sample_cases_for_stage",
+    "sample_payment_link",
 ]
 
 #: The day sample cases are evaluated on (a Monday, the SPEC's worked example).
 SAMPLE_TODAY = dt.date(2026, 12, 7)
 
-#: Clearly fake links of production length. A real payment link is the public URL +
-#: ``/p/`` + a 45-character token (`LinkSigner.payment_token`): 72 characters with
-#: ``https://pay.bank.example``. This one has 76, so an SMS that lints within the segment
-#: limit still fits with a real link (keep DISPATCHER_PUBLIC_URL about this short).
-SAMPLE_PAYMENT_LINK = "https://pay.bank.example/p/SAMPLE-not-a-real-link-" + "0" * 26
+#: Clearly fake links of production length. A real payment link is `[links] base_url`
+#: (default: the public URL) + ``/p/`` + a 16-character random token
+#: (`services.links.new_token`); the linter renders `sample_payment_link(base_url)`,
+#: exactly as long as a real one under the same base. Without a configured base it
+#: assumes ``https://pay.bank.example`` (keep DISPATCHER_PUBLIC_URL about this short).
+SAMPLE_TOKEN = "SAMPLE-notreal00"
+SAMPLE_LINK_BASE = "https://pay.bank.example"
+SAMPLE_PAYMENT_LINK = f"{SAMPLE_LINK_BASE}/p/{SAMPLE_TOKEN}"
+
+
+def sample_payment_link(base_url: str | None = None) -> str:
+    """The sample payment link under `base_url` (`[links] base_url`), default `SAMPLE_PAYMENT_LINK`."""
+    return f"{(base_url or SAMPLE_LINK_BASE).rstrip('/')}/p/{SAMPLE_TOKEN}"
+
+
 SAMPLE_UNSUBSCRIBE_URL = "https://pay.bank.example/email/unsubscribe/SAMPLE-not-a-real-link-" + "0" * 20
 
 _CENT = Decimal("0.01")

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.domain import Channel, MessageStatus
+from dispatcher.services.links import insert_tokens
 from dispatcher.store import repository
 from dispatcher.store.events import insert_events
 from dispatcher.store.tables import MessageRow, messages_t
@@ -92,6 +93,8 @@ class Writes:
     refund: list[dict[str, Any]] = field(default_factory=list)
     finish: list[dict[str, Any]] = field(default_factory=list)
     rendered: list[dict[str, Any]] = field(default_factory=list)
+    #: short payment-link tokens minted while rendering (`services.links`)
+    links: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[tuple[str, str, dt.datetime, int]] = field(default_factory=list)
@@ -126,6 +129,8 @@ class Writes:
                 provider_id=bindparam("b_provider")), self.finish)
         # The rendered content; each message's "in flight" stamp is committed apart, just
         # before its own provider call (`services.stamps`).
+        # before the provider is called: a link is clickable as soon as its SMS arrives
+        insert_tokens(conn, self.links)
         if self.rendered:
             conn.execute(update(MessageRow).where(by_id).values(
                 template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),

@@ -1,5 +1,5 @@
 """What the sender hands a provider: a claimed row rendered from its approved template
-(the case's locale, payment link, opt-out text, e-mail headers, VERP return path, the
+(the case's locale, a short payment link minted for it, opt-out text, e-mail headers, VERP return path, the
 status callback and TwiML URLs carrying the message id), or a system reply's stored body.
 The rendered content is recorded (`Writes.rendered`) with the row."""
 
@@ -14,6 +14,7 @@ from dispatcher.config import Config
 from dispatcher.domain import CaseSnapshot, Channel
 from dispatcher.links import LinkSigner
 from dispatcher.services.claims import Claimed, Writes
+from dispatcher.services.links import link_url, links_base_url, token_row
 from dispatcher.services.planner import zone_info
 from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
 from dispatcher.templates.segments import sms_segments
@@ -27,6 +28,7 @@ class Composer:
         self.templates = templates
         self.signer = signer
         self.public_url = public_url.rstrip("/")
+        self.links_base = links_base_url(config, public_url)
         self._catalog_cache: Mapping[tuple[Channel, str, str], tuple[str, ...]] | None = None
 
     def new_pass(self) -> None:
@@ -72,7 +74,9 @@ class Composer:
         zone = snapshot.zones[0] if snapshot.zones else profile.default_timezones[0]
         today = now.astimezone(zone_info(zone)).date()
         expires = now + dt.timedelta(days=self.config.links.payment_link_days)
-        payment_link = f"{self.public_url}/p/{self.signer.payment_token(item.id, expires)}"
+        token = token_row(item.id, case_.case_id, now, expires)
+        writes.links.append(token)
+        payment_link = link_url(self.links_base, str(token["token"]))
         email = item.channel is Channel.EMAIL
         unsubscribe_url = (f"{self.public_url}/email/unsubscribe/{self.signer.unsubscribe_token(item.id)}"
                            if email else None)

@@ -27,7 +27,7 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
@@ -40,7 +40,7 @@ from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.services.repair import StatusRepair
 from dispatcher.store.outage import survives_outage
-from dispatcher.store.tables import EventRow, MessageRow, dedupe_keys_t
+from dispatcher.store.tables import EventRow, MessageRow, dedupe_keys_t, link_tokens_t, messages_t
 
 log = logging.getLogger("dispatcher.daemon")
 
@@ -157,6 +157,8 @@ class DaemonJobs:
 
         def _purge() -> tuple[int, int]:
             with self.engine.begin() as conn:
+                old = select(messages_t.c.id).where(messages_t.c.created_at < cutoff)
+                conn.execute(delete(link_tokens_t).where(link_tokens_t.c.message_id.in_(old)))
                 m = conn.execute(delete(MessageRow).where(col(MessageRow.created_at) < cutoff)).rowcount
                 e = conn.execute(delete(EventRow).where(col(EventRow.at) < cutoff)).rowcount
                 # a webhook step's key outlives no provider's retries, but lives as long as its events

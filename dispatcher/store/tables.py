@@ -1,7 +1,8 @@
 """SQLModel tables: cases, contact points, the outbox (messages), append-only events,
-holds, payments, template approvals, the dedupe keys of webhook steps, the people who
-use the console and the API (users, API tokens, console sessions, failed sign-ins), and
-repayment plans with their instalments and the agreements debtors accepted.
+holds, payments, template approvals, the dedupe keys of webhook steps, short payment-link
+tokens, the people who use the console and the API (users, API tokens, console sessions,
+failed sign-ins), and repayment plans with their instalments and the agreements debtors
+accepted.
 
 All datetimes are stored as UTC and come back timezone-aware (`UTCDateTime`); money is
 stored exactly (`Money`: NUMERIC on PostgreSQL, text on SQLite, which has no decimal type).
@@ -242,6 +243,19 @@ class DedupeKeyRow(SQLModel, table=True):
     at: dt.datetime = _utc(nullable=False)
 
 
+class LinkTokenRow(SQLModel, table=True):
+    """A short payment link (`<links base URL>/p/<token>`): a random token minted when a
+    message is composed, kept with its message, case and expiry (`services.links`)."""
+
+    __tablename__ = "link_tokens"
+
+    token: str = Field(primary_key=True, max_length=16)
+    message_id: int = Field(foreign_key="messages.id", index=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64, index=True)
+    created_at: dt.datetime = _utc(nullable=False)
+    expires_at: dt.datetime = _utc(nullable=False)
+
+
 class UserRow(SQLModel, table=True):
     """A person who signs in (SPEC 14). Never deleted: disabling keeps the audit trail's names."""
 
@@ -366,6 +380,7 @@ payments_t = _core(PaymentRow)
 escalations_t = _core(EscalationRow)
 template_approvals_t = _core(TemplateApprovalRow)
 dedupe_keys_t = _core(DedupeKeyRow)
+link_tokens_t = _core(LinkTokenRow)
 users_t = _core(UserRow)
 api_tokens_t = _core(ApiTokenRow)
 console_sessions_t = _core(ConsoleSessionRow)

@@ -53,10 +53,10 @@ from dispatcher.templates.replies import REPLIES, REPLY_CONTEXT_KEYS, ReplySpec,
 from dispatcher.templates.segments import sms_segments
 from dispatcher.testing import (
     SAMPLE_CASES,
-    SAMPLE_PAYMENT_LINK,
     SAMPLE_TODAY,
     SAMPLE_UNSUBSCRIBE_URL,
     sample_cases_for_stage,
+    sample_payment_link,
 )
 
 #: Top-level files that may sit next to the channel folders.
@@ -424,7 +424,7 @@ def _sample_context(case: Case, config: Config, ref: TemplateRef) -> dict[str, A
         config=config,
         channel=ref.channel,
         today=SAMPLE_TODAY,
-        payment_link=SAMPLE_PAYMENT_LINK,
+        payment_link=sample_payment_link(config.links.base_url),
         opt_out=opt_out_text(ref.channel, ref.locale, unsubscribe),
         locale=ref.locale,
         unsubscribe_url=unsubscribe,
@@ -457,7 +457,7 @@ def _reply_problems(
     worst: tuple[int, str] | None = None
     for name in sorted(config.jurisdictions):
         ctx = build_reply_context(config, name, ref.locale,
-                                  payment_link=SAMPLE_PAYMENT_LINK if reply.with_link else None)
+                                  payment_link=sample_payment_link(config.links.base_url) if reply.with_link else None)
         try:
             text = templates.render(ref.template_id, ref.locale, ctx).text
         except RenderError as exc:

@@ -17,7 +17,7 @@ from dispatcher.domain import Case, Channel
 from dispatcher.templates.context import build_context, opt_out_text
 from dispatcher.templates.rendering import RenderedMessage, TemplateSet, pick_locale
 from dispatcher.templates.segments import SegmentInfo, sms_segments
-from dispatcher.testing import SAMPLE_PAYMENT_LINK, SAMPLE_TODAY, SAMPLE_UNSUBSCRIBE_URL, sample_case
+from dispatcher.testing import SAMPLE_TODAY, SAMPLE_UNSUBSCRIBE_URL, sample_case, sample_payment_link
 
 _STATUS_TEXT = {
     "approved": "approved (this content may be sent)",
@@ -88,12 +88,13 @@ def preview(
     elif not template_set.has(template_id, locale):
         raise template_set.unknown(template_id, locale)
     unsubscribe = SAMPLE_UNSUBSCRIBE_URL if channel is Channel.EMAIL else None
+    link = sample_payment_link(template_set.config.links.base_url)
     context = build_context(
         case,
         config=template_set.config,
         channel=channel,
         today=today,
-        payment_link=SAMPLE_PAYMENT_LINK,
+        payment_link=link,
         opt_out=opt_out_text(channel, locale, unsubscribe),
         locale=locale,
         unsubscribe_url=unsubscribe,
@@ -113,7 +114,7 @@ def preview(
         case_id=case.case_id,
         message=message,
         approval=template_set.approval_status(template_id, locale),
-        payment_link=SAMPLE_PAYMENT_LINK,
+        payment_link=link,
         segments=segments,
         html_path=html_path,
     )

@@ -10,7 +10,7 @@
 - An unknown or expired link gets a page that says so with the support numbers, never
   anything about the case. Requests are rate-limited per client (`web.rate_limit`).
 
-Link resolution is one function (`resolve_link`): today's signed per-message tokens.
+Link resolution is one function (`resolve_link`) over `services.links.resolve`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from dispatcher.links import LinkError
+from dispatcher.services.links import resolve
 from dispatcher.services.self_service import LinkTarget, PageView, Refused, SelfService
 from dispatcher.store.plans import get_agreement
 from dispatcher.store.repository import CaseNotFound
-from dispatcher.store.tables import messages_t
 from dispatcher.templates.context import format_day, format_money
 from dispatcher.web.auth import csrf_ok, csrf_token, form_fields
 from dispatcher.web.dependencies import DispatcherAPI, Web
@@ -77,17 +75,15 @@ class LinkProblem(Exception):
 
 
 def resolve_link(web: Any, token: str) -> LinkTarget:
-    """The case and message a payment link's token points at; `LinkProblem` when the
-    token is unknown, malformed or expired."""
-    try:
-        message_id = web.signer.verify_payment_token(token, web.clock.now())
-    except LinkError as exc:
-        raise LinkProblem("expired" if exc.reason == "expired" else "invalid") from None
-    with web.engine.connect() as conn:
-        case_id = conn.execute(select(messages_t.c.case_id).where(messages_t.c.id == message_id)).scalar()
-    if case_id is None:
+    """The case and message a payment link's token points at (`services.links.resolve`:
+    short stored tokens and old signed ones); `LinkProblem` when the token is unknown,
+    malformed or expired."""
+    target = resolve(web.engine, web.signer, token, web.clock.now())
+    if target is None:
+        raise LinkProblem("invalid")
+    if target.expired:
         raise LinkProblem("expired")
-    return LinkTarget(str(case_id), message_id)
+    return LinkTarget(target.case_id, target.message_id)
 
 
 # -- pieces -------------------------------------------------------------------------------------

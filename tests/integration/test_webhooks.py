@@ -26,6 +26,7 @@ from dispatcher.clock import FakeClock
 from dispatcher.config import Config
 from dispatcher.domain import Case, Channel, Reason
 from dispatcher.links import LinkSigner
+from dispatcher.services.links import mint, resolve
 from dispatcher.services.receipts import KEYWORD_RECEIVED, resume_broken_promises
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
@@ -610,11 +611,19 @@ async def test_option_1_texts_the_payment_link_once(world: World) -> None:
     sms = world.system_messages()
     assert len(sms) == 1
     assert sms[0].to_address == CN_PHONE and sms[0].case_id == "cn-1" and sms[0].status == "queued"
-    link = re.search(r"https://hooks\.example\.test/p/(\S+)", sms[0].body)
+    # a short link under [links] base_url, its token stored with the call's message
+    link = re.search(rf"{re.escape(str(world.config.links.base_url))}/p/([A-Za-z0-9_-]{{16}})(?![A-Za-z0-9_-])",
+                     sms[0].body)
     assert link is not None
-    assert world.signer.verify_payment_token(link.group(1), world.clock.now()) == world.voice_id
+    target = resolve(world.engine, world.signer, link.group(1), world.clock.now())
+    assert target is not None and (target.message_id, target.case_id, target.expired) == (world.voice_id, "cn-1",
+                                                                                           False)
     world.clock.advance(days=13)
-    assert world.signer.verify_payment_token(link.group(1), world.clock.now()) == world.voice_id
+    target = resolve(world.engine, world.signer, link.group(1), world.clock.now())
+    assert target is not None and target.expired is False
+    world.clock.advance(days=1)
+    target = resolve(world.engine, world.signer, link.group(1), world.clock.now())
+    assert target is not None and target.expired is True
 
 
 async def test_option_3_connects_inside_hours_only(world: World) -> None:
@@ -717,6 +726,24 @@ async def test_payment_link_opens_the_debtors_page_and_logs_the_click(world: Wor
     assert parse_qs(location.query) == {"ref": ["cn-1"]}
     clicks = world.events("link_clicked")
     assert [(e.case_id, e.message_id) for e in clicks] == [("cn-1", world.sms_id)]
+
+
+async def test_a_short_link_redirects_and_logs_the_click_until_it_expires(world: World) -> None:
+    now = world.clock.now()
+    with world.engine.begin() as conn:
+        token = mint(conn, world.sms_id, "cn-1", now, now + dt.timedelta(days=14))
+    r = await world.client.get(f"/p/{token}")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', r.text)
+    assert r.status_code == 200 and csrf is not None
+    r = await world.client.post(f"/p/{token}/pay", data={"csrf": csrf.group(1)})
+    assert r.status_code == 303 and parse_qs(urlsplit(r.headers["location"]).query) == {"ref": ["cn-1"]}
+    assert [(e.case_id, e.message_id) for e in world.events("link_clicked")] == [("cn-1", world.sms_id)]
+    world.clock.advance(days=14)
+    r = await world.client.get(f"/p/{token}")
+    assert r.status_code == 410 and "expired" in r.text and "cn-1" not in r.text
+    r = await world.client.get("/p/AAAAAAAAAAAAAAAA")  # well formed, never minted
+    assert r.status_code == 400 and "not valid" in r.text
+    assert len(world.events("link_clicked")) == 1
 
 
 async def test_expired_and_bad_payment_links_get_friendly_pages(world: World) -> None:

@@ -11,7 +11,7 @@ from dispatcher.config import Config
 from dispatcher.domain import Channel
 from dispatcher.templates import TemplateSet, UnknownTemplate, preview, sample_case_for_template
 from dispatcher.templates.segments import SegmentInfo
-from dispatcher.testing import SAMPLE_PAYMENT_LINK, SAMPLE_TODAY, sample_case
+from dispatcher.testing import SAMPLE_TODAY, SAMPLE_TOKEN, sample_case, sample_payment_link
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,11 +27,12 @@ def test_sms_preview_shows_encoding_segments_and_approval(tree: Path, config: Co
     result = preview(TemplateSet(tree, config), "sms/dpd30/v1", sample_case("cn", dpd=45), None, SAMPLE_TODAY,
                      tmp_path / "out")
     assert (result.channel, result.locale, result.approval) == (Channel.SMS, "zh-CN", "approved")
-    assert result.segments == SegmentInfo("UCS-2", len(result.message.text), 3)
+    assert result.segments == SegmentInfo("UCS-2", len(result.message.text), 2)  # a short link
     assert result.html_path is None
-    assert SAMPLE_PAYMENT_LINK in result.message.text and "SAMPLE-not-a-real-link" in result.payment_link
+    assert result.payment_link == sample_payment_link(config.links.base_url) and SAMPLE_TOKEN in result.payment_link
+    assert result.payment_link in result.message.text
     report = result.as_text()
-    assert "sms: UCS-2, " in report and "3 segment(s)" in report
+    assert "sms: UCS-2, " in report and "2 segment(s)" in report
     assert "approval: approved" in report
     assert report.endswith(result.message.text)
 

@@ -27,6 +27,7 @@ from dispatcher.domain import Channel, MessageStatus, Reason
 from dispatcher.links import LinkSigner
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.window import is_legal
+from dispatcher.services.links import link_url, links_base_url, mint
 from dispatcher.services.receipts.actors import ACTOR_IVR
 from dispatcher.services.receipts.replies import AutoReplies
 from dispatcher.store import repository
@@ -80,6 +81,7 @@ class IvrActions:
         self.clock = clock
         self.signer = signer
         self.public_url = public_url.rstrip("/")
+        self.links_base = links_base_url(config, public_url)
         self.replies = replies
 
     def call_context(self, message_id: int | None) -> CallContext | None:
@@ -156,8 +158,8 @@ class IvrActions:
             return None
         now = self.clock.now()
         expires = now + dt.timedelta(days=self.config.links.payment_link_days)
-        link = self.signer.payment_link(self.public_url, ctx.message_id, expires)
         with self.engine.begin() as conn:
+            link = link_url(self.links_base, mint(conn, ctx.message_id, ctx.case_id, now, expires))
             return self.replies.queue(conn, PAYMENT_LINK, case_id=ctx.case_id, to=ctx.to_address,
                                       jurisdiction=ctx.jurisdiction, locale=ctx.locale,
                                       key=f"ivr-link:{ctx.message_id}", now=now, reason="payment_link",
