@@ -13,7 +13,7 @@ import functools
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from babel.dates import format_date
+from babel.dates import format_date, format_skeleton
 
 from dispatcher.config import Config
 from dispatcher.domain import Case, Channel, Product
@@ -45,6 +45,12 @@ def format_day(day: dt.date, locale: str) -> str:
     return format_date(day, format="long", locale=babel_locale(locale))
 
 
+@functools.lru_cache(maxsize=4096)
+def format_short_day(day: dt.date, locale: str) -> str:
+    """A localised day without the year, for SMS: `Dec 10` / `12月10日`."""
+    return format_skeleton("MMMd", day, locale=babel_locale(locale))
+
+
 def days_past_due(case: Case, today: dt.date) -> int:
     """DPD on the debtor's local `today`; zero or negative before the due date passes."""
     return (today - case.due_date).days
@@ -69,11 +75,11 @@ def penalty_explanation(case: Case, locale: str, today: dt.date, *, spoken: bool
     payment, one more clause reconciles it with the outstanding amount the message
     states: "Of 1,055.00 due, 300.00 is paid: 755.00 outstanding".
     `spoken` (voice) writes the operators as words, which text-to-speech reads well;
-    `terse` (SMS) states the payment deduction in the fewest characters.
+    `terse` (SMS) says the same in the fewest characters (`_explain_sms`).
     """
     with decimal.localcontext() as ctx:
         ctx.prec = 50
-        explanation = _explain(case, locale, today, spoken)
+        explanation = _explain_sms(case, locale, today) if terse else _explain(case, locale, today, spoken)
     paid = _payments_sentence(case, locale, spoken, terse)
     if not paid:
         return explanation
@@ -134,6 +140,45 @@ def _explain(case: Case, locale: str, today: dt.date, spoken: bool) -> str:
     return f"The amount due includes {parts}, calculated under your agreement."
 
 
+def _explain_sms(case: Case, locale: str, today: dt.date) -> str:
+    """The same facts as `_explain`, in the fewest characters: a reminder fits in 2 SMS
+    segments (a Chinese one has 134 characters, with a link, the support number and the
+    opt-out), so the labels are short and the worked calculation is a formula."""
+    zh = _is_zh(locale)
+    dpd = days_past_due(case, today)
+    rate = case.penalty_rate_daily
+
+    def money(value: Decimal) -> str:
+        return format_money(value, case.currency, locale)
+
+    if dpd <= 0:
+        if rate is not None:
+            per_day, pct = money(_cents(case.principal * rate)), _percent(rate)
+            if zh:
+                return f"逾期每日罚息{per_day}（本金×{pct}）。"
+            return f"If paid late, late charges of {per_day} ({pct} of the principal) accrue per day."
+        if zh:
+            return "逾期将按合同计收罚息和利息。"
+        return "If paid late, late charges and interest may apply under your agreement."
+    if rate is not None:
+        total, pct, principal = money(_cents(case.principal * rate * dpd)), _percent(rate), money(case.principal)
+        if zh:
+            # the formula and its result; the principal itself is on the debtor's page and
+            # in the e-mail (with it, a reminder to a US$ case in Chinese needs 3 segments)
+            return f"罚息=本金×日{pct}×{dpd}天={total}。"
+        days = "1 day" if dpd == 1 else f"{dpd} days"
+        # "x", not "×": the multiplication sign is not in GSM-7 (see `_explain`)
+        return f"Late charges: principal {principal} x {pct} a day x {days} = {total}."
+    interest, penalty = money(case.interest), money(case.penalty)
+    if zh:
+        fees = f"、费用{money(case.fees)}" if case.fees else ""
+        return f"含利息{interest}、罚息{penalty}{fees}，按合同计。"
+    if case.fees:
+        return (f"Includes interest of {interest}, late charges of {penalty} and fees of"
+                f" {money(case.fees)}, per your agreement.")
+    return f"Includes interest of {interest} and late charges of {penalty}, per your agreement."
+
+
 def _payments_sentence(case: Case, locale: str, spoken: bool, terse: bool) -> str:
     """How the charges above become what is owed now, once payments came in (SPEC 11):
     the imported amount, less what was paid, is the outstanding amount the message states."""
@@ -160,7 +205,7 @@ def opt_out_text(channel: Channel, locale: str, unsubscribe_url: str | None) -> 
     zh = _is_zh(locale)
     channel = Channel(channel)
     if channel is Channel.SMS:
-        return "回复退订或TD退订" if zh else "Reply STOP to opt out"
+        return "回TD退订" if zh else "Reply STOP to opt out"
     if channel is Channel.EMAIL:
         if not unsubscribe_url:
             raise ValueError("an e-mail opt-out needs the message's unsubscribe URL")
@@ -229,6 +274,7 @@ def build_context(
         "days_past_due": dpd,
         "days_until_due": max(-dpd, 0),
         "due_date": format_day(case.due_date, locale),
+        "due_day": format_short_day(case.due_date, locale),
         "penalty_explanation": penalty_explanation(case, locale, today, spoken=channel is Channel.VOICE,
                                                    terse=channel is Channel.SMS),
         "payment_link": payment_link,
@@ -257,6 +303,7 @@ CONTEXT_KEYS = frozenset(
         "days_past_due",
         "days_until_due",
         "due_date",
+        "due_day",
         "penalty_explanation",
         "payment_link",
         "support_phone",

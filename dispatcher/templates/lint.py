@@ -417,14 +417,27 @@ def _line_at(source: str, offset: int) -> int:
     return source.count("\n", 0, offset) + 1
 
 
-def _sample_context(case: Case, config: Config, ref: TemplateRef) -> dict[str, Any]:
+def sms_sizes(templates: TemplateSet, ref: TemplateRef, payment_link: str | None = None) -> list[tuple[Case, Any]]:
+    """The sample renderings the linter measures for the SMS template `ref`: (case, its
+    `SegmentInfo`) for every sample case of its stage and profile (`bench/sms_segments.py`)."""
+    config = templates.config
+    stage = config.stage_named(ref.stage)
+    out = []
+    for case in _per_profile(sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES, config):
+        case = dataclasses.replace(case, locale=ref.locale)
+        ctx = _sample_context(case, config, ref, payment_link)
+        out.append((case, sms_segments(templates.render(ref.template_id, ref.locale, ctx).text)))
+    return out
+
+
+def _sample_context(case: Case, config: Config, ref: TemplateRef, payment_link: str | None = None) -> dict[str, Any]:
     unsubscribe = SAMPLE_UNSUBSCRIBE_URL if ref.channel is Channel.EMAIL else None
     return build_context(
         case,
         config=config,
         channel=ref.channel,
         today=SAMPLE_TODAY,
-        payment_link=sample_payment_link(config.links.base_url),
+        payment_link=payment_link or sample_payment_link(config.links.base_url),
         opt_out=opt_out_text(ref.channel, ref.locale, unsubscribe),
         locale=ref.locale,
         unsubscribe_url=unsubscribe,

@@ -91,8 +91,8 @@ def test_a_missing_locale_names_the_existing_ones(shipped: TemplateSet, config: 
 def test_sms_renders_the_whole_file(shipped: TemplateSet, config: Config) -> None:
     msg = shipped.render("sms/dpd30/v1", "zh-CN", ctx(config, Channel.SMS, "zh-CN"))
     assert msg.text == (
-        "【调度银行】您的账户已逾期45天，应还¥10,345.00。逾期罚息：逾期本金¥10,000.00×日罚息率0.05%×45天=¥225.00。"
-        f"还款：{SAMPLE_PAYMENT_LINK} 客服95555 回复退订或TD退订"
+        "【调度银行】已逾期45天，应还¥10,345.00。罚息=本金×日0.05%×45天=¥225.00。"
+        f"还款{SAMPLE_PAYMENT_LINK} 客服95555 回TD退订"
     )
     assert (msg.template_id, msg.variant, msg.locale, msg.channel) == ("sms/dpd30/v1", "v1", "zh-CN", Channel.SMS)
     assert msg.subject is None and msg.html is None
@@ -352,7 +352,7 @@ def test_unknown_jurisdiction_is_a_clear_error(config: Config) -> None:
 
 def test_opt_out_texts() -> None:
     assert opt_out_text(Channel.SMS, "en-US", None) == "Reply STOP to opt out"
-    assert opt_out_text(Channel.SMS, "zh-CN", None) == "回复退订或TD退订"
+    assert opt_out_text(Channel.SMS, "zh-CN", None) == "回TD退订"
     assert opt_out_text(Channel.EMAIL, "en-US", "https://u/1") == (
         "To stop receiving these e-mails, unsubscribe here: https://u/1")
     assert opt_out_text(Channel.EMAIL, "zh-CN", "https://u/1") == "如不希望再收到此类邮件，请点击链接退订：https://u/1"

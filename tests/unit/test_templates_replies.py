@@ -99,7 +99,7 @@ def test_a_reply_keeps_to_the_segment_limit(tree: Path, config: Config) -> None:
     found = problems(tree, config, "sms/replies/opt_out.en-US.j2", "{{ org_name }}: " + "stopped. " * 60 + "\n")
     [problem] = found  # once, not once per profile
     assert problem.startswith("1: SMS is 4 segments")
-    assert problem.endswith("the limit is 3 (templates.sms_max_segments)")
+    assert problem.endswith("the limit is 2 (templates.sms_max_segments)")
 
 
 def test_forbidden_phrases_apply_to_replies(tree: Path, config: Config) -> None:
