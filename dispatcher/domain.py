@@ -26,6 +26,12 @@ ADDRESS_KIND: dict[Channel, str] = {
 }
 
 
+#: The stage name of instalment reminders (templates `<channel>/plan/`): reserved, no
+#: delinquency stage may take it. They go out on these channels.
+PLAN_STAGE = "plan"
+PLAN_CHANNELS: tuple[Channel, ...] = (Channel.SMS, Channel.EMAIL)
+
+
 class Action(StrEnum):
     SEND = "send"
     DEFER = "defer"

@@ -50,6 +50,8 @@ from dispatcher.domain import (
     ADDRESS_KIND,
     CLOSED_STATUSES,
     HOLD_REASONS,
+    PLAN_CHANNELS,
+    PLAN_STAGE,
     Action,
     CaseSnapshot,
     Channel,
@@ -74,10 +76,6 @@ _ADDRESS_WORD = {"phone": "phone number", "email": "e-mail address"}
 _UTC = dt.UTC
 _CH = {ch: ch.value for ch in Channel}
 _SEND, _DEFER, _SKIP, _ESCALATE = Action.SEND, Action.DEFER, Action.SKIP, Action.ESCALATE
-#: the stage name of instalment reminders (reserved: no delinquency stage may take it)
-PLAN_STAGE = "plan"
-#: the channels instalment reminders go out on (each still needs its approved templates)
-_PLAN_CHANNELS = (Channel.SMS, Channel.EMAIL)
 
 
 # -- per-profile caches ----------------------------------------------------------------
@@ -440,7 +438,7 @@ class Gate:
         self.firmer: dict[str, str] = {a.name: b.name for a, b in zip(ordered, ordered[1:], strict=False)}
         #: instalment reminders, checked like a stage's messages (at most one a day per channel)
         self.plan_stage = Stage(name=PLAN_STAGE, dpd=(-(10**6),),
-                                channels={ch: ChannelCadence(every_days=1) for ch in _PLAN_CHANNELS})
+                                channels={ch: ChannelCadence(every_days=1) for ch in PLAN_CHANNELS})
         self._stages: dict[int, tuple[Stage, tuple[tuple[Channel, int], ...]] | None] = {}
         self._heads: dict[tuple[int, dt.date], _Head] = {}
         #: sorted, de-duplicated candidates per catalog value; only immutable (tuple)
@@ -465,7 +463,7 @@ class Gate:
                 c.plan, dt.date.fromordinal(c.time.today), self.config.self_service.plan_reminder_days
             ):
                 p = c.as_plan()
-                for ch in _PLAN_CHANNELS:
+                for ch in PLAN_CHANNELS:
                     line = _line(p, templates, ch, 1, apply_cadence=True, template=None)
                     if p.prof.shared:
                         p.plan_message(line)

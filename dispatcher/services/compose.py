@@ -8,15 +8,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from dispatcher.channels.base import OutboundMessage
 from dispatcher.config import Config
-from dispatcher.domain import CaseSnapshot, Channel
+from dispatcher.domain import PLAN_STAGE, CaseSnapshot, Channel
 from dispatcher.links import LinkSigner
+from dispatcher.policy.plans import plan_standing
 from dispatcher.services.claims import Claimed, Writes
 from dispatcher.services.links import link_url, links_base_url, token_row
 from dispatcher.services.planner import zone_info
 from dispatcher.templates import TemplateSet, build_context, opt_out_text, pick_locale
+from dispatcher.templates.context import instalment_context
 from dispatcher.templates.segments import sms_segments
 
 
@@ -67,6 +70,18 @@ class Composer:
                 return locale
         return pick_locale(self.templates, template_id, case_locale, default, approved_only=True)
 
+    def _instalment(self, snapshot: CaseSnapshot, stage: str | None, today: dt.date,
+                    locale: str) -> dict[str, Any] | None:
+        """An instalment reminder's `instalment` variable: the plan's next unpaid one."""
+        plan = snapshot.plan
+        if stage != PLAN_STAGE or plan is None:
+            return None
+        nxt = plan_standing(plan, snapshot.case.paid_total, today, self.config.self_service.plan_grace_days).next_unpaid
+        if nxt is None:
+            return None
+        return instalment_context(nxt.instalment.number, len(plan.instalments), nxt.instalment.due, nxt.remaining,
+                                  snapshot.case.currency, locale)
+
     def render(self, item: Claimed, snapshot: CaseSnapshot, template_id: str, stage: str | None,
                 now: dt.datetime, writes: Writes) -> OutboundMessage:
         case_ = snapshot.case
@@ -90,6 +105,7 @@ class Composer:
             opt_out=opt_out_text(item.channel, locale, unsubscribe_url),
             locale=locale,
             unsubscribe_url=unsubscribe_url,
+            instalment=self._instalment(snapshot, stage or item.stage, today, locale),
         )
         rendered = self.templates.render(template_id, locale, context, require_approved=True)
         to = next((c.address for c in snapshot.contacts if c.channel is item.channel), None) or ""

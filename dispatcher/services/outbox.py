@@ -47,13 +47,12 @@ from dispatcher.channels.base import ChannelAdapter, OutboundMessage, SendResult
 from dispatcher.channels.guarded import paused_channels, probe_due
 from dispatcher.clock import Clock
 from dispatcher.config import Config
-from dispatcher.domain import Action, CaseSnapshot, Channel, MessageStatus
+from dispatcher.domain import PLAN_STAGE, Action, CaseSnapshot, Channel, MessageStatus
 from dispatcher.links import LinkSigner
 from dispatcher.logs import mask
 from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.caps import history_for_recheck
-from dispatcher.policy.evaluate import PLAN_STAGE
 from dispatcher.policy.window import windows_for
 from dispatcher.services.claims import Claimed, SendSummary, Writes, stale_rows
 from dispatcher.services.compose import Composer

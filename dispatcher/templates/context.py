@@ -21,7 +21,7 @@ from dispatcher.templates.money import babel_locale, format_money
 
 __all__ = [
     "CONTEXT_KEYS", "SUPPORTED_LOCALES", "build_context", "days_past_due", "format_day", "format_money",
-    "opt_out_text", "penalty_explanation",
+    "instalment_context", "opt_out_text", "penalty_explanation",
 ]
 
 #: Locales the shipped templates and the sentences below are written for.
@@ -225,8 +225,12 @@ def build_context(
     opt_out: str,
     locale: str | None = None,
     unsubscribe_url: str | None = None,
+    instalment: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The template variables for `case` (SPEC section 7).
+
+    `instalment` (instalment reminders, templates `<channel>/plan/`): the next instalment
+    of the case's repayment plan, from `instalment_context`.
 
     `locale` is the locale of the template file being rendered (after `pick_locale`);
     it defaults to the case's. `today` is the debtor's local date. E-mail needs
@@ -282,7 +286,18 @@ def build_context(
         "org_name": config.organisation.name_for(locale),
         "opt_out": opt_out,
         "unsubscribe_url": unsubscribe_url or "",
+        "instalment": instalment or {},
     }
+
+
+def instalment_context(number: int, count: int, due: dt.date, remaining: Decimal, currency: str,
+                       locale: str) -> dict[str, Any]:
+    """The `instalment` variable of an instalment reminder: which one (`number` of
+    `count`), what is left to pay on it, and its date (long and short forms)."""
+    short = f"{due.month}月{due.day}日" if _is_zh(locale) else format_date(due, format="MMM d",
+                                                                          locale=babel_locale(locale))
+    return {"number": number, "count": count, "amount": format_money(remaining, currency, locale),
+            "due": format_day(due, locale), "due_short": short}
 
 
 #: Every name `build_context` provides; the linter flags any other free name.
@@ -310,5 +325,6 @@ CONTEXT_KEYS = frozenset(
         "org_name",
         "opt_out",
         "unsubscribe_url",
+        "instalment",
     }
 )

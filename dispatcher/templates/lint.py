@@ -18,12 +18,14 @@ Problems print as ``path:line: problem`` (the path as given, the template line).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import html as html_lib
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,13 @@ from jinja2 import TemplateSyntaxError, meta, nodes
 from markupsafe import escape
 
 from dispatcher.config import Config
-from dispatcher.domain import Case, Channel
+from dispatcher.domain import PLAN_CHANNELS, PLAN_STAGE, Case, Channel
 from dispatcher.templates.approvals_file import APPROVALS_FILE, ApprovalError, load_approvals
 from dispatcher.templates.context import (
     CONTEXT_KEYS,
     SUPPORTED_LOCALES,
     build_context,
+    instalment_context,
     opt_out_text,
 )
 from dispatcher.templates.rendering import (
@@ -275,13 +278,16 @@ def _coverage(directory: Path, config: Config, found: list[TemplateRef]) -> list
                     f"no {locale} file for the automatic reply {spec.template_id}; without it that"
                     " reply is not sent",
                 ))
-    for stage in config.stages:
-        for channel in stage.channels:
+    wanted = [(s.name, tuple(s.channels)) for s in config.stages]
+    if config.self_service.plans:  # plans offered: their instalment reminders need templates too
+        wanted.append((PLAN_STAGE, PLAN_CHANNELS))
+    for stage_name, channels in wanted:
+        for channel in channels:
             for locale, profiles in sorted(defaults.items()):
-                if (channel, stage.name, locale) not in have:
+                if (channel, stage_name, locale) not in have:
                     problems.append(LintProblem(
-                        directory / channel.value / stage.name, 1,
-                        f"no {locale} template for {channel.value}/{stage.name} ({locale} is the default"
+                        directory / channel.value / stage_name, 1,
+                        f"no {locale} template for {channel.value}/{stage_name} ({locale} is the default"
                         f" locale of {'profiles' if len(profiles) > 1 else 'profile'} {', '.join(sorted(profiles))});"
                         " add a variant",
                     ))
@@ -328,6 +334,9 @@ def lint_template(
             problem(1, f"{REPLIES_FOLDER}/ holds the automatic SMS replies only: sms/{REPLIES_FOLDER}/"
                        f"{{{','.join(REPLIES)}}}.<locale>.j2")
             return problems
+    elif ref.stage == PLAN_STAGE:
+        if ref.channel not in PLAN_CHANNELS:
+            problem(1, f"{PLAN_STAGE}/ holds instalment reminders for {', '.join(c.value for c in PLAN_CHANNELS)}")
     elif stage is None:
         problem(1, f"stage {ref.stage!r} is not in the configuration (stages:"
                    f" {', '.join(s.name for s in config.stages)})")
@@ -357,7 +366,14 @@ def lint_template(
     if reply is not None:
         return _dedupe(problems + _reply_problems(path, ref, reply, config, templates, _phrases, source, static_keys))
 
-    cases = _per_profile(sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES, config)
+    if ref.stage == PLAN_STAGE:  # a plan is made in a stage its offer names, and days past due only grow
+        offered = {n for o in config.self_service.plans for n in o.stages or [s.name for s in config.stages]}
+        first = min((s for s in config.stages if s.name in offered), key=lambda s: s.dpd_min, default=None)
+        later = [s for s in config.stages if first is not None and s.dpd_min >= first.dpd_min]
+        samples: Iterable[Case] = [c for s in later for c in sample_cases_for_stage(s)] or SAMPLE_CASES
+    else:
+        samples = sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES
+    cases = _per_profile(samples, config)
     worst_sms: tuple[int, str] | None = None
     for case in cases:
         case = dataclasses.replace(case, locale=ref.locale)
@@ -432,8 +448,12 @@ def sms_sizes(templates: TemplateSet, ref: TemplateRef, payment_link: str | None
 
 def _sample_context(case: Case, config: Config, ref: TemplateRef, payment_link: str | None = None) -> dict[str, Any]:
     unsubscribe = SAMPLE_UNSUBSCRIBE_URL if ref.channel is Channel.EMAIL else None
+    # an instalment reminder: the first of three, a third of the sample's amount, in 3 days
+    instalment = instalment_context(1, 3, SAMPLE_TODAY + dt.timedelta(days=3), (case.outstanding / 3).quantize(
+        Decimal("0.01")), case.currency, ref.locale) if ref.stage == PLAN_STAGE else None
     return build_context(
         case,
+        instalment=instalment,
         config=config,
         channel=ref.channel,
         today=SAMPLE_TODAY,

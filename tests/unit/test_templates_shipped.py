@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dispatcher.config import Config
-from dispatcher.domain import Channel
+from dispatcher.domain import PLAN_STAGE, Channel
 from dispatcher.templates import TemplateSet, build_context, lint_tree, opt_out_text
+from dispatcher.templates.context import instalment_context
 from dispatcher.templates.rendering import REPLIES_FOLDER
 from dispatcher.templates.segments import sms_segments
 from dispatcher.testing import (
@@ -19,6 +22,7 @@ from dispatcher.testing import (
     SAMPLE_TODAY,
     SAMPLE_UNSUBSCRIBE_URL,
     sample_cases_for_stage,
+    sample_payment_link,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,14 +43,20 @@ def renderings(shipped: TemplateSet, config: Config, channel: Channel) -> list[t
     for ref in shipped.refs():
         if ref.channel is not channel or ref.stage == REPLIES_FOLDER:
             continue
-        stage = config.stage_named(ref.stage)
-        assert stage is not None
-        for case in sample_cases_for_stage(stage):
+        if ref.stage == PLAN_STAGE:  # instalment reminders: cases in the stages plans are offered in and later
+            stages = [s for s in config.stages if s.dpd_min >= 1]
+        else:
+            stage = config.stage_named(ref.stage)
+            assert stage is not None
+            stages = [stage]
+        for case in (c for s in stages for c in sample_cases_for_stage(s)):
             case = dataclasses.replace(case, locale=ref.locale)
             unsub = SAMPLE_UNSUBSCRIBE_URL if channel is Channel.EMAIL else None
+            instalment = (instalment_context(2, 3, SAMPLE_TODAY + dt.timedelta(days=3), Decimal("1234.56"),
+                                             case.currency, ref.locale) if ref.stage == PLAN_STAGE else None)
             ctx = build_context(case, config=config, channel=channel, today=SAMPLE_TODAY,
                                 payment_link=SAMPLE_PAYMENT_LINK, opt_out=opt_out_text(channel, ref.locale, unsub),
-                                locale=ref.locale, unsubscribe_url=unsub)
+                                locale=ref.locale, unsubscribe_url=unsub, instalment=instalment)
             out.append((ref.relpath, case, ctx, shipped.render(ref.template_id, ref.locale, ctx)))
     return out
 
@@ -66,7 +76,7 @@ def test_every_stage_channel_and_locale_has_enough_approved_variants(shipped: Te
 
 def test_every_file_is_approved(shipped: TemplateSet) -> None:
     refs = shipped.refs()
-    assert len(refs) == 78  # 68 message templates and 10 automatic replies
+    assert len(refs) == 82  # 68 message templates, 4 instalment reminders and 10 automatic replies
     assert [r.relpath for r in refs if not shipped.is_approved(r.template_id, r.locale)] == []
 
 
@@ -162,3 +172,17 @@ def test_voice_scripts_have_identity_check_options_and_a_limited_voicemail(
         assert not re.search(
             r"debt|owe|overdue|past due|payment|loan|credit|欠|逾期|还款|贷款|信用卡", voicemail, re.I
         ), rel
+
+
+def test_instalment_reminders_state_the_instalment_and_fit_two_segments(shipped: TemplateSet, config: Config) -> None:
+    for channel in (Channel.SMS, Channel.EMAIL):
+        for rel, _case, ctx, msg in renderings(shipped, config, channel):
+            if "/plan/" not in rel:
+                continue
+            # a Chinese SMS has room for the instalment's number and date, not its amount as well
+            if channel is Channel.EMAIL or "en-US" in rel:
+                assert ctx["instalment"]["amount"] in msg.text, rel
+            assert ctx["instalment"]["due_short" if channel is Channel.SMS else "due"] in msg.text, rel
+            if channel is Channel.SMS:  # measured with a link of the configured base's length, as lint does
+                text = msg.text.replace(SAMPLE_PAYMENT_LINK, sample_payment_link(config.links.base_url))
+                assert sms_segments(text).segments <= 2, (rel, text)
