@@ -1,9 +1,10 @@
-"""`dispatcher case …`: a case's timeline, holds and their release."""
+"""`dispatcher case …`: a case's timeline, holds and their release, agreements."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from rich.table import Table
 from dispatcher.commands.common import fail, out, rt
 from dispatcher.wiring import Runtime
 
-case_app = typer.Typer(help="A case's timeline, holds.", no_args_is_help=True)
+case_app = typer.Typer(help="A case's timeline, holds, agreements.", no_args_is_help=True)
 
 
 def _parse_until(text: str, zone: str) -> dt.datetime:
@@ -159,3 +160,47 @@ def case_release(
         except ValueError:
             raise fail(f"--reason {reason!r} is not a hold reason") from None
     print(f"released {count} hold(s) on {case_id}")
+
+
+@case_app.command("agreement")
+def case_agreement(
+    ctx: typer.Context,
+    case_id: Annotated[str, typer.Argument()],
+    agreement_id: Annotated[int | None, typer.Option("--id", help="one agreement (default: the latest)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, json or html (printable)")] = "text",
+) -> None:
+    """A repayment plan agreement the debtor accepted: the exact text shown, its terms,
+    when and through what it was accepted, and the plan's status."""
+    from dispatcher.store.plans import case_agreement_ids, get_agreement
+    from dispatcher.store.repository import case_zones
+
+    if fmt not in ("text", "json", "html"):
+        raise fail(f"--format {fmt!r}: use text, json or html")
+    runtime = rt(ctx)
+    with runtime.engine.connect() as conn:
+        try:
+            case_zones(conn, case_id)
+        except LookupError as exc:
+            raise fail(str(exc)) from None
+        ids = case_agreement_ids(conn, case_id)
+        if agreement_id is None and not ids:
+            raise fail(f"case {case_id} has no agreement (a debtor accepts one on their page)", 1)
+        wanted = ids[-1] if agreement_id is None else agreement_id
+        found = get_agreement(conn, wanted) if wanted in ids else None
+    if found is None:
+        raise fail(f"case {case_id} has no agreement {wanted}; its agreements: {', '.join(map(str, ids)) or 'none'}")
+    if fmt == "html":
+        from dispatcher.web.debtor_page import agreement_page
+
+        sys.stdout.write(bytes(agreement_page(found).body).decode("utf-8"))
+        return
+    if fmt == "json":
+        print(json.dumps({"agreement_id": found.agreement_id, "case_id": found.case_id, "kind": found.kind,
+                          "locale": found.locale, "accepted_at": found.accepted_at.isoformat(),
+                          "accepted_by": found.accepted_by, "sha256": found.content_hash, "plan_id": found.plan_id,
+                          "plan_status": found.plan_status, "terms": found.terms, "text": found.text},
+                         ensure_ascii=False, indent=2))
+        return
+    print(found.text)
+    print(f"\n-- agreement {found.agreement_id}, accepted {found.accepted_at.isoformat()} by {found.accepted_by};"
+          f" plan {found.plan_id} {found.plan_status}; sha256 {found.content_hash}")

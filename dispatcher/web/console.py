@@ -43,6 +43,7 @@ from dispatcher.services.people import SESSION_HOURS, Refusal
 from dispatcher.services.planner import plan_decisions
 from dispatcher.settings import Settings
 from dispatcher.store import repository
+from dispatcher.store.plans import get_agreement
 from dispatcher.store.timeline import case_timeline
 from dispatcher.web.auth import (
     SESSION_COOKIE,
@@ -59,6 +60,7 @@ from dispatcher.web.auth import (
     form_fields,
     new_sign_in_nonce,
 )
+from dispatcher.web.debtor_page import agreement_page
 from dispatcher.web.dependencies import ClockDep, ConfigDep, EngineDep, GateDep, SettingsDep, TemplatesDep
 
 router = APIRouter(prefix="/ui")
@@ -224,6 +226,22 @@ async def find_case(request: Request, principal: Reader, engine: EngineDep, case
         return RedirectResponse(f"/ui/cases/{quote(wanted)}", status_code=303)
     return console_page(request, principal, "console_search.html", 404, title="Find a case", case_id=wanted,
                  error=f"No case {wanted}: check the id, or import the case first.")
+
+
+@router.get("/cases/{case_id}/agreements/{agreement_id}")
+async def case_agreement(case_id: str, agreement_id: int, request: Request, principal: Reader,
+                         engine: EngineDep) -> Response:
+    """The printable record of a repayment plan agreement the debtor accepted."""
+    def read() -> Any:
+        with engine.connect() as conn:
+            return get_agreement(conn, agreement_id)
+
+    found = await run_in_threadpool(read)
+    if found is None or found.case_id != case_id:
+        return console_page(request, principal, "console_search.html", status=404, title="Find a case",
+                            case_id=case_id, error=f"Case {case_id} has no agreement {agreement_id}.")
+    return agreement_page(found, back=f"/ui/cases/{case_id}", by_label=f"{found.accepted_by}: the debtor's page"
+                          if found.accepted_by == "page" else found.accepted_by)
 
 
 @router.get("/cases/{case_id}")

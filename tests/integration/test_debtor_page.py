@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from test_console import Console, console, sign_in  # noqa: F401
 from test_webhooks import CN_EMAIL, CN_PHONE, INTERNAL, KEY, US_PHONE, add_message, imported, make_app
 
 from dispatcher.clock import FakeClock
@@ -29,9 +31,11 @@ from dispatcher.links import LinkSigner
 from dispatcher.policy import Gate
 from dispatcher.services.plan_check import check_plans
 from dispatcher.store import repository as repo
-from dispatcher.store.plans import get_agreement
+from dispatcher.store.plans import create_plan, get_agreement
 from dispatcher.store.snapshots import get_snapshot
 from dispatcher.store.tables import events_t, holds_t, instalments_t, plans_t
+
+SHIPPED_CONFIG = str(Path(__file__).resolve().parents[2] / "config" / "dispatcher.toml")
 
 
 @dataclass
@@ -256,3 +260,56 @@ async def test_plan_check_completes_a_kept_plan_and_settles_the_waived_penalty(p
     snapshot = get_snapshot(page.engine, "cn-1", page.clock.now())
     assert snapshot.case.status.value == "settled" and snapshot.plan is None
     assert len(page.events("plan_completed")) == 1
+
+
+async def test_collectors_print_the_agreement_from_the_cli(page: Page, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dispatcher.cli import app
+
+    token = page.token()
+    r, csrf = await page.open(token)
+    digest = re.search(r'value="three_months">\s*<input type="hidden" name="digest" value="(\w+)"', r.text)
+    assert digest is not None
+    await page.client.post(f"/p/{token}/plan", data={"csrf": csrf, "offer": "three_months",
+                                                      "digest": digest.group(1)})
+    monkeypatch.setenv("DISPATCHER_SIGNING_KEY", KEY)
+    base = ["--config", SHIPPED_CONFIG,
+            "--db", page.engine.url.render_as_string(hide_password=False), "case", "agreement"]
+    with page.engine.connect() as conn:
+        agreement = get_agreement(conn, conn.execute(select(plans_t.c.agreement_id)).scalar_one())
+    assert agreement is not None
+    result = CliRunner().invoke(app, [*base, "cn-1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(agreement.text) and "plan 1 active" in result.output
+    result = CliRunner().invoke(app, [*base, "cn-1", "--format", "json"])
+    assert json.loads(result.output)["text"] == agreement.text
+    result = CliRunner().invoke(app, [*base, "cn-1", "--format", "html"])
+    assert result.exit_code == 0 and "<html" in result.output and "¥3,373.34" in result.output
+    result = CliRunner().invoke(app, [*base, "us-1"])
+    assert result.exit_code == 1 and "no agreement" in result.output
+    result = CliRunner().invoke(app, [*base, "cn-1", "--id", "999"])
+    assert result.exit_code == 2 and "no agreement 999" in result.output
+
+
+async def test_collectors_read_the_agreement_in_the_console(console: Console, engine: Engine) -> None:  # noqa: F811
+    """Signed in with cases.read: the case's timeline links the agreement; another
+    case's id in the path finds nothing; without a session, the sign-in page."""
+    from dispatcher.config import PlanOffer
+    from dispatcher.policy.plans import schedule
+
+    offer = PlanOffer(name="three_months", instalments=3)
+    with engine.begin() as conn:
+        _, agreement_id = create_plan(
+            conn, "A1", offer=offer.name, instalments=schedule(offer, Decimal("900.00"), dt.date(2026, 12, 7)),
+            waived=Decimal("0.00"), paid_at_start=Decimal("0.00"), created_on=dt.date(2026, 12, 7), locale="en-US",
+            terms={"offer": offer.name}, text="Dispatcher Bank: repayment plan agreement\nInstalment 1: $300.00",
+            by="page", now=console.clock.now())
+    c = console.client
+    assert (await c.get(f"/ui/cases/A1/agreements/{agreement_id}")).status_code == 303
+    await sign_in(c)
+    r = await c.get("/ui/cases/A1")
+    assert f'href="/ui/cases/A1/agreements/{agreement_id}"' in r.text
+    r = await c.get(f"/ui/cases/A1/agreements/{agreement_id}")
+    assert r.status_code == 200 and "Instalment 1: $300.00" in r.text and "the debtor&#39;s page" in r.text
+    assert (await c.get(f"/ui/cases/P1/agreements/{agreement_id}")).status_code == 404
