@@ -123,7 +123,8 @@ _DEBT_RE = re.compile(
 )
 
 #: IVR options the script must announce; the gather handler maps these digits.
-_VOICE_OPTIONS = {"1": "payment link by SMS", "2": "promise to pay", "3": "an agent", "9": "stop calls"}
+_VOICE_OPTIONS = {"1": "payment link by SMS", "2": "promise to pay", "3": "an agent",
+                  "4": "self-service link by SMS", "9": "stop calls"}
 
 
 def _press(locale: str, digit: str) -> re.Pattern[str]:
