@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from dispatcher.clock import FakeClock
-from dispatcher.config import Stage
+from dispatcher.config import Config, Stage
 from dispatcher.domain import Case, Product
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FakeClock",
     "partly_paid",
     "sample_case",
+    "sample_cases_for_plans",
     "sample_cases_for_stage",
     "sample_payment_link",
 ]
@@ -155,3 +156,13 @@ def sample_cases_for_stage(stage: Stage, today: dt.date = SAMPLE_TODAY) -> tuple
     """Sample cases at both DPD ends of a stage (an open stage: up to a year overdue)."""
     upper = stage.dpd_max if stage.dpd_max is not None else max(stage.dpd_min, 365)
     return _grid(tuple(sorted({stage.dpd_min, upper})), today)
+
+
+def sample_cases_for_plans(config: Config) -> tuple[Case, ...]:
+    """Sample cases an instalment reminder may be written for: a plan is made in a stage
+    its offer names (any, without names), and days past due only grow from there."""
+    offered = {n for o in config.self_service.plans for n in o.stages or [s.name for s in config.stages]}
+    first = min((s for s in config.stages if s.name in offered), key=lambda s: s.dpd_min, default=None)
+    if first is None:
+        return ()
+    return tuple(c for s in config.stages if s.dpd_min >= first.dpd_min for c in sample_cases_for_stage(s))

@@ -314,6 +314,13 @@ def _channel_block(snapshot: CaseSnapshot, channel: Channel, profile: Jurisdicti
     return Reason.OPTED_OUT, f"the debtor opted out of {ch}"
 
 
+def channel_block(snapshot: CaseSnapshot, channel: Channel, profile: Jurisdiction) -> tuple[Reason, str] | None:
+    """The contact-level part of the gate (no address, marked invalid, no consent, opted
+    out) with its reason and detail, or None: what still applies to a message the debtor
+    asked for on a call (the IVR's self-service link), which no stage or hold governs."""
+    return _channel_block(snapshot, channel, profile)
+
+
 def _override_approved(
     templates: TemplateCatalog, channel: Channel, template: str, locales: tuple[str, ...]
 ) -> bool:

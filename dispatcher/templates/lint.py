@@ -58,6 +58,7 @@ from dispatcher.testing import (
     SAMPLE_CASES,
     SAMPLE_TODAY,
     SAMPLE_UNSUBSCRIBE_URL,
+    sample_cases_for_plans,
     sample_cases_for_stage,
     sample_payment_link,
 )
@@ -126,7 +127,8 @@ _DEBT_RE = re.compile(
 )
 
 #: IVR options the script must announce; the gather handler maps these digits.
-_VOICE_OPTIONS = {"1": "payment link by SMS", "2": "promise to pay", "3": "an agent", "9": "stop calls"}
+_VOICE_OPTIONS = {"1": "payment link by SMS", "2": "promise to pay", "3": "an agent",
+                  "4": "self-service link by SMS", "9": "stop calls"}
 
 
 def _press(locale: str, digit: str) -> re.Pattern[str]:
@@ -366,11 +368,8 @@ def lint_template(
     if reply is not None:
         return _dedupe(problems + _reply_problems(path, ref, reply, config, templates, _phrases, source, static_keys))
 
-    if ref.stage == PLAN_STAGE:  # a plan is made in a stage its offer names, and days past due only grow
-        offered = {n for o in config.self_service.plans for n in o.stages or [s.name for s in config.stages]}
-        first = min((s for s in config.stages if s.name in offered), key=lambda s: s.dpd_min, default=None)
-        later = [s for s in config.stages if first is not None and s.dpd_min >= first.dpd_min]
-        samples: Iterable[Case] = [c for s in later for c in sample_cases_for_stage(s)] or SAMPLE_CASES
+    if ref.stage == PLAN_STAGE:
+        samples: Iterable[Case] = sample_cases_for_plans(config) or SAMPLE_CASES
     else:
         samples = sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES
     cases = _per_profile(samples, config)

@@ -1,11 +1,12 @@
 """The automatic SMS replies: what the debtor asked for, written as templates.
 
-An opt-out (STOP) and an opt-in (START) are confirmed, HELP is answered, and option 1
-of a call texts the payment link. Their words are templates like every other message,
-so compliance approves them and lint checks them; they live under
+An opt-out (STOP) and an opt-in (START) are confirmed, HELP is answered, option 1
+of a call texts the payment link and option 4 the link to the debtor's self-service
+page. Their words are templates like every other message, so compliance approves
+them and lint checks them; they live under
 ``templates/sms/replies/<name>.<locale>.j2`` and their ids are ``sms/replies/<name>``.
-``replies`` is a reserved folder name, not a stage: the replies are never chosen by the
-planner or offered for one-off sends.
+``replies`` is a reserved folder name, not a stage: the replies are never chosen by
+the planner or offered for one-off sends.
 
 A reply sees only what it needs (`REPLY_CONTEXT_KEYS`): no amount, no penalty, no case
 data. Lint holds each one to the rules that fit it (`REPLIES`): the organisation's name,
@@ -44,8 +45,12 @@ OPT_OUT_CALLS = ReplySpec("opt_out_calls", ("org_name",))
 OPT_IN = ReplySpec("opt_in", ("org_name", "opt_out"))
 HELP = ReplySpec("help", ("org_name", "support_phone", "opt_out"))
 PAYMENT_LINK = ReplySpec("payment_link", ("org_name", "payment_link", "opt_out"), with_link=True)
+#: Option 4 of a call: the link to the debtor's own page (pay, promise a date, choose a plan).
+SELF_SERVICE = ReplySpec("self_service", ("org_name", "payment_link", "opt_out"), with_link=True)
 
-REPLIES: dict[str, ReplySpec] = {spec.name: spec for spec in (OPT_OUT, OPT_OUT_CALLS, OPT_IN, HELP, PAYMENT_LINK)}
+REPLIES: dict[str, ReplySpec] = {
+    spec.name: spec for spec in (OPT_OUT, OPT_OUT_CALLS, OPT_IN, HELP, PAYMENT_LINK, SELF_SERVICE)
+}
 
 #: Every name a reply may use (`payment_link` only in the link reply).
 REPLY_CONTEXT_KEYS = frozenset({"locale", "org_name", "support_phone", "opt_out", "payment_link"})

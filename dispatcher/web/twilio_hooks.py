@@ -9,6 +9,7 @@ injection runs."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +21,7 @@ from twilio.request_validator import RequestValidator
 from dispatcher.config import Config
 from dispatcher.domain import Channel
 from dispatcher.policy.replies import is_machine
-from dispatcher.services.receipts import Receipts
+from dispatcher.services.receipts import CallContext, Receipts
 from dispatcher.settings import Settings
 from dispatcher.web import voice
 from dispatcher.web.security import (
@@ -144,8 +145,10 @@ class TwilioHooks:
 
     # -------------------------------------------------------------------- IVR
 
-    def _gather_url(self, message_id: int, step: str, attempt: int = 0) -> str:
+    def _gather_url(self, message_id: int, step: str, attempt: int = 0, day: dt.date | None = None) -> str:
         suffix = f"&try={attempt}" if attempt else ""
+        if day is not None:  # the date being confirmed: Twilio's signature covers the URL
+            suffix += f"&d={day.isoformat()}"
         return f"{self.public_url}/twilio/voice/gather?m={message_id}&step={step}{suffix}"
 
     async def voice_answer(self, request: Request) -> Response:
@@ -167,6 +170,43 @@ class TwilioHooks:
         request.state.result = "identity_check"
         return twiml(voice.identity_check(ctx, self._gather_url(ctx.message_id, "identity")))
 
+    async def _promise_step(self, request: Request, ctx: CallContext, step: str, digits: str) -> Response:
+        """Option 2: the date keyed in (MMDD, in the window, else asked again up to
+        `MENU_RETRIES` times), then read back: 1 records the promise, 2 asks again."""
+        receipts = self.receipts
+        await run_in_threadpool(receipts.record_keypress, ctx, step, digits)
+        attempt = (_query_int(request, "try") or 0) + 1
+        first, last = await run_in_threadpool(receipts.promise_window, ctx)
+        if step == "date":
+            day = voice.parse_keypad_date(digits, first, last)
+            if day is not None:
+                request.state.result = "date_entered"
+                return twiml(voice.confirm_promise_date(ctx, self._gather_url(ctx.message_id, "confirm", day=day), day))
+            request.state.result = "date_invalid" if digits else "date_missing"
+            if attempt > voice.MENU_RETRIES:
+                return twiml(voice.promise_failed(ctx))
+            return twiml(voice.ask_promise_date(ctx, self._gather_url(ctx.message_id, "date", attempt), last,
+                                                problem="invalid" if digits else "none"))
+        try:
+            day = dt.date.fromisoformat(request.query_params.get("d", ""))
+        except ValueError:
+            request.state.result = "bad_step"
+            return twiml(voice.goodbye(ctx))
+        if digits == "1":
+            promised = await run_in_threadpool(receipts.promise_to_pay, ctx, day)
+            request.state.result = "promise" if promised is not None else "date_expired"
+            if promised is None:  # the call crossed midnight: the date left the window
+                return twiml(voice.ask_promise_date(ctx, self._gather_url(ctx.message_id, "date"), last,
+                                                    problem="invalid"))
+            return twiml(voice.promise_noted(ctx, promised))
+        if digits == "2":
+            request.state.result = "date_again"
+            return twiml(voice.ask_promise_date(ctx, self._gather_url(ctx.message_id, "date"), last))
+        request.state.result = "confirm_invalid"
+        if attempt > voice.MENU_RETRIES:
+            return twiml(voice.promise_failed(ctx))
+        return twiml(voice.confirm_promise_date(ctx, self._gather_url(ctx.message_id, "confirm", attempt, day), day))
+
     async def voice_gather(self, request: Request) -> Response:
         """POST /twilio/voice/gather: a keypress of the IVR (identity, then the menu)."""
         params = await self.verified_form(request)
@@ -177,7 +217,6 @@ class TwilioHooks:
             return twiml(voice.unknown_call())
         step = request.query_params.get("step", "")
         digits = (params.get("Digits") or "").strip()[:8]
-        promise_days = self.config.replies.promise_to_pay_days
 
         if step == "identity":
             confirmed = digits == "1"
@@ -185,17 +224,20 @@ class TwilioHooks:
             request.state.result = "identity_confirmed" if confirmed else "identity_refused"
             if not confirmed:
                 return twiml(voice.goodbye(ctx))
-            return twiml(voice.script_and_options(ctx, self._gather_url(ctx.message_id, "options"), promise_days))
+            return twiml(voice.script_and_options(ctx, self._gather_url(ctx.message_id, "options")))
 
         if step == "options":
             await run_in_threadpool(receipts.record_keypress, ctx, "options", digits)
-            request.state.result = f"option_{digits}" if digits in {"1", "2", "3", "9"} else "option_invalid"
+            request.state.result = f"option_{digits}" if digits in {"1", "2", "3", "4", "9"} else "option_invalid"
             if digits == "1":
                 queued = await run_in_threadpool(receipts.send_payment_link, ctx)
                 return twiml(voice.link_sent(ctx, queued is not None))
             if digits == "2":
-                until = await run_in_threadpool(receipts.promise_to_pay, ctx)
-                return twiml(voice.promise_noted(ctx, until))
+                _first, last = await run_in_threadpool(receipts.promise_window, ctx)
+                return twiml(voice.ask_promise_date(ctx, self._gather_url(ctx.message_id, "date"), last))
+            if digits == "4":
+                queued = await run_in_threadpool(receipts.send_self_service_link, ctx)
+                return twiml(voice.self_service_sent(ctx, queued is not None))
             if digits == "3":
                 return twiml(voice.connect_agent(ctx, receipts.agent_available(ctx)))
             if digits == "9":
@@ -205,7 +247,10 @@ class TwilioHooks:
             if attempt > voice.MENU_RETRIES:
                 return twiml(voice.goodbye(ctx))
             url = self._gather_url(ctx.message_id, "options", attempt)
-            return twiml(voice.script_and_options(ctx, url, promise_days, retry_text=True, with_script=False))
+            return twiml(voice.script_and_options(ctx, url, retry_text=True, with_script=False))
+
+        if step in ("date", "confirm"):
+            return await self._promise_step(request, ctx, step, digits)
 
         request.state.result = "bad_step"
         return twiml(voice.goodbye(ctx))

@@ -578,20 +578,110 @@ async def gather(world: World, step: str, digits: str | None, m: int | None = No
     return await world.twilio("/twilio/voice/gather", params, f"m={m or world.voice_id}&step={step}")
 
 
-async def test_identity_then_promise_to_pay(world: World) -> None:
+async def confirm(world: World, day: str, digits: str | None, attempt: int = 0) -> httpx.Response:
+    params = {"CallSid": "CAv4"} | ({"Digits": digits} if digits is not None else {})
+    query = f"m={world.voice_id}&step=confirm" + (f"&try={attempt}" if attempt else "") + f"&d={day}"
+    return await world.twilio("/twilio/voice/gather", params, query)
+
+
+async def test_identity_then_promise_to_pay_by_a_keyed_date(world: World) -> None:
     r = await gather(world, "identity", "1")
     assert VOICE_PARTS["script"] in r.text  # amount and penalty explanation
-    assert 'step=options' in r.text and "按2" in r.text
+    assert 'step=options' in r.text and "按2" in r.text and "按4" in r.text
     r = await gather(world, "options", "2")
-    assert r.status_code == 200 and "<Hangup" in r.text
+    # Mon Dec 7 in Shanghai; the window is [replies] promise_to_pay_days = 7: up to Dec 14
+    assert 'numDigits="4"' in r.text and 'finishOnKey="#"' in r.text and 'actionOnEmptyResult="true"' in r.text
+    assert "step=date" in r.text and "12月14日" in r.text and "1 2 1 4" in r.text and "两位月份" in r.text
+    assert world.holds("cn-1") == []  # nothing until the date is confirmed
+    r = await gather(world, "date", "1210")
+    assert "step=confirm" in r.text and "d=2026-12-10" in r.text and "12月10日" in r.text and "确认请按1" in r.text
+    assert world.holds("cn-1") == []
+    r = await confirm(world, "2026-12-10", "1")
+    assert r.status_code == 200 and "<Hangup" in r.text and "12月10日" in r.text
     holds = world.holds("cn-1")
+    # paying on Dec 10 keeps the promise: the hold lasts to the end of that day in Shanghai
     assert [(h.reason, h.until) for h in holds] == [
-        (Reason.PROMISE_TO_PAY.value, world.clock.now() + dt.timedelta(days=7))]
-    assert "12月14日" in r.text  # the promised date, in the debtor's calendar
-    await gather(world, "options", "2")  # a repeated keypress adds no second promise
-    assert len(world.holds("cn-1")) == 1
+        (Reason.PROMISE_TO_PAY.value, dt.datetime(2026, 12, 10, 16, 0, tzinfo=dt.UTC))]
+    r = await confirm(world, "2026-12-10", "1")  # a repeated keypress adds no second promise
+    assert len(world.holds("cn-1")) == 1 and "12月10日" in r.text
     keys = [(json.loads(e.data)["step"], json.loads(e.data)["digits"]) for e in world.events("keypress")]
-    assert keys == [("identity", "1"), ("options", "2"), ("options", "2")]
+    assert keys == [("identity", "1"), ("options", "2"), ("date", "1210"), ("confirm", "1"), ("confirm", "1")]
+
+
+@pytest.mark.parametrize("digits", ["1206", "1215", "1332", "0230", "12", "abcd"])
+async def test_a_date_outside_the_window_or_not_a_date_is_asked_again(world: World, digits: str) -> None:
+    await gather(world, "identity", "1")
+    r = await gather(world, "date", digits)
+    assert "抱歉，这不是今天至12月14日之间的日期" in r.text  # yesterday, beyond the window, no such day
+    assert "step=date&amp;try=1" in r.text and 'numDigits="4"' in r.text and "<Hangup" not in r.text
+    r = await gather(world, "date", None)  # no keys at all
+    assert "我们没有收到日期" in r.text and "step=date&amp;try=1" in r.text
+    assert world.holds("cn-1") == []
+
+
+async def test_after_the_retries_no_promise_and_the_support_number(world: World) -> None:
+    await gather(world, "identity", "1")
+    for attempt in (1, 2):
+        r = await world.twilio("/twilio/voice/gather", {"CallSid": "CAv4", "Digits": "9999"},
+                               f"m={world.voice_id}&step=date" + (f"&try={attempt - 1}" if attempt > 1 else ""))
+        assert f"try={attempt}" in r.text
+    r = await world.twilio("/twilio/voice/gather", {"CallSid": "CAv4", "Digits": "9999"},
+                           f"m={world.voice_id}&step=date&try=2")
+    assert "<Hangup" in r.text and "<Gather" not in r.text and "95555" in r.text
+    assert world.holds("cn-1") == []
+
+
+async def test_the_read_back_can_be_corrected_and_an_expired_date_is_refused(world: World) -> None:
+    await gather(world, "identity", "1")
+    r = await confirm(world, "2026-12-10", "2")  # another date
+    assert "step=date" in r.text and "请输入您承诺还款的日期" in r.text
+    r = await confirm(world, "2026-12-10", "7")  # not a choice: the read-back again
+    assert "step=confirm&amp;try=1&amp;d=2026-12-10" in r.text and "12月10日" in r.text
+    r = await confirm(world, "2026-12-10", None, attempt=2)
+    assert "<Hangup" in r.text and "95555" in r.text
+    world.clock.advance(days=4)  # Dec 11: the date has passed while the call went on
+    r = await confirm(world, "2026-12-10", "1")
+    assert "step=date" in r.text and "12月18日" in r.text
+    assert world.holds("cn-1") == []
+
+
+async def test_english_callers_hear_the_date_format_and_the_read_back(world: World, engine: Engine) -> None:
+    us_voice = add_message(engine, "us-1", "voice", to=US_PHONE, locale="en-US")
+    await gather(world, "identity", "1", m=us_voice)
+    r = await gather(world, "options", "2", m=us_voice)
+    # Sun Dec 6, 18:00 in Los Angeles: from today to Dec 13
+    assert "two for the month, then two for the day" in r.text and "December 13" in r.text and "1 2 1 3" in r.text
+    r = await gather(world, "date", "1209", m=us_voice)
+    assert "You will pay by December 9. Press 1 to confirm" in r.text
+
+
+async def test_option_4_texts_the_self_service_link_once(world: World) -> None:
+    await gather(world, "identity", "1")
+    r = await gather(world, "options", "4")
+    assert "<Hangup" in r.text and "自助服务链接已通过短信发送到本机" in r.text
+    await gather(world, "options", "4")
+    sms = world.system_messages()
+    assert len(sms) == 1
+    assert (sms[0].template_id, sms[0].to_address, sms[0].case_id, sms[0].status) == (
+        "sms/replies/self_service", CN_PHONE, "cn-1", "queued")
+    assert sms[0].segments == 2 and "自助服务链接" in sms[0].body and "回TD退订" in sms[0].body
+    link = re.search(rf"{re.escape(str(world.config.links.base_url))}/p/([A-Za-z0-9_-]{{16}}) ", sms[0].body)
+    assert link is not None
+    target = resolve(world.engine, world.signer, link.group(1), world.clock.now())
+    assert target is not None and (target.message_id, target.case_id, target.expired) == (world.voice_id, "cn-1",
+                                                                                           False)
+
+
+async def test_option_4_respects_an_sms_opt_out(world: World) -> None:
+    with world.engine.begin() as conn:
+        conn.execute(update(contacts_t).where(contacts_t.c.case_id == "cn-1", contacts_t.c.channel == "sms")
+                     .values(opted_out=True))
+    await gather(world, "identity", "1")
+    r = await gather(world, "options", "4")
+    assert "<Hangup" in r.text and "95555" in r.text and "已通过短信发送" not in r.text
+    assert world.system_messages() == []
+    [event] = world.events("reply_not_sent")
+    assert json.loads(event.data)["reason"] == "opted_out"
 
 
 async def test_option_9_stops_calls(world: World) -> None:
@@ -849,7 +939,9 @@ async def test_health_reports_an_unreachable_store(config: Config, fake_clock: F
 
 async def test_broken_promises_resume_contact(world: World) -> None:
     await gather(world, "identity", "1")
-    await gather(world, "options", "2")  # cn-1 promises
+    await gather(world, "options", "2")  # cn-1 promises to pay by Sun Dec 13 (until 00:00 Dec 14 in Shanghai)
+    await gather(world, "date", "1213")
+    await confirm(world, "2026-12-13", "1")
     with world.engine.begin() as conn:  # us-1 promises too, and pays
         repo.place_hold(conn, "us-1", Reason.PROMISE_TO_PAY, world.clock.now() + dt.timedelta(days=7), "ivr",
                         world.clock.now())
@@ -869,6 +961,8 @@ async def test_promise_placed_by_phone_blocks_the_next_plan(world: World) -> Non
 
     await gather(world, "identity", "1")
     await gather(world, "options", "2")
+    await gather(world, "date", "1214")
+    await confirm(world, "2026-12-14", "1")
     snap = get_snapshot(world.engine, "cn-1", world.clock.now())
     assert [h.reason for h in snap.holds] == [Reason.PROMISE_TO_PAY]
     with world.engine.begin() as conn:

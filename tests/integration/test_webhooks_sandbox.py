@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ from dispatcher.policy import Gate
 from dispatcher.sandbox import CallBehaviour, Sandbox, run_sandbox_in_thread
 from dispatcher.sandbox.asgi_server import serve_in_thread
 from dispatcher.services.ledger import StoreLedger
+from dispatcher.services.links import resolve
 from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.settings import Settings
@@ -35,7 +37,7 @@ from dispatcher.store import repository as repo
 from dispatcher.store.db import make_engine
 from dispatcher.store.repository import ImportedCase
 from dispatcher.store.snapshots import get_snapshot
-from dispatcher.store.tables import contacts_t, messages_t
+from dispatcher.store.tables import contacts_t, holds_t, messages_t
 from dispatcher.store.timeline import case_timeline
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
@@ -48,6 +50,7 @@ PHONE_PERSON = "+8613800000001"
 PHONE_MACHINE = "+8613800000002"
 PHONE_SILENT = "+8613800000003"
 PHONE_QUIET = "+8613800000005"  # answers, presses nothing
+PHONE_SELF = "+8613800000018"  # asks for the self-service link (option 4)
 
 
 def cn_case(n: int, phone: str, email: str) -> ImportedCase:
@@ -112,7 +115,9 @@ async def e2e(_sqlite_template: Path, tmp_path: Path, config: Config, fake_clock
     config = config.model_copy(update={"sending": sending})
     templates = TemplateSet(config.resolve(config.templates.directory), config)
     behaviours = {
-        PHONE_PERSON: CallBehaviour(answered_by="human", digits=("1", "2")),
+        # option 2: a date that does not exist (Dec 99), then Dec 10, then 1 to confirm the read-back
+        PHONE_PERSON: CallBehaviour(answered_by="human", digits=("1", "2", "1299", "1210", "1")),
+        PHONE_SELF: CallBehaviour(answered_by="human", digits=("1", "4")),
         PHONE_MACHINE: CallBehaviour(answered_by="machine_end_beep"),
         PHONE_SILENT: CallBehaviour(answered_by="human", digits=("1", "9")),
     }
@@ -174,18 +179,43 @@ async def test_a_person_confirms_identity_and_promises_to_pay(e2e: E2E) -> None:
     await send_everything(e2e, cn_case(1, PHONE_PERSON, "one@example.com"))
     await wait_until(lambda: e2e.message("e2e-1", "voice").conversation, "a completed conversation")
     call = e2e.call_to(PHONE_PERSON)
-    assert call["digits"] == ["1", "2"]
+    assert call["digits"] == ["1", "2", "1299", "1210", "1"]
     spoken = " ".join(call["spoken"])
     assert "10,270.00" in spoken  # the script, after the identity check
     assert spoken.index("按1") < spoken.index("10,270.00")
+    # the date prompt (window: Mon Dec 7 to Dec 14), the retry, the read-back, the goodbye
+    assert spoken.index("两位月份") < spoken.index("抱歉，这不是今天至12月14日之间的日期") \
+        < spoken.index("您承诺在12月10日前还款。确认请按1") < spoken.index("我们已记录您承诺于12月10日前还款")
     voice = e2e.message("e2e-1", "voice")
     assert (voice.status, voice.answered_by) == ("completed", "human")
     holds = e2e.timeline("e2e-1")["holds"]
     assert [h["reason"] for h in holds] == [Reason.PROMISE_TO_PAY.value]
+    with e2e.engine.connect() as conn:
+        until = conn.execute(select(holds_t.c.until).where(holds_t.c.case_id == "e2e-1")).scalar_one()
+    assert until == dt.datetime(2026, 12, 10, 16, 0, tzinfo=dt.UTC)  # the end of Dec 10 in Shanghai
     snapshot = get_snapshot(e2e.engine, "e2e-1", e2e.clock.now())
     assert {
         d.reason for d in Gate(e2e.config).decide_case(snapshot, e2e.templates.approved_catalog(), e2e.clock.now())
     } == {Reason.PROMISE_TO_PAY}
+
+
+async def test_option_4_texts_the_self_service_link_through_the_outbox(e2e: E2E) -> None:
+    await send_everything(e2e, cn_case(8, PHONE_SELF, "eight@example.com"))
+    await wait_until(lambda: e2e.message("e2e-8", "voice").status == "completed", "call completed")
+    spoken = " ".join(e2e.call_to(PHONE_SELF)["spoken"])
+    assert "按4" in spoken and "自助服务链接已通过短信发送到本机" in spoken
+    queued = e2e.message("e2e-8", "sms", kind="system")
+    assert (queued.template_id, queued.status) == ("sms/replies/self_service", "queued")
+    sent = await e2e.sender.send_due()
+    assert sent.sent == 1
+    await e2e.settle()
+    texts = [m for m in e2e.sandbox.messages() if m["to"] == PHONE_SELF]
+    assert len(texts) == 2  # the reminder, then the link the caller asked for
+    link = re.search(rf"{re.escape(str(e2e.config.links.base_url))}/p/([A-Za-z0-9_-]{{16}}) ", texts[-1]["body"])
+    assert link is not None and "自助服务链接" in texts[-1]["body"]
+    target = resolve(e2e.engine, LinkSigner(KEY), link.group(1), e2e.clock.now())
+    voice = e2e.message("e2e-8", "voice")
+    assert target is not None and (target.case_id, target.message_id, target.expired) == ("e2e-8", voice.id, False)
 
 
 async def test_an_answering_machine_gets_a_voicemail_that_names_no_debt(e2e: E2E) -> None:

@@ -270,7 +270,8 @@ def build_steps(messages: dict[int, tuple[str, str, str | None]], rnd: random.Ra
     for message_id in calls:
         steps.append((f"/twilio/voice/gather?m={message_id}&step=identity", {"Digits": "1"}))
         steps.append((f"/twilio/voice/gather?m={message_id}&step=options", {"Digits": "1"}))
-        steps.append((f"/twilio/voice/gather?m={message_id}&step=options", {"Digits": "2"}))
+        # option 2's last step: the read-back of a keyed date (Dec 10), confirmed with 1
+        steps.append((f"/twilio/voice/gather?m={message_id}&step=confirm&d=2026-12-10", {"Digits": "1"}))
     storm = steps * DELIVERIES
     rnd.shuffle(storm)
     return storm, {"kinds": kinds, "calls": len(calls)}

@@ -141,7 +141,7 @@ def test_re_approving_replaces_the_entry_and_keeps_the_file_sorted(tree: Path, c
     assert approvals["email/dpd60/v3.en-US.j2"].approved_by == "second"
     headers = [line for line in text.splitlines() if line.startswith("[")]
     assert headers == sorted(headers)
-    assert len(headers) == 82  # 68 message templates, 4 instalment reminders and 10 automatic replies
+    assert len(headers) == 84  # 68 message templates, 4 instalment reminders and 12 automatic replies
 
 
 def test_writing_is_deterministic(tree: Path, config: Config) -> None:

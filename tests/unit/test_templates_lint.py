@@ -27,8 +27,8 @@ This is {{ org_name }} for {{ case.name }}. If you are {{ case.first_name }}, pr
 {% endblock %}
 {% block script %}
 The amount due is {{ outstanding }}. {{ penalty_explanation }}
-Press 1 for a payment link by text, press 2 to promise to pay within 7 days,
-press 3 for an agent, press 9 to stop these calls. Call us at {{ support_phone }}.
+Press 1 for a payment link by text, press 2 to promise to pay by a date you choose, press 3 for an agent,
+press 4 for a self-service link by text, press 9 to stop these calls. Call us at {{ support_phone }}.
 {% endblock %}
 {% block voicemail %}
 This is a message for {{ case.name }} from {{ org_name }}. Please call us back at {{ support_phone }}.
@@ -139,10 +139,12 @@ def test_email_missing_a_block(tree: Path, config: Config) -> None:
 
 
 def test_voice_script_needs_the_callback_number_and_the_options(tree: Path, config: Config) -> None:
-    bad = GOOD_VOICE_EN.replace(" Call us at {{ support_phone }}.", "").replace("press 9 to stop these calls", "")
+    bad = (GOOD_VOICE_EN.replace(" Call us at {{ support_phone }}.", "").replace("press 9 to stop these calls", "")
+           .replace("press 4 for a self-service link by text, ", ""))
     write(tree, "voice/dpd60/v1.en-US.j2", bad)
     assert about(tree, config, "voice/dpd60/v1.en-US.j2") == [
         "4: missing support_phone: the script block must contain the callback number ({{ support_phone }})",
+        "4: the script must offer option 4 (self-service link by SMS)",
         "4: the script must offer option 9 (stop calls)",
     ]
 
@@ -304,8 +306,9 @@ def test_the_segment_limit_comes_from_the_config(tree: Path, config: Config) -> 
     problems = [str(p) for p in lint_tree(tree, strict, PHRASES)]
     assert problems and all("segments" in p for p in problems)
     # every shipped reminder SMS needs more than one part; with a short link, the
-    # automatic replies (the link reply too) fit in one; so do the 2 instalment reminders
-    assert len(problems) == 32
+    # automatic replies fit in one, but for the Chinese self-service link reply; so do the
+    # 2 instalment reminders
+    assert len(problems) == 33
 
 
 def test_a_typographic_apostrophe_makes_english_sms_ucs2(tree: Path, config: Config) -> None:

@@ -111,8 +111,8 @@ def test_forbidden_phrases_apply_to_replies(tree: Path, config: Config) -> None:
 
 def test_only_the_known_replies_live_in_the_replies_folder(tree: Path, config: Config) -> None:
     assert problems(tree, config, "sms/replies/thanks.en-US.j2", "{{ org_name }}\n") == [
-        "1: replies/ holds the automatic SMS replies only: sms/replies/{opt_out,opt_out_calls,opt_in,help,payment_link}"
-        ".<locale>.j2"]
+        "1: replies/ holds the automatic SMS replies only: sms/replies/{opt_out,opt_out_calls,opt_in,help,payment_link,"
+        "self_service}.<locale>.j2"]
     assert problems(tree, config, "email/replies/help.en-US.j2", "{{ org_name }}\n")
 
 

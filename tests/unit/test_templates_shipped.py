@@ -21,6 +21,7 @@ from dispatcher.testing import (
     SAMPLE_PAYMENT_LINK,
     SAMPLE_TODAY,
     SAMPLE_UNSUBSCRIBE_URL,
+    sample_cases_for_plans,
     sample_cases_for_stage,
     sample_payment_link,
 )
@@ -44,12 +45,12 @@ def renderings(shipped: TemplateSet, config: Config, channel: Channel) -> list[t
         if ref.channel is not channel or ref.stage == REPLIES_FOLDER:
             continue
         if ref.stage == PLAN_STAGE:  # instalment reminders: cases in the stages plans are offered in and later
-            stages = [s for s in config.stages if s.dpd_min >= 1]
+            cases = sample_cases_for_plans(config)
         else:
             stage = config.stage_named(ref.stage)
             assert stage is not None
-            stages = [stage]
-        for case in (c for s in stages for c in sample_cases_for_stage(s)):
+            cases = sample_cases_for_stage(stage)
+        for case in cases:
             case = dataclasses.replace(case, locale=ref.locale)
             unsub = SAMPLE_UNSUBSCRIBE_URL if channel is Channel.EMAIL else None
             instalment = (instalment_context(2, 3, SAMPLE_TODAY + dt.timedelta(days=3), Decimal("1234.56"),
@@ -76,7 +77,7 @@ def test_every_stage_channel_and_locale_has_enough_approved_variants(shipped: Te
 
 def test_every_file_is_approved(shipped: TemplateSet) -> None:
     refs = shipped.refs()
-    assert len(refs) == 82  # 68 message templates, 4 instalment reminders and 10 automatic replies
+    assert len(refs) == 84  # 68 message templates, 4 instalment reminders and 12 automatic replies
     assert [r.relpath for r in refs if not shipped.is_approved(r.template_id, r.locale)] == []
 
 

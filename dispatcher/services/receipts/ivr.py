@@ -2,8 +2,10 @@
 
 Each step that must take effect once per call is keyed (`store.dedupe`), in the
 transaction of its effects: the identity confirmation (`ivr-identity:<message id>`),
-the promise to pay (`ivr-promise:<message id>`); the payment-link SMS is queued once
-per call by its message's idempotency key (`ivr-link:<message id>`).
+the promise to pay (`ivr-promise:<message id>`); the payment-link SMS and the
+self-service-link SMS are queued once per call by their messages' idempotency keys
+(`ivr-link:<message id>`, `ivr-self-service:<message id>`). Both links are short links
+minted for the call's message (`services.links`).
 
 A call is a "conversation" when a person confirmed their identity *and* the call
 completed. Both facts are committed first and the flag is then set by one statement
@@ -26,15 +28,19 @@ from dispatcher.config import Config, Jurisdiction
 from dispatcher.domain import Channel, MessageStatus, Reason
 from dispatcher.links import LinkSigner
 from dispatcher.policy.calendar import WorkingCalendar
+from dispatcher.policy.evaluate import channel_block
 from dispatcher.policy.window import is_legal
+from dispatcher.policy.zones import local_date, primary_zone, start_of_local_day
 from dispatcher.services.links import link_url, links_base_url, mint
 from dispatcher.services.receipts.actors import ACTOR_IVR
 from dispatcher.services.receipts.replies import AutoReplies
 from dispatcher.store import repository
 from dispatcher.store.dedupe import IVR_IDENTITY, IVR_PROMISE, claim, dedupe_key
 from dispatcher.store.events import EventKind, record_event
+from dispatcher.store.repository import CaseNotFound
+from dispatcher.store.snapshots import get_snapshot
 from dispatcher.store.tables import cases_t, dedupe_keys_t, holds_t, messages_t
-from dispatcher.templates.replies import PAYMENT_LINK
+from dispatcher.templates.replies import PAYMENT_LINK, SELF_SERVICE
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,22 +171,62 @@ class IvrActions:
                                       key=f"ivr-link:{ctx.message_id}", now=now, reason="payment_link",
                                       payment_link=link)
 
-    def promise_to_pay(self, ctx: CallContext) -> dt.datetime:
-        """Option 2: a `promise_to_pay` hold for the configured days (once per call);
-        returns the promised date (the first one for a repeated step)."""
+    def promise_window(self, ctx: CallContext) -> tuple[dt.date, dt.date]:
+        """Option 2's window: the first and last date a caller may promise, in the
+        debtor's own calendar (today to today + `[replies] promise_to_pay_days`)."""
+        today = local_date(self.clock.now(), primary_zone(ctx.zones, ctx.profile))
+        return today, today + dt.timedelta(days=self.config.replies.promise_to_pay_days)
+
+    def promise_to_pay(self, ctx: CallContext, day: dt.date) -> dt.date | None:
+        """Option 2, confirmed: a `promise_to_pay` hold until the end of `day` (00:00 of the
+        next day in the debtor's zone), once per call. Returns the promised date (the
+        first one for a repeated step); None when `day` is outside the window now."""
+        first, last = self.promise_window(ctx)
+        if not first <= day <= last:
+            return None
         now = self.clock.now()
-        until = now + dt.timedelta(days=self.config.replies.promise_to_pay_days)
+        zone = primary_zone(ctx.zones, ctx.profile)
+        until = start_of_local_day(day + dt.timedelta(days=1), zone)
         note = f"ivr call message {ctx.message_id}"
         with self.engine.begin() as conn:
             if claim(conn, dedupe_key(IVR_PROMISE, ctx.message_id), now):
                 repository.place_hold(conn, ctx.case_id, Reason.PROMISE_TO_PAY, until, ACTOR_IVR, now, note=note)
-                return until
+                return day
             existing = conn.execute(
                 select(holds_t.c.until).where(holds_t.c.case_id == ctx.case_id, holds_t.c.note == note,
                                               holds_t.c.reason == Reason.PROMISE_TO_PAY.value)
                 .order_by(holds_t.c.id).limit(1)
             ).scalar()
-        return existing or until
+        if existing is None:
+            return day
+        return local_date(existing, zone) - dt.timedelta(days=1)
+
+    def send_self_service_link(self, ctx: CallContext) -> int | None:
+        """Option 4: queue an SMS with the self-service link (the debtor's page, where they
+        can pay, promise a date or choose a plan), once per call, through the outbox. The
+        compliance checks of the case's SMS contact apply as to any message (a number
+        opted out of SMS, marked invalid or without consent gets nothing, and the case a
+        `reply_not_sent` event); None when it is not queued."""
+        if not ctx.to_address:
+            return None
+        now = self.clock.now()
+        expires = now + dt.timedelta(days=self.config.links.payment_link_days)
+        try:
+            snapshot = get_snapshot(self.engine, ctx.case_id, now)
+        except CaseNotFound:
+            return None
+        blocked = (channel_block(snapshot, Channel.SMS, ctx.profile) if ctx.profile is not None
+                   else (Reason.NO_CONTACT, "the case's profile is not configured"))
+        with self.engine.begin() as conn:
+            if blocked is not None:
+                record_event(conn, EventKind.REPLY_NOT_SENT, now, case_id=ctx.case_id, actor=ACTOR_IVR,
+                             template=SELF_SERVICE.template_id, reason=blocked[0].value, error=blocked[1])
+                return None
+            link = link_url(self.links_base, mint(conn, ctx.message_id, ctx.case_id, now, expires))
+            return self.replies.queue(conn, SELF_SERVICE, case_id=ctx.case_id, to=ctx.to_address,
+                                      jurisdiction=ctx.jurisdiction, locale=ctx.locale,
+                                      key=f"ivr-self-service:{ctx.message_id}", now=now, reason="self_service",
+                                      payment_link=link)
 
     def stop_calls(self, ctx: CallContext) -> None:
         """Option 9: opt the called number out of voice (every case with it). Repeating

@@ -88,9 +88,17 @@ class Receipts:
         """Option 1: the payment link by SMS, once per call."""
         return self._ivr.send_payment_link(ctx)
 
-    def promise_to_pay(self, ctx: CallContext) -> dt.datetime:
-        """Option 2: a promise to pay, once per call; the promised date."""
-        return self._ivr.promise_to_pay(ctx)
+    def send_self_service_link(self, ctx: CallContext) -> int | None:
+        """Option 4: the self-service link by SMS, once per call."""
+        return self._ivr.send_self_service_link(ctx)
+
+    def promise_window(self, ctx: CallContext) -> tuple[dt.date, dt.date]:
+        """Option 2: the first and last date a caller may promise (the debtor's dates)."""
+        return self._ivr.promise_window(ctx)
+
+    def promise_to_pay(self, ctx: CallContext, day: dt.date) -> dt.date | None:
+        """Option 2, confirmed: a promise to pay by `day`, once per call; the promised date."""
+        return self._ivr.promise_to_pay(ctx, day)
 
     def stop_calls(self, ctx: CallContext) -> None:
         """Option 9: opt the number out of voice."""
