@@ -33,6 +33,7 @@ from sqlmodel import col
 
 from dispatcher.clock import Clock, SharedClock
 from dispatcher.config import Config
+from dispatcher.demo_plans import open_links, plan_counts, seed_plans
 from dispatcher.logs import log_to_file
 from dispatcher.services.planner import run_planner
 from dispatcher.services.portfolio import REALISTIC_DPD_BUCKETS, generate_cases, write_csv
@@ -100,14 +101,16 @@ def _free_port() -> int:
 
 
 def demo_config(config: Config) -> Config:
-    """The shipped config with sender rate limits raised for a loopback sandbox."""
+    """The shipped config with sender rate limits raised for a loopback sandbox, and
+    payment links under the demo's own address (the debtors there open them)."""
     sending = config.sending.model_copy(update={
         "rate_per_second": {"sms": 2000.0, "voice": 1000.0, "email": 2000.0},
         "concurrency": 48,
         "batch_size": 500,
         "retry_backoff_seconds": 600.0,
     })
-    return config.model_copy(update={"sending": sending})
+    return config.model_copy(update={"sending": sending,
+                                     "links": config.links.model_copy(update={"base_url": None})})
 
 
 def run_demo(
@@ -175,6 +178,8 @@ def run_demo(
                                                other_profiles=0.3))
             report = import_file(csv_path, runtime.engine, config, clock)
             console.print(f"imported {report.imported} generated cases (rejected {report.rejected})")
+            plans = seed_plans(runtime.engine, config, clock.now(), rng)
+            console.print(f"{plans} debtors took a repayment plan 35 days ago (about half paid its first instalment)")
             result.api_token = _add_demo_users(runtime.engine, clock)
             with run_web_in_process(settings, clock, web_port, log_path=workdir / "dispatcher.log"):
                 ticks = [dt.datetime.combine(START.date() + dt.timedelta(days=d), t, tzinfo=dt.UTC)
@@ -289,6 +294,7 @@ def _summarise(engine: Engine, config: Config, clock: Clock, workdir: Path, resu
         "escalated to legal": kinds.get("escalated", 0),
         "addresses marked invalid": kinds.get("address_invalid", 0),
         "broken promises": kinds.get("promise_broken", 0),
+        **plan_counts(kinds),
     }
     result.report_html = workdir / "report.html"
     result.report_json = workdir / "report.json"
@@ -354,7 +360,7 @@ async def _simulate(ticks: list[dt.datetime], runtime: Runtime, sandbox: Any, rn
                 if payers:
                     await asyncio.to_thread(_pay_all, engine, repository, payers, instant, rng)
                 if clicks:
-                    await _click(clicks)
+                    await open_links(clicks, rng)
                 if fresh:
                     await sender.send_due()  # confirmations, HELP replies, requested payment links
                 result.timings["reactions"] = result.timings.get("reactions", 0.0) + time.perf_counter() - t0
@@ -378,15 +384,6 @@ async def _reply_all(sandbox: Any, replies: list[tuple[str, str]], inbound_url: 
 
 
 _PAY_LINK = re.compile(r"https?://127\.0\.0\.1:\d+/p/[A-Za-z0-9._-]+")
-
-
-async def _click(links: list[str]) -> None:
-    """Debtors open their payment links (the web app logs the click and redirects)."""
-    import httpx
-
-    async with httpx.AsyncClient(follow_redirects=False, timeout=10) as client:
-        for link in links:
-            await client.get(link)
 
 
 def _pay_all(engine, repository, case_ids: list[str], instant: dt.datetime, rng: random.Random) -> None:  # type: ignore[no-untyped-def]
