@@ -12,7 +12,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.config import Config
@@ -23,6 +23,7 @@ from dispatcher.reports.model import (
     Balance,
     Experiment,
     OutboxTotals,
+    PlanKpi,
     Report,
     StageKpi,
     VariantKpi,
@@ -31,7 +32,7 @@ from dispatcher.reports.model import (
 from dispatcher.reports.period import Period, from_day_number, resolve_period
 from dispatcher.reports.queries import Query
 from dispatcher.reports.stats import chi_squared, wilson_interval
-from dispatcher.store.tables import cases_t
+from dispatcher.store.tables import cases_t, plans_t
 from dispatcher.store.values import cents
 
 #: channels whose provider reports delivery (SMS receipts, call outcomes); e-mail over
@@ -78,6 +79,7 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
         weeks = _payment_weeks(conn, query, by_week)
         outbox = _outbox(messages)
         balances = _balances(conn)
+        plans = _plans(conn, period)
     currency: dict[str, set[str]] = defaultdict(set)
     for s in stages:
         currency[s.jurisdiction].add(s.currency)
@@ -92,8 +94,24 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
         since=period.since, until=period.until, timezone=zone, generated_at=now,
         currency={k: sorted(v) for k, v in sorted(currency.items())},
         stages=stages, variants=variants, experiments=_experiments(variants, config), weeks=weeks,
-        messages=outbox, notes=notes, balances=balances,
+        messages=outbox, notes=notes, balances=balances, plans=plans,
     )
+
+
+def _plans(conn: Connection, period: Period) -> list[PlanKpi]:
+    """Plans taken in the period per jurisdiction, by their status now."""
+    p = plans_t.c
+    out: dict[str, PlanKpi] = {}
+    for jurisdiction, status, count in conn.execute(
+            select(cases_t.c.jurisdiction, p.status, func.count())
+            .join_from(plans_t, cases_t, cases_t.c.case_id == p.case_id)
+            .where(p.created_at >= period.since_at, p.created_at < period.until_at)
+            .group_by(cases_t.c.jurisdiction, p.status)):
+        kpi = out.setdefault(jurisdiction, PlanKpi(jurisdiction))
+        kpi.taken += count
+        if status in ("active", "completed", "broken"):
+            setattr(kpi, status, getattr(kpi, status) + count)
+    return [out[k] for k in sorted(out)]
 
 
 def _balances(conn: Connection) -> list[Balance]:

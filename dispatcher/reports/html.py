@@ -118,6 +118,9 @@ def dashboard(report: Report) -> str:
                         "yes" if e.significant else "no"] for e in report.experiments]
     experiment_head = [("stage", True), ("channel", True), ("locale", True), ("variants", True), ("p", False),
                        ("leader", True), ("significant", True)]
+    plan_body = [[p.jurisdiction, p.taken, p.active, p.completed, p.broken, pct(p.keep_rate)] for p in report.plans]
+    plan_head = [("jurisdiction", True), ("taken", False), ("in force", False), ("kept", False), ("broken", False),
+                 ("keep rate", False)]
     figures = "".join(f"<figure>{c}</figure>" for c in trend_charts(report))
     variants = "".join(f"<figure>{c}</figure>" for c in variant_charts(report)) or "<p>No experiment yet.</p>"
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in report.notes)
@@ -134,6 +137,7 @@ across currencies.</p>
 <h2>Variant comparison</h2><div class="charts">{variants}</div>
 <h2>Experiments</h2>{_table(experiment_head, experiment_body)}
 <h2>Template variants</h2>{_table(variant_head, variant_body)}
+<h2>Repayment plans</h2>{_table(plan_head, plan_body) if plan_body else "<p>No plan taken in the period.</p>"}
 <h2>Definitions</h2>{DEFINITIONS}{notes}</div>"""
 
 

@@ -208,6 +208,28 @@ class Balance:
 
 
 @dataclass
+class PlanKpi:
+    """Repayment plans debtors took in the period, per jurisdiction, and where they stand
+    at the report's generation: still in force, kept to the end, or broken."""
+
+    jurisdiction: str
+    taken: int = 0
+    active: int = 0
+    completed: int = 0
+    broken: int = 0
+
+    @property
+    def keep_rate(self) -> float | None:
+        """Plans completed among those that ended (None while none has)."""
+        ended = self.completed + self.broken
+        return None if ended == 0 else round(self.completed / ended, 4)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"jurisdiction": self.jurisdiction, "taken": self.taken, "active": self.active,
+                "completed": self.completed, "broken": self.broken, "keep_rate": self.keep_rate}
+
+
+@dataclass
 class Report:
     since: dt.date
     until: dt.date
@@ -221,6 +243,7 @@ class Report:
     messages: OutboxTotals
     notes: list[str] = field(default_factory=list)
     balances: list[Balance] = field(default_factory=list)
+    plans: list[PlanKpi] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -233,4 +256,5 @@ class Report:
             "messages": self.messages.as_json(),
             "notes": self.notes,
             "balances": [b.as_json() for b in self.balances],
+            "plans": [p.as_json() for p in self.plans],
         }

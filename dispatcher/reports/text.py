@@ -17,7 +17,7 @@ from rich.table import Table
 
 from dispatcher.reports.model import Report
 
-TABLES = ("stages", "variants", "experiments", "weeks", "balances")
+TABLES = ("stages", "variants", "experiments", "weeks", "balances", "plans")
 
 
 def pct(value: float | Decimal | None) -> str:
@@ -118,10 +118,20 @@ def balance_table(report: Report, wide: bool) -> Table:
     return table
 
 
+def plan_table(report: Report, wide: bool) -> Table:
+    table = _table("Repayment plans taken in the period (status now)",
+                   [("where", False), ("taken", True), ("in force", True), ("kept", True), ("broken", True),
+                    ("keep rate", True)])
+    for p in report.plans:
+        rate = "-" if p.keep_rate is None else f"{p.keep_rate:.1%}"
+        table.add_row(p.jurisdiction, f"{p.taken:,}", f"{p.active:,}", f"{p.completed:,}", f"{p.broken:,}", rate)
+    return table
+
+
 def print_tables(report: Report, console: Console, *, wide: bool = False,
                  tables: Sequence[str] = TABLES) -> None:
     makers = {"stages": stage_table, "variants": variant_table, "experiments": experiment_table,
-              "weeks": week_table, "balances": balance_table}
+              "weeks": week_table, "balances": balance_table, "plans": plan_table}
     for name in tables:
         console.print(makers[name](report, wide))
     totals = report.messages

@@ -245,6 +245,14 @@ async def test_plan_check_breaks_a_late_plan_and_resumes_collection(page: Page) 
     assert snapshot.plan is None
     decisions = Gate(page.config).decide_case(snapshot, {}, page.clock.now())
     assert Reason.REPAYMENT_PLAN not in {d.reason for d in decisions}
+    # the report counts the plan taken in its period, and where it stands now
+    from dispatcher.reports import build_report
+
+    report = build_report(page.engine, page.config, page.clock.now(), since=dt.date(2026, 12, 1),
+                          until=dt.date(2027, 1, 10))
+    assert [p.as_json() for p in report.plans] == [
+        {"jurisdiction": "cn", "taken": 1, "active": 0, "completed": 0, "broken": 1, "keep_rate": 0.0}]
+    assert report.as_json()["plans"][0]["broken"] == 1
 
 
 async def test_plan_check_completes_a_kept_plan_and_settles_the_waived_penalty(page: Page) -> None:
