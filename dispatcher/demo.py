@@ -82,7 +82,7 @@ def _call_behaviour(number: str) -> Any:
     if roll < 60:
         return CallBehaviour(answered_by="machine_end_beep")
     if roll < 70:
-        return CallBehaviour(digits=("1", "2"))  # promise to pay
+        return CallBehaviour(digits=("1", "2", "date+3", "1"))  # promise to pay in 3 days, confirmed
     if roll < 80:
         return CallBehaviour(digits=("1", "1"))  # payment link by SMS
     if roll < 84:

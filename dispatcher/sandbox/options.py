@@ -31,7 +31,9 @@ class CallBehaviour:
     `outcome` other than `completed` means nobody answers (busy, no-answer) or the call
     cannot be placed (failed): no TwiML is fetched. `digits` are pressed in order, one
     entry per `<Gather>` (an entry may hold several keys, e.g. "12"); a `<Gather>` met
-    when no entries are left times out. A machine never presses keys.
+    when no entries are left times out. An entry `date+N` presses the date N days after
+    the sandbox's today as month then day (`1210`), as a caller keys a promised date. A
+    machine never presses keys.
     """
 
     answered_by: str = "human"

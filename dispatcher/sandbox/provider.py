@@ -298,7 +298,8 @@ class TwilioSimulator:
                 record.answered_by = behaviour.answered_by
         await progress.step("in-progress", "answered")
         base = self._call_params(record, "in-progress")
-        player = CallPlayer(record, behaviour, self.client, base, max_documents=self.options.max_twiml_documents)
+        player = CallPlayer(record, behaviour, self.client, base, max_documents=self.options.max_twiml_documents,
+                            now=self.now)
         seconds = await player.play()
         with self.recorder.lock:
             record.duration = behaviour.talk_seconds if behaviour.talk_seconds is not None else seconds

@@ -11,10 +11,12 @@ document that cannot be fetched or parsed ends the call (error 11200 / 12100).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
@@ -23,6 +25,7 @@ from dispatcher.sandbox.records import CallRecord
 from dispatcher.sandbox.webhooks import WebhookClient
 
 _SPEECH_CHARS_PER_SECOND = 12
+_DATE_KEYS = re.compile(r"date\+(\d{1,3})")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class CallPlayer:
         client: WebhookClient,
         base_params: Mapping[str, str],
         *,
+        now: Callable[[], dt.datetime],
         max_documents: int = 25,
     ) -> None:
         self.record = record
@@ -80,6 +84,7 @@ class CallPlayer:
         self.max_documents = max_documents
         self._documents = 0
         self._keys: deque[str] = deque() if behaviour.is_machine else deque(behaviour.digits)
+        self._now = now  # the sandbox's clock
         self.seconds = 0
 
     async def play(self) -> int:
@@ -106,7 +111,7 @@ class CallPlayer:
                 action = self._resolve(doc.url, verb.get("action")) or doc.url
                 method = verb.get("method", "POST")
                 if self._keys:
-                    keys = self._keys.popleft()
+                    keys = self._date_keys(self._keys.popleft())
                     self.record.digits.append(keys)
                     self.seconds += len(keys)
                     return await self._fetch(action, method, {"Digits": keys, "FinishedOnKey": ""})
@@ -135,6 +140,15 @@ class CallPlayer:
             else:
                 self.record.errors.append(f"12200 unsupported verb <{tag}>")
         return None  # end of document: Twilio hangs up
+
+    def _date_keys(self, keys: str) -> str:
+        """`date+N`: the keys of the date N days after the sandbox's today (UTC), month
+        then day (`1210`), as a caller keys a date into an IVR; anything else as given."""
+        match = _DATE_KEYS.fullmatch(keys)
+        if match is None:
+            return keys
+        day = (self._now().astimezone(dt.UTC) + dt.timedelta(days=int(match.group(1)))).date()
+        return f"{day.month:02d}{day.day:02d}"
 
     def _media(self, verb: ET.Element) -> None:
         if verb.tag == "Say":

@@ -94,9 +94,12 @@ def test_concurrent_duplicate_ivr_steps_apply_once(engine: Engine, receipts: Rec
                                                    fake_clock: FakeClock) -> None:
     ctx = receipts.call_context(seeded[1])
     assert ctx is not None
-    results = concurrently([lambda: receipts.promise_to_pay(ctx)] * THREADS)
-    assert len(set(results)) == 1 and results[0] == fake_clock.now() + dt.timedelta(days=7)
+    day = dt.date(2026, 12, 10)  # keyed in on Mon Dec 7 (Shanghai)
+    results = concurrently([lambda: receipts.promise_to_pay(ctx, day)] * THREADS)
+    assert set(results) == {day}
     assert count(engine, holds_t, holds_t.c.reason == Reason.PROMISE_TO_PAY.value) == 1
+    with engine.connect() as conn:  # to the end of Dec 10 in Shanghai
+        assert conn.execute(select(holds_t.c.until)).scalar() == dt.datetime(2026, 12, 10, 16, 0, tzinfo=dt.UTC)
     assert len(events(engine, "hold_placed")) == 1
 
     links = concurrently([lambda: receipts.send_payment_link(ctx)] * THREADS)
@@ -104,6 +107,11 @@ def test_concurrent_duplicate_ivr_steps_apply_once(engine: Engine, receipts: Rec
     (sms,) = [m for m in _system_messages(engine)]
     assert sms.template_id == "sms/replies/payment_link" and sms.locale == "zh-CN" and "/p/" in sms.body
     assert len(events(engine, "message_queued")) == 1
+
+    pages = concurrently([lambda: receipts.send_self_service_link(ctx)] * THREADS)
+    assert len(set(pages)) == 1 and pages[0] is not None and pages[0] != links[0]
+    assert sorted(m.template_id for m in _system_messages(engine)) == ["sms/replies/payment_link",
+                                                                       "sms/replies/self_service"]
 
     concurrently([lambda: receipts.record_keypress(ctx, "identity", "1", identity_confirmed=True)] * THREADS)
     assert count(engine, dedupe_keys_t, dedupe_keys_t.c.key == f"ivr-identity:{ctx.message_id}") == 1

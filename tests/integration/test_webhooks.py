@@ -664,7 +664,7 @@ async def test_option_4_texts_the_self_service_link_once(world: World) -> None:
     assert len(sms) == 1
     assert (sms[0].template_id, sms[0].to_address, sms[0].case_id, sms[0].status) == (
         "sms/replies/self_service", CN_PHONE, "cn-1", "queued")
-    assert sms[0].segments == 2 and "自助服务链接" in sms[0].body and "回TD退订" in sms[0].body
+    assert sms[0].segments == 1 and "可还款、承诺还款日或申请分期" in sms[0].body and "回TD退订" in sms[0].body
     link = re.search(rf"{re.escape(str(world.config.links.base_url))}/p/([A-Za-z0-9_-]{{16}}) ", sms[0].body)
     assert link is not None
     target = resolve(world.engine, world.signer, link.group(1), world.clock.now())

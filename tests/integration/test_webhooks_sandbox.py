@@ -212,7 +212,7 @@ async def test_option_4_texts_the_self_service_link_through_the_outbox(e2e: E2E)
     texts = [m for m in e2e.sandbox.messages() if m["to"] == PHONE_SELF]
     assert len(texts) == 2  # the reminder, then the link the caller asked for
     link = re.search(rf"{re.escape(str(e2e.config.links.base_url))}/p/([A-Za-z0-9_-]{{16}}) ", texts[-1]["body"])
-    assert link is not None and "自助服务链接" in texts[-1]["body"]
+    assert link is not None and "自助服务" in texts[-1]["body"]
     target = resolve(e2e.engine, LinkSigner(KEY), link.group(1), e2e.clock.now())
     voice = e2e.message("e2e-8", "voice")
     assert target is not None and (target.case_id, target.message_id, target.expired) == ("e2e-8", voice.id, False)
