@@ -382,8 +382,11 @@ class SelfService(_Model):
     plan_grace_days: int = Field(default=3, ge=0)
     #: reminders of an instalment this many days before its date (0: on the day)
     plan_reminder_days: list[Annotated[int, Field(ge=0, le=60)]] = [3, 0]
-    #: requests one client may make for one link per minute (the page and its forms)
+    #: requests one client address may make for one link per minute (the page and its forms)
     requests_per_minute: PositiveInt = 20
+    #: requests one client address may make per minute over all links (guessing tokens);
+    #: 0 turns it off, e.g. behind a proxy whose own address every request shows
+    client_requests_per_minute: int = Field(default=100, ge=0)
     plans: list[PlanOffer] = []
 
     @field_validator("plans")

@@ -52,7 +52,8 @@ class DispatcherAPI(FastAPI):
         super().__init__(**options)
         self.collaborators = collaborators
         #: the debtor's page's rate limit, this app's own (`web.rate_limit`)
-        self.page_limiter = PageLimiter(collaborators.config.self_service.requests_per_minute)
+        ss = collaborators.config.self_service
+        self.page_limiter = PageLimiter(ss.requests_per_minute, ss.client_requests_per_minute)
 
 
 def collaborators(request: Request) -> WebCollaborators:

@@ -3,8 +3,10 @@
 Why a bucket per client and link, plus a larger one per client: a debtor opens their
 page a few times and makes one or two choices, so `requests_per_minute` for one link is
 far above honest use, yet it stops a script hammering one page (each view reads the
-case and each choice writes). The per-client bucket (five links' worth) stops one
-address from walking through guessed tokens, which the link's own bucket cannot see.
+case and each choice writes). The per-client bucket (`client_requests_per_minute`, five
+links' worth by default) stops one address from walking through guessed tokens, which
+the link's own bucket cannot see. Behind a proxy that shows its own address for every
+request, that bucket would be shared by every debtor: turn it off there (0).
 A bucket refills continuously (capacity per minute), so a short burst is allowed and a
 steady flood is not.
 
@@ -50,11 +52,14 @@ class TokenBuckets:
 
 
 class PageLimiter:
-    """The two limits of the debtor's page: per client and link, per client."""
+    """The two limits of the debtor's page: per client and link, per client (none when
+    `per_client_minute` is 0)."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, per_client_minute: int = 0) -> None:
         self.per_link = TokenBuckets(per_minute)
-        self.per_client = TokenBuckets(per_minute * 5)
+        self.per_client = TokenBuckets(per_client_minute) if per_client_minute else None
 
     def allow(self, client: str, token: str, now: float) -> bool:
-        return self.per_client.allow(client, now) and self.per_link.allow(f"{client} {token}", now)
+        if self.per_client is not None and not self.per_client.allow(client, now):
+            return False
+        return self.per_link.allow(f"{client} {token}", now)

@@ -223,6 +223,14 @@ async def test_rate_limit_per_client_and_link(page: Page) -> None:
     assert (await page.client.get(f"/p/{token}")).status_code == 200
 
 
+async def test_rate_limit_per_client_over_all_links(page: Page) -> None:
+    """Guessing tokens from one address: every guess counts against that address."""
+    limit = page.config.self_service.client_requests_per_minute
+    statuses = [(await page.client.get(f"/p/guess{i:011d}")).status_code for i in range(limit + 1)]
+    assert statuses[:limit] == [400] * limit and statuses[limit] == 429
+    assert (await page.client.get(f"/p/{page.token()}")).status_code == 429  # a real link too, for a minute
+
+
 async def test_plan_check_breaks_a_late_plan_and_resumes_collection(page: Page) -> None:
     token = page.token()
     r, csrf = await page.open(token)
