@@ -26,6 +26,7 @@ __all__ = [
     "partly_paid",
     "sample_case",
     "sample_cases_for_plans",
+    "sample_instalment",
     "sample_cases_for_stage",
     "sample_payment_link",
 ]
@@ -166,3 +167,12 @@ def sample_cases_for_plans(config: Config) -> tuple[Case, ...]:
     if first is None:
         return ()
     return tuple(c for s in config.stages if s.dpd_min >= first.dpd_min for c in sample_cases_for_stage(s))
+
+
+def sample_instalment(case: Case, locale: str, today: dt.date = SAMPLE_TODAY) -> dict[str, object]:
+    """An instalment reminder's sample `instalment` variable: the first of three, a third
+    of what the case owes, due in three days."""
+    from dispatcher.templates.context import instalment_context
+
+    return instalment_context(1, 3, today + dt.timedelta(days=3), (case.outstanding / 3).quantize(Decimal("0.01")),
+                              case.currency, locale)

@@ -18,14 +18,12 @@ Problems print as ``path:line: problem`` (the path as given, the template line).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import html as html_lib
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,6 @@ from dispatcher.templates.context import (
     CONTEXT_KEYS,
     SUPPORTED_LOCALES,
     build_context,
-    instalment_context,
     opt_out_text,
 )
 from dispatcher.templates.rendering import (
@@ -60,6 +57,7 @@ from dispatcher.testing import (
     SAMPLE_UNSUBSCRIBE_URL,
     sample_cases_for_plans,
     sample_cases_for_stage,
+    sample_instalment,
     sample_payment_link,
 )
 
@@ -368,11 +366,7 @@ def lint_template(
     if reply is not None:
         return _dedupe(problems + _reply_problems(path, ref, reply, config, templates, _phrases, source, static_keys))
 
-    if ref.stage == PLAN_STAGE:
-        samples: Iterable[Case] = sample_cases_for_plans(config) or SAMPLE_CASES
-    else:
-        samples = sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES
-    cases = _per_profile(samples, config)
+    cases = _per_profile(_samples(config, ref), config)
     worst_sms: tuple[int, str] | None = None
     for case in cases:
         case = dataclasses.replace(case, locale=ref.locale)
@@ -432,13 +426,20 @@ def _line_at(source: str, offset: int) -> int:
     return source.count("\n", 0, offset) + 1
 
 
+def _samples(config: Config, ref: TemplateRef) -> Iterable[Case]:
+    """A template's sample cases: its stage's (instalment reminders: see `sample_cases_for_plans`)."""
+    if ref.stage == PLAN_STAGE:
+        return sample_cases_for_plans(config) or SAMPLE_CASES
+    stage = config.stage_named(ref.stage)
+    return sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES
+
+
 def sms_sizes(templates: TemplateSet, ref: TemplateRef, payment_link: str | None = None) -> list[tuple[Case, Any]]:
     """The sample renderings the linter measures for the SMS template `ref`: (case, its
     `SegmentInfo`) for every sample case of its stage and profile (`bench/sms_segments.py`)."""
     config = templates.config
-    stage = config.stage_named(ref.stage)
     out = []
-    for case in _per_profile(sample_cases_for_stage(stage) if stage is not None else SAMPLE_CASES, config):
+    for case in _per_profile(_samples(config, ref), config):
         case = dataclasses.replace(case, locale=ref.locale)
         ctx = _sample_context(case, config, ref, payment_link)
         out.append((case, sms_segments(templates.render(ref.template_id, ref.locale, ctx).text)))
@@ -447,9 +448,7 @@ def sms_sizes(templates: TemplateSet, ref: TemplateRef, payment_link: str | None
 
 def _sample_context(case: Case, config: Config, ref: TemplateRef, payment_link: str | None = None) -> dict[str, Any]:
     unsubscribe = SAMPLE_UNSUBSCRIBE_URL if ref.channel is Channel.EMAIL else None
-    # an instalment reminder: the first of three, a third of the sample's amount, in 3 days
-    instalment = instalment_context(1, 3, SAMPLE_TODAY + dt.timedelta(days=3), (case.outstanding / 3).quantize(
-        Decimal("0.01")), case.currency, ref.locale) if ref.stage == PLAN_STAGE else None
+    instalment = sample_instalment(case, ref.locale) if ref.stage == PLAN_STAGE else None
     return build_context(
         case,
         instalment=instalment,

@@ -10,15 +10,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 from dispatcher.config import Config
 from dispatcher.domain import PLAN_STAGE, Case, Channel
-from dispatcher.templates.context import build_context, instalment_context, opt_out_text
+from dispatcher.templates.context import build_context, opt_out_text
 from dispatcher.templates.rendering import RenderedMessage, TemplateSet, pick_locale
 from dispatcher.templates.segments import SegmentInfo, sms_segments
-from dispatcher.testing import SAMPLE_TODAY, SAMPLE_UNSUBSCRIBE_URL, sample_case, sample_payment_link
+from dispatcher.testing import (
+    SAMPLE_TODAY,
+    SAMPLE_UNSUBSCRIBE_URL,
+    sample_case,
+    sample_instalment,
+    sample_payment_link,
+)
 
 _STATUS_TEXT = {
     "approved": "approved (this content may be sent)",
@@ -69,13 +74,6 @@ def sample_case_for_template(config: Config, template_id: str, locale: str | Non
     jurisdiction = "us" if locale == "en-US" else "cn"
     case = sample_case(jurisdiction, dpd=dpd, today=SAMPLE_TODAY)
     return case if locale is None else dataclasses.replace(case, locale=locale)
-
-
-def sample_instalment(case: Case, locale: str, today: dt.date) -> dict[str, object]:
-    """An instalment reminder's sample `instalment`: the first of three, a third of what
-    the case owes, due in three days."""
-    return instalment_context(1, 3, today + dt.timedelta(days=3), (case.outstanding / 3).quantize(Decimal("0.01")),
-                              case.currency, locale)
 
 
 def preview(

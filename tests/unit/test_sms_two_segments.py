@@ -10,13 +10,13 @@ from decimal import Decimal
 from pathlib import Path
 
 from dispatcher.config import Config
-from dispatcher.domain import Channel
+from dispatcher.domain import PLAN_STAGE, Channel
 from dispatcher.services.links import link_url, new_token
 from dispatcher.templates import TemplateSet
 from dispatcher.templates.context import build_context, opt_out_text, penalty_explanation
 from dispatcher.templates.lint import lint_tree, sms_sizes
 from dispatcher.templates.rendering import REPLIES_FOLDER
-from dispatcher.testing import SAMPLE_TODAY, partly_paid, sample_case, sample_payment_link
+from dispatcher.testing import SAMPLE_TODAY, partly_paid, sample_case, sample_instalment, sample_payment_link
 
 ROOT = Path(__file__).resolve().parents[2]
 PHRASES = ROOT / "config" / "forbidden_phrases.txt"
@@ -32,7 +32,7 @@ def test_every_shipped_reminder_sms_fits_in_two_segments_in_both_locales(config:
     templates = TemplateSet(ROOT / "templates", config)
     refs = [r for r in templates.refs() if r.channel is Channel.SMS and r.stage != REPLIES_FOLDER]
     assert {r.locale for r in refs} == {"zh-CN", "en-US"}
-    assert len(refs) == 30  # 5 stages x 3 variants x 2 locales
+    assert len(refs) == 32  # 5 stages x 3 variants x 2 locales, and the instalment reminder in 2
     for ref in refs:
         sizes = sms_sizes(templates, ref)
         assert {c.currency for c, _ in sizes} == {"CNY", "USD"}, ref.relpath  # both profiles' amounts
@@ -52,7 +52,8 @@ def test_every_reminder_states_amount_explanation_link_support_number_and_opt_ou
         if ref.channel is not Channel.SMS or ref.stage == REPLIES_FOLDER:
             continue
         ctx = build_context(case, config=config, channel=Channel.SMS, today=SAMPLE_TODAY, payment_link=link,
-                            opt_out=opt_out_text(Channel.SMS, ref.locale, None), locale=ref.locale)
+                            opt_out=opt_out_text(Channel.SMS, ref.locale, None), locale=ref.locale,
+                            instalment=sample_instalment(case, ref.locale) if ref.stage == PLAN_STAGE else None)
         text = templates.render(ref.template_id, ref.locale, ctx).text
         for key in ("outstanding", "penalty_explanation", "payment_link", "support_phone", "opt_out", "org_name"):
             assert str(ctx[key]) in text, (ref.relpath, key)
