@@ -107,13 +107,13 @@ def _client(request: Request) -> str:
 
 
 async def _guard(request: Request, web: Any, token: str) -> LinkTarget:
+    if len(token) > 200:  # no token is this long: refused before it could fill the limiter's table
+        raise _Answer(_problem(web, request, "invalid", 400))
     app = request.app
     limiter = app.page_limiter if isinstance(app, DispatcherAPI) else None
     if limiter is not None and not limiter.allow(_client(request), token, web.clock.now().timestamp()):
         raise _Answer(_problem(web, request, "busy", 429,
                                {"Retry-After": str(limiter.per_link.retry_after())}))
-    if len(token) > 200:
-        raise _Answer(_problem(web, request, "invalid", 400))
     try:
         return await run_in_threadpool(resolve_link, web, token)
     except LinkProblem as exc:
@@ -172,7 +172,8 @@ async def page(request: Request, token: str, web: Web, service: Service, done: s
         view = await run_in_threadpool(_view, web, service, request, target)
     except _Answer as answer:
         return answer.response
-    await run_in_threadpool(service.opened, target)
+    if done not in _DONE:  # back from a choice (already logged): not another opening of the link
+        await run_in_threadpool(service.opened, target)
     request.state.result = "page"
     detail = ""
     if done == "promise" and d:
