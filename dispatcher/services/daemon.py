@@ -155,20 +155,23 @@ class DaemonJobs:
         """Delete communication records older than the archive period (default 5 years)."""
         cutoff = self.clock.now() - dt.timedelta(days=365 * self.config.retention.years + 1)
 
-        def _purge() -> tuple[int, int]:
-            with self.engine.begin() as conn:
-                old = select(messages_t.c.id).where(messages_t.c.created_at < cutoff)
-                conn.execute(delete(link_tokens_t).where(link_tokens_t.c.message_id.in_(old)))
-                m = conn.execute(delete(MessageRow).where(col(MessageRow.created_at) < cutoff)).rowcount
-                e = conn.execute(delete(EventRow).where(col(EventRow.at) < cutoff)).rowcount
-                # a webhook step's key outlives no provider's retries, but lives as long as its events
-                conn.execute(delete(dedupe_keys_t).where(dedupe_keys_t.c.at < cutoff))
-            return m, e
-
-        messages, events = await asyncio.to_thread(_purge)
+        messages, events = await asyncio.to_thread(purge_before, self.engine, cutoff)
         if messages or events:
             log.info("retention: removed %d messages and %d events older than %s", messages, events,
                      cutoff.date())
+
+
+def purge_before(engine: Engine, cutoff: dt.datetime) -> tuple[int, int]:
+    """Delete the messages and events older than `cutoff` (with the payment-link tokens
+    of those messages, and the dedupe keys); the numbers of messages and events deleted."""
+    with engine.begin() as conn:
+        old = select(messages_t.c.id).where(messages_t.c.created_at < cutoff)
+        conn.execute(delete(link_tokens_t).where(link_tokens_t.c.message_id.in_(old)))
+        m = conn.execute(delete(MessageRow).where(col(MessageRow.created_at) < cutoff)).rowcount
+        e = conn.execute(delete(EventRow).where(col(EventRow.at) < cutoff)).rowcount
+        # a webhook step's key outlives no provider's retries, but lives as long as its events
+        conn.execute(delete(dedupe_keys_t).where(dedupe_keys_t.c.at < cutoff))
+    return m, e
 
 
 def _report_startup(task: asyncio.Task[None]) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from dispatcher.config import Config
 from dispatcher.links import LinkSigner
+from dispatcher.services.daemon import purge_before
 from dispatcher.services.links import (
     TOKEN_LENGTH,
     link_url,
@@ -110,3 +111,16 @@ def test_a_bad_links_base_url_is_refused(config: Config, bad: str) -> None:
     with pytest.raises(ValueError, match="links.base_url"):
         type(config.links)(base_url=bad)
 
+
+
+def test_retention_deletes_old_messages_with_their_link_tokens(engine: Engine) -> None:
+    case_id, message_id = _message(engine)
+    with engine.begin() as conn:
+        mint(conn, message_id, case_id, NOW, EXPIRES)
+    assert purge_before(engine, NOW) == (0, 0)  # nothing older than the message
+    with engine.connect() as conn:
+        assert conn.execute(select(link_tokens_t.c.token)).all() != []
+    messages, _events = purge_before(engine, NOW + dt.timedelta(days=1))
+    assert messages == 1
+    with engine.connect() as conn:
+        assert conn.execute(select(link_tokens_t.c.token)).all() == []
