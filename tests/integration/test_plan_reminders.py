@@ -70,3 +70,42 @@ async def test_a_payment_covering_the_instalment_moves_the_reminders_to_the_next
     await world.sender().send_due()
     sms = world.row(world.message_id("cn-0001", Channel.SMS))
     assert "第2期于12月10日到期" in sms.body
+
+
+async def test_a_debtor_takes_a_plan_from_the_link_in_a_sandbox_sms(world: World) -> None:  # noqa: F811
+    """The whole loop: a reminder goes out through the sandbox, the debtor opens its link
+    (served by our web app), takes the 3-instalment plan on the page; the next ticks send
+    instalment reminders, not collection reminders."""
+    import re
+
+    import httpx
+
+    local = world.config.model_copy(update={"links": world.config.links.model_copy(update={"base_url": None})})
+    world.config = local  # links under the web app's own address, which the test can open
+    world.add_cases(cn_case(1, due=DUE_DPD30))
+    assert world.plan() == 2
+    await world.sender(config=local).send_due()
+    [sms] = world.sms_to("+8613800000001")
+    link = re.search(r"https?://\S+/p/[A-Za-z0-9_-]{16}", sms["body"])
+    assert link is not None
+    async with httpx.AsyncClient(timeout=10) as client:
+        page = await client.get(link.group(0))
+        assert page.status_code == 200 and "¥10,270.00" in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        offer = re.search(r'name="offer" value="three_months">\s*<input type="hidden" name="digest" value="(\w+)"',
+                          page.text)
+        assert csrf is not None and offer is not None
+        taken = await client.post(f"{link.group(0)}/plan", data={"csrf": csrf.group(1), "offer": "three_months",
+                                                                  "digest": offer.group(1)})
+        assert taken.status_code == 303
+    plan = get_snapshot(world.engine, "cn-0001", world.clock.now()).plan
+    assert plan is not None and len(plan.instalments) == 3 and plan.instalments[0].due == dt.date(2027, 1, 6)
+    # the next days: no collection reminder; 3 days before the first instalment, its reminders
+    world.clock.set(dt.datetime(2026, 12, 14, 10, 0, tzinfo=SHANGHAI))
+    assert world.plan() == 0
+    world.clock.set(dt.datetime(2027, 1, 4, 10, 0, tzinfo=SHANGHAI))  # Monday, 2 days before: not a reminder day
+    assert world.plan() == 0
+    world.clock.set(dt.datetime(2027, 1, 6, 10, 0, tzinfo=SHANGHAI))  # the day itself
+    assert world.plan() == 2
+    fresh = [r for r in world.rows() if r.status == "queued"]
+    assert {(r.channel, r.stage) for r in fresh} == {("sms", "plan"), ("email", "plan")}
