@@ -147,3 +147,23 @@ def case_agreement_ids(conn: Connection, case_id: str) -> list[int]:
     return list(conn.execute(
         select(agreements_t.c.id).where(agreements_t.c.case_id == case_id).order_by(agreements_t.c.id)
     ).scalars())
+
+
+def case_plans(conn: Connection, case_id: str) -> list[dict[str, Any]]:
+    """The case's repayment plans, oldest first, for people (the timeline, the API):
+    status, agreement, totals and instalments (amounts as strings, dates ISO)."""
+    p, i = plans_t.c, instalments_t.c
+    plans = conn.execute(select(plans_t).where(p.case_id == case_id).order_by(p.id)).all()
+    if not plans:
+        return []
+    parts: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in conn.execute(select(instalments_t).where(i.plan_id.in_([r.id for r in plans]))
+                            .order_by(i.plan_id, i.number)):
+        parts[row.plan_id].append({"number": row.number, "due": _date(row.due).isoformat(),
+                                   "amount": str(cents(row.amount))})
+    return [{"plan_id": r.id, "offer": r.offer, "status": r.status, "agreement_id": r.agreement_id,
+             "created_at": r.created_at.isoformat(), "created_on": _date(r.created_on).isoformat(),
+             "total": str(cents(r.total)), "waived_if_kept": str(cents(r.waived)),
+             "paid_at_start": str(cents(r.paid_at_start)),
+             "ended_at": None if r.ended_at is None else r.ended_at.isoformat(), "instalments": parts[r.id]}
+            for r in plans]

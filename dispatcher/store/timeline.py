@@ -16,6 +16,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection
 
 from dispatcher.policy.zones import days_past_due_at, zone_info
+from dispatcher.store.plans import case_plans
 from dispatcher.store.repository import CaseNotFound
 from dispatcher.store.tables import cases_t, events_t, holds_t, messages_t
 from dispatcher.store.values import cents, split_list
@@ -38,7 +39,8 @@ def case_timeline(conn: Connection, case_id: str, now: dt.datetime | None = None
     first. `note` explains a status such as `sent_unconfirmed` (`STATUS_NOTES`). Holds
     are those not released (and, given `now`, not expired). Money: `amount_due`
     (imported), `paid_total` and `outstanding` (what is owed now); given `now`,
-    `days_past_due` on the debtor's local date in `zone`, the case's primary zone."""
+    `days_past_due` on the debtor's local date in `zone`, the case's primary zone.
+    `plans`: the case's repayment plans (`store.plans.case_plans`)."""
     row = conn.execute(select(cases_t).where(cases_t.c.case_id == case_id)).first()
     if row is None:
         raise CaseNotFound(case_id)
@@ -104,4 +106,5 @@ def case_timeline(conn: Connection, case_id: str, now: dt.datetime | None = None
         "holds": holds,
         "messages": messages,
         "events": events,
+        "plans": case_plans(conn, case_id),
     }

@@ -300,6 +300,11 @@ async def test_collectors_print_the_agreement_from_the_cli(page: Page, monkeypat
     assert result.output.startswith(agreement.text) and "plan 1 active" in result.output
     result = CliRunner().invoke(app, [*base, "cn-1", "--format", "json"])
     assert json.loads(result.output)["text"] == agreement.text
+    shown = CliRunner().invoke(app, ["--config", SHIPPED_CONFIG, "--db", base[3], "case", "show", "cn-1",
+                                     "--format", "json"])
+    [plan] = json.loads(shown.output)["plans"]
+    assert (plan["status"], plan["agreement_id"], plan["total"], len(plan["instalments"])) == (
+        "active", agreement.agreement_id, "10120.00", 3)
     result = CliRunner().invoke(app, [*base, "cn-1", "--format", "html"])
     assert result.exit_code == 0 and "<html" in result.output and "¥3,373.34" in result.output
     result = CliRunner().invoke(app, [*base, "us-1"])
@@ -326,6 +331,7 @@ async def test_collectors_read_the_agreement_in_the_console(console: Console, en
     await sign_in(c)
     r = await c.get("/ui/cases/A1")
     assert f'href="/ui/cases/A1/agreements/{agreement_id}"' in r.text
+    assert 'id="plans"' in r.text and "1: 300.00 by 2027-01-06" in r.text
     r = await c.get(f"/ui/cases/A1/agreements/{agreement_id}")
     assert r.status_code == 200 and "Instalment 1: $300.00" in r.text and "the debtor&#39;s page" in r.text
     assert (await c.get(f"/ui/cases/P1/agreements/{agreement_id}")).status_code == 404
