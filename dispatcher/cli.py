@@ -192,7 +192,7 @@ def _tick(runtime: Runtime, channels: dict[Any, Any]) -> dict[str, Any]:
     from dispatcher.services.repair import StatusRepair
 
     now = runtime.clock.now()
-    resume_broken_promises(runtime.engine, now)
+    resume_broken_promises(runtime.engine, now, runtime.config)
     planned = run_planner(runtime.engine, runtime.gate, runtime.templates.approved_catalog(), now)
     sender = runtime.sender(channels)
 
@@ -456,7 +456,7 @@ def run_cmd(
         clock=runtime.clock,
         sender=sender,
         catalog=runtime.templates.approved_catalog,
-        after_plan=resume_broken_promises,
+        after_plan=lambda engine, now: resume_broken_promises(engine, now, runtime.config),
         repair=StatusRepair(runtime.engine, runtime.config, runtime.clock, channels),
     )
     web = runtime.web()

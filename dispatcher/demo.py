@@ -226,7 +226,7 @@ def _serve(runtime: Runtime, sandbox: Any, port: int, result: DemoResult, consol
     channels = runtime.channels()
     jobs = DaemonJobs(engine=runtime.engine, config=runtime.config, gate=runtime.gate, clock=clock,
                       sender=runtime.sender(channels), catalog=runtime.templates.approved_catalog,
-                      after_plan=resume_broken_promises,
+                      after_plan=lambda engine, now: resume_broken_promises(engine, now, runtime.config),
                       repair=StatusRepair(runtime.engine, runtime.config, clock, channels))
     web = runtime.web()
     _print_how_to_look_around(runtime.settings.public_url, sandbox, result, console)
@@ -317,7 +317,7 @@ async def _simulate(ticks: list[dt.datetime], runtime: Runtime, sandbox: Any, rn
             for instant in ticks:
                 clock.set(instant)
                 t0 = time.perf_counter()
-                await asyncio.to_thread(resume_broken_promises, engine, instant)
+                await asyncio.to_thread(resume_broken_promises, engine, instant, runtime.config)
                 summary = await asyncio.to_thread(run_planner, engine, gate, catalog, instant)
                 result.timings["plan"] = result.timings.get("plan", 0.0) + time.perf_counter() - t0
                 if summary is not None:

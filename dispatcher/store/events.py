@@ -54,6 +54,10 @@ class EventKind(StrEnum):
     ORPHAN_CALLBACK = "orphan_callback"
     PROMISE_BROKEN = "promise_broken"
     REPLY_NOT_SENT = "reply_not_sent"
+    # the collectors' workbench
+    TASK_CLAIMED = "task_claimed"
+    TASK_DONE = "task_done"
+    NOTE_ADDED = "note_added"
     # people (no case): who manages whom, and who signed in
     USER_ADDED = "user_added"
     USER_DISABLED = "user_disabled"

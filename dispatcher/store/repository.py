@@ -103,6 +103,8 @@ def _dialect_insert(conn: Connection, table: Table) -> Any:
     raise NotImplementedError(f"database {name!r} is not supported; use PostgreSQL or SQLite")
 
 
+#: `INSERT ... ON CONFLICT` for other store modules and services.
+dialect_insert = _dialect_insert
 
 
 def _bulk_insert(
