@@ -32,6 +32,7 @@ from dispatcher.web import api, console, email_hooks, payment_links, reports_pag
 from dispatcher.web.auth import AccessDenied, CsrfFailed, api_permission
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
 from dispatcher.web.guard import GuardMiddleware, Receive, Scope, Send
+from dispatcher.web.idempotency import IdempotencyMiddleware
 from dispatcher.web.metrics import WebhookMetrics
 from dispatcher.web.security import Rejected
 from dispatcher.web.twilio_hooks import Endpoint, TwilioHooks
@@ -154,6 +155,8 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     fast_routes = hooks.endpoints()
+    # inside the guard (its body limit and no-500 answer come first)
+    app.add_middleware(IdempotencyMiddleware, engine=web.engine, clock=web.clock)
     app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, metrics=metrics,
                        known_paths=frozenset(fast_routes))
     return WebApp(app, fast_routes, max_body_bytes=max_body_bytes, metrics=metrics)

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from dispatcher.domain import HOLD_REASONS, Channel, Reason
 from dispatcher.logs import mask
 from dispatcher.policy.zones import PersonDateError, parse_person_date, primary_zone
-from dispatcher.roles import NAME_MAX, Permission, Principal
+from dispatcher.roles import NAME_MAX, PROTECTED_HOLD_REASONS, Permission, Principal
 from dispatcher.services.oneoff import request_one_off
 from dispatcher.services.people import SESSION_HOURS, Refusal
 from dispatcher.services.planner import plan_decisions
@@ -366,11 +366,15 @@ async def release_holds(case_id: str, request: Request, engine: EngineDep, clock
     if reason_text is not None and reason_text not in {r.value for r in HOLD_REASONS}:
         return _back(case_id, error="Unknown hold reason.")
 
+    # legal and cease-communication holds: compliance only (a collector's "release all" keeps them)
+    keep = () if principal.can(Permission.HOLDS_RELEASE_PROTECTED) else PROTECTED_HOLD_REASONS
+    if reason_text in keep:
+        return _back(case_id, error=f"Only compliance may release a {reason_text} hold.")
+
     def write() -> int:
         with engine.begin() as conn:
             return repository.release_holds(conn, case_id, Reason(reason_text) if reason_text else None,
-                                            principal.name,
-                                            clock.now())
+                                            principal.name, clock.now(), keep=keep)
 
     try:
         count = await run_in_threadpool(write)
