@@ -1,12 +1,13 @@
 """Finding a case (SPEC section 14): by a case id prefix (any case), a name substring
-(any script: 张, Morgan), the last 4 digits of a phone, or an e-mail local part.
+(any script: 张, Morgan; see `SUBSTRING_MIN` for one or two characters), the last 4
+digits of a phone, or an e-mail local part (or its beginning).
 
 One query per kind, each answerable by an index on PostgreSQL (migration 0006: `lower(
-case_id) text_pattern_ops`, a trigram GIN index on the name, `right(address, 4)` of SMS
+case_id) COLLATE "C"`, a trigram GIN index on the name, `right(address, 4)` of SMS
 contact points, `address text_pattern_ops` of e-mail contact points), each with the
-limit; the hits are merged (id matches first, then phone, e-mail, name) and returned
-masked: a search result shows who is meant, never a full name, number or address (the
-case page does, to those allowed). SQLite runs the same queries without those indexes.
+limit, all in one statement (`UNION ALL`); the hits are merged (id matches first, then
+phone, e-mail, name) and returned masked: a search result shows who is meant, never a
+full name, number or address (the case page does, to those allowed). SQLite runs the same queries without those indexes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, literal, or_, select, union_all
 from sqlalchemy.engine import Connection
 
 from dispatcher.domain import Channel
@@ -29,6 +30,12 @@ QUERY_MAX = 120
 LIMIT_MAX = 100
 _LAST4 = re.compile(r"^\d{4}$")
 _EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9._%+\-]+@?[A-Za-z0-9.\-]*$")
+#: A name query this long matches anywhere in the name; a shorter one matches the
+#: name's start (one character: the surname, 张) or its start or end (two: 张伟, 小明).
+#: Why: a trigram index answers a substring of 3 or more characters, and the start and
+#: end of a name through its padded edge trigrams, but nothing answers "these 1-2
+#: characters anywhere" but a scan of every case (a second and more at 1,000,000).
+SUBSTRING_MIN = 3
 #: the order kinds are listed in
 KINDS = ("case_id", "phone_last4", "email", "name")
 
@@ -67,10 +74,13 @@ def _last4(conn: Connection) -> ColumnElement[Any]:
 
 def _queries(conn: Connection, q: str, limit: int) -> dict[str, Any]:
     pattern = _like_escape(q)
+    case_key: Any = func.lower(cases_t.c.case_id)
+    if conn.dialect.name == "postgresql":  # the expression of ix_search_cases_id: prefix and order in one scan
+        case_key = case_key.collate("C")
     queries: dict[str, Any] = {
         "case_id": select(cases_t.c.case_id)
-        .where(func.lower(cases_t.c.case_id).like(pattern.lower() + "%", escape="\\"))
-        .order_by(func.lower(cases_t.c.case_id)).limit(limit),
+        .where(case_key.like(pattern.lower() + "%", escape="\\"))
+        .order_by(case_key).limit(limit),
     }
     if _LAST4.match(q):
         queries["phone_last4"] = (
@@ -85,9 +95,15 @@ def _queries(conn: Connection, q: str, limit: int) -> dict[str, Any]:
             .limit(limit)
         )
     if not q.isdigit():
-        queries["name"] = (
-            select(cases_t.c.case_id).where(cases_t.c.name.ilike(f"%{pattern}%", escape="\\")).limit(limit)
-        )
+        name = cases_t.c.name
+        matches: ColumnElement[bool]
+        if len(q) >= SUBSTRING_MIN:
+            matches = name.ilike(f"%{pattern}%", escape="\\")
+        elif len(q) == 2:  # a surname and a given character, or a given name: 张伟, 小明
+            matches = or_(name.ilike(f"{pattern}%", escape="\\"), name.ilike(f"%{pattern}", escape="\\"))
+        else:  # one character: a surname, 张
+            matches = name.ilike(f"{pattern}%", escape="\\")
+        queries["name"] = select(cases_t.c.case_id).where(matches).limit(limit)
     return queries
 
 
@@ -100,30 +116,31 @@ def search_cases(conn: Connection, query: str, limit: int = 20) -> list[CaseHit]
     if len(q) > QUERY_MAX:
         raise SearchError(f"a search is at most {QUERY_MAX} characters")
     limit = max(1, min(limit, LIMIT_MAX))
+    # one round trip for every kind (each its own index scan and limit), one for the details
+    parts = [select(literal(kind).label("kind"), sub.c.case_id)
+             for kind, sub in ((k, q_.subquery()) for k, q_ in _queries(conn, q, limit).items())]
     found: dict[str, list[str]] = {}
-    for kind, stmt in _queries(conn, q, limit).items():
-        for case_id in sorted(set(conn.execute(stmt).scalars())):
-            found.setdefault(case_id, []).append(kind)
+    ordered = sorted(conn.execute(union_all(*parts)).all(), key=lambda r: (KINDS.index(r.kind), r.case_id))
+    for kind, case_id in ordered:
+        if kind not in found.setdefault(case_id, []):
+            found[case_id].append(kind)
     ids = list(found)[:limit]
     if not ids:
         return []
     c = cases_t.c
+    sms, email = contacts_t.alias("sms"), contacts_t.alias("email")
     rows = {r.case_id: r for r in conn.execute(
-        select(c.case_id, c.name, c.status, c.jurisdiction, c.currency, c.amount_due, c.paid_total)
+        select(c.case_id, c.name, c.status, c.jurisdiction, c.currency, c.amount_due, c.paid_total,
+               sms.c.address.label("phone"), email.c.address.label("email"))
+        .outerjoin(sms, (sms.c.case_id == c.case_id) & (sms.c.channel == Channel.SMS.value))
+        .outerjoin(email, (email.c.case_id == c.case_id) & (email.c.channel == Channel.EMAIL.value))
         .where(c.case_id.in_(ids)))}
-    addresses: dict[tuple[str, str], str] = {
-        (r.case_id, r.channel): r.address for r in conn.execute(
-            select(contacts_t.c.case_id, contacts_t.c.channel, contacts_t.c.address)
-            .where(contacts_t.c.case_id.in_(ids), contacts_t.c.channel.in_([Channel.SMS.value, Channel.EMAIL.value]),
-                   contacts_t.c.address.is_not(None)))
-    }
     hits = []
     for case_id in ids:
         row = rows[case_id]
-        phone, email = addresses.get((case_id, Channel.SMS.value)), addresses.get((case_id, Channel.EMAIL.value))
         hits.append(CaseHit(
-            case_id=case_id, name=mask_name(row.name), phone=mask(phone) if phone else None,
-            email=mask(email) if email else None, status=row.status, jurisdiction=row.jurisdiction,
+            case_id=case_id, name=mask_name(row.name), phone=mask(row.phone) if row.phone else None,
+            email=mask(row.email) if row.email else None, status=row.status, jurisdiction=row.jurisdiction,
             currency=row.currency, outstanding=cents(row.amount_due - row.paid_total),
             matched=tuple(found[case_id]),
         ))

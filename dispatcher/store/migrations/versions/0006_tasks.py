@@ -7,7 +7,7 @@ Create Date: 2026-12-03
 
 Search (`services.search`) on PostgreSQL uses indexes the tables do not declare (they
 are PostgreSQL-only expressions; SQLite searches without them): a case id prefix through
-`lower(case_id) text_pattern_ops`, the last 4 digits of a phone through
+`lower(case_id) COLLATE "C"`, the last 4 digits of a phone through
 `right(address, 4)` on SMS contact points, an e-mail local part through `address
 text_pattern_ops` on e-mail contact points, and a name substring through a trigram GIN
 index (`pg_trgm`). When the extension cannot be created (a managed server that does not
@@ -33,7 +33,8 @@ log = logging.getLogger("dispatcher.store")
 
 #: The PostgreSQL search indexes (see the module docstring), by name.
 SEARCH_INDEXES = {
-    "ix_search_cases_id": "CREATE INDEX ix_search_cases_id ON cases (lower(case_id) text_pattern_ops)",
+    # "C": byte order, so one index scan answers both the prefix (LIKE) and the order
+    "ix_search_cases_id": 'CREATE INDEX ix_search_cases_id ON cases ((lower(case_id) COLLATE "C"))',
     "ix_search_contacts_last4": (
         "CREATE INDEX ix_search_contacts_last4 ON contact_points (right(address, 4)) WHERE channel = 'sms'"
     ),
