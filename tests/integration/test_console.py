@@ -191,6 +191,27 @@ async def test_holds_placed_and_released_from_the_page(console: Console) -> None
     assert "Released 1 hold(s)." in page and 'id="no-holds"' in page
 
 
+async def test_a_collector_cannot_release_legal_or_cease_communication_holds(console: Console,
+                                                                           engine: Engine) -> None:
+    c = console.client
+    await sign_in(c, "lead.li")
+    csrf = csrf_of((await c.get("/ui/cases/A1")).text)
+    for reason in ("legal_hold", "cease_communication", "collector_hold"):
+        await c.post("/ui/cases/A1/holds", data={"reason": reason, "csrf": csrf})
+    r = await c.post("/ui/cases/A1/holds/release", data={"reason": "legal_hold", "csrf": csrf})
+    assert "Only compliance may release a legal_hold hold." in (await c.get(r.headers["location"])).text
+    r = await c.post("/ui/cases/A1/holds/release", data={"reason": "", "csrf": csrf})  # "release all"
+    assert "Released 1 hold(s)." in (await c.get(r.headers["location"])).text
+    with engine.connect() as conn:
+        held = set(conn.execute(select(holds_t.c.reason).where(holds_t.c.released_at.is_(None))).scalars())
+    assert held == {"legal_hold", "cease_communication"}
+    console.add("合规张", Role.COMPLIANCE)
+    await sign_in(c, "合规张")
+    csrf = csrf_of((await c.get("/ui/cases/A1")).text)
+    r = await c.post("/ui/cases/A1/holds/release", data={"reason": "", "csrf": csrf})
+    assert "Released 2 hold(s)." in (await c.get(r.headers["location"])).text
+
+
 async def test_find_a_case(console: Console) -> None:
     c = console.client
     await sign_in(c)
