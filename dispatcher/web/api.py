@@ -12,7 +12,7 @@ task queue.
     POST /api/cases/{case_id}/holds/{hold_id}/release                                 200
     POST /api/cases/{case_id}/promises     {"date": "2026-12-10"}                     201
     POST /api/cases/{case_id}/notes        {"text": "..."}                            201
-    GET  /api/tasks?state=open&kind=&assignee=&limit=   overdue first
+    GET  /api/tasks?state=open&kind=&assignee=&case_id=&limit=   overdue first
     POST /api/tasks/{task_id}/claim                                                   200
     POST /api/tasks/{task_id}/done         {"note": "..."}                            200
          404 unknown case / hold / task, 400 bad body (the error says what to send),
@@ -212,13 +212,15 @@ async def note(case_id: str, request: Request, who: Writer, actions: CaseActions
 
 @router.get("/tasks")
 async def task_queue(who: Reader, tasks: TasksDep, clock: ClockDep, state: str = TaskState.OPEN.value,
-                     kind: str | None = None, assignee: str | None = None, limit: int = 100) -> JSONResponse:
+                     kind: str | None = None, assignee: str | None = None, limit: int = 100,
+                     case_id: str | None = None) -> JSONResponse:
     """The task queue, overdue first (by due time, then age). `state`: open, claimed,
     done, active (open or claimed) or all."""
     if state not in {*TaskState, "active", "all"} or (kind and kind not in set(TaskKind)):
         return _refuse(400, f"state: one of {', '.join([*TaskState, 'active', 'all'])};"
                             f" kind: one of {', '.join(TaskKind)}")
-    found = await run_in_threadpool(tasks.list, state, kind or None, assignee or None, limit)
+    found = await run_in_threadpool(lambda: tasks.list(state, kind or None, assignee or None, limit,
+                                                       case_id=case_id or None))
     now = clock.now()
     return JSONResponse({"tasks": [t.as_json(now) for t in found]})
 

@@ -244,6 +244,8 @@ async def test_the_task_queue_claim_and_done(api: Api) -> None:
     api.clock.advance(hours=5)  # the call back is overdue
     r = await c.get("/api/tasks", params={"kind": "call_back"}, headers=agent)
     assert [(t["id"], t["overdue"]) for t in r.json()["tasks"]] == [(call, True)]
+    r = await c.get("/api/tasks", params={"case_id": "CN-1002"}, headers=agent)
+    assert [t["id"] for t in r.json()["tasks"]] == [paid]
     assert (await c.get("/api/tasks", params={"state": "later"}, headers=agent)).status_code == 400
     assert (await c.get("/api/tasks", params={"kind": "tea"}, headers=agent)).status_code == 400
 
