@@ -179,6 +179,9 @@ def open_escalations(engine: Engine, config: Config, now: dt.datetime, *, limit:
         m.kind == MessageKind.SCHEDULED.value, m.stage.is_not(None),
         (m.status.in_(_DELIVERED)) | ((m.channel == Channel.EMAIL.value) & (m.status == MessageStatus.SENT.value)),
         m.status_at <= cutoff, m.status_at > cutoff - _ESCALATE_LOOKBACK,
+        # implied by the two above (a message is sent after it is scheduled, delivered
+        # within days), stated so that ix_messages_due (status, scheduled_at) answers
+        m.scheduled_at <= cutoff, m.scheduled_at > cutoff - _ESCALATE_LOOKBACK - dt.timedelta(days=7),
     )
     answered = exists().where(events_t.c.case_id == m.case_id, events_t.c.at >= m.status_at,
                               events_t.c.kind.in_([k.value for k in RESPONSE_EVENTS]))
