@@ -107,6 +107,14 @@ def _queries(conn: Connection, q: str, limit: int) -> dict[str, Any]:
     return queries
 
 
+def search_statement(conn: Connection, q: str, limit: int) -> Any:
+    """Every kind's query as one statement, rows (kind, case_id): one round trip, each
+    branch its own index scan and limit (`q` normalised, see `search_cases`)."""
+    parts = [select(literal(kind).label("kind"), sub.c.case_id)
+             for kind, sub in ((k, stmt.subquery()) for k, stmt in _queries(conn, q, limit).items())]
+    return union_all(*parts)
+
+
 def search_cases(conn: Connection, query: str, limit: int = 20) -> list[CaseHit]:
     """The cases `query` finds (see the module docstring), at most `limit`, masked.
     `SearchError` for an empty or over-long query."""
@@ -116,11 +124,9 @@ def search_cases(conn: Connection, query: str, limit: int = 20) -> list[CaseHit]
     if len(q) > QUERY_MAX:
         raise SearchError(f"a search is at most {QUERY_MAX} characters")
     limit = max(1, min(limit, LIMIT_MAX))
-    # one round trip for every kind (each its own index scan and limit), one for the details
-    parts = [select(literal(kind).label("kind"), sub.c.case_id)
-             for kind, sub in ((k, q_.subquery()) for k, q_ in _queries(conn, q, limit).items())]
     found: dict[str, list[str]] = {}
-    ordered = sorted(conn.execute(union_all(*parts)).all(), key=lambda r: (KINDS.index(r.kind), r.case_id))
+    rows = conn.execute(search_statement(conn, q, limit)).all()
+    ordered = sorted(rows, key=lambda r: (KINDS.index(r.kind), r.case_id))
     for kind, case_id in ordered:
         if kind not in found.setdefault(case_id, []):
             found[case_id].append(kind)
@@ -129,7 +135,7 @@ def search_cases(conn: Connection, query: str, limit: int = 20) -> list[CaseHit]
         return []
     c = cases_t.c
     sms, email = contacts_t.alias("sms"), contacts_t.alias("email")
-    rows = {r.case_id: r for r in conn.execute(
+    details = {r.case_id: r for r in conn.execute(
         select(c.case_id, c.name, c.status, c.jurisdiction, c.currency, c.amount_due, c.paid_total,
                sms.c.address.label("phone"), email.c.address.label("email"))
         .outerjoin(sms, (sms.c.case_id == c.case_id) & (sms.c.channel == Channel.SMS.value))
@@ -137,7 +143,7 @@ def search_cases(conn: Connection, query: str, limit: int = 20) -> list[CaseHit]
         .where(c.case_id.in_(ids)))}
     hits = []
     for case_id in ids:
-        row = rows[case_id]
+        row = details[case_id]
         hits.append(CaseHit(
             case_id=case_id, name=mask_name(row.name), phone=mask(row.phone) if row.phone else None,
             email=mask(row.email) if row.email else None, status=row.status, jurisdiction=row.jurisdiction,
