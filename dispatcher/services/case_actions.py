@@ -13,6 +13,7 @@ The answers are plain JSON-able dicts: the API returns them as they are.
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -35,6 +36,15 @@ HOLD_NOTE_MAX = 500
 
 class ActionRefused(ValueError):
     """The action cannot be done as asked; the message says what to send instead."""
+
+
+def clean_text(text: str, field: str) -> str:
+    """Free text a person wrote (a note), trimmed; control characters other than line
+    breaks and tabs are refused (PostgreSQL cannot store NUL, and none belongs in a note)."""
+    text = text.strip()
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\r\t" for ch in text):
+        raise ActionRefused(f"{field} contains control characters; send plain text")
+    return text
 
 
 def _zone(conn: Connection, config: Config, case_id: str) -> str:
@@ -75,10 +85,12 @@ class CaseActions:
 
     def hold(self, case_id: str, reason: str, until: str | None, note: str | None, by: str) -> dict[str, Any]:
         """Place a hold until released, or until 00:00 of `until` in the debtor's zone."""
+        if until is not None:
+            until = clean_text(until, "until")
         if reason not in {r.value for r in PLACEABLE_HOLDS}:
             allowed = ", ".join(r.value for r in PLACEABLE_HOLDS)
             raise ActionRefused(f"hold reason {reason!r}: use one of {allowed} (a promise: POST .../promises)")
-        note = (note or "").strip()[:HOLD_NOTE_MAX] or None
+        note = clean_text(note or "", "note")[:HOLD_NOTE_MAX] or None
         now = self.clock.now()
         with self.engine.begin() as conn:
             zone = _zone(conn, self.config, case_id)
@@ -119,7 +131,7 @@ class CaseActions:
             zone = _zone(conn, self.config, case_id)
             today = local_date(now, zone)
             try:
-                day = dt.date.fromisoformat(date.strip())
+                day = dt.date.fromisoformat(clean_text(date, "date"))
             except ValueError:
                 raise ActionRefused(f"date {date!r}: send a date like {today + dt.timedelta(days=3)}"
                                     " (a day in the debtor's time zone)") from None
@@ -134,7 +146,7 @@ class CaseActions:
 
     def note(self, case_id: str, text: str, by: str) -> dict[str, Any]:
         """A note on the case's timeline (a contact's outcome, the follow-up plan)."""
-        text = text.strip()
+        text = clean_text(text, "text")
         if not text:
             raise ActionRefused('send {"text": "..."}: a note cannot be empty')
         if len(text) > NOTE_MAX:

@@ -13,6 +13,7 @@ full name, number or address (the case page does, to those allowed). SQLite runs
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -123,6 +124,8 @@ def search_cases(conn: Connection, query: str, limit: int = 20) -> list[CaseHit]
         raise SearchError("type part of a case id, a name, the last 4 digits of a phone or an e-mail name")
     if len(q) > QUERY_MAX:
         raise SearchError(f"a search is at most {QUERY_MAX} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in q):
+        raise SearchError("a search cannot contain control characters")
     limit = max(1, min(limit, LIMIT_MAX))
     found: dict[str, list[str]] = {}
     rows = conn.execute(search_statement(conn, q, limit)).all()

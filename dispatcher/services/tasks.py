@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import logging
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -267,6 +268,8 @@ class Tasks:
         note = note.strip()
         if not note:
             raise ValueError("say what was done: a task is closed with a note")
+        if any(unicodedata.category(ch) == "Cc" and ch not in "\n\r\t" for ch in note):
+            raise ValueError("the note contains control characters; send plain text")
         now = self.clock.now()
         t = tasks_t.c
         with self.engine.begin() as conn:

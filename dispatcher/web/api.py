@@ -216,6 +216,8 @@ async def task_queue(who: Reader, tasks: TasksDep, clock: ClockDep, state: str =
                      case_id: str | None = None) -> JSONResponse:
     """The task queue, overdue first (by due time, then age). `state`: open, claimed,
     done, active (open or claimed) or all."""
+    if any(ch < " " for ch in (assignee or "") + (case_id or "")):
+        return _refuse(400, "assignee and case_id cannot contain control characters")
     if state not in {*TaskState, "active", "all"} or (kind and kind not in set(TaskKind)):
         return _refuse(400, f"state: one of {', '.join([*TaskState, 'active', 'all'])};"
                             f" kind: one of {', '.join(TaskKind)}")
