@@ -101,7 +101,10 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
                         openapi_url="/openapi.json", lifespan=lifespan,
                         description="The collectors' HTTP API. Authenticate with `Authorization: Bearer <token>`"
                                     " (`dispatcher tokens create NAME`): 401 without a valid token, 403 when the"
-                                    " token's roles lack the permission.")
+                                    " token's roles lack the permission. Every POST takes an optional"
+                                    " `Idempotency-Key` header: a retry with the same key and body gets the first"
+                                    " answer again (`Idempotent-Replayed: true`), the same key with another body"
+                                    " 422, a retry while the first is still running 409; keys last 24 hours.")
     metrics = WebhookMetrics(receipts.message_counts,
                              extra=lambda: _extra_metric_lines(web))
     if not web.settings.twilio_auth_token:

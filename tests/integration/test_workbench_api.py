@@ -128,6 +128,7 @@ async def test_search_refusals(api: Api) -> None:
     auth = api.token_of("agent7", Role.COLLECTOR)
     assert (await search(api, "  ", auth)).status_code == 400
     assert (await search(api, "x" * 121, auth)).status_code == 400
+    assert (await search(api, "张\x00", auth)).status_code == 400  # PostgreSQL cannot even compare a NUL
     assert (await search(api, "cn", {})).status_code == 401
     assert (await search(api, "cn", api.token_of("写手", Role.AUTHOR))).status_code == 403
     assert (await search(api, "cn", api.token_of("ops.li", Role.OPS))).status_code == 200  # read-only may search
@@ -218,9 +219,12 @@ async def test_notes(api: Api) -> None:
     agent = api.token_of("agent7", Role.COLLECTOR)
     r = await c.post("/api/cases/CN-1001/notes", json={"text": "失业，下月还款"}, headers=agent)
     assert r.status_code == 201 and r.json()["by"] == "agent7"
-    (event,) = api.events("note_added")
+    event = api.events("note_added")[0]
     assert (event.case_id, event.actor, json.loads(event.data)["text"]) == ("CN-1001", "agent7", "失业，下月还款")
     assert (await c.post("/api/cases/CN-1001/notes", json={"text": " "}, headers=agent)).status_code == 400
+    assert (await c.post("/api/cases/CN-1001/notes", json={"text": "a\x00b"}, headers=agent)).status_code == 400
+    r = await c.post("/api/cases/CN-1001/notes", json={"text": "line 1\nline 2"}, headers=agent)
+    assert r.status_code == 201
     assert (await c.post("/api/cases/CN-1001/notes", json=["x"], headers=agent)).status_code == 400
     assert (await c.post("/api/cases/NOPE/notes", json={"text": "x"}, headers=agent)).status_code == 404
     compliance = api.token_of("合规张", Role.COMPLIANCE)
