@@ -161,7 +161,10 @@ def measure(url: str, runs: int) -> None:
                 # the database's own time for the search statement (no client, no scheduling)
                 sql = str(search_statement(conn, q, 20).compile(dialect=postgresql.dialect(),
                                                                 compile_kwargs={"literal_binds": True}))
+                savepoint = conn.begin_nested()  # as search_cases runs it (services.search._run)
+                conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
                 plan = [r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, TIMING OFF) " + sql)]
+                savepoint.rollback()
                 server.append(float(next(p for p in plan if p.startswith("Execution Time")).split()[2]))
             times.sort()
             server.sort()
@@ -171,7 +174,10 @@ def measure(url: str, runs: int) -> None:
                   f" {statistics.median(server):.2f} | {s99:.2f} | {statistics.median(hits):.0f} |", flush=True)
             for kind, stmt in search_sql(conn, qs[0], 20).items():
                 sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+                savepoint = conn.begin_nested()
+                conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
                 plan = [r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, COSTS OFF) " + sql)]
+                savepoint.rollback()
                 plans.setdefault(f"{label} [{kind}] q={qs[0]!r}", plan)
     engine.dispose()
     print("\nEXPLAIN ANALYZE (first query of each kind):")

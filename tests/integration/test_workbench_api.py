@@ -347,3 +347,15 @@ async def test_a_retry_while_the_first_is_being_answered_is_409(api: Api) -> Non
                               headers=auth | {"Idempotency-Key": "slow-1", "Content-Type": "application/json"})
     assert r.status_code == 409 and r.headers["retry-after"] == "1"
     assert api.events("note_added") == []
+
+
+def test_search_leaves_the_connection_as_it_found_it(engine: Engine) -> None:
+    """On PostgreSQL the search turns sequential scans off for its own statement only."""
+    from dispatcher.services.search import search_cases
+
+    with engine.begin() as conn:
+        repo.upsert_cases(conn, [imported("CN-1", "张伟", "+8613800138001", None)], NOW)
+    with engine.connect() as conn:
+        assert [h.case_id for h in search_cases(conn, "张", 5)] == ["CN-1"]
+        if engine.dialect.name == "postgresql":
+            assert conn.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
