@@ -141,8 +141,8 @@ def _queries(url: str, runs: int) -> dict[str, list[str]]:
 def measure(url: str, runs: int) -> None:
     from sqlalchemy.dialects import postgresql
 
+    from dispatcher.services.search import SUBSTRING_MIN, search_cases, search_statement
     from dispatcher.services.search import _queries as search_sql
-    from dispatcher.services.search import search_cases, search_statement
     from dispatcher.store.db import make_engine
 
     engine = make_engine(url)
@@ -162,7 +162,8 @@ def measure(url: str, runs: int) -> None:
                 sql = str(search_statement(conn, q, 20).compile(dialect=postgresql.dialect(),
                                                                 compile_kwargs={"literal_binds": True}))
                 savepoint = conn.begin_nested()  # as search_cases runs it (services.search._run)
-                conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                if len(q) < SUBSTRING_MIN:
+                    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
                 plan = [r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, TIMING OFF) " + sql)]
                 savepoint.rollback()
                 server.append(float(next(p for p in plan if p.startswith("Execution Time")).split()[2]))
@@ -175,7 +176,8 @@ def measure(url: str, runs: int) -> None:
             for kind, stmt in search_sql(conn, qs[0], 20).items():
                 sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
                 savepoint = conn.begin_nested()
-                conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                if len(qs[0]) < SUBSTRING_MIN:
+                    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
                 plan = [r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE, COSTS OFF) " + sql)]
                 savepoint.rollback()
                 plans.setdefault(f"{label} [{kind}] q={qs[0]!r}", plan)

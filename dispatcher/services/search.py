@@ -116,14 +116,17 @@ def search_statement(conn: Connection, q: str, limit: int) -> Any:
     return union_all(*parts)
 
 
-def _run(conn: Connection, statement: Any) -> list[Any]:
-    """The search statement's rows. On PostgreSQL with sequential scans off, in a
-    savepoint rolled back afterwards (which undoes the `SET LOCAL`): every branch has an
-    index that answers it in milliseconds, but with a LIMIT the planner sometimes bets
-    on a sequential scan finding 20 rows early (a name it thinks common), and when the
-    bet is wrong it reads the whole table (0.2 s and more at 1,000,000 cases). There is
-    no per-query planner hint in PostgreSQL; this is the narrow way to give one."""
-    if conn.dialect.name != "postgresql":
+def _run(conn: Connection, statement: Any, q: str) -> list[Any]:
+    """The search statement's rows. For a one- or two-character query on PostgreSQL,
+    with sequential scans off, in a savepoint rolled back afterwards (which undoes the
+    `SET LOCAL`): the planner cannot estimate how many names start or end with 1-2
+    characters, and with a LIMIT it sometimes bets on a sequential scan finding 20 rows
+    early; when the bet is wrong it reads the whole table (0.2 s and more at 1,000,000
+    cases), while the trigram index answers in milliseconds. Longer queries keep the
+    planner's choice (its estimates are good there, and a scan that finds a common name
+    at once is cheaper than a large bitmap). PostgreSQL has no per-query planner hint;
+    this is the narrowest way to give one."""
+    if conn.dialect.name != "postgresql" or len(q) >= SUBSTRING_MIN:
         return list(conn.execute(statement).all())
     savepoint = conn.begin_nested()
     try:
@@ -145,7 +148,7 @@ def search_cases(conn: Connection, query: str, limit: int = 20) -> list[CaseHit]
         raise SearchError("a search cannot contain control characters")
     limit = max(1, min(limit, LIMIT_MAX))
     found: dict[str, list[str]] = {}
-    rows = _run(conn, search_statement(conn, q, limit))
+    rows = _run(conn, search_statement(conn, q, limit), q)
     ordered = sorted(rows, key=lambda r: (KINDS.index(r.kind), r.case_id))
     for kind, case_id in ordered:
         if kind not in found.setdefault(case_id, []):
