@@ -125,7 +125,8 @@ def due_at(workbench: Workbench, kind: str, now: dt.datetime, calendar: WorkingC
     day = local.date()
     for _ in range(amount):
         day += dt.timedelta(days=1)
-        while not (calendar.is_working_day(day) if calendar else day.weekday() < 5):
+        # an SLA decides no contact: not a use of the year that the calendar warning counts
+        while not (calendar.is_working_day_unrecorded(day) if calendar else day.weekday() < 5):
             day += dt.timedelta(days=1)
     return dt.datetime.combine(day, local.timetz().replace(tzinfo=None), tzinfo=local.tzinfo).astimezone(dt.UTC)
 

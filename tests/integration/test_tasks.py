@@ -20,9 +20,10 @@ from dispatcher.clock import FakeClock
 from dispatcher.config import Config, Workbench, parse_sla
 from dispatcher.domain import Action, CaseStatus, Decision, Reason
 from dispatcher.policy import Gate
+from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.services.planner import enqueue_decisions
 from dispatcher.services.receipts import resume_broken_promises
-from dispatcher.services.tasks import TaskConflict, TaskKind, Tasks, open_escalations, open_task
+from dispatcher.services.tasks import TaskConflict, TaskKind, Tasks, due_at, open_escalations, open_task
 from dispatcher.store import repository as repo
 from dispatcher.store.snapshots import get_snapshot
 from dispatcher.store.tables import events_t, messages_t, tasks_t
@@ -201,3 +202,12 @@ def test_claim_and_done_are_events_with_by(engine: Engine, config: Config) -> No
     assert [(e.case_id, e.actor) for e in claimed_events] == [("C1", "王伟")]
     assert [(e.case_id, e.actor, json.loads(e.data)["note"]) for e in done_events] == [
         ("C1", "王伟", "called back: will pay on the 15th")]
+
+
+def test_an_sla_into_next_year_is_not_a_use_of_its_estimated_calendar() -> None:
+    """Only contact decisions count for the 'calendar estimated' warning, not due times."""
+    calendar = WorkingCalendar("CN", official_years=(2026,))
+    new_year_eve = dt.datetime(2026, 12, 31, 15, 0, tzinfo=SHANGHAI)
+    due = due_at(Workbench(), "verify_payment_claim", new_year_eve, calendar, "Asia/Shanghai")
+    assert due == dt.datetime(2027, 1, 4, 15, 0, tzinfo=SHANGHAI)  # New Year's Day (Fri), then the weekend
+    assert calendar.estimated_years_used() == []
