@@ -359,3 +359,36 @@ def test_search_leaves_the_connection_as_it_found_it(engine: Engine) -> None:
         assert [h.case_id for h in search_cases(conn, "张", 5)] == ["CN-1"]
         if engine.dialect.name == "postgresql":
             assert conn.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
+
+
+ACTIONS = [  # (path, body, the permission a collector has and the listed roles lack)
+    ("/api/cases/CN-1001/payments", {"amount": "1.00"}, "cases.write", (Role.COMPLIANCE, Role.OPS, Role.AUTHOR)),
+    ("/api/cases/CN-1001/holds", {"reason": "collector_hold"}, "holds.place", (Role.OPS, Role.AUTHOR, Role.ADMIN)),
+    ("/api/cases/CN-1001/promises", {"date": "2026-12-10"}, "cases.write", (Role.COMPLIANCE, Role.OPS, Role.AUTHOR)),
+    ("/api/cases/CN-1001/notes", {"text": "x"}, "cases.write", (Role.COMPLIANCE, Role.OPS, Role.ADMIN)),
+    ("/api/cases/CN-1001/messages", {"channel": "sms"}, "cases.write", (Role.COMPLIANCE, Role.OPS, Role.AUTHOR)),
+]
+
+
+@pytest.mark.parametrize("path, body, permission, refused", ACTIONS, ids=[a[0].rsplit("/", 1)[1] for a in ACTIONS])
+async def test_every_action_is_401_without_a_token_and_403_without_the_permission(
+        api: Api, path: str, body: dict[str, Any], permission: str, refused: tuple[Role, ...]) -> None:
+    c = api.client
+    def state() -> tuple[int, ...]:
+        return (api.count(events_t, events_t.c.case_id.is_not(None)), api.count(holds_t), api.count(payments_t),
+                api.count(messages_t))
+
+    before = state()
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        r = await c.post(path, json=body, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    for role in refused:
+        r = await c.post(path, json=body, headers=api.token_of(f"u-{role.value}", role))
+        assert r.status_code == 403 and permission in r.json()["error"], role
+    assert state() == before  # nothing on any case
+    r = await c.post(path, json=body, headers=api.token_of("agent7", Role.COLLECTOR))
+    assert r.status_code in (201, 202), r.text
+    with api.engine.connect() as conn:
+        actors = set(conn.execute(select(events_t.c.actor).where(
+            events_t.c.case_id == "CN-1001")).scalars()) - {"import"}
+    assert actors == {"agent7"}  # the action's events carry the token's user as by
