@@ -392,3 +392,17 @@ async def test_every_action_is_401_without_a_token_and_403_without_the_permissio
         actors = set(conn.execute(select(events_t.c.actor).where(
             events_t.c.case_id == "CN-1001")).scalars()) - {"import"}
     assert actors == {"agent7"}  # the action's events carry the token's user as by
+
+
+async def test_concurrent_retries_with_one_key_make_one_payment(api: Api) -> None:
+    import asyncio
+
+    auth = api.token_of("agent7", Role.COLLECTOR) | {"Idempotency-Key": "burst-1"}
+    answers = await asyncio.gather(*(api.client.post("/api/cases/CN-1001/payments", json={"amount": "10.00"},
+                                                     headers=auth) for _ in range(6)))
+    statuses = sorted(a.status_code for a in answers)
+    assert set(statuses) <= {201, 409} and 201 in statuses
+    assert api.count(payments_t) == 1
+    first = next(a for a in answers if a.status_code == 201 and "idempotent-replayed" not in a.headers)
+    later = await api.client.post("/api/cases/CN-1001/payments", json={"amount": "10.00"}, headers=auth)
+    assert later.content == first.content and later.headers["idempotent-replayed"] == "true"
