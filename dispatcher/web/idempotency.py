@@ -11,7 +11,8 @@ kept, so a retry runs again: 401 (no valid token), 409, and 5xx.
 The caller is the holder of the `Authorization` header (its SHA-256: tokens are never
 stored), so two people's keys never meet. The key row is written in its own committed
 transaction before the handler runs: that is what makes a concurrent duplicate see it.
-Expired keys of the caller are deleted when they make a new one.
+Expired keys of the caller are deleted when they make a new one, everyone's by the
+daemon's retention job.
 
 Hand-rolled as a small ASGI middleware: the idempotency packages for FastAPI keep their
 keys in memory or Redis; ours must live in the store the answers change, on both SQLite

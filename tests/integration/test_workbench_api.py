@@ -406,3 +406,20 @@ async def test_concurrent_retries_with_one_key_make_one_payment(api: Api) -> Non
     first = next(a for a in answers if a.status_code == 201 and "idempotent-replayed" not in a.headers)
     later = await api.client.post("/api/cases/CN-1001/payments", json={"amount": "10.00"}, headers=auth)
     assert later.content == first.content and later.headers["idempotent-replayed"] == "true"
+
+
+async def test_the_retention_job_forgets_expired_keys(api: Api) -> None:
+    from types import SimpleNamespace
+
+    from dispatcher.services.daemon import DaemonJobs
+    from dispatcher.store.tables import idempotency_keys_t
+
+    auth = api.token_of("agent7", Role.COLLECTOR)
+    await api.client.post("/api/cases/CN-1001/notes", json={"text": "a"}, headers=auth | {"Idempotency-Key": "k1"})
+    api.clock.advance(hours=12)
+    await api.client.post("/api/cases/CN-1001/notes", json={"text": "b"}, headers=auth | {"Idempotency-Key": "k2"})
+    api.clock.advance(hours=13)  # k1 is 25 hours old, k2 13
+    jobs = SimpleNamespace(engine=api.engine, clock=api.clock, config=api.config)
+    await DaemonJobs._retention(jobs)  # type: ignore[arg-type]
+    with api.engine.connect() as conn:
+        assert list(conn.execute(select(idempotency_keys_t.c.key)).scalars()) == ["k2"]
