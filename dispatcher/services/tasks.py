@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, exists, func, literal, select, update
+from sqlalchemy import and_, exists, func, literal, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.clock import Clock
@@ -37,7 +37,7 @@ from dispatcher.policy.zones import zone_info
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, record_event
 from dispatcher.store.repository import CaseNotFound
-from dispatcher.store.tables import cases_t, events_t, messages_t, tasks_t
+from dispatcher.store.tables import cases_t, events_t, holds_t, messages_t, tasks_t
 
 log = logging.getLogger("dispatcher.tasks")
 
@@ -172,9 +172,9 @@ _ESCALATE_LOOKBACK = dt.timedelta(days=30)
 
 
 def open_escalations(engine: Engine, config: Config, now: dt.datetime, *, limit: int = 5000) -> int:
-    """Open an `escalate` task (once per case and stage) for every active case that has
-    not answered (`RESPONSE_EVENTS`) since a stage reminder was delivered to it
-    `escalate_after_days` or more ago. Returns how many were opened."""
+    """Open an `escalate` task (once per case and stage) for every active case, not on
+    hold, that has not answered (`RESPONSE_EVENTS`) since a stage reminder was delivered
+    to it `escalate_after_days` or more ago. Returns how many were opened."""
     cutoff = now - dt.timedelta(days=config.workbench.escalate_after_days)
     m = messages_t.c
     delivered = and_(
@@ -189,10 +189,13 @@ def open_escalations(engine: Engine, config: Config, now: dt.datetime, *, limit:
                               events_t.c.kind.in_([k.value for k in RESPONSE_EVENTS]))
     tasked = exists().where(tasks_t.c.case_id == m.case_id, tasks_t.c.kind == TaskKind.ESCALATE.value,
                             tasks_t.c.source == literal("stage:").concat(m.stage))
+    # a case on hold (a collector's, legal, a dispute, ...) is someone's already
+    held = exists().where(holds_t.c.case_id == m.case_id, holds_t.c.released_at.is_(None),
+                          or_(holds_t.c.until.is_(None), holds_t.c.until > now))
     query = (
         select(m.case_id, m.stage, func.min(m.status_at).label("delivered_at"))
         .join(cases_t, cases_t.c.case_id == m.case_id)
-        .where(delivered, cases_t.c.status == CaseStatus.ACTIVE.value, ~answered, ~tasked)
+        .where(delivered, cases_t.c.status == CaseStatus.ACTIVE.value, ~answered, ~tasked, ~held)
         .group_by(m.case_id, m.stage)
         .order_by(m.case_id, m.stage)
         .limit(limit)

@@ -100,6 +100,12 @@ def test_no_answer_after_a_delivered_reminder_escalates_once_per_stage(engine: E
     # the next stage's reminder, unanswered too: a second escalation
     _delivered(engine, "E1", "dpd60", NOW + dt.timedelta(days=30))
     assert open_escalations(engine, config, NOW + dt.timedelta(days=33)) == 1
+    # a case on hold is someone's already
+    import_cases(engine, make_case("E5", phone="+8613900000005"))
+    _delivered(engine, "E5", "dpd30", NOW + dt.timedelta(days=30))
+    with engine.begin() as conn:
+        repo.place_hold(conn, "E5", Reason.LEGAL_HOLD, None, "合规张", NOW + dt.timedelta(days=31))
+    assert open_escalations(engine, config, NOW + dt.timedelta(days=34)) == 0
     # a paid case is left alone
     with engine.begin() as conn:
         repo.record_payment(conn, "E2", Decimal("1025.75"), "bank", NOW + dt.timedelta(days=40))
