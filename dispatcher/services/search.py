@@ -2,7 +2,7 @@
 (any script: 张, Morgan; see `SUBSTRING_MIN` for one or two characters), the last 4
 digits of a phone, or an e-mail local part (or its beginning).
 
-One query per kind, each answerable by an index on PostgreSQL (migration 0006: `lower(
+One query per kind, each answerable by an index on PostgreSQL (migration 0007: `lower(
 case_id) COLLATE "C"`, a trigram GIN index on the name, `right(address, 4)` of SMS
 contact points, `address text_pattern_ops` of e-mail contact points), each with the
 limit, all in one statement (`UNION ALL`); the hits are merged (id matches first, then

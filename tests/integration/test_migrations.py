@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -41,7 +41,7 @@ def empty_url(request: pytest.FixtureRequest) -> str:
 
 def _not_search_index(name: str | None, type_: str, parent: object) -> bool:
     # the PostgreSQL-only search indexes (expressions, trigrams) are the migration's, not
-    # the tables' (see 0006_tasks); test_search_indexes_exist_on_postgres checks them
+    # the tables' (see 0007_tasks); test_search_indexes_exist_on_postgres checks them
     return not (type_ == "index" and (name or "").startswith("ix_search_"))
 
 
@@ -124,7 +124,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0002_dedupe_keys.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0003_messages_to_index.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0004_users.py").is_file()
-    assert (MIGRATIONS_DIR / "versions" / "0006_tasks.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0007_tasks.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
 
 
@@ -240,7 +240,7 @@ def test_sms_segments_are_backfilled_from_the_stored_bodies(empty_url: str) -> N
 
 @pytest.mark.postgres
 def test_search_indexes_exist_on_postgres(fresh_pg_url: str) -> None:
-    """0006 builds the search indexes on PostgreSQL, the name's with pg_trgm."""
+    """0007 builds the search indexes on PostgreSQL, the name's with pg_trgm."""
     engine = make_engine(fresh_pg_url)
     try:
         ensure_schema(engine)
