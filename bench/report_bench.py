@@ -262,6 +262,8 @@ def main() -> None:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+        if args.keep:
+            print(f"database (kept): {url}", flush=True)
     try:
         if args.url is None:
             t0 = time.perf_counter()

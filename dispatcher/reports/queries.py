@@ -135,9 +135,12 @@ marks AS (
   SELECT e.case_id, {d.instant_day('e.at')} AS d, 0, 0, 0, 1
   FROM events e WHERE e.kind = 'opted_out' AND e.case_id IS NOT NULL AND e.at >= :since_at AND e.at < :until_at
 ),
+-- a case counts once among a stage's opt-outs however many `opted_out` events it has in
+-- the spell: one per channel (a revocation about calls opts out of SMS and voice), and a
+-- keyword, a later revocation phrase or an e-mail unsubscribe each add their own
 spell_marks AS (
   SELECT sp.case_id, sp.stage, SUM(mk.promise) AS promises, SUM(mk.kept) AS kept,
-         SUM(mk.complaint) AS complaints, SUM(mk.opt_out) AS opt_outs
+         SUM(mk.complaint) AS complaints, MAX(mk.opt_out) AS opt_outs
   FROM spells sp JOIN marks mk ON mk.case_id = sp.case_id AND mk.d >= sp.start_day AND mk.d <= sp.end_day
   GROUP BY sp.case_id, sp.stage
 ),
