@@ -12,7 +12,6 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.config import Config
@@ -31,8 +30,6 @@ from dispatcher.reports.model import (
 from dispatcher.reports.period import Period, from_day_number, resolve_period
 from dispatcher.reports.queries import Query
 from dispatcher.reports.stats import chi_squared, wilson_interval
-from dispatcher.store.tables import cases_t
-from dispatcher.store.values import cents
 
 #: channels whose provider reports delivery (SMS receipts, call outcomes); e-mail over
 #: SMTP has none: its delivery figures are null and clicks stand in for engagement
@@ -77,7 +74,7 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
         variants, by_week = _messages(conn, query, messages)
         weeks = _payment_weeks(conn, query, by_week)
         outbox = _outbox(messages)
-        balances = _balances(conn)
+        balances = _balances(conn, query)
     currency: dict[str, set[str]] = defaultdict(set)
     for s in stages:
         currency[s.jurisdiction].add(s.currency)
@@ -96,22 +93,15 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
     )
 
 
-def _balances(conn: Connection) -> list[Balance]:
-    """What debtors owe now, per jurisdiction and currency: one pass over the cases, each
-    case's amounts summed exactly in Decimal (a SQL SUM is a float on SQLite)."""
-    closed = [s.value for s in CLOSED_STATUSES]
-    out: dict[tuple[str, str], Balance] = {}
-    c = cases_t.c
-    for jurisdiction, currency, status, due, paid in conn.execute(
-            select(c.jurisdiction, c.currency, c.status, c.amount_due, c.paid_total)):
-        b = out.setdefault((jurisdiction, currency), Balance(jurisdiction, currency))
-        due, paid = cents(Decimal(str(due))), cents(Decimal(str(paid)))
-        b.cases += 1
-        b.open_cases += status not in closed
-        b.amount_due += due
-        b.paid_total += paid
-        b.outstanding += max(due - paid, Decimal("0.00"))
-    return [out[k] for k in sorted(out)]
+def _balances(conn: Connection, query: Query) -> list[Balance]:
+    """What debtors owe now, per jurisdiction and currency: summed in the database in
+    integer cents (exact on both; a SQL SUM of the money columns is a float on SQLite),
+    so the report reads a few rows whatever the number of cases."""
+    closed = sorted(s.value for s in CLOSED_STATUSES)
+    return [Balance(r.jurisdiction, r.currency, int(r.cases), int(r.open_cases or 0), _cents(r.due_cents),
+                    _cents(r.paid_cents), _cents(r.outstanding_cents))
+            for r in query.run(conn, query.balances_sql(closed))]
+
 
 def _stages(conn: Connection, query: Query, config: Config, messages: list[Any]) -> list[StageKpi]:
     last = query.ordered_stages()[-1].name

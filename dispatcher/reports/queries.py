@@ -238,5 +238,18 @@ FROM (SELECT {day} - (({day} + 3) % 7) AS week, c.currency, {d.cents('p.amount')
       WHERE p.at >= :since_at AND p.at < :until_at) w
 GROUP BY w.week, w.currency ORDER BY w.week, w.currency"""
 
+    def balances_sql(self, closed_statuses: list[str]) -> str:
+        """What debtors owe now, per (jurisdiction, currency): counts and sums in integer
+        cents (exact on both databases), `outstanding` never below 0 per case."""
+        d = self.dialect
+        closed = ", ".join(f"'{s}'" for s in closed_statuses)  # the domain's own constants
+        return f"""SELECT b.jurisdiction, b.currency, COUNT(*) AS cases,
+       SUM(CASE WHEN b.status IN ({closed}) THEN 0 ELSE 1 END) AS open_cases,
+       SUM(b.due) AS due_cents, SUM(b.paid) AS paid_cents,
+       SUM(CASE WHEN b.due > b.paid THEN b.due - b.paid ELSE 0 END) AS outstanding_cents
+FROM (SELECT jurisdiction, currency, status, {d.cents('amount_due')} AS due, {d.cents('paid_total')} AS paid
+      FROM cases) b
+GROUP BY b.jurisdiction, b.currency ORDER BY b.jurisdiction, b.currency"""
+
     def first_day_sql(self) -> str:
         return "SELECT MIN(created_at) FROM cases"

@@ -239,3 +239,20 @@ def test_a_case_counts_once_among_a_stages_opt_outs(engine: Engine, config: Conf
     assert _row(report, "early", "cn").opt_outs == 2
     assert _row(report, "dpd30", "cn").opt_outs == 1
     assert _row(report, "pre_due", "cn").opt_outs == 0
+
+
+def test_balances_are_exact_sums_per_jurisdiction_and_currency(engine: Engine, config: Config) -> None:
+    """cn: E1..E5 owe 1000 + 500 + 300 + 2000 + 700 = 4500.00, have paid 1000 + 100 + 500 +
+    700 = 2300.00; outstanding 0 + 400 + 300 + 1500 + 0 = 2200.00; E1 and E5 are paid
+    (closed): 3 open. O1 (cn, 0.10 due, 0.30 paid: overpaid) adds 0.10 and 0.30 and no
+    outstanding. us: the experiment's 40 cases, 100.00 each, nothing recorded as paid."""
+    build_history(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(cases_t), [_case("O1", dt.date(2026, 10, 31), "0.10", paid="0.30")])
+    report = build_report(engine, config, NOW, since=dt.date(2026, 11, 1), until=dt.date(2026, 11, 30))
+    assert [b.as_json() for b in report.balances] == [
+        {"jurisdiction": "cn", "currency": "CNY", "cases": 6, "open_cases": 4, "amount_due": "4500.10",
+         "paid_total": "2300.30", "outstanding": "2200.00"},
+        {"jurisdiction": "us", "currency": "USD", "cases": 40, "open_cases": 40, "amount_due": "4000.00",
+         "paid_total": "0.00", "outstanding": "4000.00"},
+    ]
