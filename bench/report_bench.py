@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import io
 import json
-import multiprocessing as mp
 import os
 import platform
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.child import peak_rss_mb, run_child  # noqa: E402
 
 PG_ADMIN = os.environ.get("DISPATCHER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 CONFIG = ROOT / "config" / "dispatcher.toml"
@@ -194,13 +195,6 @@ def _event(loader: Loader, case_id: str, message_id: int | None, at: str, kind: 
 # ------------------------------------------------------------------------ measurement
 
 
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _measure(url: str, queue: Any) -> None:
     from dispatcher.config import load_config
     from dispatcher.reports import build_report
@@ -219,20 +213,10 @@ def _measure(url: str, queue: Any) -> None:
     text = json.dumps(report.as_json(), ensure_ascii=False)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     engine.dispose()
-    queue.put({"wall": wall, "scan": scan, "cpu": cpu, "rss": _peak_rss_mb(), "json_bytes": len(text),
+    queue.put({"wall": wall, "scan": scan, "cpu": cpu, "rss": peak_rss_mb(), "json_bytes": len(text),
                "sent": report.messages.total("sent"), "stages": len(report.stages),
                "entered": sum(s.cases_entered for s in report.stages), "experiments": len(report.experiments),
                "load": os.getloadavg()[0]})
-
-
-def measure(url: str) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_measure, args=(url, queue))
-    child.start()
-    result: dict[str, Any] = queue.get()
-    child.join()
-    return result
 
 
 def _counts(url: str) -> dict[str, int]:
@@ -272,7 +256,7 @@ def main() -> None:
         counts = _counts(url)
         print("rows: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
         for run in range(args.runs):
-            r = measure(url)
+            r = run_child(_measure, url)
             print(f"report run {run + 1}: wall {r['wall']:.1f} s (baseline scan {r['scan']:.1f} s, ratio"
                   f" {r['wall'] / r['scan']:.1f}), CPU {r['cpu']:.1f} s, peak RSS {r['rss']:.0f} MB,"
                   f" JSON {r['json_bytes']:,} bytes, sent {r['sent']:,}, stage rows {r['stages']},"
