@@ -182,40 +182,59 @@ ORDER BY a.ord, a.jurisdiction, a.currency"""
 
     def message_sql(self) -> str:
         """One pass over the period's messages, per (template, locale, channel, the
-        case's stage, jurisdiction, currency, status, week): counts, delivered,
-        effective contacts, clicked messages, SMS segments and billed call minutes.
-        Variants, weekly trends, the stages' messages and cost, and the outbox totals
-        are sums of these rows. A message belongs to the period by when it was sent, or,
-        never sent, by when its status last changed (else when it was queued)."""
+        case's stage, status, week): counts, delivered, effective contacts and clicked
+        messages. Variants, weekly trends and the outbox totals are sums of these rows;
+        none needs the case, so the messages are not joined to the cases here. A message
+        belongs to the period by when it was sent, or, never sent, by when its status
+        last changed (else when it was queued)."""
         d = self.dialect
         when = "COALESCE(m.sent_at, m.status_at, m.created_at)"
-        day = d.instant_day(when)
         return f"""WITH clicked AS (
   SELECT DISTINCT message_id FROM events WHERE kind = 'link_clicked' AND message_id IS NOT NULL
 ),
-calls AS (
-  SELECT e.message_id, MAX({d.call_seconds('e.data')}) AS seconds
-  FROM events e JOIN messages m ON m.id = e.message_id
-  WHERE e.kind = 'status_received' AND m.channel = 'voice' AND m.sent_at >= :since_at AND m.sent_at < :until_at
-  GROUP BY e.message_id
+dated AS (
+  SELECT m.*, {d.instant_day(when)} AS day FROM messages m
+  WHERE (m.sent_at >= :since_at AND m.sent_at < :until_at)
+     OR (m.sent_at IS NULL AND {when} >= :since_at AND {when} < :until_at)
 )
-SELECT m.template_id, m.locale, m.channel, m.stage, c.jurisdiction, c.currency, m.status,
+SELECT m.template_id, m.locale, m.channel, m.stage, m.status,
        CASE WHEN m.kind = 'system' THEN 1 ELSE 0 END AS system,
        CASE WHEN m.sent_at IS NULL THEN 0 ELSE 1 END AS reached,
-       {day} - (({day} + 3) % 7) AS week, COUNT(*) AS n,
+       m.day - ((m.day + 3) % 7) AS week, COUNT(*) AS n,
        SUM(CASE WHEN ({SMS_DELIVERED}) OR ({CALL_COMPLETED}) THEN 1 ELSE 0 END) AS delivered,
        SUM(CASE WHEN ({SMS_DELIVERED}) OR ({CALL_CONNECTED}) THEN 1 ELSE 0 END) AS contacts,
-       SUM(CASE WHEN k.message_id IS NULL THEN 0 ELSE 1 END) AS clicks,
-       SUM(CASE WHEN m.channel = 'sms' AND m.sent_at IS NOT NULL THEN COALESCE(m.segments, 0) ELSE 0 END)
-         AS segments,
-       SUM(CASE WHEN cl.seconds > 0 THEN (cl.seconds + 59) / 60 ELSE 0 END) AS minutes
-FROM messages m JOIN cases c ON c.case_id = m.case_id
-LEFT JOIN clicked k ON k.message_id = m.id
-LEFT JOIN calls cl ON cl.message_id = m.id
-WHERE (m.sent_at >= :since_at AND m.sent_at < :until_at)
-   OR (m.sent_at IS NULL AND {when} >= :since_at AND {when} < :until_at)
-GROUP BY m.template_id, m.locale, m.channel, m.stage, c.jurisdiction, c.currency, m.status,
+       SUM(CASE WHEN k.message_id IS NULL THEN 0 ELSE 1 END) AS clicks
+FROM dated m LEFT JOIN clicked k ON k.message_id = m.id
+GROUP BY m.template_id, m.locale, m.channel, m.stage, m.status,
          CASE WHEN m.kind = 'system' THEN 1 ELSE 0 END, CASE WHEN m.sent_at IS NULL THEN 0 ELSE 1 END, week"""
+
+    def stage_messages_sql(self) -> str:
+        """The messages sent in the period per (the case's stage, jurisdiction,
+        currency, channel): how many and their SMS segments, of which the stages' cost
+        is made (with `call_minutes_sql`)."""
+        return """SELECT m.stage, c.jurisdiction, c.currency, m.channel, COUNT(*) AS n,
+       SUM(CASE WHEN m.channel = 'sms' THEN COALESCE(m.segments, 0) ELSE 0 END) AS segments
+FROM messages m JOIN cases c ON c.case_id = m.case_id
+WHERE m.sent_at >= :since_at AND m.sent_at < :until_at AND m.stage IS NOT NULL
+GROUP BY m.stage, c.jurisdiction, c.currency, m.channel"""
+
+    def call_minutes_sql(self) -> str:
+        """The billed minutes of the calls placed in the period, per (the case's stage,
+        jurisdiction, currency): each call's duration from its status callbacks, rounded
+        up to whole minutes. Only the calls and their events are read (joining every
+        message to the calls' durations cost more than the rest of its pass)."""
+        d = self.dialect
+        return f"""WITH calls AS (
+  SELECT e.message_id, m.case_id, m.stage, MAX({d.call_seconds('e.data')}) AS seconds
+  FROM events e JOIN messages m ON m.id = e.message_id
+  WHERE e.kind = 'status_received' AND m.channel = 'voice' AND m.sent_at >= :since_at AND m.sent_at < :until_at
+    AND m.stage IS NOT NULL
+  GROUP BY e.message_id, m.case_id, m.stage
+)
+SELECT cl.stage, c.jurisdiction, c.currency,
+       SUM(CASE WHEN cl.seconds > 0 THEN (cl.seconds + 59) / 60 ELSE 0 END) AS minutes
+FROM calls cl JOIN cases c ON c.case_id = cl.case_id
+GROUP BY cl.stage, c.jurisdiction, c.currency"""
 
     def converted_sql(self) -> str:
         """Messages followed by a payment on their case within 7 days, per (template,
