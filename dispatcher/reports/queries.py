@@ -117,9 +117,10 @@ clicked AS (SELECT DISTINCT message_id FROM events WHERE kind = 'link_clicked' A
 contact AS (
   SELECT m.case_id, m.stage, MIN({d.epoch('m.sent_at')}) AS first_epoch,
          MAX(CASE WHEN m.conversation THEN 1 ELSE 0 END) AS rpc
-  FROM messages m LEFT JOIN clicked k ON k.message_id = m.id
+  FROM messages m
   WHERE m.sent_at >= :since_at AND m.sent_at < :until_at AND m.stage IS NOT NULL
-    AND (({SMS_DELIVERED}) OR ({CALL_CONNECTED}) OR (m.channel = 'email' AND k.message_id IS NOT NULL))
+    AND (({SMS_DELIVERED}) OR ({CALL_CONNECTED})
+         OR (m.channel = 'email' AND m.id IN (SELECT message_id FROM clicked)))
   GROUP BY m.case_id, m.stage
 ),
 marks AS (
@@ -157,16 +158,7 @@ base AS (
   LEFT JOIN contact ct ON ct.case_id = sp.case_id AND ct.stage = sp.stage
   LEFT JOIN spell_marks sm ON sm.case_id = sp.case_id AND sm.stage = sp.stage
 ),
-ranked AS (
-  SELECT stage, jurisdiction, currency, hours,
-         ROW_NUMBER() OVER (PARTITION BY stage, jurisdiction, currency ORDER BY hours) AS rn,
-         COUNT(*) OVER (PARTITION BY stage, jurisdiction, currency) AS n
-  FROM base WHERE hours IS NOT NULL
-),
-median AS (
-  SELECT stage, jurisdiction, currency, AVG(hours) AS p50 FROM ranked
-  WHERE rn = (n + 1) / 2 OR rn = (n + 2) / 2 GROUP BY stage, jurisdiction, currency
-),
+{self._median_cte()},
 agg AS (
   SELECT stage, MIN(ord) AS ord, jurisdiction, currency, COUNT(*) AS entered, SUM(contacted) AS contacted,
          SUM(rpc) AS rpc, SUM(promises) AS promises, SUM(kept) AS kept, SUM(cured) AS cured,
@@ -177,6 +169,26 @@ agg AS (
 SELECT a.*, md.p50 FROM agg a
 LEFT JOIN median md ON md.stage = a.stage AND md.jurisdiction = a.jurisdiction AND md.currency = a.currency
 ORDER BY a.ord, a.jurisdiction, a.currency"""
+
+    def _median_cte(self) -> str:
+        """The median hours to the first contact per (stage, jurisdiction, currency):
+        the middle value, or the mean of the two middle values. PostgreSQL has it as an
+        aggregate (one sort of the hours alone); SQLite numbers the rows."""
+        if self.dialect.postgres:
+            return """median AS (
+  SELECT stage, jurisdiction, currency, percentile_cont(0.5) WITHIN GROUP (ORDER BY hours) AS p50
+  FROM base WHERE hours IS NOT NULL GROUP BY stage, jurisdiction, currency
+)"""
+        return """ranked AS (
+  SELECT stage, jurisdiction, currency, hours,
+         ROW_NUMBER() OVER (PARTITION BY stage, jurisdiction, currency ORDER BY hours) AS rn,
+         COUNT(*) OVER (PARTITION BY stage, jurisdiction, currency) AS n
+  FROM base WHERE hours IS NOT NULL
+),
+median AS (
+  SELECT stage, jurisdiction, currency, AVG(hours) AS p50 FROM ranked
+  WHERE rn = (n + 1) / 2 OR rn = (n + 2) / 2 GROUP BY stage, jurisdiction, currency
+)"""
 
     # -- variants --------------------------------------------------------------------
 
