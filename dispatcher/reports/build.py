@@ -56,8 +56,8 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
             # and room for the aggregations' hash tables (the report's own session only)
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-            # JIT compiling these long queries cost more than it saved: 33 s of 260 s at
-            # 1,000,000 cases (see BENCHMARKS.md), each run, for a few hundred rows out
+            # JIT compiling these long queries cost more than it saved: 33 s of the 263 s
+            # its two largest queries ran at 1,000,000 cases (BENCHMARKS.md), every run
             conn.exec_driver_sql("SET LOCAL jit = off")
         first_day = None
         if since is None:
