@@ -29,6 +29,7 @@ class Permission(StrEnum):
     #: releasing a legal hold or a cease-communication hold (compliance only)
     HOLDS_RELEASE_PROTECTED = "holds.release_protected"
     TASKS_WORK = "tasks.work"  # claim and close collector tasks
+    CONTACTS_REVEAL = "contacts.reveal"  # see a debtor's full phone number (audited: contact_revealed)
     TEMPLATES_READ = "templates.read"
     TEMPLATES_DRAFT = "templates.draft"  # save a new version, preview
     TEMPLATES_APPROVE = "templates.approve"  # four eyes: approve or reject (never one's own version)
@@ -45,7 +46,7 @@ _READ_EVERYTHING = frozenset({Permission.CASES_READ, Permission.TEMPLATES_READ, 
 #: read everything; admin — users and tokens; ops — read-only and metrics.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.COLLECTOR: frozenset({Permission.CASES_READ, Permission.CASES_WRITE, Permission.HOLDS_PLACE,
-                               Permission.HOLDS_RELEASE, Permission.TASKS_WORK}),
+                               Permission.HOLDS_RELEASE, Permission.TASKS_WORK, Permission.CONTACTS_REVEAL}),
     Role.AUTHOR: frozenset({Permission.TEMPLATES_READ, Permission.TEMPLATES_DRAFT}),
     Role.COMPLIANCE: _READ_EVERYTHING | {Permission.TEMPLATES_APPROVE, Permission.HOLDS_PLACE,
                                          Permission.HOLDS_RELEASE, Permission.HOLDS_RELEASE_PROTECTED},
@@ -85,6 +86,7 @@ class Principal:
     name: str
     roles: frozenset[Role]
     user_id: int | None = None
+    locale: str | None = None  # the console language the user chose (None: their browser's)
 
     @property
     def permissions(self) -> frozenset[Permission]:

@@ -58,6 +58,7 @@ class EventKind(StrEnum):
     TASK_CLAIMED = "task_claimed"
     TASK_DONE = "task_done"
     NOTE_ADDED = "note_added"
+    CONTACT_REVEALED = "contact_revealed"  # a collector saw a full phone number on the case page
     # people (no case): who manages whom, and who signed in
     USER_ADDED = "user_added"
     USER_DISABLED = "user_disabled"

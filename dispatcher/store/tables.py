@@ -269,6 +269,7 @@ class UserRow(SQLModel, table=True):
     created_by: str = Field(max_length=64)
     disabled_at: dt.datetime | None = _utc()
     disabled_by: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=16)  # console language (zh-CN, en-US); None: the browser's
 
 
 class ApiTokenRow(SQLModel, table=True):

@@ -28,7 +28,16 @@ from starlette.concurrency import run_in_threadpool
 from dispatcher.roles import Permission
 from dispatcher.services.calendar_notice import metric_lines as calendar_metric_lines
 from dispatcher.settings import Settings
-from dispatcher.web import api, console, email_hooks, payment_links, reports_page
+from dispatcher.web import (
+    api,
+    case_actions_page,
+    case_page,
+    console,
+    email_hooks,
+    payment_links,
+    queue_page,
+    reports_page,
+)
 from dispatcher.web.auth import AccessDenied, CsrfFailed, api_permission
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
 from dispatcher.web.guard import GuardMiddleware, Receive, Scope, Send
@@ -117,6 +126,9 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app.include_router(payment_links.router, include_in_schema=False)
     app.include_router(api.router)
     app.include_router(console.router, include_in_schema=False)
+    app.include_router(case_page.router, include_in_schema=False)
+    app.include_router(case_actions_page.router, include_in_schema=False)
+    app.include_router(queue_page.router, include_in_schema=False)
     app.include_router(reports_page.router, include_in_schema=False)
     _add_docs(app)
 

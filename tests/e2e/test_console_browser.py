@@ -80,6 +80,8 @@ async def test_a_collector_signs_in_reads_the_case_and_sends_a_one_off(
     assert "send" in await sms_row.inner_text() and "due" in await sms_row.inner_text()
 
     await page.select_option("#channel", "sms")
+    await page.click("#preview")  # the exact text first, then send
+    await page.wait_for_selector("#preview-text")
     await page.click("#send")
     await page.wait_for_selector("#result")
     assert "queued (send, due): it goes out now" in await page.inner_text("#result")
@@ -108,14 +110,17 @@ async def test_a_hold_from_the_page_stops_every_channel_until_released(
         row = await page.locator(f'#decisions tr[data-channel="{channel}"]').inner_text()
         assert "skip" in row and "collector_hold" in row
     holds = await page.inner_text("#holds")
-    assert "2026-12-20T00:00:00+08:00" in holds and "lead.li" in holds  # the debtor's day (Shanghai)
+    assert "2026-12-20 00:00 +08:00" in holds and "lead.li" in holds  # the debtor's day (Shanghai)
 
     # a one-off is refused while the hold is in force, with its reason code
+    await page.click("#preview")
+    assert "collector_hold" in await page.inner_text("#preview-reason")
     await page.click("#send")
     await page.wait_for_selector("#result")
     assert (await page.inner_text("#result")).startswith("Refused: collector_hold")
 
     await page.click('#holds button:has-text("Release")')
+    await page.click("#confirm-release")  # releasing asks first
     await page.wait_for_selector("#no-holds")
     assert await page.inner_text("#result") == "Released 1 hold(s)."
     with engine.connect() as conn:

@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -125,6 +125,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0003_messages_to_index.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0004_users.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0007_tasks.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0008_user_locale.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
 
 
