@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean messages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,14 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check dispatcher tests bench
 	$(BIN)/mypy dispatcher
+
+# The console's translations: extract the marked text, merge it into each language's
+# catalogue (translate the new entries in the .po files), compile the .mo files (committed).
+LOCALE_DIR := dispatcher/web/locale
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg --no-location --sort-output --omit-header -o $(LOCALE_DIR)/messages.pot dispatcher/web
+	$(BIN)/pybabel update -i $(LOCALE_DIR)/messages.pot -d $(LOCALE_DIR) -D messages --no-fuzzy-matching --ignore-obsolete
+	$(BIN)/pybabel compile -d $(LOCALE_DIR) -D messages --statistics
 
 bench: $(STAMP)
 	$(BIN)/python bench/plan_bench.py

@@ -57,6 +57,7 @@ from psycopg import sql
 from sqlalchemy import make_url
 
 from dispatcher.sandbox.options import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from dispatcher.testing import copy_shipped_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))  # Monday, CN window open
@@ -141,22 +142,17 @@ def free_port() -> int:
 
 def config_file(directory: Path) -> Path:
     """The shipped configuration with quick jobs, short timeouts and a quick breaker."""
-    text = (ROOT / "config" / "dispatcher.toml").read_text(encoding="utf-8")
-    for key, value in {"plan_every_seconds": "5", "send_every_seconds": "1", "reconcile_every_seconds": "2",
-                       "repair_every_seconds": "5", "repair_after_seconds": "5", "batch_size": "20",
-                       "concurrency": "8", "provider_timeout_seconds": "2.0", "retry_backoff_seconds": "1.0",
-                       "probe_seconds": "2.0", "failures_to_open": "3"}.items():
-        text = re.sub(rf"(?m)^{key} = [^\s#]+", f"{key} = {value}", text)
-    # the copy lives elsewhere: the shipped relative paths (relative to config/) made absolute
-    text = re.sub(r'(?m)^directory = "[^"]*"', f'directory = "{ROOT / "templates"}"', text)
-    text = re.sub(r'(?m)^forbidden_phrases = "[^"]*"',
-                  f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"', text)
-    # a slow trickle, so that every disruption meets messages still to be sent
-    rates = f"rate_per_second = {{ sms = {RATE}, voice = {RATE}, email = {RATE} }}"
-    text = re.sub(r"(?m)^rate_per_second = .*$", rates, text)
-    path = directory / "dispatcher.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    def quick(text: str) -> str:
+        for key, value in {"plan_every_seconds": "5", "send_every_seconds": "1", "reconcile_every_seconds": "2",
+                           "repair_every_seconds": "5", "repair_after_seconds": "5", "batch_size": "20",
+                           "concurrency": "8", "provider_timeout_seconds": "2.0", "retry_backoff_seconds": "1.0",
+                           "probe_seconds": "2.0", "failures_to_open": "3"}.items():
+            text = re.sub(rf"(?m)^{key} = [^\s#]+", f"{key} = {value}", text)
+        # a slow trickle, so that every disruption meets messages still to be sent
+        rates = f"rate_per_second = {{ sms = {RATE}, voice = {RATE}, email = {RATE} }}"
+        return re.sub(r"(?m)^rate_per_second = .*$", rates, text)
+
+    return copy_shipped_config(directory, quick)
 
 
 class World:

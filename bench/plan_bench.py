@@ -28,21 +28,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import multiprocessing as mp
 import os
 import platform
-import resource
 import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.child import peak_rss_mb, run_child  # noqa: E402
 
 NOW = dt.datetime(2026, 12, 7, 2, 0, tzinfo=dt.UTC)  # Mon 10:00 in Shanghai
 PG_ADMIN = os.environ.get("DISPATCHER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -188,18 +188,6 @@ def load(url: str, n: int) -> None:
 # ------------------------------------------------------------------------ measurements
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: a spawned child starts
-    as a fork of the parent, and ru_maxrss survives the exec, so it would report the
-    parent's size (after loading N cases) whenever that is larger."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _select(url: str, queue: Any) -> None:
     """The baseline: the plan's rows, plainly selected and dropped."""
     from sqlalchemy import and_, func, or_, select, true
@@ -237,7 +225,7 @@ def _select(url: str, queue: Any) -> None:
             last = high
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     engine.dispose()
-    queue.put({"cases": count, "seconds": elapsed, "cpu": cpu, "rss_mb": _peak_rss_mb()})
+    queue.put({"cases": count, "seconds": elapsed, "cpu": cpu, "rss_mb": peak_rss_mb()})
 
 
 class _CountingSink:
@@ -283,17 +271,7 @@ def _plan(url: str, queue: Any) -> None:
     if code not in (None, 0):
         raise SystemExit(f"dispatcher plan exited with {code}")
     queue.put({"cases": sink.cases, "decisions": sink.lines, "seconds": elapsed, "cpu": cpu,
-               "rss_mb": _peak_rss_mb(), "load_1m": os.getloadavg()[0]})
-
-
-def run_child(target: Callable[[str, Any], None], url: str) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(url, queue))
-    proc.start()
-    result: dict[str, Any] = queue.get()
-    proc.join()
-    return result
+               "rss_mb": peak_rss_mb(), "load_1m": os.getloadavg()[0]})
 
 
 def count_cases(url: str) -> int:

@@ -3,6 +3,7 @@
     python bench/report_bench.py                          # 1,000,000 cases, 10 messages each
     python bench/report_bench.py --cases 100000           # 1/10 of the size
     python bench/report_bench.py --url URL                # measure an existing database (no load)
+    python bench/report_bench.py --url URL --serial       # and the database's CPU, without parallel workers
 
 Loads a generated history with COPY into a fresh database: N cases (cn and us, due dates
 spread so that every stage has cases all period), messages over the 28-day
@@ -13,7 +14,9 @@ VACUUM ANALYZE, and the report is built (`reports.build_report`, the same call a
 `dispatcher report --format json`, JSON rendered and dropped) in a fresh child process,
 twice: wall seconds, against a baseline measured just before in the same child (one
 `GROUP BY channel, status` pass over the messages: the least any report over the history
-reads), CPU seconds of the child, its peak RSS (VmHWM) and the load average. Every
+reads), CPU seconds of the child and of its PostgreSQL backend (`--serial`: with no
+parallel workers, so that the backend's CPU is all the database's work, a figure the
+machine's load does not inflate), the child's peak RSS (VmHWM) and the load average. Every
 aggregation runs in the database, so the child's memory does not grow with the history. Results go in BENCHMARKS.md.
 """
 
@@ -23,7 +26,6 @@ import argparse
 import datetime as dt
 import io
 import json
-import multiprocessing as mp
 import os
 import platform
 import sys
@@ -34,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.child import peak_rss_mb, run_child  # noqa: E402
 
 PG_ADMIN = os.environ.get("DISPATCHER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 CONFIG = ROOT / "config" / "dispatcher.toml"
@@ -194,13 +198,6 @@ def _event(loader: Loader, case_id: str, message_id: int | None, at: str, kind: 
 # ------------------------------------------------------------------------ measurement
 
 
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _measure(url: str, queue: Any) -> None:
     from dispatcher.config import load_config
     from dispatcher.reports import build_report
@@ -213,26 +210,31 @@ def _measure(url: str, queue: Any) -> None:
     wall0 = time.perf_counter()
     with engine.connect() as conn:
         conn.exec_driver_sql("SELECT channel, status, count(*) FROM messages GROUP BY channel, status").all()
+        backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     scan = time.perf_counter() - wall0
+    db0 = _cpu_seconds(backend)
+    load0 = os.getloadavg()[0]
     cpu0, wall0 = time.process_time(), time.perf_counter()
     report = build_report(engine, config, NOW, since=SINCE, until=UNTIL)
     text = json.dumps(report.as_json(), ensure_ascii=False)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    db_cpu = _cpu_seconds(backend) - db0
+    with engine.connect() as conn:  # the pool's one connection served the report too
+        same = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == backend
     engine.dispose()
-    queue.put({"wall": wall, "scan": scan, "cpu": cpu, "rss": _peak_rss_mb(), "json_bytes": len(text),
+    queue.put({"wall": wall, "scan": scan, "cpu": cpu, "rss": peak_rss_mb(), "json_bytes": len(text),
+               "db_cpu": db_cpu if same else None, "load0": load0,
                "sent": report.messages.total("sent"), "stages": len(report.stages),
                "entered": sum(s.cases_entered for s in report.stages), "experiments": len(report.experiments),
                "load": os.getloadavg()[0]})
 
 
-def measure(url: str) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_measure, args=(url, queue))
-    child.start()
-    result: dict[str, Any] = queue.get()
-    child.join()
-    return result
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a PostgreSQL backend on this machine, from /proc: the
+    database's own work for the report, whatever the load. Parallel workers are processes
+    of their own and not counted: measure with `--serial` for the whole of it."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _counts(url: str) -> dict[str, int]:
@@ -250,6 +252,8 @@ def main() -> None:
     parser.add_argument("--url", help="an existing database: measure only")
     parser.add_argument("--keep", action="store_true", help="keep the generated database")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--serial", action="store_true",
+                        help="no parallel query workers: the backend's CPU seconds are all the database's work")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
@@ -262,6 +266,8 @@ def main() -> None:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+        if args.keep:
+            print(f"database (kept): {url}", flush=True)
     try:
         if args.url is None:
             t0 = time.perf_counter()
@@ -269,13 +275,17 @@ def main() -> None:
             print(f"load (COPY + VACUUM ANALYZE): {time.perf_counter() - t0:,.1f} s")
         counts = _counts(url)
         print("rows: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        if args.serial:  # libpq's options: no parallel workers, so the backend does all the work
+            url += ("&" if "?" in url else "?") + "options=-c%20max_parallel_workers_per_gather%3D0"
         for run in range(args.runs):
-            r = measure(url)
-            print(f"report run {run + 1}: wall {r['wall']:.1f} s (baseline scan {r['scan']:.1f} s, ratio"
-                  f" {r['wall'] / r['scan']:.1f}), CPU {r['cpu']:.1f} s, peak RSS {r['rss']:.0f} MB,"
+            r = run_child(_measure, url)
+            db_cpu = "?" if r["db_cpu"] is None else f"{r['db_cpu']:.1f} s"
+            print(f"report run {run + 1}{' (serial)' if args.serial else ''}: wall {r['wall']:.1f} s (baseline scan"
+                  f" {r['scan']:.1f} s, ratio {r['wall'] / r['scan']:.1f}), PostgreSQL backend CPU {db_cpu},"
+                  f" report process CPU {r['cpu']:.1f} s, peak RSS {r['rss']:.0f} MB,"
                   f" JSON {r['json_bytes']:,} bytes, sent {r['sent']:,}, stage rows {r['stages']},"
                   f" cases entered (sum) {r['entered']:,}, experiments {r['experiments']},"
-                  f" load avg {r['load']:.1f}", flush=True)
+                  f" load avg {r['load0']:.1f} before, {r['load']:.1f} after", flush=True)
     finally:
         if name is not None and not args.keep:
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

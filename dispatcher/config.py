@@ -411,6 +411,56 @@ class Retention(_Model):
     years: PositiveInt = 5
 
 
+#: How long a collector has for each kind of task (`[workbench.sla]`): "<n> working
+#: day(s)" (the case's jurisdiction calendar, in the debtor's zone), "<n> day(s)" or
+#: "<n> hour(s)". A kind not named here gets its default below.
+DEFAULT_SLA: dict[str, str] = {
+    "verify_payment_claim": "1 working day",
+    "review_dispute": "2 working days",
+    "read_reply": "1 working day",
+    "call_back": "4 hours",
+    "broken_promise": "1 working day",
+    "review_revocation": "1 working day",
+    "legal_handoff": "5 working days",
+    "escalate": "1 working day",
+}
+
+_SLA_TEXT = re.compile(r"^\s*(\d+)\s*(working\s+days?|days?|hours?)\s*$", re.IGNORECASE)
+
+
+def parse_sla(text: str) -> tuple[int, str]:
+    """`"1 working day"` -> (1, "working_days"); `"4 hours"` -> (4, "hours"). ValueError
+    says what is allowed."""
+    found = _SLA_TEXT.match(text)
+    if not found or int(found.group(1)) <= 0:
+        raise ValueError(f"SLA {text!r}: write '<n> working days', '<n> days' or '<n> hours' (n >= 1)")
+    unit = found.group(2).lower()
+    return int(found.group(1)), ("working_days" if unit.startswith("working") else
+                                 "days" if unit.startswith("day") else "hours")
+
+
+class Workbench(_Model):
+    """`[workbench]`: the collectors' task queue."""
+
+    #: a case that has not answered this many days after a delivered stage reminder gets
+    #: an `escalate` task (once per stage)
+    escalate_after_days: PositiveInt = 3
+    #: `[workbench.sla]`: kind -> "<n> working days" | "<n> days" | "<n> hours"
+    sla: dict[str, str] = {}
+
+    @field_validator("sla")
+    @classmethod
+    def _sla_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind, text in value.items():
+            if kind not in DEFAULT_SLA:
+                raise ValueError(f"workbench.sla: unknown task kind {kind!r}; kinds: {', '.join(DEFAULT_SLA)}")
+            parse_sla(text)
+        return value
+
+    def sla_for(self, kind: str) -> tuple[int, str]:
+        return parse_sla(self.sla.get(kind) or DEFAULT_SLA.get(kind, "1 working day"))
+
+
 class Config(_Model):
     """The whole configuration file."""
 
@@ -425,6 +475,7 @@ class Config(_Model):
     links: Links = Links()
     self_service: SelfService = SelfService()
     retention: Retention = Retention()
+    workbench: Workbench = Workbench()
     #: `[costs.<CURRENCY>]`: prices in the currency of the cases they serve (reports)
     costs: dict[str, ChannelCosts] = {}
 

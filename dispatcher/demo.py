@@ -285,7 +285,8 @@ def _summarise(engine: Engine, config: Config, clock: Clock, workdir: Path, resu
         "rejected before sending": totals.total("rejected"),
         "still queued": totals.total("queued"),
         "cancelled before sending": totals.total("cancelled"),
-        "opt-outs": kinds.get("opted_out", 0),
+        # cases that opted out, each once per stage spell: the report's own figure
+        "opt-outs": sum(stage.opt_outs for stage in kpis.stages),
         "replies for collectors": kinds.get("reply_received", 0),
         "keypresses": kinds.get("keypress", 0),
         "payment-link clicks": kinds.get("link_clicked", 0),

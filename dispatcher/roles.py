@@ -26,7 +26,10 @@ class Permission(StrEnum):
     CASES_WRITE = "cases.write"  # one-offs, payments, promises, notes
     HOLDS_PLACE = "holds.place"
     HOLDS_RELEASE = "holds.release"
+    #: releasing a legal hold or a cease-communication hold (compliance only)
+    HOLDS_RELEASE_PROTECTED = "holds.release_protected"
     TASKS_WORK = "tasks.work"  # claim and close collector tasks
+    CONTACTS_REVEAL = "contacts.reveal"  # see a debtor's full phone number (audited: contact_revealed)
     TEMPLATES_READ = "templates.read"
     TEMPLATES_DRAFT = "templates.draft"  # save a new version, preview
     TEMPLATES_APPROVE = "templates.approve"  # four eyes: approve or reject (never one's own version)
@@ -43,13 +46,24 @@ _READ_EVERYTHING = frozenset({Permission.CASES_READ, Permission.TEMPLATES_READ, 
 #: read everything; admin — users and tokens; ops — read-only and metrics.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.COLLECTOR: frozenset({Permission.CASES_READ, Permission.CASES_WRITE, Permission.HOLDS_PLACE,
-                               Permission.HOLDS_RELEASE, Permission.TASKS_WORK}),
+                               Permission.HOLDS_RELEASE, Permission.TASKS_WORK, Permission.CONTACTS_REVEAL}),
     Role.AUTHOR: frozenset({Permission.TEMPLATES_READ, Permission.TEMPLATES_DRAFT}),
     Role.COMPLIANCE: _READ_EVERYTHING | {Permission.TEMPLATES_APPROVE, Permission.HOLDS_PLACE,
-                                         Permission.HOLDS_RELEASE},
+                                         Permission.HOLDS_RELEASE, Permission.HOLDS_RELEASE_PROTECTED},
     Role.ADMIN: frozenset({Permission.USERS_MANAGE}),
     Role.OPS: _READ_EVERYTHING,
 }
+
+#: Holds only compliance may lift: a legal hold (the case is with lawyers) and a
+#: cease-communication hold (the debtor told us to stop). A collector places them, never
+#: releases them.
+PROTECTED_HOLD_REASONS = frozenset({"legal_hold", "cease_communication"})
+
+
+def release_permission(reason: str) -> Permission:
+    """The permission that releasing a hold with this reason needs."""
+    return Permission.HOLDS_RELEASE_PROTECTED if reason in PROTECTED_HOLD_REASONS else Permission.HOLDS_RELEASE
+
 
 #: What a named person's judgement is for: the bootstrap credential (DISPATCHER_API_TOKEN,
 #: nobody in particular) never holds these, so four eyes always means two people.
@@ -72,6 +86,7 @@ class Principal:
     name: str
     roles: frozenset[Role]
     user_id: int | None = None
+    locale: str | None = None  # the console language the user chose (None: their browser's)
 
     @property
     def permissions(self) -> frozenset[Permission]:

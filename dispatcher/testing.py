@@ -1,4 +1,5 @@
-"""In-package fakes and samples: `FakeClock`, sample cases, sample links.
+"""In-package fakes and samples: `FakeClock`, sample cases, sample links, and a copy of
+the shipped configuration that works from any folder.
 
 The template linter and previews render with these cases, and tests build on them, so
 they are realistic: both jurisdictions, amounts that add up, names and amounts of
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 from dispatcher.clock import FakeClock
@@ -18,11 +22,13 @@ from dispatcher.domain import Case, Product
 
 __all__ = [
     "SAMPLE_CASES",
+    "SHIPPED_CONFIG",
     "SAMPLE_PAYMENT_LINK",
     "SAMPLE_TOKEN",
     "SAMPLE_TODAY",
     "SAMPLE_UNSUBSCRIBE_URL",
     "FakeClock",
+    "copy_shipped_config",
     "partly_paid",
     "sample_case",
     "sample_cases_for_plans",
@@ -176,3 +182,29 @@ def sample_instalment(case: Case, locale: str, today: dt.date = SAMPLE_TODAY) ->
 
     return instalment_context(1, 3, today + dt.timedelta(days=3), (case.outstanding / 3).quantize(Decimal("0.01")),
                               case.currency, locale)
+
+#: The configuration shipped in the repository (`config/dispatcher.toml`).
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "dispatcher.toml"
+#: The settings whose relative paths are relative to the configuration file's folder.
+_PATH_KEYS = ("directory", "forbidden_phrases")
+
+
+def copy_shipped_config(folder: Path, edit: Callable[[str], str] | None = None, *,
+                        source: Path = SHIPPED_CONFIG, name: str = "dispatcher.toml") -> Path:
+    """Write the shipped configuration (its text changed by `edit`, if given) to
+    `folder/name` and return the new file's path. The template folder and the forbidden
+    phrases, relative to the shipped file's folder, are made absolute, so that the copy
+    finds them from anywhere (a temporary folder, another process's working directory)."""
+    text = source.read_text(encoding="utf-8")
+    if edit is not None:
+        text = edit(text)
+    base = source.resolve().parent
+    for key in _PATH_KEYS:
+        def absolute(match: re.Match[str], key: str = key) -> str:
+            return f'{key} = "{(base / match.group(1)).resolve()}"'
+
+        text = re.sub(rf'(?m)^{key} = "([^"]*)"', absolute, text)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -80,6 +80,8 @@ class WorkingCalendar:
         self._extra_holidays = frozenset(d.toordinal() for d in extra_holidays)
         self._extra_working = frozenset(d.toordinal() for d in extra_working_days)
         self._working: dict[int, bool] = {}
+        #: years looked at by `is_working_day_unrecorded` only
+        self._unrecorded: dict[int, dict[int, bool]] = {}
         self._years: dict[int, holidays.HolidayBase] = {}
         #: per-(zone, hours) contact windows built on this calendar (see `policy.window`)
         self.windows: dict[tuple[str, dt.time, dt.time], object] = {}
@@ -115,6 +117,18 @@ class WorkingCalendar:
     def is_working_day(self, day: dt.date) -> bool:
         """May a debtor under this profile be contacted on local date `day`?"""
         return self.is_working_ordinal(day.toordinal())
+
+    def is_working_day_unrecorded(self, day: dt.date) -> bool:
+        """`is_working_day` that does not count as a decision's use of the year
+        (`years_used`): for dates that decide no contact, e.g. when a task is due."""
+        ordinal = day.toordinal()
+        known = self._working.get(ordinal)
+        if known is not None:
+            return known
+        year = self._unrecorded.get(day.year)
+        if year is None:
+            year = self._unrecorded[day.year] = self._compute_year(day.year)
+        return year[ordinal]
 
     def is_estimated_year(self, year: int) -> bool:
         """True when `year`'s working days are an estimate: a working-day profile whose

@@ -33,7 +33,6 @@ from dispatcher.reports.period import Period, from_day_number, resolve_period
 from dispatcher.reports.queries import Query
 from dispatcher.reports.stats import chi_squared, wilson_interval
 from dispatcher.store.tables import cases_t, plans_t
-from dispatcher.store.values import cents
 
 #: channels whose provider reports delivery (SMS receipts, call outcomes); e-mail over
 #: SMTP has none: its delivery figures are null and clicks stand in for engagement
@@ -60,6 +59,9 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
             # and room for the aggregations' hash tables (the report's own session only)
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+            # JIT compiling these long queries cost more than it saved: 33 s of the 263 s
+            # its two largest queries ran at 1,000,000 cases (BENCHMARKS.md), every run
+            conn.exec_driver_sql("SET LOCAL jit = off")
         first_day = None
         if since is None:
             first = Query(dialect, Period(now.date(), now.date(), zone), config)
@@ -73,12 +75,12 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
                 first_day = first_at.astimezone(ZoneInfo(zone)).date()
         period = resolve_period(since, until, zone, now, first_day)
         query = Query(dialect, period, config)
-        messages = query.run(conn, query.message_sql())
-        stages = _stages(conn, query, config, messages)
+        messages = _message_rows(conn, query)
+        stages = _stages(conn, query, config)
         variants, by_week = _messages(conn, query, messages)
         weeks = _payment_weeks(conn, query, by_week)
         outbox = _outbox(messages)
-        balances = _balances(conn)
+        balances = _balances(conn, query)
         plans = _plans(conn, period)
     currency: dict[str, set[str]] = defaultdict(set)
     for s in stages:
@@ -114,24 +116,31 @@ def _plans(conn: Connection, period: Period) -> list[PlanKpi]:
     return [out[k] for k in sorted(out)]
 
 
-def _balances(conn: Connection) -> list[Balance]:
-    """What debtors owe now, per jurisdiction and currency: one pass over the cases, each
-    case's amounts summed exactly in Decimal (a SQL SUM is a float on SQLite)."""
-    closed = [s.value for s in CLOSED_STATUSES]
-    out: dict[tuple[str, str], Balance] = {}
-    c = cases_t.c
-    for jurisdiction, currency, status, due, paid in conn.execute(
-            select(c.jurisdiction, c.currency, c.status, c.amount_due, c.paid_total)):
-        b = out.setdefault((jurisdiction, currency), Balance(jurisdiction, currency))
-        due, paid = cents(Decimal(str(due))), cents(Decimal(str(paid)))
-        b.cases += 1
-        b.open_cases += status not in closed
-        b.amount_due += due
-        b.paid_total += paid
-        b.outstanding += max(due - paid, Decimal("0.00"))
-    return [out[k] for k in sorted(out)]
+def _message_rows(conn: Connection, query: Query) -> list[Any]:
+    """The one pass over the period's messages. PostgreSQL cannot estimate how few groups
+    its eight keys make (a few hundred; it guessed millions at 10,000,000 messages) and
+    sorted every message to disk to group them, the report's largest cost; told not to
+    sort, it hashes them in memory."""
+    if not query.dialect.postgres:
+        return query.run(conn, query.message_sql())
+    conn.exec_driver_sql("SET LOCAL enable_sort = off")
+    try:
+        return query.run(conn, query.message_sql())
+    finally:
+        conn.exec_driver_sql("SET LOCAL enable_sort = on")
 
-def _stages(conn: Connection, query: Query, config: Config, messages: list[Any]) -> list[StageKpi]:
+
+def _balances(conn: Connection, query: Query) -> list[Balance]:
+    """What debtors owe now, per jurisdiction and currency: summed in the database in
+    integer cents (exact on both; a SQL SUM of the money columns is a float on SQLite),
+    so the report reads a few rows whatever the number of cases."""
+    closed = sorted(s.value for s in CLOSED_STATUSES)
+    return [Balance(r.jurisdiction, r.currency, int(r.cases), int(r.open_cases or 0), _cents(r.due_cents),
+                    _cents(r.paid_cents), _cents(r.outstanding_cents))
+            for r in query.run(conn, query.balances_sql(closed))]
+
+
+def _stages(conn: Connection, query: Query, config: Config) -> list[StageKpi]:
     last = query.ordered_stages()[-1].name
     rows: dict[tuple[str, str, str], StageKpi] = {}
     order: dict[str, int] = {s.name: i for i, s in enumerate(query.ordered_stages())}
@@ -145,19 +154,22 @@ def _stages(conn: Connection, query: Query, config: Config, messages: list[Any])
             amount_at_entry=_cents(r.entry_cents), amount_recovered=_cents(r.recovered_cents),
             complaints=int(r.complaints or 0), opt_outs=int(r.opt_outs or 0),
         )
-    for r in messages:
-        if r.stage is None or not r.reached:  # system replies (opt-out confirmations, HELP) have no stage
-            continue
+
+    def kpi_of(r: Any) -> StageKpi:  # a stage with messages but no cohort gets a row too
         key = (r.stage, r.jurisdiction, r.currency)
-        kpi = rows.get(key) or rows.setdefault(key, StageKpi(r.stage, r.jurisdiction, r.currency,
-                                                             has_next_stage=r.stage != last))
+        return rows.get(key) or rows.setdefault(key, StageKpi(r.stage, r.jurisdiction, r.currency,
+                                                              has_next_stage=r.stage != last))
+
+    # system replies (opt-out confirmations, HELP) have no stage and are not here
+    for r in query.run(conn, query.stage_messages_sql()):
+        kpi = kpi_of(r)
         kpi.messages += int(r.n)
         if r.channel == "sms":
             kpi.segments += int(r.segments or 0)
         elif r.channel == "email":
             kpi.emails += int(r.n)
-        elif r.channel == "voice":
-            kpi.call_minutes += int(r.minutes or 0)
+    for r in query.run(conn, query.call_minutes_sql()):
+        kpi_of(r).call_minutes += int(r.minutes or 0)
     for kpi in rows.values():
         prices = config.costs.get(kpi.currency)
         if prices is not None:

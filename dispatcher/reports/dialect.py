@@ -56,7 +56,6 @@ class Dialect:
 
     def call_seconds(self, data: str) -> str:
         """The call duration (seconds) a status event recorded, or NULL."""
-        if self.postgres:
-            value = f"(CAST({data} AS json) ->> 'duration')"
-            return f"CASE WHEN {value} ~ '^[0-9]{{1,9}}$' THEN CAST({value} AS INTEGER) END"
+        if self.postgres:  # parsed once: the digits, else NULL (SUBSTRING of a regex without a group)
+            return f"CAST(SUBSTRING((CAST({data} AS json) ->> 'duration') FROM '^[0-9]{{1,9}}$') AS INTEGER)"
         return f"CAST(json_extract({data}, '$.duration') AS INTEGER)"

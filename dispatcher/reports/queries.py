@@ -117,9 +117,10 @@ clicked AS (SELECT DISTINCT message_id FROM events WHERE kind = 'link_clicked' A
 contact AS (
   SELECT m.case_id, m.stage, MIN({d.epoch('m.sent_at')}) AS first_epoch,
          MAX(CASE WHEN m.conversation THEN 1 ELSE 0 END) AS rpc
-  FROM messages m LEFT JOIN clicked k ON k.message_id = m.id
+  FROM messages m
   WHERE m.sent_at >= :since_at AND m.sent_at < :until_at AND m.stage IS NOT NULL
-    AND (({SMS_DELIVERED}) OR ({CALL_CONNECTED}) OR (m.channel = 'email' AND k.message_id IS NOT NULL))
+    AND (({SMS_DELIVERED}) OR ({CALL_CONNECTED})
+         OR (m.channel = 'email' AND m.id IN (SELECT message_id FROM clicked)))
   GROUP BY m.case_id, m.stage
 ),
 marks AS (
@@ -135,9 +136,12 @@ marks AS (
   SELECT e.case_id, {d.instant_day('e.at')} AS d, 0, 0, 0, 1
   FROM events e WHERE e.kind = 'opted_out' AND e.case_id IS NOT NULL AND e.at >= :since_at AND e.at < :until_at
 ),
+-- a case counts once among a stage's opt-outs however many `opted_out` events it has in
+-- the spell: one per channel (a revocation about calls opts out of SMS and voice), and a
+-- keyword, a later revocation phrase or an e-mail unsubscribe each add their own
 spell_marks AS (
   SELECT sp.case_id, sp.stage, SUM(mk.promise) AS promises, SUM(mk.kept) AS kept,
-         SUM(mk.complaint) AS complaints, SUM(mk.opt_out) AS opt_outs
+         SUM(mk.complaint) AS complaints, MAX(mk.opt_out) AS opt_outs
   FROM spells sp JOIN marks mk ON mk.case_id = sp.case_id AND mk.d >= sp.start_day AND mk.d <= sp.end_day
   GROUP BY sp.case_id, sp.stage
 ),
@@ -154,16 +158,7 @@ base AS (
   LEFT JOIN contact ct ON ct.case_id = sp.case_id AND ct.stage = sp.stage
   LEFT JOIN spell_marks sm ON sm.case_id = sp.case_id AND sm.stage = sp.stage
 ),
-ranked AS (
-  SELECT stage, jurisdiction, currency, hours,
-         ROW_NUMBER() OVER (PARTITION BY stage, jurisdiction, currency ORDER BY hours) AS rn,
-         COUNT(*) OVER (PARTITION BY stage, jurisdiction, currency) AS n
-  FROM base WHERE hours IS NOT NULL
-),
-median AS (
-  SELECT stage, jurisdiction, currency, AVG(hours) AS p50 FROM ranked
-  WHERE rn = (n + 1) / 2 OR rn = (n + 2) / 2 GROUP BY stage, jurisdiction, currency
-),
+{self._median_cte()},
 agg AS (
   SELECT stage, MIN(ord) AS ord, jurisdiction, currency, COUNT(*) AS entered, SUM(contacted) AS contacted,
          SUM(rpc) AS rpc, SUM(promises) AS promises, SUM(kept) AS kept, SUM(cured) AS cured,
@@ -175,44 +170,83 @@ SELECT a.*, md.p50 FROM agg a
 LEFT JOIN median md ON md.stage = a.stage AND md.jurisdiction = a.jurisdiction AND md.currency = a.currency
 ORDER BY a.ord, a.jurisdiction, a.currency"""
 
+    def _median_cte(self) -> str:
+        """The median hours to the first contact per (stage, jurisdiction, currency):
+        the middle value, or the mean of the two middle values. PostgreSQL has it as an
+        aggregate (one sort of the hours alone); SQLite numbers the rows."""
+        if self.dialect.postgres:
+            return """median AS (
+  SELECT stage, jurisdiction, currency, percentile_cont(0.5) WITHIN GROUP (ORDER BY hours) AS p50
+  FROM base WHERE hours IS NOT NULL GROUP BY stage, jurisdiction, currency
+)"""
+        return """ranked AS (
+  SELECT stage, jurisdiction, currency, hours,
+         ROW_NUMBER() OVER (PARTITION BY stage, jurisdiction, currency ORDER BY hours) AS rn,
+         COUNT(*) OVER (PARTITION BY stage, jurisdiction, currency) AS n
+  FROM base WHERE hours IS NOT NULL
+),
+median AS (
+  SELECT stage, jurisdiction, currency, AVG(hours) AS p50 FROM ranked
+  WHERE rn = (n + 1) / 2 OR rn = (n + 2) / 2 GROUP BY stage, jurisdiction, currency
+)"""
+
     # -- variants --------------------------------------------------------------------
 
     def message_sql(self) -> str:
         """One pass over the period's messages, per (template, locale, channel, the
-        case's stage, jurisdiction, currency, status, week): counts, delivered,
-        effective contacts, clicked messages, SMS segments and billed call minutes.
-        Variants, weekly trends, the stages' messages and cost, and the outbox totals
-        are sums of these rows. A message belongs to the period by when it was sent, or,
-        never sent, by when its status last changed (else when it was queued)."""
+        case's stage, status, week): counts, delivered, effective contacts and clicked
+        messages. Variants, weekly trends and the outbox totals are sums of these rows;
+        none needs the case, so the messages are not joined to the cases here. A message
+        belongs to the period by when it was sent, or, never sent, by when its status
+        last changed (else when it was queued)."""
         d = self.dialect
         when = "COALESCE(m.sent_at, m.status_at, m.created_at)"
-        day = d.instant_day(when)
         return f"""WITH clicked AS (
   SELECT DISTINCT message_id FROM events WHERE kind = 'link_clicked' AND message_id IS NOT NULL
 ),
-calls AS (
-  SELECT e.message_id, MAX({d.call_seconds('e.data')}) AS seconds
-  FROM events e JOIN messages m ON m.id = e.message_id
-  WHERE e.kind = 'status_received' AND m.channel = 'voice' AND m.sent_at >= :since_at AND m.sent_at < :until_at
-  GROUP BY e.message_id
+dated AS (
+  SELECT m.*, {d.instant_day(when)} AS day FROM messages m
+  WHERE (m.sent_at >= :since_at AND m.sent_at < :until_at)
+     OR (m.sent_at IS NULL AND {when} >= :since_at AND {when} < :until_at)
 )
-SELECT m.template_id, m.locale, m.channel, m.stage, c.jurisdiction, c.currency, m.status,
+SELECT m.template_id, m.locale, m.channel, m.stage, m.status,
        CASE WHEN m.kind = 'system' THEN 1 ELSE 0 END AS system,
        CASE WHEN m.sent_at IS NULL THEN 0 ELSE 1 END AS reached,
-       {day} - (({day} + 3) % 7) AS week, COUNT(*) AS n,
+       m.day - ((m.day + 3) % 7) AS week, COUNT(*) AS n,
        SUM(CASE WHEN ({SMS_DELIVERED}) OR ({CALL_COMPLETED}) THEN 1 ELSE 0 END) AS delivered,
        SUM(CASE WHEN ({SMS_DELIVERED}) OR ({CALL_CONNECTED}) THEN 1 ELSE 0 END) AS contacts,
-       SUM(CASE WHEN k.message_id IS NULL THEN 0 ELSE 1 END) AS clicks,
-       SUM(CASE WHEN m.channel = 'sms' AND m.sent_at IS NOT NULL THEN COALESCE(m.segments, 0) ELSE 0 END)
-         AS segments,
-       SUM(CASE WHEN cl.seconds > 0 THEN (cl.seconds + 59) / 60 ELSE 0 END) AS minutes
-FROM messages m JOIN cases c ON c.case_id = m.case_id
-LEFT JOIN clicked k ON k.message_id = m.id
-LEFT JOIN calls cl ON cl.message_id = m.id
-WHERE (m.sent_at >= :since_at AND m.sent_at < :until_at)
-   OR (m.sent_at IS NULL AND {when} >= :since_at AND {when} < :until_at)
-GROUP BY m.template_id, m.locale, m.channel, m.stage, c.jurisdiction, c.currency, m.status,
+       SUM(CASE WHEN k.message_id IS NULL THEN 0 ELSE 1 END) AS clicks
+FROM dated m LEFT JOIN clicked k ON k.message_id = m.id
+GROUP BY m.template_id, m.locale, m.channel, m.stage, m.status,
          CASE WHEN m.kind = 'system' THEN 1 ELSE 0 END, CASE WHEN m.sent_at IS NULL THEN 0 ELSE 1 END, week"""
+
+    def stage_messages_sql(self) -> str:
+        """The messages sent in the period per (the case's stage, jurisdiction,
+        currency, channel): how many and their SMS segments, of which the stages' cost
+        is made (with `call_minutes_sql`)."""
+        return """SELECT m.stage, c.jurisdiction, c.currency, m.channel, COUNT(*) AS n,
+       SUM(CASE WHEN m.channel = 'sms' THEN COALESCE(m.segments, 0) ELSE 0 END) AS segments
+FROM messages m JOIN cases c ON c.case_id = m.case_id
+WHERE m.sent_at >= :since_at AND m.sent_at < :until_at AND m.stage IS NOT NULL
+GROUP BY m.stage, c.jurisdiction, c.currency, m.channel"""
+
+    def call_minutes_sql(self) -> str:
+        """The billed minutes of the calls placed in the period, per (the case's stage,
+        jurisdiction, currency): each call's duration from its status callbacks, rounded
+        up to whole minutes. Only the calls and their events are read (joining every
+        message to the calls' durations cost more than the rest of its pass)."""
+        d = self.dialect
+        return f"""WITH calls AS (
+  SELECT e.message_id, m.case_id, m.stage, MAX({d.call_seconds('e.data')}) AS seconds
+  FROM events e JOIN messages m ON m.id = e.message_id
+  WHERE e.kind = 'status_received' AND m.channel = 'voice' AND m.sent_at >= :since_at AND m.sent_at < :until_at
+    AND m.stage IS NOT NULL
+  GROUP BY e.message_id, m.case_id, m.stage
+)
+SELECT cl.stage, c.jurisdiction, c.currency,
+       SUM(CASE WHEN cl.seconds > 0 THEN (cl.seconds + 59) / 60 ELSE 0 END) AS minutes
+FROM calls cl JOIN cases c ON c.case_id = cl.case_id
+GROUP BY cl.stage, c.jurisdiction, c.currency"""
 
     def converted_sql(self) -> str:
         """Messages followed by a payment on their case within 7 days, per (template,
@@ -234,6 +268,19 @@ FROM (SELECT {day} - (({day} + 3) % 7) AS week, c.currency, {d.cents('p.amount')
       FROM payments p JOIN cases c ON c.case_id = p.case_id
       WHERE p.at >= :since_at AND p.at < :until_at) w
 GROUP BY w.week, w.currency ORDER BY w.week, w.currency"""
+
+    def balances_sql(self, closed_statuses: list[str]) -> str:
+        """What debtors owe now, per (jurisdiction, currency): counts and sums in integer
+        cents (exact on both databases), `outstanding` never below 0 per case."""
+        d = self.dialect
+        closed = ", ".join(f"'{s}'" for s in closed_statuses)  # the domain's own constants
+        return f"""SELECT b.jurisdiction, b.currency, COUNT(*) AS cases,
+       SUM(CASE WHEN b.status IN ({closed}) THEN 0 ELSE 1 END) AS open_cases,
+       SUM(b.due) AS due_cents, SUM(b.paid) AS paid_cents,
+       SUM(CASE WHEN b.due > b.paid THEN b.due - b.paid ELSE 0 END) AS outstanding_cents
+FROM (SELECT jurisdiction, currency, status, {d.cents('amount_due')} AS due, {d.cents('paid_total')} AS paid
+      FROM cases) b
+GROUP BY b.jurisdiction, b.currency ORDER BY b.jurisdiction, b.currency"""
 
     def first_day_sql(self) -> str:
         return "SELECT MIN(created_at) FROM cases"

@@ -1,8 +1,6 @@
-"""Work for a person, opened on a case (a dispute to review, a broken plan to follow up).
-
-One function, so the way tasks are stored can change in one place: today a task is a
-`collector_task` event on the case, the same event the inbound-SMS receipts record.
-"""
+"""Work for a person, opened from the debtor's page and the plan check (a dispute to
+review, a broken plan to follow up): one function, over the collectors' task queue
+(`services.tasks.open_task`, which also records the `collector_task` event)."""
 
 from __future__ import annotations
 
@@ -11,12 +9,12 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from dispatcher.store.events import EventKind, record_event
+from dispatcher.config import Config
+from dispatcher.services import tasks
 
 
-def open_task(conn: Connection, case_id: str, task: str, now: dt.datetime, *, actor: str,
-              message_id: int | None = None, **data: Any) -> None:
-    """Open task `task` (e.g. `review_dispute`, `broken_promise`) on the case, in the
-    caller's transaction. `data` must carry no addresses or names."""
-    record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, message_id=message_id, actor=actor,
-                 task=task, **data)
+def open_task(conn: Connection, config: Config | None, case_id: str, task: str, now: dt.datetime, *, actor: str,
+              source: str, detail: str = "", **data: Any) -> None:
+    """Open task `task` (`review_dispute`, `broken_promise`) on the case, once per
+    `source`, in the caller's transaction. `data` must carry no addresses or names."""
+    tasks.open_task(conn, config, case_id, task, now, source=source, detail=detail, actor=actor, **data)

@@ -40,7 +40,7 @@ from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import run_planner
 from dispatcher.services.repair import StatusRepair
 from dispatcher.store.outage import survives_outage
-from dispatcher.store.tables import EventRow, MessageRow, dedupe_keys_t, link_tokens_t, messages_t
+from dispatcher.store.tables import EventRow, MessageRow, dedupe_keys_t, idempotency_keys_t, link_tokens_t, messages_t
 
 log = logging.getLogger("dispatcher.daemon")
 
@@ -155,15 +155,16 @@ class DaemonJobs:
         """Delete communication records older than the archive period (default 5 years)."""
         cutoff = self.clock.now() - dt.timedelta(days=365 * self.config.retention.years + 1)
 
-        messages, events = await asyncio.to_thread(purge_before, self.engine, cutoff)
+        messages, events = await asyncio.to_thread(purge_before, self.engine, cutoff, self.clock.now())
         if messages or events:
             log.info("retention: removed %d messages and %d events older than %s", messages, events,
                      cutoff.date())
 
 
-def purge_before(engine: Engine, cutoff: dt.datetime) -> tuple[int, int]:
+def purge_before(engine: Engine, cutoff: dt.datetime, now: dt.datetime | None = None) -> tuple[int, int]:
     """Delete the messages and events older than `cutoff` (with the payment-link tokens
-    of those messages, and the dedupe keys); the numbers of messages and events deleted."""
+    of those messages, and the dedupe keys), and the API's stored idempotent answers
+    expired at `now`; the numbers of messages and events deleted."""
     with engine.begin() as conn:
         old = select(messages_t.c.id).where(messages_t.c.created_at < cutoff)
         conn.execute(delete(link_tokens_t).where(link_tokens_t.c.message_id.in_(old)))
@@ -171,6 +172,8 @@ def purge_before(engine: Engine, cutoff: dt.datetime) -> tuple[int, int]:
         e = conn.execute(delete(EventRow).where(col(EventRow.at) < cutoff)).rowcount
         # a webhook step's key outlives no provider's retries, but lives as long as its events
         conn.execute(delete(dedupe_keys_t).where(dedupe_keys_t.c.at < cutoff))
+        if now is not None:  # replayed for 24 hours only (web.idempotency)
+            conn.execute(delete(idempotency_keys_t).where(idempotency_keys_t.c.expires_at < now))
     return m, e
 
 

@@ -212,13 +212,13 @@ class People:
 
     def principal_for_token(self, token: str) -> Principal | None:
         """The user a bearer token stands for: None if unknown, revoked, expired or disabled."""
-        query = (select(users_t.c.id, users_t.c.name, users_t.c.roles)
+        query = (select(users_t.c.id, users_t.c.name, users_t.c.roles, users_t.c.locale)
                  .join(api_tokens_t, api_tokens_t.c.user_id == users_t.c.id)
                  .where(api_tokens_t.c.digest == token_digest(token), api_tokens_t.c.revoked_at.is_(None),
                         api_tokens_t.c.expires_at > self.clock.now(), users_t.c.disabled_at.is_(None)))
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        return None if row is None else Principal(row.name, _roles_of(row.roles), row.id)
+        return None if row is None else Principal(row.name, _roles_of(row.roles), row.id, row.locale)
 
     # --------------------------------------------------------------- sessions
 
@@ -260,17 +260,17 @@ class People:
                 conn.execute(update(users_t).where(users_t.c.id == row.id)
                              .values(password_hash=self.passwords.hash(password)))
             record_event(conn, EventKind.SIGNED_IN, now, actor=row.name, client=client)
-        return SignIn(Principal(row.name, _roles_of(row.roles), row.id), session, None)
+        return SignIn(Principal(row.name, _roles_of(row.roles), row.id, row.locale), session, None)
 
     def principal_for_session(self, session: str) -> Principal | None:
         """The signed-in user of a session cookie: None if unknown, expired, signed out or disabled."""
-        query = (select(users_t.c.id, users_t.c.name, users_t.c.roles)
+        query = (select(users_t.c.id, users_t.c.name, users_t.c.roles, users_t.c.locale)
                  .join(console_sessions_t, console_sessions_t.c.user_id == users_t.c.id)
                  .where(console_sessions_t.c.digest == token_digest(session),
                         console_sessions_t.c.expires_at > self.clock.now(), users_t.c.disabled_at.is_(None)))
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        return None if row is None else Principal(row.name, _roles_of(row.roles), row.id)
+        return None if row is None else Principal(row.name, _roles_of(row.roles), row.id, row.locale)
 
     def sign_out(self, session: str, by: str) -> None:
         """End a session; the event names its owner (`by` is who ended it, when another
@@ -286,6 +286,11 @@ class People:
             conn.execute(delete(console_sessions_t).where(console_sessions_t.c.digest == digest))
             extra = {} if owner == by else {"session_of": owner}
             record_event(conn, EventKind.SIGNED_OUT, now, actor=by, **extra)
+
+    def set_locale(self, user_id: int, locale: str | None) -> None:
+        """Keep the console language a user chose (None: follow their browser again)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(users_t).where(users_t.c.id == user_id).values(locale=locale))
 
     def anyone_can_sign_in(self) -> bool:
         """Whether some active user has a password (else the console is unusable)."""

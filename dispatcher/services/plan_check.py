@@ -71,8 +71,12 @@ def check_plans(engine: Engine, config: Config, now: dt.datetime) -> PlanCheck:
                 record_event(conn, EventKind.PLAN_BROKEN, now, case_id=case_id, actor=ACTOR_SYSTEM,
                              plan_id=plan.plan_id, instalment=missed.instalment.number,
                              due=missed.instalment.due.isoformat(), unpaid=str(missed.remaining))
-                open_task(conn, case_id, "broken_promise", now, actor=ACTOR_SYSTEM, plan_id=plan.plan_id,
-                          instalment=missed.instalment.number, due=missed.instalment.due.isoformat())
+                open_task(conn, config, case_id, "broken_promise", now, actor=ACTOR_SYSTEM,
+                          source=f"plan:{plan.plan_id}",
+                          detail=f"repayment plan {plan.plan_id}: instalment {missed.instalment.number} due"
+                                 f" {missed.instalment.due.isoformat()} unpaid ({missed.remaining} left)",
+                          plan_id=plan.plan_id, instalment=missed.instalment.number,
+                          due=missed.instalment.due.isoformat())
                 broken += 1
                 continue
             if not end_plan(conn, plan.plan_id, COMPLETED, now):
@@ -91,7 +95,7 @@ def check_plans(engine: Engine, config: Config, now: dt.datetime) -> PlanCheck:
 def after_planning(config: Config) -> Callable[[Engine, dt.datetime], None]:
     """The daemon's job after each planning pass: expired promises to pay, then plans."""
     def run(engine: Engine, now: dt.datetime) -> None:
-        resume_broken_promises(engine, now)
+        resume_broken_promises(engine, now, config)
         check_plans(engine, config, now)
 
     return run

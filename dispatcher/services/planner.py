@@ -2,7 +2,8 @@
 
 `plan_decisions` is read-only (it backs `dispatcher plan`). `enqueue_decisions` turns
 `send` and `defer` decisions into queued outbox rows (idempotent per case, channel,
-stage and local day) and records each first-time escalation. Both planning entry points
+stage and local day) and records each first-time escalation (with a `legal_handoff` task);
+`run_planner` then opens the `escalate` tasks (`services.tasks.open_escalations`). Both planning entry points
 take the caller's `Gate`, which keeps its caches from one run to the next.
 """
 
@@ -22,8 +23,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
+from dispatcher.config import Config
 from dispatcher.domain import Action, CaseSnapshot, Channel, Decision, MessageKind, Reason
 from dispatcher.policy import Gate
+from dispatcher.services.tasks import TaskKind, open_escalations, open_task
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, event_values, insert_events
 from dispatcher.store.snapshots import iter_snapshots
@@ -155,6 +158,7 @@ class EnqueueSummary:
     deferred: int = 0
     already_queued: int = 0
     escalated: int = 0
+    escalate_tasks: int = 0  # `escalate` tasks opened (no answer to a delivered reminder)
     by_reason: dict[str, int] = field(default_factory=dict)
 
     def count(self, decision: Decision) -> None:
@@ -202,8 +206,10 @@ def enqueue_decisions(
     *,
     created_by: str | None = None,
     kind: MessageKind = MessageKind.SCHEDULED,
+    config: Config | None = None,
 ) -> EnqueueSummary:
-    """Queue a message for every send/defer decision and record escalations."""
+    """Queue a message for every send/defer decision and record escalations (each a
+    `legal_handoff` task, its SLA from `config`)."""
     summary = summary or EnqueueSummary()
     rows: list[dict[str, object]] = []
     pending: list[tuple[Decision, dt.datetime, str]] = []
@@ -214,6 +220,9 @@ def enqueue_decisions(
             if decision.action is Action.ESCALATE and decision.stage:
                 if repository.mark_escalated(conn, decision.case_id, decision.stage, now):
                     summary.escalated += 1
+                    open_task(conn, config, decision.case_id, TaskKind.LEGAL_HANDOFF, now,
+                              source=f"stage:{decision.stage}", actor=created_by, stage=decision.stage,
+                              detail=f"handed off to legal in stage {decision.stage}: {decision.detail}")
                 continue
             if decision.action not in (Action.SEND, Action.DEFER) or decision.channel is None:
                 continue
@@ -293,9 +302,11 @@ def run_planner(
             batch.append(item)
             if len(batch) >= batch_size:
                 with engine.begin() as conn:
-                    enqueue_decisions(conn, batch, now, summary)
+                    enqueue_decisions(conn, batch, now, summary, config=gate.config)
                 batch.clear()
         if batch:
             with engine.begin() as conn:
-                enqueue_decisions(conn, batch, now, summary)
+                enqueue_decisions(conn, batch, now, summary, config=gate.config)
+        # cases that have not answered a delivered stage reminder (`escalate` tasks)
+        summary.escalate_tasks = open_escalations(engine, gate.config, now)
     return summary

@@ -232,5 +232,6 @@ class SelfService:
                                   note="self-service page")
             record_event(conn, EventKind.SELF_SERVICE, now, case_id=target.case_id, message_id=target.message_id,
                          actor=ACTOR_PAGE, choice="dispute", text=words)
-            open_task(conn, target.case_id, "review_dispute", now, actor=ACTOR_PAGE, message_id=target.message_id,
-                      text=words, source="page")
+            open_task(conn, self.config, target.case_id, "review_dispute", now, actor=ACTOR_PAGE,
+                      source=f"page:{target.message_id}:{now.isoformat()}", detail=words, text=words,
+                      message_id=target.message_id)

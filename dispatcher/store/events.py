@@ -59,6 +59,11 @@ class EventKind(StrEnum):
     PLAN_CREATED = "plan_created"
     PLAN_BROKEN = "plan_broken"
     PLAN_COMPLETED = "plan_completed"
+    # the collectors' workbench
+    TASK_CLAIMED = "task_claimed"
+    TASK_DONE = "task_done"
+    NOTE_ADDED = "note_added"
+    CONTACT_REVEALED = "contact_revealed"  # a collector saw a full phone number on the case page
     # people (no case): who manages whom, and who signed in
     USER_ADDED = "user_added"
     USER_DISABLED = "user_disabled"

@@ -103,6 +103,8 @@ def _dialect_insert(conn: Connection, table: Table) -> Any:
     raise NotImplementedError(f"database {name!r} is not supported; use PostgreSQL or SQLite")
 
 
+#: `INSERT ... ON CONFLICT` for other store modules and services.
+dialect_insert = _dialect_insert
 
 
 def _bulk_insert(
@@ -366,14 +368,18 @@ def active_holds(conn: Executor, case_id: str, now: dt.datetime) -> list[Hold]:
 
 
 def release_holds(
-    conn: Executor, case_id: str, reason: Reason | str | None, by: str | None, now: dt.datetime
+    conn: Executor, case_id: str, reason: Reason | str | None, by: str | None, now: dt.datetime,
+    *, keep: Iterable[str] = (),
 ) -> int:
-    """Release the case's holds in force (all, or those with `reason`); returns how many."""
+    """Release the case's holds in force (all, or those with `reason`; never those whose
+    reason is in `keep`); returns how many."""
     conn = _conn(conn)
     _require_case(conn, case_id)
     query = _active_holds_query(case_id, now)
     if reason is not None:
         query = query.where(holds_t.c.reason == str(reason))
+    if keep:
+        query = query.where(holds_t.c.reason.not_in(list(keep)))
     held = conn.execute(query).all()
     if not held:
         return 0
@@ -388,6 +394,34 @@ def release_holds(
          for h in held],
     )
     return len(held)
+
+
+class HoldNotFound(LookupError):
+    """No hold with this id on this case."""
+
+
+def hold_reason(conn: Executor, case_id: str, hold_id: int) -> tuple[str, bool]:
+    """A hold's reason and whether it is released already (`HoldNotFound`)."""
+    row = _conn(conn).execute(
+        select(holds_t.c.reason, holds_t.c.released_at).where(holds_t.c.id == hold_id, holds_t.c.case_id == case_id)
+    ).first()
+    if row is None:
+        raise HoldNotFound(f"case {case_id!r} has no hold {hold_id}; its holds are on GET /api/cases/{case_id}")
+    return row.reason, row.released_at is not None
+
+
+def release_hold(conn: Executor, case_id: str, hold_id: int, by: str | None, now: dt.datetime) -> bool:
+    """Release one hold of the case; False when it was released already (or `HoldNotFound`)."""
+    conn = _conn(conn)
+    reason, _ = hold_reason(conn, case_id, hold_id)
+    released = conn.execute(
+        update(holds_t).where(holds_t.c.id == hold_id, holds_t.c.released_at.is_(None))
+        .values(released_at=now, released_by=by)
+    ).rowcount
+    if released:
+        insert_events(conn, [event_values(EventKind.HOLD_RELEASED, now, case_id=case_id, actor=by, hold_id=hold_id,
+                                          reason=reason)])
+    return bool(released)
 
 
 # --------------------------------------------------------------------------- payments

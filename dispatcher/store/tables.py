@@ -1,8 +1,8 @@
 """SQLModel tables: cases, contact points, the outbox (messages), append-only events,
 holds, payments, template approvals, the dedupe keys of webhook steps, short payment-link
-tokens, the people who use the console and the API (users, API tokens, console sessions,
-failed sign-ins), and repayment plans with their instalments and the agreements debtors
-accepted.
+tokens, the collectors' tasks and the stored answers of idempotent API requests, the people
+who use the console and the API (users, API tokens, console sessions, failed sign-ins), and
+repayment plans with their instalments and the agreements debtors accepted.
 
 All datetimes are stored as UTC and come back timezone-aware (`UTCDateTime`); money is
 stored exactly (`Money`: NUMERIC on PostgreSQL, text on SQLite, which has no decimal type).
@@ -270,6 +270,7 @@ class UserRow(SQLModel, table=True):
     created_by: str = Field(max_length=64)
     disabled_at: dt.datetime | None = _utc()
     disabled_by: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=16)  # console language (zh-CN, en-US); None: the browser's
 
 
 class ApiTokenRow(SQLModel, table=True):
@@ -364,6 +365,48 @@ class InstalmentRow(SQLModel, table=True):
     amount: Decimal = _money()
 
 
+class TaskRow(SQLModel, table=True):
+    """A collector's task (`services.tasks`): opened once per case, kind and source (the
+    webhook, call, hold or stage that caused it), claimed, then done with a note."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("case_id", "kind", "source", name="uq_task_case_kind_source"),
+        Index("ix_tasks_queue", "state", "due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(foreign_key="cases.case_id", max_length=64, index=True)
+    kind: str = Field(max_length=32)
+    source: str = Field(max_length=200)
+    state: str = Field(default="open", max_length=16)  # open | claimed | done
+    created_at: dt.datetime = _utc(nullable=False)
+    due_at: dt.datetime = _utc(nullable=False)  # created_at + the kind's SLA
+    assignee: str | None = Field(default=None, max_length=64)
+    claimed_at: dt.datetime | None = _utc()
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False))
+    done_at: dt.datetime | None = _utc()
+    done_by: str | None = Field(default=None, max_length=64)
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class IdempotencyKeyRow(SQLModel, table=True):
+    """The first answer to an API POST sent with an `Idempotency-Key`, per caller
+    (`web.idempotency`): replayed for a retry with the same body for 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+
+    principal: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=255)
+    method: str = Field(max_length=8)
+    path: str = Field(max_length=512)
+    body_hash: str = Field(max_length=64)
+    status: int | None = None  # None while the first request is still being answered
+    response: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: dt.datetime = _utc(nullable=False)
+    expires_at: dt.datetime = _utc(nullable=False, index=True)
+
+
 def _core(model: Any) -> Table:
     """The Core table of a SQLModel class (SQLModel's stubs do not declare `__table__`)."""
     table: Table = model.__table__
@@ -388,3 +431,5 @@ sign_in_failures_t = _core(SignInFailureRow)
 agreements_t = _core(AgreementRow)
 plans_t = _core(PlanRow)
 instalments_t = _core(InstalmentRow)
+tasks_t = _core(TaskRow)
+idempotency_keys_t = _core(IdempotencyKeyRow)

@@ -28,10 +28,20 @@ from starlette.concurrency import run_in_threadpool
 from dispatcher.roles import Permission
 from dispatcher.services.calendar_notice import metric_lines as calendar_metric_lines
 from dispatcher.settings import Settings
-from dispatcher.web import api, console, debtor_page, email_hooks, reports_page
+from dispatcher.web import (
+    api,
+    case_actions_page,
+    case_page,
+    console,
+    debtor_page,
+    email_hooks,
+    queue_page,
+    reports_page,
+)
 from dispatcher.web.auth import AccessDenied, CsrfFailed, api_permission
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
 from dispatcher.web.guard import GuardMiddleware, Receive, Scope, Send
+from dispatcher.web.idempotency import IdempotencyMiddleware
 from dispatcher.web.metrics import WebhookMetrics
 from dispatcher.web.security import Rejected
 from dispatcher.web.twilio_hooks import Endpoint, TwilioHooks
@@ -100,7 +110,10 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
                         openapi_url="/openapi.json", lifespan=lifespan,
                         description="The collectors' HTTP API. Authenticate with `Authorization: Bearer <token>`"
                                     " (`dispatcher tokens create NAME`): 401 without a valid token, 403 when the"
-                                    " token's roles lack the permission.")
+                                    " token's roles lack the permission. Every POST takes an optional"
+                                    " `Idempotency-Key` header: a retry with the same key and body gets the first"
+                                    " answer again (`Idempotent-Replayed: true`), the same key with another body"
+                                    " 422, a retry while the first is still running 409; keys last 24 hours.")
     metrics = WebhookMetrics(receipts.message_counts,
                              extra=lambda: _extra_metric_lines(web))
     if not web.settings.twilio_auth_token:
@@ -113,6 +126,9 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app.include_router(debtor_page.router, include_in_schema=False)
     app.include_router(api.router)
     app.include_router(console.router, include_in_schema=False)
+    app.include_router(case_page.router, include_in_schema=False)
+    app.include_router(case_actions_page.router, include_in_schema=False)
+    app.include_router(queue_page.router, include_in_schema=False)
     app.include_router(reports_page.router, include_in_schema=False)
     _add_docs(app)
 
@@ -154,6 +170,8 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     fast_routes = hooks.endpoints()
+    # inside the guard (its body limit and no-500 answer come first)
+    app.add_middleware(IdempotencyMiddleware, engine=web.engine, clock=web.clock)
     app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, metrics=metrics,
                        known_paths=frozenset(fast_routes))
     return WebApp(app, fast_routes, max_body_bytes=max_body_bytes, metrics=metrics)

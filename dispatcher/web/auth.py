@@ -85,6 +85,13 @@ def api_permission(permission: Permission) -> Callable[..., Awaitable[Principal]
     return check
 
 
+def require(principal: Principal, permission: Permission) -> None:
+    """A check inside an API handler, when what is needed depends on the data (releasing
+    a legal hold needs more than releasing a collector's hold): 403 without it."""
+    if not principal.can(permission):
+        raise AccessDenied(403, _missing(principal, permission), console=False)
+
+
 def _missing(principal: Principal, permission: Permission) -> str:
     roles = ", ".join(sorted(principal.roles)) or "none"
     return f"{principal.name} (roles: {roles}) lacks the permission {permission.value}; ask an administrator"

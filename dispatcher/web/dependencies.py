@@ -22,8 +22,10 @@ from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.links import LinkSigner
 from dispatcher.policy import Gate
+from dispatcher.services.case_actions import CaseActions
 from dispatcher.services.people import People
 from dispatcher.services.receipts import Receipts
+from dispatcher.services.tasks import Tasks
 from dispatcher.settings import Settings
 from dispatcher.templates import TemplateSet
 from dispatcher.web.rate_limit import PageLimiter
@@ -99,6 +101,14 @@ def _receipts(web: Web) -> Receipts:
     return web.receipts
 
 
+def _tasks(web: Web) -> Tasks:
+    return Tasks(web.engine, web.config, web.clock)  # stateless: cheap to make per request
+
+
+def _case_actions(web: Web) -> CaseActions:
+    return CaseActions(web.engine, web.config, web.clock)
+
+
 EngineDep = Annotated[Engine, Depends(_engine)]
 ConfigDep = Annotated[Config, Depends(_config)]
 GateDep = Annotated[Gate, Depends(_gate)]
@@ -107,3 +117,5 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 SignerDep = Annotated[LinkSigner, Depends(_signer)]
 TemplatesDep = Annotated[TemplateSet, Depends(_templates)]
 ReceiptsDep = Annotated[Receipts, Depends(_receipts)]
+TasksDep = Annotated[Tasks, Depends(_tasks)]
+CaseActionsDep = Annotated[CaseActions, Depends(_case_actions)]

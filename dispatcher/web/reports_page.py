@@ -18,7 +18,7 @@ from dispatcher.reports import PeriodError, Report, build_report
 from dispatcher.reports.html import STYLE, dashboard
 from dispatcher.roles import Permission, Principal
 from dispatcher.web.auth import console_permission
-from dispatcher.web.console import console_page
+from dispatcher.web.console_ui import console_page, gettext_for
 from dispatcher.web.dependencies import ClockDep, ConfigDep, EngineDep
 
 router = APIRouter(prefix="/ui")
@@ -38,6 +38,7 @@ def _date(name: str, value: str | None) -> dt.date | None:
 @router.get("/reports")
 async def reports_page(request: Request, user: ReportReader, engine: EngineDep, config: ConfigDep, clock: ClockDep,
                        since: str | None = None, until: str | None = None) -> Response:
+    _ = gettext_for(request, user)
     try:
         start, end = _date("since", since), _date("until", until)
 
@@ -46,8 +47,8 @@ async def reports_page(request: Request, user: ReportReader, engine: EngineDep, 
 
         report = await run_in_threadpool(build)
     except PeriodError as exc:
-        return console_page(request, user, "console_reports.html", 400, title="Reports", error=str(exc),
+        return console_page(request, user, "console_reports.html", 400, title=_("Reports"), error=str(exc),
                             content="", style=STYLE, since=since or "", until=until or "")
-    return console_page(request, user, "console_reports.html", title="Reports", error=None,
+    return console_page(request, user, "console_reports.html", title=_("Reports"), error=None,
                         content=dashboard(report), style=STYLE, since=report.since.isoformat(),
                         until=report.until.isoformat())

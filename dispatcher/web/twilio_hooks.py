@@ -239,7 +239,10 @@ class TwilioHooks:
                 queued = await run_in_threadpool(receipts.send_self_service_link, ctx)
                 return twiml(voice.self_service_sent(ctx, queued is not None))
             if digits == "3":
-                return twiml(voice.connect_agent(ctx, receipts.agent_available(ctx)))
+                available = receipts.agent_available(ctx)
+                if not available:  # a collector calls back (`call_back` task)
+                    await run_in_threadpool(receipts.request_call_back, ctx)
+                return twiml(voice.connect_agent(ctx, available))
             if digits == "9":
                 await run_in_threadpool(receipts.stop_calls, ctx)
                 return twiml(voice.calls_stopped(ctx))

@@ -33,8 +33,8 @@ from psycopg import sql
 from sqlalchemy import make_url
 
 from dispatcher.sandbox import run_sandbox_in_thread
+from dispatcher.testing import copy_shipped_config
 from tests.e2e.test_daemon import (
-    ROOT,
     base_env,
     free_port,
     healthy,
@@ -144,17 +144,13 @@ class LogReader:
 
 def fast_config(tmp: Path) -> Path:
     """The shipped config with the daemon's jobs every few seconds and a quick repair."""
-    source = (ROOT / "config" / "dispatcher.toml").read_text(encoding="utf-8")
-    for key, value in {"plan_every_seconds": 2, "send_every_seconds": 1, "reconcile_every_seconds": 3,
-                       "repair_every_seconds": 2, "repair_after_seconds": 3}.items():
-        source = re.sub(rf"(?m)^{key} = \d+", f"{key} = {value}", source)
-    source = re.sub(r'(?m)^directory = "[^"]*"', f'directory = "{ROOT / "templates"}"', source)
-    source = re.sub(r'(?m)^forbidden_phrases = "[^"]*"',
-                    f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"', source)
-    path = tmp / "config" / "dispatcher.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(source, encoding="utf-8")
-    return path
+    def fast(source: str) -> str:
+        for key, value in {"plan_every_seconds": 2, "send_every_seconds": 1, "reconcile_every_seconds": 3,
+                           "repair_every_seconds": 2, "repair_after_seconds": 3}.items():
+            source = re.sub(rf"(?m)^{key} = \d+", f"{key} = {value}", source)
+        return source
+
+    return copy_shipped_config(tmp / "config", fast)
 
 
 def rows(name: str) -> list[tuple[int, str, str, str | None]]:

@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from tests.e2e.test_cli_contract import ROOT, Cli, case_row, cli, write_cases
+from dispatcher.testing import copy_shipped_config
+from tests.e2e.test_cli_contract import Cli, case_row, cli, write_cases
 
 __all__ = ["cli"]  # the fixture
 
@@ -71,16 +72,13 @@ def test_preview_counts_days_past_due_in_the_case_zone_and_states_the_outstandin
 
 
 def _config_with(cli: Cli, replace: dict[str, str]) -> Path:
-    text = (ROOT / "config/dispatcher.toml").read_text(encoding="utf-8")
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    path = cli.tmp / "dispatcher.toml"
-    text = re.sub(r'(?m)^directory = "[^"]*"', f'directory = "{ROOT / "templates"}"', text)
-    text = re.sub(r'(?m)^forbidden_phrases = "[^"]*"',
-                  f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"', text)
-    path.write_text(text, encoding="utf-8")
-    return path
+    def replaced(text: str) -> str:
+        for old, new in replace.items():
+            assert old in text, old
+            text = text.replace(old, new, 1)
+        return text
+
+    return copy_shipped_config(cli.tmp, replaced)
 
 
 def test_calendar_2027_is_estimated_until_the_operator_applies_the_notice(cli: Cli) -> None:

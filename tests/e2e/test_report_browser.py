@@ -6,7 +6,7 @@ drawn, and screenshots are saved under var/screenshots/."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from dispatcher.store.db import ensure_schema, make_engine
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.wiring import Runtime
-from tests.e2e.test_console_browser import CHROMIUM_FLAGS, _chromium
 from tests.integration.test_report_known_answers import NOW, build_history
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,18 +45,9 @@ def history(tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-async def page() -> AsyncIterator[Any]:
-    executable = _chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 900})
-            context.set_default_timeout(10_000)
-            yield await context.new_page()
-        finally:
-            await browser.close()
+def page_viewport() -> dict[str, int]:
+    """Room for the dashboard's charts (the `page` fixture is in tests/e2e/conftest.py)."""
+    return {"width": 1280, "height": 900}
 
 
 async def test_the_html_report_renders_offline_with_its_charts(

@@ -94,7 +94,7 @@ async def test_pages_need_a_session_and_the_right_password(console: Console) -> 
     assert r.status_code == 400
     # an open redirect is not possible: only our own pages are followed after sign-in
     r = await post_sign_in(c, "agent7", PASSWORD, next="//evil.example/x")
-    assert r.headers["location"] == "/ui/cases"
+    assert r.headers["location"] == "/ui/queue"  # a collector's start page
     c.cookies.clear()
     c.cookies.set(SESSION_COOKIE, "forged-session-secret", domain="d.example", path="/ui")
     assert (await c.get("/ui/cases/A1")).status_code == 303
@@ -130,7 +130,7 @@ async def test_case_page_states_the_outstanding_amount_and_local_days_past_due(
     clock.set(dt.datetime(2026, 12, 7, 0, 30, tzinfo=SHANGHAI))  # still the 6th in UTC
     page = (await c.get("/ui/cases/A1")).text
     assert 'id="outstanding">9325.00<' in page and 'id="paid-total">1000.00<' in page
-    assert 'id="days-past-due">30<' in page and "days past due (Asia/Shanghai)" in page
+    assert 'id="days-past-due">30<' in page and "Days past due (Asia/Shanghai)" in page
 
 
 async def test_one_off_through_the_gate_and_its_refusal(console: Console,
@@ -180,15 +180,40 @@ async def test_holds_placed_and_released_from_the_page(console: Console) -> None
                                                  "note": "called back", "csrf": csrf})
     page = (await c.get(r.headers["location"])).text
     # the date is the debtor's (A1 is in Shanghai): the hold ends at 00:00 there (SPEC 11)
-    assert "Hold collector_hold placed." in page and "2026-12-20T00:00:00+08:00" in page and "lead.li" in page
+    assert "Hold collector_hold placed." in page and "2026-12-20 00:00 +08:00" in page and "lead.li" in page
     assert "<code>collector_hold</code>" in page  # every channel's decision says why it waits
     r = await c.post("/ui/cases/A1/holds", data={"reason": "payment_claimed", "csrf": csrf})
     assert "Choose a hold reason" in (await c.get(r.headers["location"])).text
     r = await c.post("/ui/cases/A1/holds", data={"reason": "legal_hold", "until": "2026-01-01", "csrf": csrf})
     assert "in the future" in (await c.get(r.headers["location"])).text
+    # releasing asks first: the first POST changes nothing
     r = await c.post("/ui/cases/A1/holds/release", data={"reason": "collector_hold", "csrf": csrf})
+    assert r.status_code == 200 and 'id="confirm-release"' in r.text and "collector_hold" in r.text
+    assert "<code>collector_hold</code>" in (await c.get("/ui/cases/A1")).text
+    r = await c.post("/ui/cases/A1/holds/release", data={"reason": "collector_hold", "csrf": csrf, "confirm": "yes"})
     page = (await c.get(r.headers["location"])).text
     assert "Released 1 hold(s)." in page and 'id="no-holds"' in page
+
+
+async def test_a_collector_cannot_release_legal_or_cease_communication_holds(console: Console,
+                                                                           engine: Engine) -> None:
+    c = console.client
+    await sign_in(c, "lead.li")
+    csrf = csrf_of((await c.get("/ui/cases/A1")).text)
+    for reason in ("legal_hold", "cease_communication", "collector_hold"):
+        await c.post("/ui/cases/A1/holds", data={"reason": reason, "csrf": csrf})
+    r = await c.post("/ui/cases/A1/holds/release", data={"reason": "legal_hold", "csrf": csrf})
+    assert "Only compliance may release a legal_hold hold." in (await c.get(r.headers["location"])).text
+    r = await c.post("/ui/cases/A1/holds/release", data={"reason": "", "csrf": csrf, "confirm": "yes"})  # all
+    assert "Released 1 hold(s)." in (await c.get(r.headers["location"])).text
+    with engine.connect() as conn:
+        held = set(conn.execute(select(holds_t.c.reason).where(holds_t.c.released_at.is_(None))).scalars())
+    assert held == {"legal_hold", "cease_communication"}
+    console.add("合规张", Role.COMPLIANCE)
+    await sign_in(c, "合规张")
+    csrf = csrf_of((await c.get("/ui/cases/A1")).text)
+    r = await c.post("/ui/cases/A1/holds/release", data={"reason": "", "csrf": csrf, "confirm": "yes"})
+    assert "Released 2 hold(s)." in (await c.get(r.headers["location"])).text
 
 
 async def test_find_a_case(console: Console) -> None:

@@ -165,10 +165,21 @@ async def test_every_form_needs_its_csrf_token(world: tuple[WebApp, FakeClock, C
         page = (await c.get("/ui/cases/A1")).text
         # every POST form on the page carries the token
         forms = re.findall(r'<form[^>]*method="post" action="([^"]+)"[^>]*>(.*?)</form>', page, flags=re.S)
-        assert {action for action, _ in forms} == {"/ui/logout", "/ui/cases/A1/messages", "/ui/cases/A1/holds"}
+        assert {action for action, _ in forms} == {"/ui/logout", "/ui/locale", "/ui/cases/A1/contacts/reveal",
+                                                   "/ui/cases/A1/holds", "/ui/cases/A1/payments",
+                                                   "/ui/cases/A1/promises", "/ui/cases/A1/notes"}
         assert all('name="csrf"' in body for _, body in forms)
+        # a one-off is sent from its preview page, whose form carries the token too
+        preview = (await c.get("/ui/cases/A1/preview", params={"channel": "sms"})).text
+        sends = re.findall(r'<form[^>]*method="post" action="([^"]+)"[^>]*>(.*?)</form>', preview, flags=re.S)
+        assert ("/ui/cases/A1/messages" in {a for a, _ in sends}) and all('name="csrf"' in b for _, b in sends)
         for path, data in [("/ui/cases/A1/messages", {"channel": "sms"}), ("/ui/cases/A1/holds",
-                           {"reason": "legal_hold"}), ("/ui/cases/A1/holds/release", {}), ("/ui/logout", {})]:
+                           {"reason": "legal_hold"}), ("/ui/cases/A1/holds/release", {}), ("/ui/logout", {}),
+                           ("/ui/cases/A1/contacts/reveal", {"channel": "sms"}), ("/ui/locale", {"locale": "zh-CN"}),
+                           ("/ui/cases/A1/payments", {"amount": "10"}),
+                           ("/ui/cases/A1/promises", {"date": "2026-12-10"}),
+                           ("/ui/cases/A1/notes", {"text": "x"}), ("/ui/tasks/1/claim", {}),
+                           ("/ui/tasks/1/done", {"note": "x"})]:
             for token in (None, "forged", csrf_of(login.text)):
                 fields = data if token is None else {**data, "csrf": token}
                 r = await c.post(path, data=fields)
@@ -177,6 +188,8 @@ async def test_every_form_needs_its_csrf_token(world: tuple[WebApp, FakeClock, C
     with engine.connect() as conn:
         assert conn.execute(select(messages_t)).first() is None
         assert conn.execute(select(holds_t)).first() is None
+        assert conn.execute(select(events_t).where(events_t.c.kind.in_(
+            ["contact_revealed", "payment_recorded", "note_added", "task_claimed", "task_done"]))).first() is None
 
 
 async def test_disabling_a_user_or_changing_the_password_ends_the_session_at_once(
@@ -253,7 +266,7 @@ async def test_names_in_any_script_are_one_person_whatever_their_form(
     async with browser(app) as c:
         assert (await post_sign_in(c, "王小明", PASSWORD)).status_code == 303
         csrf = csrf_of((await c.get("/ui/cases/A1")).text)
-        await c.post("/ui/cases/A1/holds/release", data={"reason": "collector_hold", "csrf": csrf})
+        await c.post("/ui/cases/A1/holds/release", data={"reason": "collector_hold", "csrf": csrf, "confirm": "yes"})
     with engine.connect() as conn:
         hold = conn.execute(select(holds_t)).one()
     assert (hold.placed_by, hold.released_by) == ("Zoë Ng", "王小明")  # stored NFC, as the user was added

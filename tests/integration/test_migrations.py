@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0007"
+HEAD = "0009"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -39,9 +39,16 @@ def empty_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_pg_url")
 
 
+def _not_search_index(name: str | None, type_: str, parent: object) -> bool:
+    # the PostgreSQL-only search indexes (expressions, trigrams) are the migration's, not
+    # the tables' (see 0007_tasks); test_search_indexes_exist_on_postgres checks them
+    return not (type_ == "index" and (name or "").startswith("ix_search_"))
+
+
 def _diffs(engine: Engine) -> list[object]:
     with engine.connect() as conn:
-        return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": _not_search_index})
+        return compare_metadata(context, SQLModel.metadata)
 
 
 def test_migrated_schema_equals_the_tables(empty_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,6 +124,8 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0002_dedupe_keys.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0003_messages_to_index.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0004_users.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0007_tasks.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0008_user_locale.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
 
 
@@ -226,5 +235,22 @@ def test_sms_segments_are_backfilled_from_the_stored_bodies(empty_url: str) -> N
             segments = dict(conn.execute(sa.text("SELECT idempotency_key, segments FROM messages")).all())
         # GSM-7 fits one; 80 Chinese characters are UCS-2: 67 per part, 2 parts
         assert segments == {"sms-short": 1, "sms-long": 2, "email-1": None}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_search_indexes_exist_on_postgres(fresh_pg_url: str) -> None:
+    """0007 builds the search indexes on PostgreSQL, the name's with pg_trgm."""
+    engine = make_engine(fresh_pg_url)
+    try:
+        ensure_schema(engine)
+        with engine.connect() as conn:
+            names = set(conn.exec_driver_sql(
+                "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'ix_search_%%'").scalars())
+            trgm = conn.exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'").scalar()
+        assert names == {"ix_search_cases_id", "ix_search_cases_name", "ix_search_contacts_last4",
+                         "ix_search_contacts_email"}
+        assert trgm == 1
     finally:
         engine.dispose()

@@ -211,3 +211,48 @@ def test_wilson_interval_and_chi_squared_against_independent_values(report: Any)
     data = experiment.as_json()
     assert data["p_value"] == 0.02846
     assert (data["leader"], data["significant"]) == ("sms/dpd30/a", True)
+
+
+def test_a_case_counts_once_among_a_stages_opt_outs(engine: Engine, config: Config) -> None:
+    """`opted_out` events are one per channel and per change: a revocation about calls
+    ("stop calling") records SMS and voice at once, and a keyword followed days later by a
+    revocation phrase or an e-mail unsubscribe records more. The stage counts cases.
+
+    Early stage, cn: E2 opted out of SMS on 11-06 (the history), then of voice in the same
+    revocation and of e-mail on 11-08 -> one case; E3 sent STOP on 11-15 and "不要再打"
+    on 11-22 (SMS and voice again: the flag had been set back by a collector between) -> one
+    case; E5, closed in October and in no cohort, opted out on 11-12 -> not counted.
+    dpd30, cn: E2 opted out of voice once more on 11-30, its first day in dpd30 -> 1 there."""
+    build_history(engine)
+    with engine.begin() as conn:
+        insert_events(conn, [
+            event_values("opted_out", at(11, 6), case_id="E2", channel="voice", phrase="stop calling"),
+            event_values("opted_out", at(11, 8), case_id="E2", channel="email", source="unsubscribe"),
+            event_values("opted_out", at(11, 15), case_id="E3", channel="sms", source="sms"),
+            event_values("opted_in", at(11, 18), case_id="E3", channel="sms", source="collector"),
+            event_values("opted_out", at(11, 22), case_id="E3", channel="sms", phrase="不要再打"),
+            event_values("opted_out", at(11, 22), case_id="E3", channel="voice", phrase="不要再打"),
+            event_values("opted_out", at(11, 12), case_id="E5", channel="email", source="unsubscribe"),
+            event_values("opted_out", at(11, 30, 9), case_id="E2", channel="voice", source="ivr"),
+        ])
+    report = build_report(engine, config, NOW, since=dt.date(2026, 11, 1), until=dt.date(2026, 11, 30))
+    assert _row(report, "early", "cn").opt_outs == 2
+    assert _row(report, "dpd30", "cn").opt_outs == 1
+    assert _row(report, "pre_due", "cn").opt_outs == 0
+
+
+def test_balances_are_exact_sums_per_jurisdiction_and_currency(engine: Engine, config: Config) -> None:
+    """cn: E1..E5 owe 1000 + 500 + 300 + 2000 + 700 = 4500.00, have paid 1000 + 100 + 500 +
+    700 = 2300.00; outstanding 0 + 400 + 300 + 1500 + 0 = 2200.00; E1 and E5 are paid
+    (closed): 3 open. O1 (cn, 0.10 due, 0.30 paid: overpaid) adds 0.10 and 0.30 and no
+    outstanding. us: the experiment's 40 cases, 100.00 each, nothing recorded as paid."""
+    build_history(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(cases_t), [_case("O1", dt.date(2026, 10, 31), "0.10", paid="0.30")])
+    report = build_report(engine, config, NOW, since=dt.date(2026, 11, 1), until=dt.date(2026, 11, 30))
+    assert [b.as_json() for b in report.balances] == [
+        {"jurisdiction": "cn", "currency": "CNY", "cases": 6, "open_cases": 4, "amount_due": "4500.10",
+         "paid_total": "2300.30", "outstanding": "2200.00"},
+        {"jurisdiction": "us", "currency": "USD", "cases": 40, "open_cases": 40, "amount_due": "4000.00",
+         "paid_total": "0.00", "outstanding": "4000.00"},
+    ]

@@ -32,7 +32,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.store.repository import ImportedCase
 from dispatcher.store.snapshots import get_snapshot
-from dispatcher.store.tables import contacts_t, events_t, holds_t, messages_t
+from dispatcher.store.tables import contacts_t, events_t, holds_t, messages_t, tasks_t
 from dispatcher.web.app import create_app
 from dispatcher.web.security import bounce_signature
 from dispatcher.wiring import Runtime
@@ -1000,3 +1000,60 @@ def test_blocking_api_under_concurrent_callbacks(engine: Engine, config: Config,
     assert set(final.values()) == {"read"}
     assert sum(o.result == "applied" for o in outcomes) == received
     assert len(ids) <= received <= 3 * len(ids)  # one event per upward move, none for the rest
+
+
+def task_rows(engine: Engine, kind: str | None = None) -> list[Any]:
+    query = select(tasks_t).order_by(tasks_t.c.id)
+    if kind:
+        query = query.where(tasks_t.c.kind == kind)
+    with engine.connect() as conn:
+        return list(conn.execute(query))
+
+
+# ------------------------------------------------------- collector tasks (services.tasks)
+
+
+@pytest.mark.parametrize("body, kind, cases", [
+    ("PAID", "verify_payment_claim", ["us-1"]),
+    ("DISPUTE", "review_dispute", ["us-1"]),
+    ("I lost my job, can I pay next month?", "read_reply", ["us-1"]),
+    ("please stop texting me", "review_revocation", ["us-1"]),
+])
+async def test_each_sms_source_opens_one_task_even_when_redelivered(world: World, body: str, kind: str,
+                                                                    cases: list[str]) -> None:
+    for _ in range(3):  # Twilio retries: the same MessageSid
+        assert (await world.inbound("SMtask1", body, sender=US_PHONE)).status_code == 200
+    rows = task_rows(world.engine)
+    assert [(r.case_id, r.kind, r.state, r.source) for r in rows] == [(c, kind, "open", "sms:SMtask1") for c in cases]
+    assert rows[0].detail == body
+    # the timeline keeps its event, with the task's id
+    (event,) = [e for e in world.events("collector_task")]
+    assert json.loads(event.data)["task"] == kind and json.loads(event.data)["task_id"] == rows[0].id
+    # another message is another task
+    await world.inbound("SMtask2", body, sender=US_PHONE)
+    assert len(task_rows(world.engine)) == 2
+
+
+async def test_a_reply_from_a_number_shared_by_two_cases_opens_a_task_on_each(world: World) -> None:
+    await world.inbound("SMtask3", "PAID", sender=CN_PHONE)
+    assert sorted(r.case_id for r in task_rows(world.engine, "verify_payment_claim")) == ["cn-1", "cn-2"]
+
+
+async def test_keywords_open_no_task(world: World) -> None:
+    for sid, word in (("SMk1", "HELP"), ("SMk2", "STOP"), ("SMk3", "START")):
+        await world.inbound(sid, word, sender=US_PHONE)
+    assert task_rows(world.engine) == []
+
+
+async def test_ivr_option_3_outside_hours_asks_for_a_call_back_once(world: World) -> None:
+    await gather(world, "identity", "1")
+    await gather(world, "options", "3")  # Mon 10:00 in Shanghai: connected, no task
+    assert task_rows(world.engine) == []
+    world.clock.set(dt.datetime(2026, 12, 7, 14, 0, tzinfo=dt.UTC))  # 22:00 in Shanghai
+    for _ in range(2):  # the caller presses 3 again: one task per call
+        r = await gather(world, "options", "3")
+        assert "<Dial" not in r.text
+    (task,) = task_rows(world.engine)
+    assert (task.case_id, task.kind, task.source) == ("cn-1", "call_back", f"ivr:{world.voice_id}")
+    # 4 hours by default
+    assert task.due_at == world.clock.now() + dt.timedelta(hours=4)

@@ -29,7 +29,7 @@ from dispatcher.domain import Case, MessageStatus
 from dispatcher.policy.replies import map_provider_status, status_rank
 from dispatcher.store import repository as repo
 from dispatcher.store.repository import ImportedCase
-from dispatcher.store.tables import dedupe_keys_t, events_t, holds_t, messages_t
+from dispatcher.store.tables import dedupe_keys_t, events_t, holds_t, messages_t, tasks_t
 
 try:  # httpcore imports sniffio on every request; when it is absent, cache the miss
     import sniffio  # noqa: F401
@@ -297,7 +297,10 @@ async def test_storm_of_duplicated_inbound_sms_and_ivr_steps_takes_effect_once(
         assert count(events_t, e.kind == "opted_out") == kinds["opt_out"]
         assert count(holds_t, h.reason == "payment_claimed") == kinds["paid"]
         assert count(holds_t, h.reason == "dispute_hold") == kinds["dispute"]
-        assert count(events_t, e.kind == "collector_task") == kinds["paid"] + kinds["dispute"]
+        # one task per case and message: PAID, DISPUTE and free text (read_reply) open one each
+        opened = kinds["paid"] + kinds["dispute"] + kinds["free_text"]
+        assert count(events_t, e.kind == "collector_task") == opened
+        assert count(tasks_t) == opened
         assert count(holds_t, h.reason == "promise_to_pay") == calls
         replies = conn.execute(select(m.template_id, func.count()).where(m.kind == "system")
                                .group_by(m.template_id)).all()

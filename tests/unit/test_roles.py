@@ -15,6 +15,7 @@ from dispatcher.roles import (
     name_key,
     normalise_name,
     parse_roles,
+    release_permission,
 )
 
 
@@ -22,12 +23,24 @@ def test_the_permission_table_of_spec_14() -> None:
     def can(role: Role) -> set[str]:
         return {p.value for p in ROLE_PERMISSIONS[role]}
 
-    assert can(Role.COLLECTOR) == {"cases.read", "cases.write", "holds.place", "holds.release", "tasks.work"}
+    assert can(Role.COLLECTOR) == {"cases.read", "cases.write", "holds.place", "holds.release", "tasks.work",
+                                   "contacts.reveal"}  # only collectors may see a full number
     assert can(Role.AUTHOR) == {"templates.read", "templates.draft"}
     assert can(Role.COMPLIANCE) == {"cases.read", "templates.read", "metrics.read", "reports.read",
-                                    "templates.approve", "holds.place", "holds.release"}
+                                    "templates.approve", "holds.place", "holds.release", "holds.release_protected"}
     assert can(Role.ADMIN) == {"users.manage"}
     assert can(Role.OPS) == {"cases.read", "templates.read", "metrics.read", "reports.read"}
+
+
+def test_legal_and_cease_communication_holds_are_released_by_compliance_only() -> None:
+    collector = Principal("agent7", frozenset({Role.COLLECTOR}), 1)
+    compliance = Principal("合规张", frozenset({Role.COMPLIANCE}), 2)
+    for reason in ("legal_hold", "cease_communication"):
+        assert release_permission(reason) is Permission.HOLDS_RELEASE_PROTECTED
+        assert not collector.can(release_permission(reason)) and compliance.can(release_permission(reason))
+    for reason in ("collector_hold", "payment_claimed", "promise_to_pay", "dispute_hold"):
+        assert release_permission(reason) is Permission.HOLDS_RELEASE
+        assert collector.can(release_permission(reason))
 
 
 def test_roles_add_up_and_the_bootstrap_credential_cannot_approve() -> None:

@@ -5,8 +5,9 @@ The rules are in `policy.replies.classify_reply`; this module applies them, once
 (`store.dedupe`) and applies everything else only if the claim is new, so a duplicate
 delivery, even a concurrent one, changes nothing. Every case with the sending number
 gets the reply event; STOP / START opt the number out of / back into SMS; PAID and
-DISPUTE place holds and collector tasks. The automatic reply (confirmation or HELP)
-is queued with the idempotency key `reply:<MessageSid>`.
+DISPUTE place holds and open collector tasks (`verify_payment_claim`, `review_dispute`),
+free text opens a `read_reply` task (`services.tasks`, one per case and MessageSid).
+The automatic reply (confirmation or HELP) is queued with the idempotency key `reply:<MessageSid>`.
 
 Free text with a revocation phrase in it (`policy.revocation`, SPEC section 13: "please
 stop texting", "不要再打电话") opts the number out at once: of SMS, and of voice too when
@@ -34,6 +35,7 @@ from dispatcher.policy.replies import ReplyIntent, classify_reply
 from dispatcher.policy.revocation import Revocation, find_revocation
 from dispatcher.services.receipts.actors import ACTOR_SMS
 from dispatcher.services.receipts.replies import AutoReplies
+from dispatcher.services.tasks import TaskKind, open_task
 from dispatcher.store import repository
 from dispatcher.store.dedupe import INBOUND_SMS, claim, dedupe_key
 from dispatcher.store.events import EventKind, record_event
@@ -119,13 +121,17 @@ class InboundSms:
             for case_id in case_ids:
                 repository.place_hold(conn, case_id, Reason.PAYMENT_CLAIMED, until, ACTOR_SMS, now,
                                       note=f"sms {sid}")
-                record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, actor=ACTOR_SMS,
-                             task="verify_payment_claim", sid=sid, text=text_kept)
+                open_task(conn, self.config, case_id, TaskKind.VERIFY_PAYMENT_CLAIM, now, source=f"sms:{sid}",
+                          detail=text_kept, actor=ACTOR_SMS, sid=sid, text=text_kept)
         elif intent is ReplyIntent.DISPUTE:
             for case_id in case_ids:
                 repository.place_hold(conn, case_id, Reason.DISPUTE_HOLD, None, ACTOR_SMS, now, note=f"sms {sid}")
-                record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, actor=ACTOR_SMS,
-                             task="review_dispute", sid=sid, text=text_kept)
+                open_task(conn, self.config, case_id, TaskKind.REVIEW_DISPUTE, now, source=f"sms:{sid}",
+                          detail=text_kept, actor=ACTOR_SMS, sid=sid, text=text_kept)
+        elif intent is ReplyIntent.FREE_TEXT:
+            for case_id in case_ids:  # a person reads it and answers or records what it says
+                open_task(conn, self.config, case_id, TaskKind.READ_REPLY, now, source=f"sms:{sid}",
+                          detail=text_kept, actor=ACTOR_SMS, sid=sid, text=text_kept)
 
         answer = _ANSWERS.get(intent)
         if answer is None or not case_ids or not number:
@@ -149,9 +155,9 @@ class InboundSms:
             for channel in channels:
                 repository.set_opt_out(conn, channel, number, True, now, source=ACTOR_SMS, **why)
         for case_id in case_ids:
-            record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, actor=ACTOR_SMS,
-                         task="review_revocation", sid=sid, text=text, phrase=revocation.phrase,
-                         channels=[ch.value for ch in channels])
+            open_task(conn, self.config, case_id, TaskKind.REVIEW_REVOCATION, now, source=f"sms:{sid}",
+                      detail=text, actor=ACTOR_SMS, sid=sid, text=text, phrase=revocation.phrase,
+                      channels=[ch.value for ch in channels])
         if not case_ids or not still_in:
             return None
         answer = reply_templates.OPT_OUT_CALLS if revocation.about_calls else reply_templates.OPT_OUT

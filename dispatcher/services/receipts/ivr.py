@@ -34,6 +34,7 @@ from dispatcher.policy.zones import local_date, primary_zone, start_of_local_day
 from dispatcher.services.links import link_url, links_base_url, mint
 from dispatcher.services.receipts.actors import ACTOR_IVR
 from dispatcher.services.receipts.replies import AutoReplies
+from dispatcher.services.tasks import TaskKind, open_task
 from dispatcher.store import repository
 from dispatcher.store.dedupe import IVR_IDENTITY, IVR_PROMISE, claim, dedupe_key
 from dispatcher.store.events import EventKind, record_event
@@ -236,6 +237,15 @@ class IvrActions:
         now = self.clock.now()
         with self.engine.begin() as conn:
             repository.set_opt_out(conn, Channel.VOICE, ctx.to_address, True, now, source=ACTOR_IVR)
+
+    def request_call_back(self, ctx: CallContext) -> int | None:
+        """Option 3 outside the agents' hours: a `call_back` task for a collector (once
+        per call). Returns the new task's id, None when this call opened one already."""
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            return open_task(conn, self.config, ctx.case_id, TaskKind.CALL_BACK, now,
+                             source=f"ivr:{ctx.message_id}", actor=ACTOR_IVR, message_id=ctx.message_id,
+                             detail="asked for an agent on the call outside the agents' hours")
 
     def agent_available(self, ctx: CallContext) -> bool:
         """Option 3 connects only inside the profile's contact window."""

@@ -2,7 +2,7 @@
 
 Run by the daemon after each planning pass (and by `dispatcher plan`). A promise kept
 (a payment came in since it was made) is released silently; a broken one is released
-with a `promise_broken` event and the hold's note `repository.BROKEN_PROMISE_NOTE`, which
+with a `promise_broken` event, a `broken_promise` task, and the hold's note `repository.BROKEN_PROMISE_NOTE`, which
 the snapshot reads: contact resumes with the next stage's firmer wording until a
 payment is recorded.
 """
@@ -15,9 +15,11 @@ import logging
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
+from dispatcher.config import Config
 from dispatcher.domain import Reason
 from dispatcher.policy.replies import promise_broken
 from dispatcher.services.receipts.actors import ACTOR_SYSTEM
+from dispatcher.services.tasks import TaskKind, open_task
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, record_event
 from dispatcher.store.tables import holds_t, payments_t
@@ -25,12 +27,13 @@ from dispatcher.store.tables import holds_t, payments_t
 log = logging.getLogger("dispatcher.receipts")
 
 
-def resume_broken_promises(engine: Engine, now: dt.datetime) -> int:
+def resume_broken_promises(engine: Engine, now: dt.datetime, config: Config | None = None) -> int:
     """Release every `promise_to_pay` hold whose date has passed: with a
     `promise_broken` event when no payment was recorded since it was placed (contact
     resumes, and the next templates can be firmer), silently when one was. Returns the
-    number of broken promises. Safe to run on several instances at once: each hold is
-    released by one conditional update."""
+    number of broken promises, each of which also opens a `broken_promise` task (SLA
+    from `config`, the defaults without one). Safe to run on several instances at once:
+    each hold is released by one conditional update."""
     h = holds_t.c
     paid_since = (
         select(func.count())
@@ -63,6 +66,9 @@ def resume_broken_promises(engine: Engine, now: dt.datetime) -> int:
             if is_broken:
                 record_event(conn, EventKind.PROMISE_BROKEN, now, case_id=hold.case_id, actor=ACTOR_SYSTEM,
                              hold_id=hold.id, promised_by=hold.until.isoformat())
+                open_task(conn, config, hold.case_id, TaskKind.BROKEN_PROMISE, now, source=f"hold:{hold.id}",
+                          actor=ACTOR_SYSTEM, hold_id=hold.id,
+                          detail=f"no payment by the promised {hold.until.isoformat()}")
                 broken += 1
     if broken:
         log.info("resumed contact on %d broken promise(s) to pay", broken)

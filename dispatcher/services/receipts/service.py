@@ -108,6 +108,10 @@ class Receipts:
         """Option 3: whether an agent may be connected now."""
         return self._ivr.agent_available(ctx)
 
+    def request_call_back(self, ctx: CallContext) -> int | None:
+        """Option 3 outside the agents' hours: a `call_back` task (once per call)."""
+        return self._ivr.request_call_back(ctx)
+
     # -- inbound SMS ---------------------------------------------------------------
 
     def inbound_sms(self, sid: str, from_number: str, body: str) -> InboundOutcome:
