@@ -28,10 +28,11 @@ from dispatcher.store.tables import plans_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.wiring import Runtime
-from tests.e2e.test_console_browser import CHROMIUM_FLAGS, SCREENSHOTS, _chromium
+from tests.e2e.conftest import CHROMIUM_FLAGS, chromium_executable
 from tests.integration.test_webhooks import CN_EMAIL, CN_PHONE, US_PHONE, add_message, imported
 
 ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "var" / "screenshots"
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 PHONE = {"width": 390, "height": 844}
 
@@ -66,7 +67,7 @@ def served(tmp_path: Path, config: Config) -> Iterator[tuple[str, Engine, FakeCl
 
 @pytest.fixture
 async def phone_page() -> AsyncIterator[Any]:
-    executable = _chromium()
+    executable = chromium_executable()
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
