@@ -17,7 +17,9 @@ Invalidation — read this before adding a new source of events:
   nothing more**, as long as it is recorded through `store.events` in the transaction
   that changes the case. Only a write that changes what the planner reads *without*
   an event must call `invalidate` itself (the status hot path's hand-written SQL does,
-  with `INVALIDATE_SQL`; so does `ivr.settle_conversation`).
+  with `INVALIDATE_SQL`; so does `ivr.settle_conversation`). The planner's own writes
+  for the batch it plans (its messages, escalations and their tasks) run inside
+  `planner_writes`, which exempts those cases: it computes their instants knowing them.
 - `invalidate_all(conn, reason, now)` is for what changes every decision at once: the
   configuration, a template approval. It costs one row: it bumps the configuration
   epoch, and each partition planned at an older epoch is evaluated whole at its next
