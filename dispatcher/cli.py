@@ -458,6 +458,7 @@ def run_cmd(
         catalog=runtime.templates.approved_catalog,
         after_plan=after_planning(runtime.config),
         repair=StatusRepair(runtime.engine, runtime.config, runtime.clock, channels),
+        instance_id=runtime.settings.instance_id,
     )
     web = runtime.web()
 

@@ -320,6 +320,13 @@ class Scheduler(_Model):
     reconcile_every_seconds: PositiveInt = 60
     retention_every_seconds: PositiveInt = 86400
     repair_every_seconds: PositiveInt = 300
+    #: a planning instance that stops renewing its partition's lease for this long is
+    #: taken as dead, and another instance carries on with the partition (PostgreSQL)
+    plan_lease_seconds: PositiveInt = 60
+    #: cases per planning batch (one transaction: their messages and next instants)
+    plan_batch: PositiveInt = 2000
+    #: rows the retention job deletes per transaction (the planner is never blocked long)
+    retention_batch: PositiveInt = 5000
 
 
 class Receipts(_Model):

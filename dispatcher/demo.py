@@ -35,7 +35,7 @@ from dispatcher.clock import Clock, SharedClock
 from dispatcher.config import Config
 from dispatcher.demo_plans import open_links, plan_counts, seed_plans
 from dispatcher.logs import log_to_file
-from dispatcher.services.planner import run_planner
+from dispatcher.services.planner import IncrementalPlanner
 from dispatcher.services.portfolio import REALISTIC_DPD_BUCKETS, generate_cases, write_csv
 from dispatcher.settings import Settings
 from dispatcher.wiring import Runtime
@@ -313,6 +313,7 @@ async def _simulate(ticks: list[dt.datetime], runtime: Runtime, sandbox: Any, rn
     engine, gate, clock = runtime.engine, runtime.gate, runtime.clock
     assert isinstance(clock, SharedClock)  # the driver moves it; the sandbox and the web process read it
     catalog = runtime.templates.approved_catalog()
+    planner = IncrementalPlanner(engine, gate, instance_id="demo")  # evaluates what changed, tick by tick
     channels = runtime.channels()
     sender = runtime.sender(channels)
     inbound_url = f"{runtime.settings.public_url}/twilio/sms/inbound"
@@ -325,7 +326,7 @@ async def _simulate(ticks: list[dt.datetime], runtime: Runtime, sandbox: Any, rn
                 clock.set(instant)
                 t0 = time.perf_counter()
                 await asyncio.to_thread(after_planning(runtime.config), engine, instant)
-                summary = await asyncio.to_thread(run_planner, engine, gate, catalog, instant)
+                summary = await asyncio.to_thread(planner.run, catalog, instant)
                 result.timings["plan"] = result.timings.get("plan", 0.0) + time.perf_counter() - t0
                 if summary is not None:
                     result.decisions.update(summary.by_reason)

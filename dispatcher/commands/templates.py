@@ -75,6 +75,7 @@ def templates_approve(
     by: Annotated[str, typer.Option("--by", help="the approver (audited)")],
 ) -> None:
     """Record approval of the template's current content (all its locales)."""
+    from dispatcher.store.plan_state import invalidate_all
     from dispatcher.store.tables import TemplateApprovalRow
     from dispatcher.templates import ApprovalError, approve
     from dispatcher.templates.approval import ApprovalUsageError
@@ -105,5 +106,7 @@ def templates_approve(
                 for a in approvals
             ],
         )
+        # every case's choice of template may change: the planner looks at all of them again
+        invalidate_all(conn, f"template {template_id} approved by {by}", runtime.clock.now())
     for a in approvals:
         print(f"approved {a.path} sha256 {a.sha256[:12]} by {a.approved_by}")

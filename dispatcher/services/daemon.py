@@ -27,9 +27,7 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
 from dispatcher.clock import Clock
 from dispatcher.config import Config
@@ -37,10 +35,10 @@ from dispatcher.domain import Channel
 from dispatcher.policy import Gate
 from dispatcher.services.calendar_notice import warn_estimated
 from dispatcher.services.outbox import Sender
-from dispatcher.services.planner import run_planner
+from dispatcher.services.planner import IncrementalPlanner
 from dispatcher.services.repair import StatusRepair
 from dispatcher.store.outage import survives_outage
-from dispatcher.store.tables import EventRow, MessageRow, dedupe_keys_t, idempotency_keys_t, link_tokens_t, messages_t
+from dispatcher.store.retention import purge_older_than
 
 log = logging.getLogger("dispatcher.daemon")
 
@@ -65,6 +63,9 @@ class DaemonJobs:
     catalog: Callable[[], Mapping[tuple[Channel, str, str], Sequence[str]]]
     after_plan: Callable[[Engine, dt.datetime], Any] | None = None  # e.g. resume broken promises
     repair: StatusRepair | None = None  # the status repair job (lost callbacks)
+    instance_id: str | None = None  # names this instance's partition leases
+    #: the incremental planner, made at the first plan (kept: it adopts orphan cases once)
+    planner: IncrementalPlanner | None = None
     #: the jobs' work running now, by job name: one run of each at a time
     running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -123,13 +124,14 @@ class DaemonJobs:
         now = self.clock.now()
         if self.after_plan is not None:
             await asyncio.to_thread(self.after_plan, self.engine, now)
-        summary = await asyncio.to_thread(run_planner, self.engine, self.gate, self.catalog(), now)
+        if self.planner is None:
+            cfg = self.config.scheduler
+            self.planner = IncrementalPlanner(self.engine, self.gate, instance_id=self.instance_id,
+                                              lease_seconds=cfg.plan_lease_seconds, batch_size=cfg.plan_batch)
+        summary = await asyncio.to_thread(self.planner.run, self.catalog(), now)
         warn_estimated(self.config)  # once per profile and year (SPEC 12); logged to stderr
-        if summary is None:
-            log.info("plan: another instance holds the planner lock; skipped")
-        else:
-            log.info("plan: queued %d, deferred %d, escalated %d", summary.queued, summary.deferred,
-                     summary.escalated)
+        log.info("plan: evaluated %d case(s) in %d partition(s), queued %d, deferred %d, escalated %d",
+                 summary.evaluated, summary.partitions, summary.queued, summary.deferred, summary.escalated)
 
     @survives_outage
     async def _send(self) -> None:
@@ -152,10 +154,14 @@ class DaemonJobs:
 
     @survives_outage
     async def _retention(self) -> None:
-        """Delete communication records older than the archive period (default 5 years)."""
+        """Delete communication records older than the archive period (default 5 years),
+        `[scheduler] retention_batch` rows per transaction: each short transaction locks
+        only its own rows, so the planner and the sender are never held up behind one
+        large delete."""
         cutoff = self.clock.now() - dt.timedelta(days=365 * self.config.retention.years + 1)
-
-        messages, events = await asyncio.to_thread(purge_before, self.engine, cutoff, self.clock.now())
+        messages, events = await asyncio.to_thread(
+            purge_older_than, self.engine, cutoff, self.clock.now(), batch=self.config.scheduler.retention_batch,
+            stop=lambda: self.sender.stopping)
         if messages or events:
             log.info("retention: removed %d messages and %d events older than %s", messages, events,
                      cutoff.date())
@@ -164,17 +170,9 @@ class DaemonJobs:
 def purge_before(engine: Engine, cutoff: dt.datetime, now: dt.datetime | None = None) -> tuple[int, int]:
     """Delete the messages and events older than `cutoff` (with the payment-link tokens
     of those messages, and the dedupe keys), and the API's stored idempotent answers
-    expired at `now`; the numbers of messages and events deleted."""
-    with engine.begin() as conn:
-        old = select(messages_t.c.id).where(messages_t.c.created_at < cutoff)
-        conn.execute(delete(link_tokens_t).where(link_tokens_t.c.message_id.in_(old)))
-        m = conn.execute(delete(MessageRow).where(col(MessageRow.created_at) < cutoff)).rowcount
-        e = conn.execute(delete(EventRow).where(col(EventRow.at) < cutoff)).rowcount
-        # a webhook step's key outlives no provider's retries, but lives as long as its events
-        conn.execute(delete(dedupe_keys_t).where(dedupe_keys_t.c.at < cutoff))
-        if now is not None:  # replayed for 24 hours only (web.idempotency)
-            conn.execute(delete(idempotency_keys_t).where(idempotency_keys_t.c.expires_at < now))
-    return m, e
+    expired at `now`; the numbers of messages and events deleted. In small transactions:
+    `store.retention.purge_older_than`."""
+    return purge_older_than(engine, cutoff, now)
 
 
 def _report_startup(task: asyncio.Task[None]) -> None:

@@ -6,6 +6,12 @@ The one place that builds and inserts event rows. Every writer goes through it:
 path, whose hand-written SQL inserts its `status_received` row itself. The data column
 is JSON text with sorted keys; nothing reads it back by pattern (deduplication uses
 `store.dedupe`, never the text of an event).
+
+Every event that names a case also invalidates the case's planned instant
+(`store.plan_state.invalidate`, same transaction): whatever an event records may change
+the case's next decision, so the next planner run evaluates it again. A new source of
+events therefore needs nothing more to be seen by the incremental planner. Only the
+planner's own scheduled messages pass `invalidates=False` (it accounts for them itself).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from dispatcher.store.plan_state import invalidate
 from dispatcher.store.tables import EventRow, events_t
 
 
@@ -119,18 +126,26 @@ def record_event(
     values = event_values(kind, at, case_id=case_id, message_id=message_id, actor=actor, **data)
     if isinstance(session, Session):
         session.add(EventRow(**values))
+        if case_id is not None:
+            invalidate(session.connection(), [case_id])
     else:
         session.execute(insert(events_t), [values])
+        if case_id is not None:
+            invalidate(session, [case_id])
 
 
-def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Append many events (built by `event_values`) in one statement.
+def insert_events(conn: Connection, rows: list[dict[str, Any]], *, invalidates: bool = True) -> None:
+    """Append many events (built by `event_values`) in one statement, and invalidate the
+    planned instant of the cases they name (unless `invalidates` is False: the planner's
+    own scheduled messages).
 
     On PostgreSQL several rows go as one array per column through `INSERT ... SELECT
     unnest(...)`: psycopg would otherwise execute and parse each row apart, which costs
     several times more for the import's and the planner's batches."""
     if not rows:
         return
+    if invalidates:
+        invalidate(conn, (row["case_id"] for row in rows))
     if len(rows) == 1 or conn.dialect.name != "postgresql":
         conn.execute(insert(events_t), rows)
         return

@@ -505,23 +505,50 @@ def settle_case(conn: Executor, case_id: str, by: str | None, now: dt.datetime, 
 # ------------------------------------------------------------------------- escalation
 
 
-def mark_escalated(conn: Executor, case_id: str, stage: str, now: dt.datetime) -> bool:
-    """Record the legal hand-off of a case in `stage`; True only the first time."""
+def mark_escalated(conn: Executor, case_id: str, stage: str, now: dt.datetime, *, invalidates: bool = True) -> bool:
+    """Record the legal hand-off of a case in `stage`; True only the first time. The
+    planner passes `invalidates=False`: it accounts for the hand-off itself."""
+    return (case_id, stage) in mark_escalated_many(conn, [(case_id, stage)], now, invalidates=invalidates)
+
+
+def mark_escalated_many(conn: Executor, pairs: Iterable[tuple[str, str]], now: dt.datetime, *,
+                        invalidates: bool = True) -> set[tuple[str, str]]:
+    """`mark_escalated` for many (case, stage) pairs in a few statements (a planning batch
+    escalates thousands of cases at once on its first run); returns the pairs escalated
+    for the first time. `CaseNotFound` for an unknown case."""
     conn = _conn(conn)
-    current = _require_case(conn, case_id)
-    stmt = _dialect_insert(conn, escalations_t).values(case_id=case_id, stage=stage, at=now)
-    stmt = stmt.on_conflict_do_nothing(index_elements=[escalations_t.c.case_id, escalations_t.c.stage])
-    newly = conn.execute(stmt.returning(escalations_t.c.id)).first() is not None
-    if newly or stage not in split_list(current.escalated_stages):
-        # The column mirrors the escalations table, so snapshots need no extra query.
-        stages = conn.execute(select(escalations_t.c.stage).where(escalations_t.c.case_id == case_id)).scalars()
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return set()
+    ids = sorted({case_id for case_id, _ in wanted})
+    current: dict[str, str] = {}
+    for start in range(0, len(ids), 5000):
+        current.update(conn.execute(select(cases_t.c.case_id, cases_t.c.escalated_stages)
+                                    .where(cases_t.c.case_id.in_(ids[start:start + 5000]))).all())
+    for case_id in ids:
+        if case_id not in current:
+            raise CaseNotFound(case_id)
+    e = escalations_t.c
+    newly: set[tuple[str, str]] = set()
+    for start in range(0, len(wanted), 500):
+        stmt = _dialect_insert(conn, escalations_t).values(
+            [{"case_id": c, "stage": st, "at": now} for c, st in wanted[start:start + 500]])
+        stmt = stmt.on_conflict_do_nothing(index_elements=[e.case_id, e.stage]).returning(e.case_id, e.stage)
+        newly.update((r[0], r[1]) for r in conn.execute(stmt))
+    # The column mirrors the escalations table, so snapshots need no extra query.
+    stale = sorted({c for c, st in wanted if (c, st) in newly or st not in split_list(current[c])})
+    if stale:
+        stages: dict[str, set[str]] = {c: set() for c in stale}
+        for start in range(0, len(stale), 5000):
+            chunk = stale[start:start + 5000]
+            for case_id, stage in conn.execute(select(e.case_id, e.stage).where(e.case_id.in_(chunk))):
+                stages[case_id].add(stage)
         conn.execute(
-            update(cases_t)
-            .where(cases_t.c.case_id == case_id)
-            .values(escalated_stages=",".join(sorted(set(stages))), updated_at=now)
-        )
-    if newly:
-        insert_events(conn, [event_values(EventKind.ESCALATED, now, case_id=case_id, stage=stage)])
+            update(cases_t).where(cases_t.c.case_id == bindparam("b_id"))
+            .values(escalated_stages=bindparam("b_stages"), updated_at=now),
+            [{"b_id": c, "b_stages": ",".join(sorted(stages[c]))} for c in stale])
+    insert_events(conn, [event_values(EventKind.ESCALATED, now, case_id=c, stage=st) for c, st in sorted(newly)],
+                  invalidates=invalidates)
     return newly
 
 

@@ -126,7 +126,9 @@ class MessageRow(SQLModel, table=True):
 
     __tablename__ = "messages"
     __table_args__ = (
-        Index("ix_messages_due", "status", "scheduled_at"),
+        # the sender's claim: ORDER BY scheduled_at, id LIMIT n, read in index order (a plan
+        # queues many messages with one scheduled_at; without id the tie was a sort of all)
+        Index("ix_messages_due", "status", "scheduled_at", "id"),
         Index("ix_messages_case", "case_id", "channel", "scheduled_at"),
         Index("ix_messages_provider", "provider_id"),
         # reconcile's rivals: our other recent messages to the same number (services.ledger)
@@ -229,6 +231,51 @@ class TemplateApprovalRow(SQLModel, table=True):
     content_hash: str = Field(max_length=64)
     approved_by: str = Field(max_length=64)
     approved_at: dt.datetime = _utc(nullable=False)
+
+
+class PlanInstantRow(SQLModel, table=True):
+    """When the planner next needs to look at a case (`store.plan_state`): the next
+    instant its decision can change, or the dirty sentinel once an event invalidated it.
+    `generation` counts invalidations: the planner writes its instant only if no event
+    came in since it read the case. `part` is the case's partition (hash of its id)."""
+
+    __tablename__ = "plan_instants"
+    __table_args__ = (
+        # the due-cases scan: one partition, due by now, keyset (next_check_at, case_id)
+        Index("ix_plan_instants_due", "part", "next_check_at", "case_id"),
+    )
+
+    case_id: str = Field(primary_key=True, max_length=64)
+    part: int
+    next_check_at: dt.datetime = _utc(nullable=False)
+    generation: int = 0
+    planned_at: dt.datetime | None = _utc()
+    planned_by: str | None = Field(default=None, max_length=64)
+
+
+class PlanPartitionRow(SQLModel, table=True):
+    """One partition of the portfolio: who plans it now (a lease with an expiry, on
+    PostgreSQL), when it was last planned and at which configuration epoch."""
+
+    __tablename__ = "plan_partitions"
+
+    part: int = Field(primary_key=True)
+    owner: str | None = Field(default=None, max_length=64)
+    lease_until: dt.datetime | None = _utc()
+    planned_now: dt.datetime | None = _utc()
+    planned_by: str | None = Field(default=None, max_length=64)
+    epoch: int = 0
+
+
+class PlanMetaRow(SQLModel, table=True):
+    """The planner's settings kept in the store: the configuration epoch (bumped by
+    `invalidate_all`) and the fingerprint of the configuration last planned with."""
+
+    __tablename__ = "plan_meta"
+
+    key: str = Field(primary_key=True, max_length=32)
+    value: str = Field(max_length=128)
+    updated_at: dt.datetime = _utc(nullable=False)
 
 
 class DedupeKeyRow(SQLModel, table=True):
@@ -424,6 +471,9 @@ escalations_t = _core(EscalationRow)
 template_approvals_t = _core(TemplateApprovalRow)
 dedupe_keys_t = _core(DedupeKeyRow)
 link_tokens_t = _core(LinkTokenRow)
+plan_instants_t = _core(PlanInstantRow)
+plan_partitions_t = _core(PlanPartitionRow)
+plan_meta_t = _core(PlanMetaRow)
 users_t = _core(UserRow)
 api_tokens_t = _core(ApiTokenRow)
 console_sessions_t = _core(ConsoleSessionRow)

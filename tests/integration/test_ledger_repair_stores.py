@@ -56,8 +56,9 @@ class Store:
 
     def rows(self, channel: Channel) -> list[Any]:
         with self.engine.connect() as conn:
+            # by case: the planner queues partition by partition, not in case order
             return list(conn.execute(select(messages_t).where(messages_t.c.channel == channel.value)
-                                     .order_by(messages_t.c.id)))
+                                     .order_by(messages_t.c.case_id, messages_t.c.id)))
 
 
 @pytest.fixture

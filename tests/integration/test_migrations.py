@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0009"
+HEAD = "0010"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -126,6 +126,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0004_users.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0007_tasks.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0008_user_locale.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0010_plan_instants.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
 
 

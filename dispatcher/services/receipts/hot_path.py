@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.domain import Channel, MessageStatus
 from dispatcher.policy.replies import STATUS_RANK, status_rank
+from dispatcher.store.plan_state import INVALIDATE_SQL, invalidate
 from dispatcher.store.tables import UTCDateTime, messages_t
 
 #: Connections of the hot path's own pool on PostgreSQL, per process (more concurrent
@@ -278,7 +279,9 @@ class StatusSQL:
     _PG_APPLY = (
         f"WITH u AS ({_UPDATE}),"
         " e AS (INSERT INTO events (case_id, message_id, at, kind, actor, data)"
-        " SELECT case_id, id, :now, 'status_received', NULL, CAST(:data AS TEXT) FROM u)"
+        " SELECT case_id, id, :now, 'status_received', NULL, CAST(:data AS TEXT) FROM u),"
+        # a status may change what the planner decides next (store.plan_state)
+        f" i AS ({INVALIDATE_SQL.format(ids='SELECT case_id FROM u')})"
         " SELECT TRUE AS applied, id, case_id, to_address, CAST(NULL AS VARCHAR) AS status,"
         " CAST(NULL AS VARCHAR) AS provider_id FROM u"
         " UNION ALL (SELECT FALSE, id, case_id, to_address, status, provider_id FROM messages"
@@ -361,6 +364,7 @@ class StatusSQL:
         if updated is not None:
             conn.execute(self._event, {"case_id": updated.case_id, "message_id": updated.id, "now": params["now"],
                                        "data": params["data"]})
+            invalidate(conn, [updated.case_id])  # a status may change what the planner decides next
             return Match(True, updated.id, updated.case_id, updated.to_address)
         found = conn.execute(self._find, params).first()
         if found is None:

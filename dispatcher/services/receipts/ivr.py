@@ -38,6 +38,7 @@ from dispatcher.services.tasks import TaskKind, open_task
 from dispatcher.store import repository
 from dispatcher.store.dedupe import IVR_IDENTITY, IVR_PROMISE, claim, dedupe_key
 from dispatcher.store.events import EventKind, record_event
+from dispatcher.store.plan_state import invalidate
 from dispatcher.store.repository import CaseNotFound
 from dispatcher.store.snapshots import get_snapshot
 from dispatcher.store.tables import cases_t, dedupe_keys_t, holds_t, messages_t
@@ -70,12 +71,14 @@ def settle_conversation(engine: Engine, message_id: int) -> None:
     m = messages_t.c
     confirmed = exists().where(dedupe_keys_t.c.key == dedupe_key(IVR_IDENTITY, message_id))
     with engine.begin() as conn:
-        conn.execute(
+        settled = conn.execute(
             update(messages_t)
             .where(m.id == message_id, m.status == MessageStatus.COMPLETED.value, m.conversation.is_(False),
                    confirmed)
             .values(conversation=True, answered_by="human")
-        )
+            .returning(m.case_id)
+        ).scalars().all()
+        invalidate(conn, settled)  # a conversation changes the caps (no event of its own)
 
 
 class IvrActions:
