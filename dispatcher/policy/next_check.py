@@ -12,7 +12,10 @@ crosses one of these, all computed from the snapshot the decisions were made fro
 - each channel's next cadence date: the local midnight of the day its last counted
   message in this stage plus `every_days` falls on (`not_due` ends);
 - a history message leaving the planner's history window (`history_days` after it),
-  which can make a channel due again or lift a cap.
+  which can make a channel due again or lift a cap;
+- for a case with a repayment plan, the next local midnight: an instalment's reminder
+  days and its grace end are local days, and plans are few, so such a case is simply
+  looked at once a day while it has one.
 
 A case whose decisions still contain a `send`, `defer` or `escalate` *after* the planner
 recorded what it queued (the key of that day already existed, e.g. a failed message)
@@ -106,4 +109,6 @@ def next_check(
         next_day = day + every[channel]
         if next_day > today:
             candidates.append(_midnight(next_day, tz))
+    if snapshot.plan is not None:
+        candidates.append(_midnight(today + 1, tz))
     return min(candidates) if candidates else None

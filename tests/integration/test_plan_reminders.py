@@ -109,3 +109,19 @@ async def test_a_debtor_takes_a_plan_from_the_link_in_a_sandbox_sms(world: World
     assert world.plan() == 2
     fresh = [r for r in world.rows() if r.status == "queued"]
     assert {(r.channel, r.stage) for r in fresh} == {("sms", "plan"), ("email", "plan")}
+
+
+async def test_the_incremental_planner_comes_back_on_an_instalments_day_without_any_event(world: World) -> None:  # noqa: F811
+    """No payment, reply or hold between two reminder days: the case's next instant alone
+    must bring it back to the planner on the instalment's due day (the reminder of day 0)."""
+    world.add_cases(cn_case(1, due=DUE_DPD30))
+    _take_plan(world, "cn-0001", dt.date(2026, 11, 10))  # instalment 1 due 2026-12-10
+    assert world.plan() == 2  # 12-07: three days before
+    await world.sender().send_due()
+    for day in (8, 9):
+        world.clock.set(dt.datetime(2026, 12, day, 10, 0, tzinfo=SHANGHAI))
+        assert world.plan() == 0
+    world.clock.set(dt.datetime(2026, 12, 10, 10, 0, tzinfo=SHANGHAI))
+    assert world.plan() == 2  # the day itself, with no event since 12-07
+    fresh = [r for r in world.rows() if r.status == "queued"]
+    assert {(r.channel, r.stage) for r in fresh} == {("sms", "plan"), ("email", "plan")}
