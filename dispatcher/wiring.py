@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when first built: `dispatcher 
     from dispatcher.services.outbox import Sender
     from dispatcher.services.people import People
     from dispatcher.services.receipts import Receipts
+    from dispatcher.services.template_versions import TemplateVersions
     from dispatcher.templates import TemplateSet
     from dispatcher.web.dependencies import WebCollaborators
 
@@ -132,23 +133,41 @@ class Runtime:
         return engine
 
     @cached_property
+    def template_versions(self) -> TemplateVersions:
+        """Template versions in the database and four-eyes approval."""
+        from dispatcher.services.template_versions import TemplateVersions
+
+        return TemplateVersions(self.engine, self.config, self.clock,
+                                self.config.resolve(self.config.templates.forbidden_phrases))
+
+    @cached_property
     def templates(self) -> TemplateSet:
-        """The template tree the configuration names."""
-        from dispatcher.templates import TemplateSet
+        """What is sent: the approved version of each template and locale in the database.
+
+        The first time a database is used, the configuration's templates folder is
+        imported into it (files matching `approvals.toml` approved as recorded there),
+        so the shipped set is approved out of the box; later, the folder is not read."""
+        from dispatcher.services.template_files import seed_if_empty, template_files
+        from dispatcher.templates.stored import StoredTemplateSet
 
         if self._given_templates is not None:
             return self._given_templates
-        directory = self.config.resolve(self.config.templates.directory)
-        if not any(directory.glob("*/*/*.j2")):
-            # a daemon without templates would start and send nothing (every decision
-            # no_approved_template): refuse instead, saying where it looked and why
-            where = f" in {self.config.source}" if self.config.source else ""
-            state = "has no templates (<channel>/<stage>/<variant>.<locale>.j2)" if directory.is_dir() \
-                else "does not exist"
-            raise SetupError(
-                f"templates folder {directory} {state}; set [templates] directory{where} to the templates"
-                " folder (a relative path is relative to the configuration file's folder)", usage=True)
-        return TemplateSet(directory, self.config)
+        versions = self.template_versions
+        if not versions.fingerprint():
+            directory = self.config.resolve(self.config.templates.directory)
+            if not directory.is_dir() or not template_files(directory):
+                # a daemon without templates would start and send nothing (every decision
+                # no_approved_template): refuse instead, saying where it looked and why
+                where = f" in {self.config.source}" if self.config.source else ""
+                state = "has no templates (<channel>/<stage>/<variant>.<locale>.j2)" if directory.is_dir() \
+                    else "does not exist"
+                raise SetupError(
+                    f"templates folder {directory} {state} and the database has no approved templates yet;"
+                    f" set [templates] directory{where} to the templates folder (a relative path is relative"
+                    " to the configuration file's folder), or run `dispatcher templates import PATH --by USER`",
+                    usage=True)
+            seed_if_empty(versions, directory)
+        return StoredTemplateSet(self.config, source=versions)
 
     @cached_property
     def signer(self) -> LinkSigner:

@@ -136,7 +136,8 @@ class Writes:
                 template_id=bindparam("b_template"), variant=bindparam("b_variant"), locale=bindparam("b_locale"),
                 stage=bindparam("b_stage"), content_hash=bindparam("b_hash"), subject=bindparam("b_subject"),
                 body=bindparam("b_body"), html=bindparam("b_html"), parts=bindparam("b_parts"),
-                to_address=bindparam("b_to"), segments=bindparam("b_segments")), self.rendered)
+                to_address=bindparam("b_to"), segments=bindparam("b_segments"),
+                template_version=bindparam("b_version")), self.rendered)
         if self.sent:
             conn.execute(update(MessageRow).where(by_id).values(
                 # A status callback may already have moved it on (e.g. delivered):

@@ -137,6 +137,7 @@ class Composer:
                         if item.channel is Channel.VOICE and rendered.blocks else None),
             "b_to": to,
             "b_segments": sms_segments(rendered.text).segments if item.channel is Channel.SMS else None,
+            "b_version": rendered.version,  # the approved version rendered: the message is pinned to it
         })
         return OutboundMessage(
             message_id=item.id,

@@ -80,6 +80,11 @@ class EventKind(StrEnum):
     SIGNED_IN = "signed_in"
     SIGN_IN_REFUSED = "sign_in_refused"
     SIGNED_OUT = "signed_out"
+    # template versions (no case): four-eyes approval's audit trail
+    TEMPLATE_SAVED = "template_saved"
+    TEMPLATE_APPROVED = "template_approved"
+    TEMPLATE_REJECTED = "template_rejected"
+    TEMPLATE_IMPORTED = "template_imported"
 
 
 #: The columns of one event row, in the order `event_values` builds them.

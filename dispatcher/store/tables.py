@@ -1,5 +1,5 @@
 """SQLModel tables: cases, contact points, the outbox (messages), append-only events,
-holds, payments, template approvals, the dedupe keys of webhook steps, short payment-link
+holds, payments, template approvals and versions, the dedupe keys of webhook steps, short payment-link
 tokens, the collectors' tasks and the stored answers of idempotent API requests, the people
 who use the console and the API (users, API tokens, console sessions, failed sign-ins), and
 repayment plans with their instalments and the agreements debtors accepted.
@@ -14,7 +14,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, Index, Numeric, String, Table, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Numeric, String, Table, Text, UniqueConstraint, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -166,6 +166,8 @@ class MessageRow(SQLModel, table=True):
     conversation: bool = False
     #: SMS segments of the body as sent (what the provider bills); None for other channels
     segments: int | None = None
+    #: the template version rendered (`template_versions.version`), pinned when composed
+    template_version: int | None = None
 
 
 class EventRow(SQLModel, table=True):
@@ -231,6 +233,37 @@ class TemplateApprovalRow(SQLModel, table=True):
     content_hash: str = Field(max_length=64)
     approved_by: str = Field(max_length=64)
     approved_at: dt.datetime = _utc(nullable=False)
+
+
+#: At most one approved version per (template id, locale): a partial unique index.
+_ONE_APPROVED = text("state = 'approved'")
+
+
+class TemplateVersionRow(SQLModel, table=True):
+    """One immutable version of a template's text in one locale (SPEC 15). Only its
+    review fields change: state, approved_by/at (approval or rollback), rejected_by/at,
+    note. The approved version of each (template id, locale) is the one sent."""
+
+    __tablename__ = "template_versions"
+    __table_args__ = (
+        Index("ix_template_versions_template", "template_id", "locale", "version"),
+        Index("uq_template_versions_approved", "template_id", "locale", unique=True,
+              sqlite_where=_ONE_APPROVED, postgresql_where=_ONE_APPROVED),
+    )
+
+    version: int | None = Field(default=None, primary_key=True)
+    template_id: str = Field(max_length=128)
+    locale: str = Field(max_length=8)
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    sha256: str = Field(max_length=64)
+    author: str = Field(max_length=64)
+    created_at: dt.datetime = _utc(nullable=False)
+    state: str = Field(max_length=16)  # draft | approved | rejected | retired
+    approved_by: str | None = Field(default=None, max_length=64)
+    approved_at: dt.datetime | None = _utc()
+    rejected_by: str | None = Field(default=None, max_length=64)
+    rejected_at: dt.datetime | None = _utc()
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class PlanInstantRow(SQLModel, table=True):
@@ -469,6 +502,7 @@ holds_t = _core(HoldRow)
 payments_t = _core(PaymentRow)
 escalations_t = _core(EscalationRow)
 template_approvals_t = _core(TemplateApprovalRow)
+template_versions_t = _core(TemplateVersionRow)
 dedupe_keys_t = _core(DedupeKeyRow)
 link_tokens_t = _core(LinkTokenRow)
 plan_instants_t = _core(PlanInstantRow)

@@ -313,19 +313,41 @@ def lint_template(
     problems: list[LintProblem] = []
     if _phrases is None:
         _phrases, problems = _phrases_from(forbidden_phrases_path)
-    templates = _templates or TemplateSet(root, config)
-
-    def problem(line: int, message: str) -> None:
-        problems.append(LintProblem(path, line, message))
-
     try:
         rel = path.relative_to(root).as_posix()
     except ValueError:
         rel = path.name
     ref = parse_relpath(rel)
     if ref is None:
-        problem(1, "misplaced file: templates go to <channel>/<stage>/<variant>.<locale>.j2")
-        return problems
+        return [*problems, LintProblem(path, 1, "misplaced file: templates go to"
+                                       " <channel>/<stage>/<variant>.<locale>.j2")]
+    try:
+        source: str | UnicodeDecodeError = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        source = exc
+    return _lint_source(path, ref, source, config, _phrases, _templates or TemplateSet(root, config), problems)
+
+
+def lint_text(template_id: str, locale: str, content: str, config: Config,
+              forbidden_phrases_path: Path) -> list[LintProblem]:
+    """Lint a template's text before it is stored or approved (problems name
+    `<template_id>.<locale>.j2`, with the text's line numbers)."""
+    from dispatcher.templates.stored import StoredTemplate, StoredTemplateSet
+
+    ref = parse_relpath(f"{template_id}.{locale}.j2")
+    path = Path(f"{template_id}.{locale}.j2")
+    if ref is None:
+        return [LintProblem(path, 1, "not a template id and locale like sms/dpd30/v1 and zh-CN")]
+    phrases, problems = _phrases_from(forbidden_phrases_path)
+    templates = StoredTemplateSet(config, [StoredTemplate(template_id, locale, content)], where="the draft")
+    return _lint_source(path, ref, content, config, phrases, templates, problems)
+
+
+def _lint_source(path: Path, ref: TemplateRef, source: str | UnicodeDecodeError, config: Config,
+                 _phrases: list[_Phrase], templates: TemplateSet, problems: list[LintProblem]) -> list[LintProblem]:
+    def problem(line: int, message: str) -> None:
+        problems.append(LintProblem(path, line, message))
+
     reply: ReplySpec | None = None
     stage = config.stage_named(ref.stage)
     if ref.stage == REPLIES_FOLDER:
@@ -346,11 +368,8 @@ def lint_template(
     if ref.locale not in SUPPORTED_LOCALES:
         problem(1, f"locale {ref.locale} is not supported (use {' or '.join(SUPPORTED_LOCALES)})")
         return problems
-
-    try:
-        source = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        problem(1, f"not UTF-8 text: {exc}")
+    if isinstance(source, UnicodeDecodeError):
+        problem(1, f"not UTF-8 text: {source}")
         return problems
 
     for phrase in _matching(_phrases, source):

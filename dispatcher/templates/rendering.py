@@ -81,6 +81,8 @@ class RenderedMessage:
     text: str  # SMS text, e-mail plain-text body, voice script
     html: str | None
     blocks: Mapping[str, str]
+    #: the stored version rendered (`template_versions.version`); None for a file
+    version: int | None = None
 
     @property
     def channel(self) -> Channel:
@@ -161,6 +163,19 @@ class _Compiled:
     source: str
     plain: Template
     html: Template | None  # e-mail only: compiled with autoescape
+    version: int | None = None  # the stored version this is (None: a file)
+
+
+def compile_source(path: Path, template_id: str, source: str, sha: str, stamp: tuple[int, int],
+                   version: int | None = None) -> _Compiled:
+    """Compile one template's text (`path` names it in errors)."""
+    channel = Channel(template_id.split("/", 1)[0])
+    try:
+        plain = _template(source, sha, False)
+        html = _template(source, sha, True) if channel is Channel.EMAIL else None
+    except TemplateSyntaxError as exc:
+        raise RenderError(path, exc.lineno or 1, "syntax", f"syntax error: {exc.message}") from None
+    return _Compiled(stamp, sha, source, plain, html, version)
 
 
 def error_line(exc: BaseException, filename: str) -> int | None:
@@ -279,14 +294,7 @@ class TemplateSet:
             source = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RenderError(path, 1, "error", f"not UTF-8 text: {exc}") from None
-        channel = Channel(template_id.split("/", 1)[0])
-        sha = content_hash(data)
-        try:
-            plain = _template(source, sha, False)
-            html = _template(source, sha, True) if channel is Channel.EMAIL else None
-        except TemplateSyntaxError as exc:
-            raise RenderError(path, exc.lineno or 1, "syntax", f"syntax error: {exc.message}") from None
-        compiled = _Compiled(stamp, sha, source, plain, html)
+        compiled = compile_source(path, template_id, source, content_hash(data), stamp)
         self._cache[path] = compiled
         return path, compiled
 
@@ -309,10 +317,10 @@ class TemplateSet:
         """Render one template file. With `require_approved`, refuse (`NotApproved`)
         unless the exact content rendered has an approval (the sender's last gate)."""
         path, compiled = self._compiled(template_id, locale)
-        if require_approved and not self._hash_approved(self._file(template_id, locale)[2], compiled.content_hash):
+        if require_approved and not self._approved_content(template_id, locale, compiled):
             raise NotApproved(
                 f"{template_id} ({locale}) has no approval for its current content;"
-                f" run: dispatcher templates approve {template_id} --by USER"
+                f" run: dispatcher templates approve {template_id} --locale {locale} --by USER"
             )
         channel = Channel(template_id.split("/", 1)[0])
         variant = template_id.rsplit("/", 1)[1]
@@ -321,7 +329,7 @@ class TemplateSet:
             text = self._run(compiled.plain, None, ctx, path).strip()
             return RenderedMessage(
                 template_id, variant, locale, compiled.content_hash, None, text, None,
-                MappingProxyType({"text": text}),
+                MappingProxyType({"text": text}), compiled.version,
             )
         blocks: dict[str, str] = {}
         for name in REQUIRED_BLOCKS[channel]:
@@ -343,11 +351,11 @@ class TemplateSet:
         if channel is Channel.EMAIL:
             return RenderedMessage(
                 template_id, variant, locale, compiled.content_hash, blocks["subject"],
-                blocks["text"], blocks["html"], MappingProxyType(blocks),
+                blocks["text"], blocks["html"], MappingProxyType(blocks), compiled.version,
             )
         return RenderedMessage(
             template_id, variant, locale, compiled.content_hash, None, blocks["script"], None,
-            MappingProxyType(blocks),
+            MappingProxyType(blocks), compiled.version,
         )
 
     @staticmethod
@@ -388,6 +396,13 @@ class TemplateSet:
             self._approvals = load_approvals(self.directory)
             self._approvals_stamp = stamp
         return self._approvals
+
+    def _approved_content(self, template_id: str, locale: str, compiled: _Compiled) -> bool:
+        """Whether `compiled` is approved content (the sender's last gate)."""
+        return self._hash_approved(self._file(template_id, locale)[2], compiled.content_hash)
+
+    def refresh(self) -> None:
+        """Pick up approvals made elsewhere (files are checked on every use: nothing to do)."""
 
     def _hash_approved(self, relpath: str, sha: str) -> bool:
         approval = self._load_approvals().get(relpath)
@@ -470,6 +485,6 @@ def pick_locale(
     if approved_only and any(template_set.has(template_id, loc) for loc in candidates):
         raise NotApproved(
             f"{template_id} has no approved file in {' or '.join(candidates)}; run:"
-            f" dispatcher templates approve {template_id} --by USER"
+            f" dispatcher templates approve {template_id} --locale {candidates[0]} --by USER"
         )
     raise template_set.unknown(template_id, case_locale)

@@ -103,6 +103,7 @@ def _insert_system_sms(conn: Connection, case_id: str, to: str, rendered: Render
         variant=rendered.variant,
         locale=rendered.locale,
         content_hash=rendered.content_hash,
+        template_version=rendered.version,
         to_address=to,
         body=rendered.text,
         segments=sms_segments(rendered.text).segments,
