@@ -236,7 +236,8 @@ class Runtime:
 
         return WebCollaborators(engine=self.engine, config=self.config, gate=self.gate, clock=self.clock,
                                 settings=self.settings, signer=self.signer, templates=self.templates,
-                                receipts=self.receipts, people=self.people, circuits=self.circuits)
+                                receipts=self.receipts, people=self.people, circuits=self.circuits,
+                                template_versions=self.template_versions)
 
     def close(self) -> None:
         """Release what was opened, newest first."""

@@ -74,7 +74,8 @@ def _print_timeline(runtime: Runtime, timeline: dict[str, Any]) -> None:
     print(f"messages ({len(timeline['messages'])})")
     for m in timeline["messages"]:
         note = f" ({m['note']})" if m.get("note") else ""
-        print(f"- #{m['id']} {m['channel']} {m.get('template') or '-'} {m['status']}{note}"
+        version = f" v{m['template_version']}" if m.get("template_version") else ""
+        print(f"- #{m['id']} {m['channel']} {m.get('template') or '-'}{version} {m['status']}{note}"
               f" provider id {m.get('provider_id') or '-'} sent {m.get('sent_at') or '-'}")
         if m.get("subject"):
             print(f"  subject: {m['subject']}")

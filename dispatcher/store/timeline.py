@@ -63,6 +63,7 @@ def case_timeline(conn: Connection, case_id: str, now: dt.datetime | None = None
             "id": r.id,
             "channel": r.channel,
             "template": r.template_id,
+            "template_version": r.template_version,
             "status": r.status,
             "provider_id": r.provider_id,
             "body": r.body,

@@ -37,6 +37,7 @@ from dispatcher.web import (
     email_hooks,
     queue_page,
     reports_page,
+    templates_api,
 )
 from dispatcher.web.auth import AccessDenied, CsrfFailed, api_permission
 from dispatcher.web.dependencies import DispatcherAPI, WebCollaborators
@@ -125,6 +126,7 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app.include_router(email_hooks.router, include_in_schema=False)
     app.include_router(debtor_page.router, include_in_schema=False)
     app.include_router(api.router)
+    app.include_router(templates_api.router)
     app.include_router(console.router, include_in_schema=False)
     app.include_router(case_page.router, include_in_schema=False)
     app.include_router(case_actions_page.router, include_in_schema=False)

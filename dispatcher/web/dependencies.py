@@ -26,6 +26,7 @@ from dispatcher.services.case_actions import CaseActions
 from dispatcher.services.people import People
 from dispatcher.services.receipts import Receipts
 from dispatcher.services.tasks import Tasks
+from dispatcher.services.template_versions import TemplateVersions
 from dispatcher.settings import Settings
 from dispatcher.templates import TemplateSet
 from dispatcher.web.rate_limit import PageLimiter
@@ -45,6 +46,7 @@ class WebCollaborators:
     receipts: Receipts
     people: People  # users, API tokens, console sessions (web.auth checks them)
     circuits: Circuits | None = None  # the providers' circuit breakers of this process (/metrics)
+    template_versions: TemplateVersions | None = None  # drafts, four-eyes approval (the templates API, studio)
 
 
 class DispatcherAPI(FastAPI):
@@ -109,6 +111,12 @@ def _case_actions(web: Web) -> CaseActions:
     return CaseActions(web.engine, web.config, web.clock)
 
 
+def _template_versions(web: Web) -> TemplateVersions:
+    if web.template_versions is None:
+        raise RuntimeError("the web app was built without template versions (Runtime.web() provides them)")
+    return web.template_versions
+
+
 EngineDep = Annotated[Engine, Depends(_engine)]
 ConfigDep = Annotated[Config, Depends(_config)]
 GateDep = Annotated[Gate, Depends(_gate)]
@@ -119,3 +127,4 @@ TemplatesDep = Annotated[TemplateSet, Depends(_templates)]
 ReceiptsDep = Annotated[Receipts, Depends(_receipts)]
 TasksDep = Annotated[Tasks, Depends(_tasks)]
 CaseActionsDep = Annotated[CaseActions, Depends(_case_actions)]
+TemplateVersionsDep = Annotated[TemplateVersions, Depends(_template_versions)]
