@@ -130,7 +130,24 @@ class Runtime:
                 "Check --db / DISPATCHER_DB_URL and that the server is running."
             ) from exc
         self._closers.append(engine.dispose)
+        self._seed_templates(engine)
         return engine
+
+    def _seed_templates(self, engine: Engine) -> None:
+        """A new database gets the configuration's templates folder on first use (see
+        `templates`), here already when it is opened, so that a first command that only
+        reads (`plan`) writes nothing. Best effort: `templates` says what is missing."""
+        from dispatcher.services.template_files import seed_if_empty
+        from dispatcher.services.template_versions import TemplateVersions
+
+        try:
+            config = self.config
+            directory = config.resolve(config.templates.directory)
+            if directory.is_dir():
+                seed_if_empty(TemplateVersions(engine, config, self.clock,
+                                               config.resolve(config.templates.forbidden_phrases)), directory)
+        except Exception:  # noqa: BLE001 - a broken configuration or folder is reported where it is needed
+            pass
 
     @cached_property
     def template_versions(self) -> TemplateVersions:

@@ -33,7 +33,7 @@ from dispatcher.services.template_versions import (
 )
 from dispatcher.store.dedupe import claim
 from dispatcher.store.events import EventKind, record_event
-from dispatcher.store.tables import template_versions_t
+from dispatcher.store.tables import dedupe_keys_t, template_versions_t
 from dispatcher.templates.approvals_file import Approval, load_approvals, write_approvals
 from dispatcher.templates.lint import LintProblem
 from dispatcher.templates.rendering import TemplateRef, content_hash, parse_relpath
@@ -77,6 +77,9 @@ def import_tree(versions: TemplateVersions, directory: Path, by: str) -> list[Im
 def seed_if_empty(versions: TemplateVersions, directory: Path) -> list[Imported] | None:
     """Import `directory` if this database has never had templates (None if it has)."""
     now = versions.clock.now()
+    with versions.engine.connect() as conn:  # the usual answer, without taking the write lock
+        if conn.execute(select(dedupe_keys_t.c.key).where(dedupe_keys_t.c.key == SEED_KEY)).first() is not None:
+            return None
     with versions.engine.begin() as conn:
         if not claim(conn, SEED_KEY, now):  # the write lock first: a second instance waits here
             return None
