@@ -8,10 +8,10 @@ order so a change is a small diff that goes through code review with the edit::
     approved_by = "compliance-team"
     sha256 = "3f1c..."
 
-A template is sendable only while the sha256 of its file matches its entry, so an
-edit silently becomes unsendable until someone approves it again. This module only
-reads and writes the file: rendering asks it what is approved, lint checks that it
-parses, and `approval.approve` (lint first, then record) writes it.
+The database holds what is sent (`services.template_versions`); this file carries
+approvals through git: `templates import` makes a file whose sha256 matches its entry
+the approved version, with the approver and time recorded here, and `templates export`
+writes it back from the approved versions. This module only reads and writes the file.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ APPROVALS_FILE = "approvals.toml"
 
 _HEADER = (
     "# Template approvals: the sha256 of each approved template file, who approved it and when.\n"
-    "# Written by `dispatcher templates approve ID --by USER`; do not edit by hand.\n"
-    "# A template is sent only while its file still matches its sha256 here.\n"
+    "# Written by `dispatcher templates export`; do not edit by hand.\n"
+    "# `dispatcher templates import` approves a file only while it still matches its sha256 here.\n"
 )
 
 
