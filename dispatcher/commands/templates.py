@@ -5,6 +5,7 @@ rejection (`services.template_versions` decides, as for the API and the console)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -74,7 +75,11 @@ def templates_preview(
         result = preview(files, template_id, case, locale, today, Path("var/preview"))
     except (TemplateSetError, KeyError, ValueError, LookupError) as exc:
         raise fail(str(exc)) from None
-    print(result.as_text())
+    # what is sent is the database's approved version: is this file's content that version?
+    sent = _versions(runtime).approved(result.template_id, result.locale)
+    status = "never-approved" if sent is None else \
+        "approved" if sent.sha256 == result.message.content_hash else "edited-not-approved"
+    print(dataclasses.replace(result, approval=status).as_text())
 
 
 def _versions(runtime: Runtime) -> TemplateVersions:

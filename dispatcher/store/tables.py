@@ -224,7 +224,8 @@ class EscalationRow(SQLModel, table=True):
 
 
 class TemplateApprovalRow(SQLModel, table=True):
-    """Mirror of the approvals file under templates/, for audit queries."""
+    """Approvals recorded by the file-only workflow (before template versions); no longer
+    written: `template_versions` holds every approval now."""
 
     __tablename__ = "template_approvals"
 

@@ -27,8 +27,8 @@ from dispatcher.testing import (
 
 _STATUS_TEXT = {
     "approved": "approved (this content may be sent)",
-    "edited-not-approved": "edited, NOT approved (will not be sent until approved again)",
-    "never-approved": "never approved (will not be sent until approved)",
+    "edited-not-approved": "edited, NOT approved (will not be sent until it is imported and approved by a checker)",
+    "never-approved": "never approved (will not be sent until it is imported and approved by a checker)",
 }
 
 
