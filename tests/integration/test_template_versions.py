@@ -28,6 +28,7 @@ from dispatcher.services.template_versions import (
     TemplateVersions,
     VersionStateError,
 )
+from dispatcher.store.db import make_engine
 from dispatcher.store.tables import events_t, template_versions_t
 from dispatcher.templates.approvals_file import load_approvals
 from dispatcher.templates.context import build_context, opt_out_text
@@ -229,9 +230,12 @@ def test_at_most_one_approved_version_per_template_and_locale(versions: Template
 
 
 def test_the_daemon_renders_only_the_approved_version_on_every_instance(
-        versions: TemplateVersions, engine: Engine, config: Config, fake_clock: FakeClock) -> None:
-    # two instances: their own TemplateVersions and template sets over the same database
-    other = TemplateVersions(engine, config, fake_clock, config.resolve(config.templates.forbidden_phrases))
+        versions: TemplateVersions, engine: Engine, config: Config, fake_clock: FakeClock,
+        request: pytest.FixtureRequest) -> None:
+    # two instances: their own engine, TemplateVersions and template set over one database
+    second_engine = make_engine(engine.url.render_as_string(hide_password=False))
+    request.addfinalizer(second_engine.dispose)
+    other = TemplateVersions(second_engine, config, fake_clock, config.resolve(config.templates.forbidden_phrases))
     one, two = StoredTemplateSet(config, source=versions), StoredTemplateSet(config, source=other)
     catalog = one.approved_catalog()
     assert two.approved_catalog() == catalog and SMS in catalog[(Channel.SMS, "dpd30", "en-US")]
