@@ -493,15 +493,25 @@ def _check_listen(host: str, port: int) -> None:
 
 
 def _startup_lint(runtime: Runtime) -> None:
-    """Lint at start-up (SPEC section 7): a broken template is reported, and only
-    approved, unchanged templates are ever sent anyway."""
+    """Lint at start-up (SPEC section 7): the templates folder, and the approved versions
+    in the database that differ from it (a change of configuration or forbidden phrases
+    may break an approved text). Problems are reported; what is sent stays approved."""
     import logging
 
     from dispatcher.templates.lint import lint_tree
 
     config = runtime.config
-    problems = lint_tree(config.resolve(config.templates.directory), config,
-                         config.resolve(config.templates.forbidden_phrases))
+    folder = config.resolve(config.templates.directory)
+    problems = lint_tree(folder, config, config.resolve(config.templates.forbidden_phrases)) \
+        if folder.is_dir() else []
+    # what is sent is the database's approved versions: lint those the folder does not hold
+    versions = runtime.template_versions
+    for version in versions.approved_templates():
+        file = folder / version.relpath
+        if not file.is_file() or file.read_bytes() != version.content.encode("utf-8"):
+            stored = versions.get(version.version) if version.version is not None else None
+            if stored is not None:
+                problems += versions.lint(stored)
     log = logging.getLogger("dispatcher")
     for problem in problems:
         log.warning("template lint: %s", problem)
