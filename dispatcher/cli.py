@@ -498,20 +498,14 @@ def _startup_lint(runtime: Runtime) -> None:
     may break an approved text). Problems are reported; what is sent stays approved."""
     import logging
 
+    from dispatcher.services.template_files import lint_approved_beyond
     from dispatcher.templates.lint import lint_tree
 
     config = runtime.config
     folder = config.resolve(config.templates.directory)
     problems = lint_tree(folder, config, config.resolve(config.templates.forbidden_phrases)) \
         if folder.is_dir() else []
-    # what is sent is the database's approved versions: lint those the folder does not hold
-    versions = runtime.template_versions
-    for version in versions.approved_templates():
-        file = folder / version.relpath
-        if not file.is_file() or file.read_bytes() != version.content.encode("utf-8"):
-            stored = versions.get(version.version) if version.version is not None else None
-            if stored is not None:
-                problems += versions.lint(stored)
+    problems += lint_approved_beyond(runtime.template_versions, folder)  # what is sent, if not in the folder
     log = logging.getLogger("dispatcher")
     for problem in problems:
         log.warning("template lint: %s", problem)

@@ -163,3 +163,17 @@ def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def lint_approved_beyond(versions: TemplateVersions, directory: Path) -> list[LintProblem]:
+    """The lint problems of the approved versions whose text is not the same file in
+    `directory` (start-up lints the folder; these are what is sent besides)."""
+    t = template_versions_t
+    with versions.engine.connect() as conn:
+        approved = [version_of(r) for r in conn.execute(select(t).where(t.c.state == APPROVED))]
+    problems: list[LintProblem] = []
+    for v in approved:
+        file = Path(directory) / v.relpath
+        if not file.is_file() or file.read_bytes() != v.content.encode("utf-8"):
+            problems += versions.lint(v)
+    return problems

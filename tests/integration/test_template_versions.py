@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -21,7 +21,13 @@ from dispatcher.credentials import light_passwords
 from dispatcher.domain import Channel
 from dispatcher.roles import Role
 from dispatcher.services.people import People
-from dispatcher.services.template_files import export_tree, import_tree, seed_if_empty, template_files
+from dispatcher.services.template_files import (
+    export_tree,
+    import_tree,
+    lint_approved_beyond,
+    seed_if_empty,
+    template_files,
+)
 from dispatcher.services.template_versions import (
     ApprovalDenied,
     TemplateVersionError,
@@ -32,6 +38,7 @@ from dispatcher.store.db import make_engine
 from dispatcher.store.tables import events_t, template_versions_t
 from dispatcher.templates.approvals_file import load_approvals
 from dispatcher.templates.context import build_context, opt_out_text
+from dispatcher.templates.rendering import content_hash
 from dispatcher.templates.stored import StoredTemplateSet
 from dispatcher.testing import SAMPLE_PAYMENT_LINK, SAMPLE_TODAY, sample_case
 
@@ -281,3 +288,18 @@ def test_times_are_the_injected_clocks(versions: TemplateVersions, fake_clock: F
     approved = versions.approve(SMS, draft.version, "carol", None)
     assert draft.created_at == fake_clock.now() - dt.timedelta(hours=2)
     assert approved.approved_at == fake_clock.now()
+
+
+def test_start_up_lints_the_approved_versions_the_folder_does_not_hold(versions: TemplateVersions,
+                                                                      engine: Engine) -> None:
+    assert lint_approved_beyond(versions, SHIPPED) == []  # every approved version is a shipped file
+    draft, _ = versions.save(SMS, "en-US", edited(versions), "alice")
+    versions.approve(SMS, draft.version, "carol", None)
+    assert lint_approved_beyond(versions, SHIPPED) == []  # differs from the folder, but clean
+    # an approved text that no longer passes (e.g. the forbidden phrases grew since)
+    threat = draft.content.replace("Thank you.", "Or the police will call.")
+    with engine.begin() as conn:
+        conn.execute(update(template_versions_t).where(template_versions_t.c.version == draft.version)
+                     .values(content=threat, sha256=content_hash(threat.encode("utf-8"))))
+    (problem,) = [p for p in lint_approved_beyond(versions, SHIPPED) if "police" in p.message]
+    assert str(problem.path) == f"{SMS}.en-US.j2"
