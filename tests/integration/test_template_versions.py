@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,27 @@ def test_start_up_lints_the_approved_versions_the_folder_does_not_hold(versions:
                      .values(content=threat, sha256=content_hash(threat.encode("utf-8"))))
     (problem,) = [p for p in lint_approved_beyond(versions, SHIPPED) if "police" in p.message]
     assert str(problem.path) == f"{SMS}.en-US.j2"
+
+
+def test_two_checkers_approving_at_once_leave_one_approved_version(versions: TemplateVersions) -> None:
+    first, _ = versions.save(SMS, "en-US", edited(versions, extra=" Thank you."), "alice")
+    second, _ = versions.save(SMS, "en-US", edited(versions, extra=" Thanks."), "bob")
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def approve(version: int, checker: str) -> None:
+        try:
+            barrier.wait()
+            versions.approve(SMS, version, checker, None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=approve, args=(first.version, "carol")),
+               threading.Thread(target=approve, args=(second.version, "dave"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    states = sorted(v.state for v in versions.versions(SMS, "en-US"))
+    assert states.count("approved") == 1 and states.count("retired") == 2
