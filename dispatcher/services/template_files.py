@@ -117,13 +117,13 @@ def _import(versions: TemplateVersions, conn: Connection, directory: Path, appro
             approved_at = entry.approved_at if entry.approved_at.tzinfo is not None \
                 else entry.approved_at.replace(tzinfo=dt.UTC)
             version = versions.insert_version(conn, ref.template_id, ref.locale, content, by, now, APPROVED,
-                                       approved_by=entry.approved_by, approved_at=approved_at)
+                                              approved_by=entry.approved_by, approved_at=approved_at)
             record_event(conn, EventKind.TEMPLATE_IMPORTED, now, actor=by, template=ref.template_id,
                          locale=ref.locale, version=version.version, state=APPROVED,
                          approved_by=entry.approved_by, retired=current.version if current else None)
             results.append(Imported(ref.relpath, APPROVED, version.version))
             continue
-        if existing and existing[0].sha256 == sha or current is not None and current.sha256 == sha:
+        if (existing and existing[0].sha256 == sha) or (current is not None and current.sha256 == sha):
             results.append(Imported(ref.relpath, "unchanged", existing[0].version))
             continue
         version = versions.insert_version(conn, ref.template_id, ref.locale, content, by, now, "draft")
