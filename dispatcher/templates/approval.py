@@ -1,5 +1,9 @@
-"""Approving a template: lint every locale file of it, then record the sha256 of each
-in the approvals file (`approvals_file`). Only approved, unchanged content is ever sent.
+"""Approving the files of a template folder: lint every locale file of it, then record
+the sha256 of each in the approvals file (`approvals_file`).
+
+This is the file-only workflow's approval, kept for file template sets (tests, tooling).
+The product approves versions in the database with four eyes
+(`services.template_versions`); `dispatcher templates approve` goes there, never here.
 """
 
 from __future__ import annotations
