@@ -35,6 +35,7 @@ from dispatcher.services.template_versions import (
     TemplateVersions,
     VersionStateError,
 )
+from dispatcher.settings import Settings
 from dispatcher.store.db import make_engine
 from dispatcher.store.tables import events_t, template_versions_t
 from dispatcher.templates.approvals_file import load_approvals
@@ -42,6 +43,7 @@ from dispatcher.templates.context import build_context, opt_out_text
 from dispatcher.templates.rendering import content_hash
 from dispatcher.templates.stored import StoredTemplateSet
 from dispatcher.testing import SAMPLE_PAYMENT_LINK, SAMPLE_TODAY, sample_case
+from dispatcher.wiring import Runtime, SetupError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "templates"
@@ -328,3 +330,19 @@ def test_two_checkers_approving_at_once_leave_one_approved_version(versions: Tem
     assert errors == []
     states = sorted(v.state for v in versions.versions(SMS, "en-US"))
     assert states.count("approved") == 1 and states.count("retired") == 2
+
+
+def test_an_instance_without_the_folder_sends_from_the_database(versions: TemplateVersions, engine: Engine,
+                                                                config: Config, fake_clock: FakeClock,
+                                                                tmp_path: Path) -> None:
+    elsewhere = config.model_copy(update={"templates": config.templates.model_copy(
+        update={"directory": tmp_path / "no-such-folder"})})
+    runtime = Runtime(Settings(signing_key="k"), fake_clock, config=elsewhere, engine=engine)
+    catalog = runtime.templates.approved_catalog()
+    assert SMS in catalog[(Channel.SMS, "dpd30", "zh-CN")]
+    # an empty database and no folder: a clear refusal, not a daemon that sends nothing
+    with engine.begin() as conn:
+        conn.execute(update(template_versions_t).values(state="retired"))
+    empty = Runtime(Settings(signing_key="k"), fake_clock, config=elsewhere, engine=engine)
+    with pytest.raises(SetupError, match="does not exist and the database has no approved templates"):
+        empty.templates  # noqa: B018
