@@ -446,6 +446,7 @@ def run_cmd(
     runtime = rt(ctx)
     # The database may not be up yet (a host's boot, a fail-over): wait for it, never exit.
     wait_for_store(lambda: runtime.engine, what="start-up")
+    wait_for_store(lambda: runtime.templates, what="start-up")  # the approved versions, from the store
     _startup_lint(runtime)  # asks the store whether anyone can sign in
     channels = runtime.channels()
     sender = runtime.sender(channels)
