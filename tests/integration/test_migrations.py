@@ -127,6 +127,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0007_tasks.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0008_user_locale.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0010_plan_instants.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0011_template_versions.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
 
 
