@@ -51,6 +51,7 @@ from dispatcher.templates.rendering import (
 )
 from dispatcher.templates.replies import REPLIES, REPLY_CONTEXT_KEYS, ReplySpec, build_reply_context
 from dispatcher.templates.segments import sms_segments
+from dispatcher.templates.voice_rules import DEBT_RE, VOICE_OPTIONS, press
 from dispatcher.testing import (
     SAMPLE_CASES,
     SAMPLE_TODAY,
@@ -92,48 +93,6 @@ _MONEY_KEYS = {
     "outstanding": "outstanding", "original_amount": "amount_due", "paid_total": "paid_total",
     "principal": "principal", "interest": "interest", "penalty": "penalty", "fees": "fees",
 }
-
-#: Words that disclose a debt. A voicemail may be heard by anyone and the identity
-#: check is spoken before we know who answered: neither may use them.
-_DEBT_WORDS_EN = (
-    "debt", "debts", "owe", "owed", "owes", "owing", "overdue", "past due", "late", "balance",
-    "payment", "payments", "pay", "paid", "repay", "repayment", "collect", "collection",
-    "collections", "collector", "delinquent", "delinquency", "arrears", "loan", "loans",
-    "credit card", "penalty", "penalties", "interest", "amount due", "outstanding", "bill",
-    "billing",
-)
-_DEBT_WORDS_ZH = (
-    "欠",
-    "债",
-    "逾期",
-    "还款",
-    "催收",
-    "贷款",
-    "罚息",
-    "利息",
-    "账单",
-    "信用卡",
-    "应还",
-    "金额",
-    "付款",
-    "缴费",
-)
-_DEBT_RE = re.compile(
-    r"\b(?:" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in _DEBT_WORDS_EN) + r")\b"
-    + "|" + "|".join(map(re.escape, _DEBT_WORDS_ZH)),
-    re.IGNORECASE,
-)
-
-#: IVR options the script must announce; the gather handler maps these digits.
-_VOICE_OPTIONS = {"1": "payment link by SMS", "2": "promise to pay", "3": "an agent",
-                  "4": "self-service link by SMS", "9": "stop calls"}
-
-
-def _press(locale: str, digit: str) -> re.Pattern[str]:
-    if locale.startswith("zh"):
-        return re.compile(rf"按\s*{digit}(?!\d)")
-    return re.compile(rf"\bpress\s+{digit}(?!\d)", re.IGNORECASE)
-
 
 @dataclass(frozen=True, order=True)
 class LintProblem:
@@ -597,15 +556,15 @@ def _content_checks(
         money = [str(ctx[k]) for k, attr in _MONEY_KEYS.items() if getattr(case, attr)]
         for block in ("identity", "voicemail"):
             body, line = blocks[block], block_lines.get(block, 1)
-            words = sorted({m.group(0).lower() for m in _DEBT_RE.finditer(body)})
+            words = sorted({m.group(0).lower() for m in DEBT_RE.finditer(body)})
             if words:
                 out.append((line, f"the {block} must not name the debt: found {', '.join(map(repr, words))}"))
             if any(amount in body for amount in money):
                 out.append((line, f"the {block} must not state an amount"))
-        if not _press(ref.locale, "1").search(blocks["identity"]):
+        if not press(ref.locale, "1").search(blocks["identity"]):
             out.append((block_lines.get("identity", 1), "the identity check must ask the person to press 1"))
-        for digit, meaning in _VOICE_OPTIONS.items():
-            if not _press(ref.locale, digit).search(blocks["script"]):
+        for digit, meaning in VOICE_OPTIONS.items():
+            if not press(ref.locale, digit).search(blocks["script"]):
                 out.append((block_lines.get("script", 1), f"the script must offer option {digit} ({meaning})"))
 
     for block, body in blocks.items():
