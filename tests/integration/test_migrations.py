@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0010"
+HEAD = "0011"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
