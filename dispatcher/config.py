@@ -413,6 +413,12 @@ class ChannelCosts(_Model):
     email: Price = Decimal("0")
     voice_minute: Price = Decimal("0")
 
+    def cost(self, *, segments: int = 0, emails: int = 0, call_minutes: int = 0) -> Decimal:
+        """What that many SMS segments, e-mails and started call minutes cost, to 1/10000
+        of the currency (the reports' totals and the template studio's cost per message)."""
+        total = segments * self.sms_segment + emails * self.email + call_minutes * self.voice_minute
+        return total.quantize(Decimal("0.0001"))
+
 
 class Retention(_Model):
     years: PositiveInt = 5

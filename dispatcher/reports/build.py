@@ -173,8 +173,7 @@ def _stages(conn: Connection, query: Query, config: Config) -> list[StageKpi]:
     for kpi in rows.values():
         prices = config.costs.get(kpi.currency)
         if prices is not None:
-            kpi.cost = (kpi.segments * prices.sms_segment + kpi.emails * prices.email
-                        + kpi.call_minutes * prices.voice_minute).quantize(Decimal("0.0001"))
+            kpi.cost = prices.cost(segments=kpi.segments, emails=kpi.emails, call_minutes=kpi.call_minutes)
         elif not kpi.messages:
             kpi.cost = Decimal("0.0000")
     return sorted(rows.values(), key=lambda k: (order.get(k.stage, len(order)), k.stage, k.jurisdiction, k.currency))

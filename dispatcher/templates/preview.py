@@ -82,10 +82,10 @@ def preview(
     case: Case,
     locale: str | None,
     today: dt.date,
-    out_dir: Path,
+    out_dir: Path | None,
 ) -> PreviewResult:
     """Render `template_id` for `case` (in `locale`, or the case's with the profile's
-    fallback); an e-mail's HTML is written under `out_dir`."""
+    fallback); an e-mail's HTML is written under `out_dir` (None: not written)."""
     channel = Channel(template_id.split("/", 1)[0])
     if locale is None:
         profile = template_set.config.jurisdictions.get(case.jurisdiction)
@@ -109,7 +109,7 @@ def preview(
     message = template_set.render(template_id, locale, context)
     segments = sms_segments(message.text) if channel is Channel.SMS else None
     html_path = None
-    if channel is Channel.EMAIL and message.html is not None:
+    if channel is Channel.EMAIL and message.html is not None and out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         html_path = out_dir / f"{template_id.replace('/', '_')}.{locale}.html"

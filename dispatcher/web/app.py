@@ -23,6 +23,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher.roles import Permission
@@ -37,6 +38,8 @@ from dispatcher.web import (
     email_hooks,
     queue_page,
     reports_page,
+    studio,
+    template_preview,
     templates_api,
 )
 from dispatcher.web.auth import AccessDenied, CsrfFailed, api_permission
@@ -126,13 +129,17 @@ def create_app(web: WebCollaborators, *, max_body_bytes: int = DEFAULT_MAX_BODY_
     app.include_router(email_hooks.router, include_in_schema=False)
     app.include_router(debtor_page.router, include_in_schema=False)
     app.include_router(api.router)
+    app.include_router(template_preview.router)  # before templates_api: /preview is not a template id
     app.include_router(templates_api.router)
     app.include_router(console.router, include_in_schema=False)
     app.include_router(case_page.router, include_in_schema=False)
     app.include_router(case_actions_page.router, include_in_schema=False)
     app.include_router(queue_page.router, include_in_schema=False)
     app.include_router(reports_page.router, include_in_schema=False)
+    app.include_router(studio.router, include_in_schema=False)
     _add_docs(app)
+    # the console's own scripts (the template studio's live preview), from this origin only
+    app.mount("/ui/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="ui-static")
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> Response:
@@ -193,7 +200,6 @@ def _add_docs(app: FastAPI) -> None:
     the console and its docs must work on a bank's closed network."""
     import fastapi_offline
     from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.staticfiles import StaticFiles
 
     static = Path(fastapi_offline.__file__).resolve().parent / "static"
     app.mount("/docs/static", StaticFiles(directory=static), name="docs-static")

@@ -85,11 +85,12 @@ def api_permission(permission: Permission) -> Callable[..., Awaitable[Principal]
     return check
 
 
-def require(principal: Principal, permission: Permission) -> None:
-    """A check inside an API handler, when what is needed depends on the data (releasing
-    a legal hold needs more than releasing a collector's hold): 403 without it."""
+def require(principal: Principal, permission: Permission, *, console: bool = False) -> None:
+    """Refuse (403) a request whose user lacks `permission` for part of what it asks, when
+    what is needed depends on the data (releasing a legal hold needs more than releasing a
+    collector's hold; a template preview for a real case needs `cases.read`)."""
     if not principal.can(permission):
-        raise AccessDenied(403, _missing(principal, permission), console=False)
+        raise AccessDenied(403, _missing(principal, permission), console=console)
 
 
 def _missing(principal: Principal, permission: Permission) -> str:
