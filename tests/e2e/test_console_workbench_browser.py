@@ -30,7 +30,9 @@ from dispatcher.store.tables import events_t, holds_t, messages_t, tasks_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.wiring import Runtime
-from tests.e2e.test_console_browser import CHROMIUM_FLAGS, PASSWORD, SCREENSHOTS, _chromium
+from tests.e2e.conftest import CHROMIUM_FLAGS
+from tests.e2e.conftest import chromium_executable as _chromium
+from tests.e2e.test_console_browser import PASSWORD, SCREENSHOTS
 from tests.integration.test_collector_api import imported
 
 ROOT = Path(__file__).resolve().parents[2]

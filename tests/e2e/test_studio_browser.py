@@ -34,7 +34,8 @@ from dispatcher.store.db import ensure_schema, make_engine
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.wiring import Runtime
-from tests.e2e.test_console_browser import CHROMIUM_FLAGS, _chromium
+from tests.e2e.conftest import CHROMIUM_FLAGS
+from tests.e2e.conftest import chromium_executable as _chromium
 from tests.integration.test_collector_api import imported
 
 ROOT = Path(__file__).resolve().parents[2]
