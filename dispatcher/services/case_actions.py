@@ -124,7 +124,8 @@ class CaseActions:
     def promise(self, case_id: str, date: str, by: str) -> dict[str, Any]:
         """A promise to pay by `date` (a date in the debtor's zone, from tomorrow to the
         promise window `[replies] promise_to_pay_days` ahead): a `promise_to_pay` hold
-        until 00:00 of that date; a payment by then keeps it, else it is a broken promise."""
+        until the end of that day (00:00 of the next, debtor's zone — "by Friday" includes
+        Friday, as on a call); a payment by then keeps it, else it is a broken promise."""
         now = self.clock.now()
         window = self.config.replies.promise_to_pay_days
         with self.engine.begin() as conn:
@@ -139,7 +140,7 @@ class CaseActions:
                 raise ActionRefused(f"a promise date is from {today + dt.timedelta(days=1)} to"
                                     f" {today + dt.timedelta(days=window)} (within {window} days, debtor's zone"
                                     f" {zone}); {day} is not")
-            until = parse_person_date(day.isoformat(), zone)
+            until = parse_person_date((day + dt.timedelta(days=1)).isoformat(), zone)
             hold_id = repository.place_hold(conn, case_id, Reason.PROMISE_TO_PAY, until, by, now,
                                             note=f"promised by {day.isoformat()}")
         return {"case_id": case_id, "hold_id": hold_id, "date": day.isoformat(), "until": until.isoformat()}

@@ -180,7 +180,9 @@ class SelfService:
         if not view.today < day <= view.promise_max:
             raise Refused("date_range")
         now = self.clock.now()
-        until = start_of_local_day(day, view.zone)  # a date a person gives: 00:00 local (SPEC 11)
+        # paying on the promised day keeps the promise: the hold ends with that local day,
+        # as a promise keyed on a call does
+        until = start_of_local_day(day + dt.timedelta(days=1), view.zone)
         with self.engine.begin() as conn:
             repository.place_hold(conn, target.case_id, Reason.PROMISE_TO_PAY, until, ACTOR_PAGE, now,
                                   note="self-service page")

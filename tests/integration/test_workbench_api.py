@@ -200,7 +200,7 @@ async def test_promises_are_days_in_the_debtors_zone_within_the_window(api: Api)
     agent = api.token_of("agent7", Role.COLLECTOR)
     r = await c.post("/api/cases/CN-1001/promises", json={"date": "2026-12-10"}, headers=agent)
     assert r.status_code == 201, r.text
-    assert r.json()["date"] == "2026-12-10" and r.json()["until"] == "2026-12-10T00:00:00+08:00"
+    assert r.json()["date"] == "2026-12-10" and r.json()["until"] == "2026-12-11T00:00:00+08:00"  # the end of the promised day
     with api.engine.connect() as conn:
         hold = conn.execute(select(holds_t).where(holds_t.c.id == r.json()["hold_id"])).one()
     assert (hold.reason, hold.placed_by) == ("promise_to_pay", "agent7")
@@ -419,7 +419,8 @@ async def test_the_retention_job_forgets_expired_keys(api: Api) -> None:
     api.clock.advance(hours=12)
     await api.client.post("/api/cases/CN-1001/notes", json={"text": "b"}, headers=auth | {"Idempotency-Key": "k2"})
     api.clock.advance(hours=13)  # k1 is 25 hours old, k2 13
-    jobs = SimpleNamespace(engine=api.engine, clock=api.clock, config=api.config)
+    jobs = SimpleNamespace(engine=api.engine, clock=api.clock, config=api.config,
+                           sender=SimpleNamespace(stopping=False))
     await DaemonJobs._retention(jobs)  # type: ignore[arg-type]
     with api.engine.connect() as conn:
         assert list(conn.execute(select(idempotency_keys_t.c.key)).scalars()) == ["k2"]
