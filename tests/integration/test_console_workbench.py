@@ -270,7 +270,7 @@ async def test_payment_promise_and_note_from_the_case_page(desk: Desk) -> None:
         # a promise date is a day in the debtor's zone: the hold ends at 00:00 there
         r = await c.post("/ui/cases/A1/promises", data={"date": "2026-12-10", "csrf": csrf})
         page = (await c.get(r.headers["location"])).text
-        assert "Promise to pay by 2026-12-10 recorded" in page and "2026-12-11 00:00 +08:00" in page  # day ends
+        assert "Promise to pay by 2026-12-10 recorded" in page and "2026-12-11 00:00 +08:00" in page
         r = await c.post("/ui/cases/A1/promises", data={"date": "2027-06-01", "csrf": csrf})
         assert "a promise date is from" in (await c.get(r.headers["location"])).text
         r = await c.post("/ui/cases/A1/notes", data={"text": "Called: lost job, will pay on the 10th", "csrf": csrf})
