@@ -135,7 +135,7 @@ async def test_promise_to_pay_places_a_hold_until_the_debtors_date(page: Page) -
     with page.engine.connect() as conn:
         hold = conn.execute(select(holds_t).where(holds_t.c.case_id == "cn-1")).one()
     assert hold.reason == "promise_to_pay"
-    assert hold.until == dt.datetime(2026, 12, 21, 16, 0, tzinfo=dt.UTC)  # the end of 12-21 in Asia/Shanghai: paying that day keeps it
+    assert hold.until == dt.datetime(2026, 12, 21, 16, 0, tzinfo=dt.UTC)  # end of 12-21, Shanghai
     assert json.loads(page.events("self_service")[0].data) == {"choice": "promise_to_pay", "promised_by": "2026-12-21"}
 
 

@@ -200,7 +200,7 @@ async def test_promises_are_days_in_the_debtors_zone_within_the_window(api: Api)
     agent = api.token_of("agent7", Role.COLLECTOR)
     r = await c.post("/api/cases/CN-1001/promises", json={"date": "2026-12-10"}, headers=agent)
     assert r.status_code == 201, r.text
-    assert r.json()["date"] == "2026-12-10" and r.json()["until"] == "2026-12-11T00:00:00+08:00"  # the end of the promised day
+    assert r.json()["date"] == "2026-12-10" and r.json()["until"] == "2026-12-11T00:00:00+08:00"
     with api.engine.connect() as conn:
         hold = conn.execute(select(holds_t).where(holds_t.c.id == r.json()["hold_id"])).one()
     assert (hold.reason, hold.placed_by) == ("promise_to_pay", "agent7")
