@@ -138,7 +138,7 @@ async def editor(channel: str, stage: str, variant: str, request: Request, princ
     can_decide, decide_reason = _may_decide(principal, shown)
     result = _banner(request.query_params)
     return _page(request, principal, "console_template.html", title=f"Template {template_id}",
-                 template_id=template_id, locale=locale, locales=list(SUPPORTED_LOCALES), channel=channel,
+                 template_id=template_id, template_locale=locale, locales=list(SUPPORTED_LOCALES), channel=channel,
                  history=history, approved=approved, shown=shown, content=content, preview=preview,
                  case_id=case_id or "", can_draft=principal.can(Permission.TEMPLATES_DRAFT),
                  can_read_cases=principal.can(Permission.CASES_READ), can_decide=can_decide,

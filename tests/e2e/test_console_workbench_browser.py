@@ -177,7 +177,7 @@ async def test_a_collectors_day_in_chinese(served: tuple[str, Engine, FakeClock]
     await page.click("#record-promise")
     await page.wait_for_selector("#result")
     assert "2026-12-12" in await page.inner_text("#result")
-    assert "2026-12-12 00:00 +08:00" in await page.inner_text("#holds")
+    assert "2026-12-13 00:00 +08:00" in await page.inner_text("#holds")
     with engine.connect() as conn:
         hold = conn.execute(select(holds_t).where(holds_t.c.reason == "promise_to_pay")).one()
     assert (hold.case_id, hold.placed_by) == ("B2", "张伟")

@@ -243,7 +243,7 @@ async def test_four_eyes_the_author_cannot_approve_another_compliance_officer_do
 async def test_a_collector_gets_no_studio(served: tuple[str, Engine, Runtime], browser: Any) -> None:
     base, _engine, _runtime = served
     page = await _signed_in(browser, base, "agent7")
-    await page.wait_for_url(f"{base}/ui/cases")
+    await page.wait_for_url(f"{base}/ui/queue")  # a collector starts at the task queue
     assert await page.locator("#nav-templates").count() == 0
     response = await page.goto(f"{base}/ui/templates")
     assert response is not None and response.status == 403
