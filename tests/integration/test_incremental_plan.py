@@ -210,36 +210,34 @@ def test_a_configuration_change_invalidates_every_case(worlds: Any, config: Conf
     assert outbox(inc.engine) == outbox(full.engine)
 
 
-def test_a_template_approval_invalidates_every_case(worlds: Any, config: Config, tmp_path: Path) -> None:
-    """`dispatcher templates approve` calls `invalidate_all`; the next run evaluates
-    every case, and a change of the approved catalog alone is seen by the fingerprint."""
-    from dispatcher.cli import app
+def test_a_template_approval_invalidates_every_case(worlds: Any, config: Config) -> None:
+    """Four-eyes approval of a new version of a template the catalog already has changes
+    no decision (its text is rendered when a message is composed), so nothing is planned
+    again; an approval that changes the approved catalog (a new or withdrawn template)
+    changes the fingerprint, and the next run evaluates every case."""
+    from dispatcher.credentials import light_passwords
+    from dispatcher.roles import Role
+    from dispatcher.services.people import People
+    from dispatcher.services.template_files import seed_if_empty
+    from dispatcher.services.template_versions import TemplateVersions
 
     rows = list(generate_cases(20, START.date(), seed=9))
     inc, _ = worlds(rows)
     approved = catalog(config)
     planner = IncrementalPlanner(inc.engine, Gate(config))
     planner.run(approved, START)
-    with inc.engine.connect() as conn:
-        before = plan_state.current_epoch(conn)
-    tree = tmp_path / "templates"
-    shutil.copytree(ROOT / "templates", tree)
-    source = (ROOT / "config" / "dispatcher.toml").read_text(encoding="utf-8")
-    cfg_path = tmp_path / "config" / "dispatcher.toml"
-    cfg_path.parent.mkdir()
-    cfg_path.write_text(source.replace('directory = "../templates"', f'directory = "{tree}"').replace(
-        'forbidden_phrases = "forbidden_phrases.txt"',
-        f'forbidden_phrases = "{ROOT / "config" / "forbidden_phrases.txt"}"'), encoding="utf-8")
-    url = str(inc.engine.url)
-    code = app(["--config", str(cfg_path), "--db", url, "--now", START.isoformat(), "templates", "approve",
-                "sms/dpd30/v2", "--by", "reviewer-7"], standalone_mode=False)
-    assert code in (None, 0)
-    with inc.engine.connect() as conn:
-        assert plan_state.current_epoch(conn) == before + 1
-    summary = planner.run(approved, START + dt.timedelta(minutes=5))
-    assert summary.whole_partitions == plan_state.PARTITIONS and summary.evaluated == 20
-    # the catalog changes without anyone calling invalidate_all (an edited approvals file)
-    assert planner.run(approved, START + dt.timedelta(minutes=6)).evaluated <= 2
+    clock = FakeClock(START)
+    tv = TemplateVersions(inc.engine, config, clock, config.resolve(config.templates.forbidden_phrases))
+    seed_if_empty(tv, ROOT / "templates")
+    people = People(inc.engine, clock, light_passwords())
+    people.add_user("writer", frozenset({Role.AUTHOR}), "test-admin")
+    people.add_user("checker", frozenset({Role.COMPLIANCE}), "test-admin")
+    current = tv.approved("sms/dpd30/v2", "en-US")
+    assert current is not None
+    draft, problems = tv.save("sms/dpd30/v2", "en-US", current.content.replace("as soon as you can", "soon"), "writer")
+    assert problems == [] and draft.content != current.content
+    assert tv.approve("sms/dpd30/v2", draft.version, "checker", "wording").state == "approved"
+    assert planner.run(approved, START + dt.timedelta(minutes=5)).evaluated <= 2
     smaller = {k: v for k, v in approved.items() if k[1] != "dpd30"}
     assert planner.run(smaller, START + dt.timedelta(minutes=7)).evaluated == 20
     with inc.engine.begin() as conn:  # and back: the fingerprint differs again
