@@ -398,12 +398,20 @@ def _is_zone(name: str) -> bool:
     return True
 
 
+#: C0 controls other than tab, line feed and carriage return, and DEL: no name, address or
+#: amount holds one (PostgreSQL cannot even store NUL), so a row with one is refused
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def validate_row(
     values: Mapping[str, str], config: Config
 ) -> tuple[ImportedCase | None, list[tuple[str, str]]]:
     """Validate one record (contract column -> text); returns the case or the problems
     as (column, message) pairs, every problem of the row at once."""
     problems: list[tuple[str, str]] = []
+    for column, value in values.items():
+        if _CONTROL.search(value):
+            problems.append((column, "contains control characters (such as NUL); remove them from the file"))
 
     def text(column: str) -> str:
         return values.get(column, "").strip()

@@ -662,3 +662,25 @@ def test_100k_rows_import_in_one_streaming_pass(engine: Engine, config: Config, 
     assert rss.growth < 64 * 2**20, f"resident set grew by {rss.growth / 2**20:.0f} MiB for {n} rows"
     print(f"\n{engine.dialect.name}: {n} rows in {elapsed:.1f} s ({n / elapsed:,.0f} rows/s),"
           f" RSS growth {rss.growth / 2**20:.1f} MiB")
+
+
+def test_a_row_with_a_control_character_is_refused_and_says_what_to_do(tmp_path: Path) -> None:
+    """Found by the import fuzzing on SQLite: a NUL inside a quoted name was stored (PostgreSQL
+    cannot even hold one). The row is rejected with the column named; the others go in."""
+    from dispatcher.clock import FakeClock
+    from dispatcher.config import load_config
+    from dispatcher.services.importer import import_file
+    from dispatcher.store.db import ensure_schema, make_engine
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "config" / "dispatcher.toml")
+    engine = make_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    ensure_schema(engine)
+    head = "case_id,name,jurisdiction,principal,interest,penalty,amount_due,due_date\n"
+    path = tmp_path / "cases.csv"
+    path.write_text(head + '"A1","Wang\x00Wei",cn,100,0,0,100,2026-11-01\n'
+                    + "A2,Li Na,cn,100,0,0,100,2026-11-01\n", encoding="utf-8")
+    report = import_file(path, engine, config, FakeClock(dt.datetime(2026, 12, 3, tzinfo=dt.UTC)))
+    assert (report.imported, report.rejected) == (1, 1)
+    [error] = report.errors
+    assert error.column == "name" and "control characters" in error.message
