@@ -33,6 +33,7 @@ from dispatcher.store import repository as repo
 from dispatcher.store.repository import ImportedCase
 from dispatcher.store.snapshots import get_snapshot
 from dispatcher.store.tables import contacts_t, events_t, holds_t, messages_t, tasks_t
+from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.web.security import bounce_signature
 from dispatcher.wiring import Runtime
@@ -915,8 +916,12 @@ async def test_health_reports_an_unreachable_store(config: Config, fake_clock: F
     from dispatcher.store.db import make_engine
 
     broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1")
+    # the store went away after the approved templates were read (the daemon waits for the
+    # store before it reads them at start-up): the set read then is given here
+    settings = Settings(public_url=PUBLIC, twilio_auth_token=TOKEN, signing_key=KEY, api_token=METRICS_TOKEN)
+    templates = TemplateSet(config.resolve(config.templates.directory), config)
+    app = create_app(Runtime(settings, fake_clock, config=config, engine=broken, templates=templates).web())
     try:
-        app = make_app(broken, config, fake_clock)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=INTERNAL) as client:
             r = await client.get("/healthz")
             assert r.status_code == 503

@@ -306,6 +306,6 @@ async def test_storm_of_duplicated_inbound_sms_and_ivr_steps_takes_effect_once(
                                .group_by(m.template_id)).all()
         assert dict(replies) == {"sms/replies/opt_out": kinds["opt_out"], "sms/replies/opt_in": kinds["opt_in"],
                                  "sms/replies/help": kinds["help"], "sms/replies/payment_link": calls}
-        keys = conn.execute(select(dedupe_keys_t.c.key)).scalars().all()
+        keys = [k for k in conn.execute(select(dedupe_keys_t.c.key)).scalars() if k != "templates:seeded"]
         assert len(keys) == 60 + 2 * calls  # one per SMS, one identity and one promise per call
         assert count(events_t, e.kind == "keypress") == 3 * calls * DELIVERIES  # every press is logged
