@@ -42,6 +42,21 @@ def page_viewport() -> dict[str, int] | None:
 
 
 @pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium for tests that open several pages or contexts (each user signed
+    in in their own context), closed afterwards."""
+    executable = chromium_executable()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
 async def page(page_viewport: dict[str, int] | None) -> AsyncIterator[Any]:
     """A fresh page in a headless Chromium (10 s default timeout), closed afterwards."""
     executable = chromium_executable()

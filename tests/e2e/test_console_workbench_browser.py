@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,6 @@ from dispatcher.store.tables import events_t, holds_t, messages_t, tasks_t
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.wiring import Runtime
-from tests.e2e.conftest import CHROMIUM_FLAGS
-from tests.e2e.conftest import chromium_executable as _chromium
 from tests.e2e.test_console_browser import PASSWORD, SCREENSHOTS
 from tests.integration.test_collector_api import imported
 
@@ -65,19 +63,6 @@ def served(tmp_path: Path, config: Config) -> Iterator[tuple[str, Engine, FakeCl
     finally:
         app.collaborators.receipts.close()
         engine.dispose()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    executable = _chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def new_page(browser: Any, locale: str, width: str = "desktop") -> Any:

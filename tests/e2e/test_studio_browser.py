@@ -14,7 +14,7 @@ to var/screenshots/ (named in the README).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,6 @@ from dispatcher.store.db import ensure_schema, make_engine
 from dispatcher.templates import TemplateSet
 from dispatcher.web.app import create_app
 from dispatcher.wiring import Runtime
-from tests.e2e.conftest import CHROMIUM_FLAGS
-from tests.e2e.conftest import chromium_executable as _chromium
 from tests.integration.test_collector_api import imported
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,19 +72,6 @@ def served(tmp_path: Path, config: Config) -> Iterator[tuple[str, Engine, Runtim
     finally:
         app.collaborators.receipts.close()
         engine.dispose()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    executable = _chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def _signed_in(browser: Any, base: str, name: str, *, width: int = 1280) -> Any:
