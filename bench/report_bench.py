@@ -2,7 +2,7 @@
 
     python bench/report_bench.py                          # 1,000,000 cases, 10 messages each
     python bench/report_bench.py --cases 100000           # 1/10 of the size
-    python bench/report_bench.py --url URL                # measure an existing database (no load)
+    python bench/report_bench.py --url URL                # measure an existing database (no load; schema upgraded)
     python bench/report_bench.py --url URL --serial       # and the database's CPU, without parallel workers
 
 Loads a generated history with COPY into a fresh database: N cases (cn and us, due dates
@@ -273,6 +273,12 @@ def main() -> None:
             t0 = time.perf_counter()
             load(url, args.cases, args.per_case)
             print(f"load (COPY + VACUUM ANALYZE): {time.perf_counter() - t0:,.1f} s")
+        else:  # a database kept by an earlier version: bring its schema up to this one's first
+            from dispatcher.store.db import ensure_schema, make_engine
+
+            t0 = time.perf_counter()
+            ensure_schema(make_engine(url))
+            print(f"schema brought up to date: {time.perf_counter() - t0:,.1f} s")
         counts = _counts(url)
         print("rows: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
         if args.serial:  # libpq's options: no parallel workers, so the backend does all the work
