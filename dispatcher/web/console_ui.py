@@ -113,6 +113,10 @@ def console_page(request: Request, principal: Principal, name: str, status: int 
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return render(name, page_locale(request, principal), status, user=principal.name, roles=sorted(principal.roles),
                   csrf=csrf, here=here if request.method == "GET" else "",
-                  can_templates=principal.can(Permission.TEMPLATES_READ),  # the template studio's header link
+                  # the header's links, from the permissions their pages check (web.auth)
+                  can_templates=principal.can(Permission.TEMPLATES_READ),
+                  can_queue=principal.can(Permission.TASKS_WORK),
+                  can_cases=principal.can(Permission.CASES_READ),
+                  can_reports=principal.can(Permission.REPORTS_READ),
                   **values)
 
