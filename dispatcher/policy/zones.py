@@ -133,3 +133,16 @@ def parse_person_date(text: str, zone: str) -> dt.datetime:
             f" (00:00 in the debtor's time zone) or add the offset, e.g. {value}+08:00"
         )
     return instant
+
+
+def promise_window(today: dt.date, days: int, *, first_day: int = 1) -> tuple[dt.date, dt.date]:
+    """The dates a debtor may promise to pay by, in their own calendar: from `today +
+    first_day` (1 on the page and the API; 0 on a call, where "today" is an answer) to
+    `today + days`."""
+    return today + dt.timedelta(days=first_day), today + dt.timedelta(days=days)
+
+
+def promise_hold_until(day: dt.date, zone: str) -> dt.datetime:
+    """A promise to pay by `day` lasts to the end of that local day — 00:00 of the next in
+    `zone` — so paying on the promised day keeps it, whoever recorded it (call, page, API)."""
+    return start_of_local_day(day + dt.timedelta(days=1), zone)

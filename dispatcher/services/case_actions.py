@@ -22,7 +22,14 @@ from sqlalchemy.engine import Connection, Engine
 from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.domain import Reason
-from dispatcher.policy.zones import PersonDateError, local_date, parse_person_date, primary_zone
+from dispatcher.policy.zones import (
+    PersonDateError,
+    local_date,
+    parse_person_date,
+    primary_zone,
+    promise_hold_until,
+    promise_window,
+)
 from dispatcher.roles import Permission, release_permission
 from dispatcher.store import repository
 from dispatcher.store.events import EventKind, record_event
@@ -136,11 +143,11 @@ class CaseActions:
             except ValueError:
                 raise ActionRefused(f"date {date!r}: send a date like {today + dt.timedelta(days=3)}"
                                     " (a day in the debtor's time zone)") from None
-            if not today < day <= today + dt.timedelta(days=window):
-                raise ActionRefused(f"a promise date is from {today + dt.timedelta(days=1)} to"
-                                    f" {today + dt.timedelta(days=window)} (within {window} days, debtor's zone"
-                                    f" {zone}); {day} is not")
-            until = parse_person_date((day + dt.timedelta(days=1)).isoformat(), zone)
+            first, last = promise_window(today, window)
+            if not first <= day <= last:
+                raise ActionRefused(f"a promise date is from {first} to {last} (within {window} days, debtor's"
+                                    f" zone {zone}); {day} is not")
+            until = promise_hold_until(day, zone)
             hold_id = repository.place_hold(conn, case_id, Reason.PROMISE_TO_PAY, until, by, now,
                                             note=f"promised by {day.isoformat()}")
         return {"case_id": case_id, "hold_id": hold_id, "date": day.isoformat(), "until": until.isoformat()}

@@ -27,7 +27,7 @@ from dispatcher.policy.plans import (
     plan_terms,
     schedule,
 )
-from dispatcher.policy.zones import local_date, primary_zone, start_of_local_day
+from dispatcher.policy.zones import local_date, primary_zone, promise_hold_until, promise_window
 from dispatcher.services.agreement_text import agreement_text, plan_terms_data, text_digest
 from dispatcher.services.case_tasks import open_task
 from dispatcher.store import repository
@@ -134,7 +134,7 @@ class SelfService:
             closed=closed,
             promise_until=None if promise is None else local_date(promise, zone),
             disputed=any(h.reason is Reason.DISPUTE_HOLD for h in snapshot.holds),
-            promise_max=today + dt.timedelta(days=ss.promise_max_days),
+            promise_max=promise_window(today, ss.promise_max_days)[1],
             offers=offers, plan=standing, plan_agreement_id=agreement_id,
         )
 
@@ -180,9 +180,7 @@ class SelfService:
         if not view.today < day <= view.promise_max:
             raise Refused("date_range")
         now = self.clock.now()
-        # paying on the promised day keeps the promise: the hold ends with that local day,
-        # as a promise keyed on a call does
-        until = start_of_local_day(day + dt.timedelta(days=1), view.zone)
+        until = promise_hold_until(day, view.zone)
         with self.engine.begin() as conn:
             repository.place_hold(conn, target.case_id, Reason.PROMISE_TO_PAY, until, ACTOR_PAGE, now,
                                   note="self-service page")

@@ -106,3 +106,17 @@ def test_primary_zone() -> None:
     assert primary_zone(("America/Los_Angeles", "America/New_York")) == "America/Los_Angeles"
     assert primary_zone((), CONFIG.jurisdictions["us"]) == "America/New_York"
     assert primary_zone(()) == "UTC"
+
+
+def test_a_promise_lasts_to_the_end_of_the_promised_local_day_and_its_window_is_the_debtors() -> None:
+    """One rule for a call, the debtor's page and the API: a promise by 12-10 in Shanghai
+    lasts until 00:00 of 12-11 there (16:00 UTC on 12-10); in Los Angeles until 08:00 UTC
+    on 12-11. The window counts the debtor's own dates; a call may promise today."""
+    from dispatcher.policy.zones import promise_hold_until, promise_window
+
+    day = dt.date(2026, 12, 10)
+    assert promise_hold_until(day, "Asia/Shanghai") == dt.datetime(2026, 12, 10, 16, 0, tzinfo=dt.UTC)
+    assert promise_hold_until(day, "America/Los_Angeles") == dt.datetime(2026, 12, 11, 8, 0, tzinfo=dt.UTC)
+    today = dt.date(2026, 12, 7)
+    assert promise_window(today, 7) == (dt.date(2026, 12, 8), dt.date(2026, 12, 14))
+    assert promise_window(today, 7, first_day=0) == (today, dt.date(2026, 12, 14))

@@ -30,7 +30,7 @@ from dispatcher.links import LinkSigner
 from dispatcher.policy.calendar import WorkingCalendar
 from dispatcher.policy.evaluate import channel_block
 from dispatcher.policy.window import is_legal
-from dispatcher.policy.zones import local_date, primary_zone, start_of_local_day
+from dispatcher.policy.zones import local_date, primary_zone, promise_hold_until, promise_window
 from dispatcher.services.links import link_url, links_base_url, mint
 from dispatcher.services.receipts.actors import ACTOR_IVR
 from dispatcher.services.receipts.replies import AutoReplies
@@ -179,7 +179,7 @@ class IvrActions:
         """Option 2's window: the first and last date a caller may promise, in the
         debtor's own calendar (today to today + `[replies] promise_to_pay_days`)."""
         today = local_date(self.clock.now(), primary_zone(ctx.zones, ctx.profile))
-        return today, today + dt.timedelta(days=self.config.replies.promise_to_pay_days)
+        return promise_window(today, self.config.replies.promise_to_pay_days, first_day=0)
 
     def promise_to_pay(self, ctx: CallContext, day: dt.date) -> dt.date | None:
         """Option 2, confirmed: a `promise_to_pay` hold until the end of `day` (00:00 of the
@@ -190,7 +190,7 @@ class IvrActions:
             return None
         now = self.clock.now()
         zone = primary_zone(ctx.zones, ctx.profile)
-        until = start_of_local_day(day + dt.timedelta(days=1), zone)
+        until = promise_hold_until(day, zone)
         note = f"ivr call message {ctx.message_id}"
         with self.engine.begin() as conn:
             if claim(conn, dedupe_key(IVR_PROMISE, ctx.message_id), now):
