@@ -447,7 +447,9 @@ def run_cmd(
     # The database may not be up yet (a host's boot, a fail-over): wait for it, never exit.
     wait_for_store(lambda: runtime.engine, what="start-up")
     wait_for_store(lambda: runtime.templates, what="start-up")  # the approved versions, from the store
-    _startup_lint(runtime)  # asks the store whether anyone can sign in
+    # asks the store whether anyone can sign in and lints the approved versions: a connection
+    # lost meanwhile is waited out like the ones above, not the end of the process
+    wait_for_store(lambda: _startup_lint(runtime), what="start-up")
     channels = runtime.channels()
     sender = runtime.sender(channels)
     jobs = DaemonJobs(
@@ -461,7 +463,7 @@ def run_cmd(
         repair=StatusRepair(runtime.engine, runtime.config, runtime.clock, channels),
         instance_id=runtime.settings.instance_id,
     )
-    web = runtime.web()
+    web = wait_for_store(runtime.web, what="start-up")
 
     async def serve() -> int:
         try:
