@@ -9,7 +9,9 @@ Reads `var/fuzz/web-<store>.json` (requests per endpoint and status code) and
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +49,16 @@ def import_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    if not any(FUZZ.glob("*.json")):
+        print(f"no tallies in {FUZZ}: run the fuzz tests first (see --help)", file=sys.stderr)
+        return 1
     print(web_table())
     print()
     print(import_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

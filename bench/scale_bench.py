@@ -2,7 +2,6 @@
 
     python bench/scale_bench.py                        # 1,000,000 cases; 1, 2 and 3 instances
     python bench/scale_bench.py --cases 100000 --instances 1 3
-    python bench/scale_bench.py --explain-only --cases 100000
 
 Loads N generated cases (three contact points each, an SMS in the history of every third
 case; `plan_bench.generated_rows`) into a fresh database with COPY, their planned
@@ -49,10 +48,11 @@ from plan_bench import (  # noqa: E402 - the shared generator and COPY writer
     NOW,
     PG_ADMIN,
     BulkWriter,
-    _peak_rss_mb,
     generated_rows,
     machine,
 )
+
+from bench.child import peak_rss_mb  # noqa: E402
 
 STEADY_AT = NOW + dt.timedelta(minutes=1)
 CHANGED_SHARE = 0.01
@@ -136,7 +136,7 @@ def _instance(url: str, now_iso: str, name: str, go: Any, queue: Any) -> None:
     summary = planner.run(catalog, dt.datetime.fromisoformat(now_iso))
     queue.put({"name": name, "end": time.time(), "cpu": time.process_time() - cpu,
                "evaluated": summary.evaluated, "partitions": summary.partitions, "queued": summary.queued,
-               "deferred": summary.deferred, "adopted": summary.adopted, "rss_mb": _peak_rss_mb()})
+               "deferred": summary.deferred, "adopted": summary.adopted, "rss_mb": peak_rss_mb()})
     engine.dispose()
 
 
