@@ -80,7 +80,7 @@ class Loader:
                      " paid_total, created_at, updated_at",
             "messages": "id, case_id, channel, stage, kind, template_id, variant, locale, status, idempotency_key,"
                         " scheduled_at, created_at, sent_at, status_at, attempts, answered_by, conversation,"
-                        " segments",
+                        " segments, call_seconds",
             "payments": "case_id, amount, at, recorded_by",
             "events": "id, case_id, message_id, at, kind, actor, data",
             "holds": "case_id, reason, placed_at, until, placed_by",
@@ -156,7 +156,7 @@ def _case(loader: Loader, i: int, per_case: int) -> None:
         loader.message_id += 1
         m = loader.message_id
         sent = _ts(sent_day, 3600 + (h >> k) % 40_000)
-        answered, conversation, segments = "\\N", "f", "\\N"
+        answered, conversation, segments, seconds = "\\N", "f", "\\N", "\\N"
         if channel == "sms":
             status, segments = ("delivered" if r != 19 else "undelivered"), str(1 + k % 2)
         elif channel == "email":
@@ -168,12 +168,13 @@ def _case(loader: Loader, i: int, per_case: int) -> None:
             if status == "completed":
                 human = r % 4 == 0
                 answered, conversation = ("human", "t") if human else ("machine_end_beep", "f")
+                seconds = str(20 + (h >> k) % 200)  # on the row and in its event, as the status callback leaves them
                 _event(loader, case_id, m, sent, "status_received",
-                       json.dumps({"duration": str(20 + (h >> k) % 200), "status": "completed"}))
+                       json.dumps({"duration": seconds, "status": "completed"}))
         variant = f"v{1 + (h >> (k + 1)) % (2 if channel == 'voice' else 3)}"
         loader.add("messages", f"{m}\t{case_id}\t{channel}\t{stage}\tscheduled\t{channel}/{stage}/{variant}\t{variant}"
                                f"\t{locale}\t{status}\tb{m}\t{sent}\t{sent}\t{sent}\t{sent}\t1\t{answered}"
-                               f"\t{conversation}\t{segments}\n")
+                               f"\t{conversation}\t{segments}\t{seconds}\n")
     if pays and pay_at is not None:
         loader.add("payments", f"{case_id}\t{paid}\t{pay_at}\tbench\n")
         if full:

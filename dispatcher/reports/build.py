@@ -168,8 +168,7 @@ def _stages(conn: Connection, query: Query, config: Config) -> list[StageKpi]:
             kpi.segments += int(r.segments or 0)
         elif r.channel == "email":
             kpi.emails += int(r.n)
-    for r in query.run(conn, query.call_minutes_sql()):
-        kpi_of(r).call_minutes += int(r.minutes or 0)
+        kpi.call_minutes += int(r.minutes or 0)
     for kpi in rows.values():
         prices = config.costs.get(kpi.currency)
         if prices is not None:

@@ -53,9 +53,3 @@ class Dialect:
 
     def least(self, *exprs: str) -> str:
         return f"{'LEAST' if self.postgres else 'MIN'}({', '.join(exprs)})"
-
-    def call_seconds(self, data: str) -> str:
-        """The call duration (seconds) a status event recorded, or NULL."""
-        if self.postgres:  # parsed once: the digits, else NULL (SUBSTRING of a regex without a group)
-            return f"CAST(SUBSTRING((CAST({data} AS json) ->> 'duration') FROM '^[0-9]{{1,9}}$') AS INTEGER)"
-        return f"CAST(json_extract({data}, '$.duration') AS INTEGER)"

@@ -222,31 +222,16 @@ GROUP BY m.template_id, m.locale, m.channel, m.stage, m.status,
 
     def stage_messages_sql(self) -> str:
         """The messages sent in the period per (the case's stage, jurisdiction,
-        currency, channel): how many and their SMS segments, of which the stages' cost
-        is made (with `call_minutes_sql`)."""
+        currency, channel): how many, their SMS segments and their calls' billed minutes
+        (each call's stored duration rounded up to whole minutes), of which the stages'
+        cost is made."""
         return """SELECT m.stage, c.jurisdiction, c.currency, m.channel, COUNT(*) AS n,
-       SUM(CASE WHEN m.channel = 'sms' THEN COALESCE(m.segments, 0) ELSE 0 END) AS segments
+       SUM(CASE WHEN m.channel = 'sms' THEN COALESCE(m.segments, 0) ELSE 0 END) AS segments,
+       SUM(CASE WHEN m.channel = 'voice' AND m.call_seconds > 0 THEN (m.call_seconds + 59) / 60 ELSE 0 END)
+           AS minutes
 FROM messages m JOIN cases c ON c.case_id = m.case_id
 WHERE m.sent_at >= :since_at AND m.sent_at < :until_at AND m.stage IS NOT NULL
 GROUP BY m.stage, c.jurisdiction, c.currency, m.channel"""
-
-    def call_minutes_sql(self) -> str:
-        """The billed minutes of the calls placed in the period, per (the case's stage,
-        jurisdiction, currency): each call's duration from its status callbacks, rounded
-        up to whole minutes. Only the calls and their events are read (joining every
-        message to the calls' durations cost more than the rest of its pass)."""
-        d = self.dialect
-        return f"""WITH calls AS (
-  SELECT e.message_id, m.case_id, m.stage, MAX({d.call_seconds('e.data')}) AS seconds
-  FROM events e JOIN messages m ON m.id = e.message_id
-  WHERE e.kind = 'status_received' AND m.channel = 'voice' AND m.sent_at >= :since_at AND m.sent_at < :until_at
-    AND m.stage IS NOT NULL
-  GROUP BY e.message_id, m.case_id, m.stage
-)
-SELECT cl.stage, c.jurisdiction, c.currency,
-       SUM(CASE WHEN cl.seconds > 0 THEN (cl.seconds + 59) / 60 ELSE 0 END) AS minutes
-FROM calls cl JOIN cases c ON c.case_id = cl.case_id
-GROUP BY cl.stage, c.jurisdiction, c.currency"""
 
     def converted_sql(self) -> str:
         """Messages followed by a payment on their case within 7 days, per (template,

@@ -166,6 +166,9 @@ class MessageRow(SQLModel, table=True):
     conversation: bool = False
     #: SMS segments of the body as sent (what the provider bills); None for other channels
     segments: int | None = None
+    #: a call's duration in seconds, from its final status callback (what the provider
+    #: bills by the started minute); None for other channels and calls not answered yet
+    call_seconds: int | None = None
     #: the template version rendered (`template_versions.version`), pinned when composed
     template_version: int | None = None
 

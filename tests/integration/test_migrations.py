@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0011"
+HEAD = "0012"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -254,5 +254,44 @@ def test_search_indexes_exist_on_postgres(fresh_pg_url: str) -> None:
         assert names == {"ix_search_cases_id", "ix_search_cases_name", "ix_search_contacts_last4",
                          "ix_search_contacts_email"}
         assert trgm == 1
+    finally:
+        engine.dispose()
+
+
+def test_call_durations_are_backfilled_from_the_status_events(empty_url: str) -> None:
+    """0012 stores each call's duration from its status events (the largest that is
+    plain digits), for the report's billed minutes; other channels and calls without
+    a duration stay without."""
+    engine = make_engine(empty_url)
+    at = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC)
+    # message key -> (channel, durations in its status events)
+    history = {"call-final": ("voice", ["0", "75"]), "call-junk": ("voice", ["12s"]), "call-none": ("voice", []),
+               "call-unanswered": ("voice", [None]), "sms-1": ("sms", ["30"])}
+    try:
+        _upgrade(engine, "0011")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO cases (case_id, name, jurisdiction, locale, zones, escalated_stages, currency,"
+                " principal, interest, penalty, fees, amount_due, due_date, status, product, paid_total,"
+                " created_at, updated_at) VALUES ('V-1', 'Old Case', 'us', 'en-US', 'America/New_York', '', 'USD',"
+                " 100, 0, 0, 0, 100, '2026-10-01', 'active', 'other', 0, :at, :at)"), {"at": at})
+            for key, (channel, durations) in history.items():
+                mid = conn.execute(sa.text(
+                    "INSERT INTO messages (case_id, channel, kind, status, idempotency_key, scheduled_at,"
+                    " created_at, sent_at, attempts, conversation) VALUES ('V-1', :channel, 'scheduled',"
+                    " 'completed', :key, :at, :at, :at, 1, FALSE) RETURNING id"),
+                    {"channel": channel, "key": key, "at": at}).scalar_one()
+                for duration in durations:
+                    data = {"status": "completed"} | ({} if duration is None else {"duration": duration})
+                    conn.execute(sa.text(
+                        "INSERT INTO events (case_id, message_id, at, kind, data) VALUES ('V-1', :m, :at,"
+                        " 'status_received', :data)"), {"m": mid, "at": at, "data": encode_data(data)})
+
+        ensure_schema(engine)
+
+        with engine.connect() as conn:
+            seconds = dict(conn.execute(sa.text("SELECT idempotency_key, call_seconds FROM messages")).all())
+        assert seconds == {"call-final": 75, "call-junk": None, "call-none": None, "call-unanswered": None,
+                           "sms-1": None}
     finally:
         engine.dispose()

@@ -69,12 +69,13 @@ _seq = iter(range(1, 10_000))
 
 def _msg(case_id: str, channel: str, template: str, stage: str, sent: dt.datetime, status: str, *,
          segments: int | None = None, locale: str = "zh-CN", conversation: bool = False,
-         answered_by: str | None = None) -> dict[str, Any]:
+         answered_by: str | None = None, call_seconds: int | None = None) -> dict[str, Any]:
     n = next(_seq)
     return dict(id=n, case_id=case_id, channel=channel, stage=stage, kind="scheduled", template_id=template,
                 variant=template.rsplit("/", 1)[-1], locale=locale, content_hash="x", to_address="x", body="b",
                 status=status, idempotency_key=f"k{n}", scheduled_at=sent, created_at=sent, sent_at=sent,
-                status_at=sent, attempts=1, conversation=conversation, answered_by=answered_by, segments=segments)
+                status_at=sent, attempts=1, conversation=conversation, answered_by=answered_by, segments=segments,
+                call_seconds=call_seconds)
 
 
 def _pay(case_id: str, amount: str, when: dt.datetime) -> dict[str, Any]:
@@ -99,8 +100,9 @@ def build_history(engine: Engine) -> None:
         _msg("E2", "sms", "sms/early/b", "early", at(11, 3), "undelivered", segments=1),
         _msg("E3", "sms", "sms/early/a", "early", at(11, 12), "sent", segments=3),
         _msg("E4", "email", "email/early/a", "early", at(11, 2), "sent"),
+        # the call's duration as its final status callback stores it (and its event records it)
         _msg("E4", "voice", "voice/dpd60/a", "early", at(11, 3, 12), "completed", conversation=True,
-             answered_by="human"),
+             answered_by="human", call_seconds=61),
     ]
     payments = [_pay("E1", "1000.00", at(11, 10, 3)), _pay("E2", "100.00", at(11, 5)),
                 _pay("E4", "500.00", at(10, 25)), _pay("E5", "700.00", at(10, 28))]

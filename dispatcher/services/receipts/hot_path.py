@@ -264,7 +264,11 @@ class StatusSQL:
     _UPDATE = (
         "UPDATE messages SET status = :status, status_at = :now, provider_id = COALESCE(provider_id, :sid),"
         " sent_at = CASE WHEN :sets_sent = 1 THEN COALESCE(sent_at, :now) ELSE sent_at END,"
-        " answered_by = COALESCE(answered_by, :answered_by)"
+        " answered_by = COALESCE(answered_by, :answered_by),"
+        # a call's billed duration: the largest any applied callback brought (the final one)
+        " call_seconds = CASE WHEN CAST(:call_seconds AS INTEGER) IS NULL THEN call_seconds"
+        " WHEN call_seconds IS NULL OR call_seconds < CAST(:call_seconds AS INTEGER)"
+        " THEN CAST(:call_seconds AS INTEGER) ELSE call_seconds END"
         f" WHERE {_MATCH} AND {_RANK_CASE} < :rank"
         " RETURNING id, case_id, to_address"
     )
@@ -329,7 +333,7 @@ class StatusSQL:
 
     @staticmethod
     def _params(channel: Channel, sid: str, status: MessageStatus, message_id: int | None, now: dt.datetime,
-                answered_by: str | None, data: str) -> dict[str, Any]:
+                answered_by: str | None, data: str, call_seconds: int | None = None) -> dict[str, Any]:
         return {
             "channel": channel.value,
             "sid": sid,
@@ -341,14 +345,15 @@ class StatusSQL:
             "sets_sent": 1 if status_rank(status) >= status_rank(MessageStatus.SENT) else 0,
             "answered_by": answered_by[:32] if answered_by else None,
             "data": data,
+            "call_seconds": call_seconds,
         }
 
     def apply(self, channel: Channel, sid: str, status: MessageStatus, message_id: int | None, now: dt.datetime,
-              answered_by: str | None, data: str) -> Match | None:
+              answered_by: str | None, data: str, call_seconds: int | None = None) -> Match | None:
         """Move the matching row up to `status` (and log it, `data` being the event's
-        encoded data), or say which row matched without moving; None when no row
-        matches. Blocking."""
-        params = self._params(channel, sid, status, message_id, now, answered_by, data)
+        encoded data; a call's duration kept on the row), or say which row matched
+        without moving; None when no row matches. Blocking."""
+        params = self._params(channel, sid, status, message_id, now, answered_by, data, call_seconds)
         if self.postgres:
             with self.engine.connect() as conn:
                 row = conn.execute(self._pg_apply, params).first()
@@ -393,11 +398,14 @@ class StatusSQL:
         return results
 
     async def apply_async(self, channel: Channel, sid: str, status: MessageStatus, message_id: int | None,
-                          now: dt.datetime, answered_by: str | None, data: str) -> Match | None:
+                          now: dt.datetime, answered_by: str | None, data: str,
+                          call_seconds: int | None = None) -> Match | None:
         """`apply` without blocking the event loop."""
         if self._pool is None:
-            return await self._group.submit(self._params(channel, sid, status, message_id, now, answered_by, data))
-        params = self._params(channel, sid, status, message_id, now.astimezone(dt.UTC), answered_by, data)
+            return await self._group.submit(
+                self._params(channel, sid, status, message_id, now, answered_by, data, call_seconds))
+        params = self._params(channel, sid, status, message_id, now.astimezone(dt.UTC), answered_by, data,
+                              call_seconds)
         rows = await self._pool.fetch(self._pg_apply_sql, params)
         if not rows:
             return None

@@ -44,6 +44,14 @@ class StatusOutcome:
     status: MessageStatus | None = None
 
 
+def call_seconds(duration: str | None) -> int | None:
+    """A call's duration as the provider reported it (`CallDuration`, whole seconds), or
+    None when it is missing or not plain digits (at most 9: nothing a call lasts)."""
+    if duration is None or not (0 < len(duration) <= 9) or not duration.isascii() or not duration.isdigit():
+        return None
+    return int(duration)
+
+
 @dataclass(frozen=True, slots=True)
 class _Callback:
     """One parsed status callback."""
@@ -56,6 +64,7 @@ class _Callback:
     answered_by: str | None
     data: dict[str, Any]
     address: AddressOutcome
+    call_seconds: int | None = None
 
 
 class StatusReceipts:
@@ -86,7 +95,8 @@ class StatusReceipts:
         if source:  # not a callback: e.g. "repair" (the status was fetched from the provider)
             data["source"] = source[:16]
         address = address_outcome(error_code) if channel is Channel.SMS and status in _FAILED else AddressOutcome.NONE
-        return _Callback(channel, sid, status, message_id, self.clock.now(), answered_by, data, address)
+        seconds = call_seconds(duration) if channel is Channel.VOICE else None
+        return _Callback(channel, sid, status, message_id, self.clock.now(), answered_by, data, address, seconds)
 
     @staticmethod
     def _needs_follow_up(cb: _Callback, match: Match | None) -> bool:
@@ -133,7 +143,8 @@ class StatusReceipts:
         cb = self._parse(channel, sid, provider_status, message_id, answered_by, error_code, duration, source)
         if isinstance(cb, StatusOutcome):
             return cb
-        match = self.sql.apply(channel, sid, cb.status, message_id, cb.now, answered_by, encode_data(cb.data))
+        match = self.sql.apply(channel, sid, cb.status, message_id, cb.now, answered_by, encode_data(cb.data),
+                               cb.call_seconds)
         return self._follow_up(cb, match)
 
     async def apply_async(self, channel: Channel, sid: str, provider_status: str, message_id: int | None = None,
@@ -145,7 +156,7 @@ class StatusReceipts:
         if isinstance(cb, StatusOutcome):
             return cb
         match = await self.sql.apply_async(channel, sid, cb.status, message_id, cb.now, answered_by,
-                                           encode_data(cb.data))
+                                           encode_data(cb.data), cb.call_seconds)
         if self._needs_follow_up(cb, match):
             return await asyncio.to_thread(self._follow_up, cb, match)
         assert match is not None
