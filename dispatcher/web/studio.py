@@ -31,8 +31,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from dispatcher.roles import Permission, Principal, name_key
-from dispatcher.services.template_versions import ApprovalDenied, TemplateVersion, TemplateVersionError
+from dispatcher.roles import Permission, Principal
+from dispatcher.services.template_versions import (
+    SAME_AUTHOR,
+    ApprovalDenied,
+    TemplateVersion,
+    TemplateVersionError,
+    four_eyes_refusal,
+)
 from dispatcher.templates.context import SUPPORTED_LOCALES
 from dispatcher.templates.draft import DraftError, check_request
 from dispatcher.templates.rendering import TEMPLATE_ID_RE
@@ -147,14 +153,16 @@ async def editor(channel: str, stage: str, variant: str, request: Request, princ
 
 def _may_decide(principal: Principal, shown: TemplateVersion | None) -> tuple[bool, str]:
     """Whether to show approve (a draft, or a retired version to roll back to) and reject
-    (a draft) for the version shown, else why not (`compliance_decides`, `four_eyes` or
-    ""; the page words it); `TemplateVersions` decides again on POST."""
+    (a draft) for the version shown, else why not (`four_eyes`, `compliance_decides` or
+    ""; the page words it): the service's own rule (`four_eyes_refusal`), which
+    `TemplateVersions` applies again on POST."""
     if shown is None or shown.state not in ("draft", "retired"):
         return False, ""
-    if not principal.can(Permission.TEMPLATES_APPROVE):
-        return False, "compliance_decides" if shown.state == "draft" else ""
-    if name_key(shown.author) == name_key(principal.name):
+    refusal = four_eyes_refusal(shown.author, principal)
+    if refusal == SAME_AUTHOR:
         return False, "four_eyes"
+    if refusal is not None:
+        return False, "compliance_decides" if shown.state == "draft" else ""
     return True, ""
 
 
