@@ -195,6 +195,29 @@ async def test_the_buttons_follow_the_services_four_eyes_rule(studio: Studio, au
     studio.versions.approve(TEMPLATE, draft.version, allowed[0], None)
 
 
+async def test_a_chinese_speaking_checker_reads_the_refusal_in_chinese(studio: Studio) -> None:
+    version, _problems = studio.versions.save(TEMPLATE, "en-US", GOOD, "checker")
+    checker, csrf = await studio.as_user("checker")
+    r = await checker.post("/ui/locale", data={"csrf": csrf, "locale": "zh-CN", "next": "/ui/templates"})
+    assert r.status_code == 303
+    checker.cookies.delete("dispatcher_locale")  # the choice is kept on the account
+    page = await checker.get(EDITOR, params={"locale": "en-US"})
+    assert "<title>模板 sms/dpd30/v1" in page.text and "四眼原则" in page.text
+    r = await checker.post(f"{EDITOR}/versions/{version.version}/approve", data={"csrf": csrf})
+    assert r.status_code == 403 and 'lang="zh-CN"' in r.text
+    assert "<h1>已拒绝</h1>" in r.text
+    assert (f"已拒绝：same_author — 版本 {version.version} 由 checker 编写：须由另一位具有合规角色的人员审核"
+            "（四眼原则）。") in r.text
+    assert "Refused" not in r.text and "must review" not in r.text
+    r = await checker.post(f"{EDITOR}/versions/{version.version}/reject", data={"csrf": csrf})
+    assert r.status_code == 422 and "请说明原因：驳回时须给作者留下说明。" in r.text
+    r = await checker.get("/ui/templates/sms/dpd30/v1", params={"locale": "fr-FR"})
+    assert r.status_code == 404 and "<h1>没有该模板</h1>" in r.text and 'href="/ui/templates" id="back"' in r.text
+    r = await checker.post(f"{EDITOR}/versions/999999/approve", data={"csrf": csrf})
+    assert r.status_code == 404 and "sms/dpd30/v1 没有版本 999999。" in r.text
+    assert studio.versions.get(version.version).state == "draft"  # type: ignore[union-attr]
+
+
 async def test_real_cases_only_for_readers_of_cases_and_no_studio_for_collectors(studio: Studio) -> None:
     writer, _csrf = await studio.as_user("writer")
     page = await writer.get(EDITOR, params={"locale": "zh-CN", "case_id": "A1"})
