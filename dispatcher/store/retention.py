@@ -38,8 +38,8 @@ from dispatcher.store.tables import (
     tasks_t,
 )
 
-#: What goes with the rows a page deletes: (conn, the page's due keys as a subquery).
-_Dependents = Callable[[Connection, Any], None]
+#: What goes with the rows a page deletes (before them): (conn, the page's due keys).
+_Dependents = Callable[[Connection, list[Any]], None]
 
 
 def _purge(engine: Engine, table: Any, key: Any, due: ColumnElement[bool], batch: int, stop: Callable[[], bool],
@@ -54,22 +54,26 @@ def _purge(engine: Engine, table: Any, key: Any, due: ColumnElement[bool], batch
             if not keys:
                 break
             last = keys[-1]
+            old = conn.execute(select(key).where(key.in_(keys), due)).scalars().all()
+            if not old:
+                continue
             if dependents is not None:
-                dependents(conn, select(key).where(key.in_(keys), due))
-            removed += conn.execute(delete(table).where(key.in_(keys), due)).rowcount
+                dependents(conn, list(old))
+            removed += conn.execute(delete(table).where(key.in_(old))).rowcount
     return removed
 
 
-def _message_tokens(conn: Connection, old: Any) -> None:
+def _message_tokens(conn: Connection, old: list[Any]) -> None:
     """A message's payment-link tokens go with it."""
     conn.execute(delete(link_tokens_t).where(link_tokens_t.c.message_id.in_(old)))
 
 
-def _agreement_plans(conn: Connection, old: Any) -> None:
+def _agreement_plans(conn: Connection, old: list[Any]) -> None:
     """An agreement's plan and its instalments go with it."""
-    plans = select(plans_t.c.id).where(plans_t.c.agreement_id.in_(old))
-    conn.execute(delete(instalments_t).where(instalments_t.c.plan_id.in_(plans)))
-    conn.execute(delete(plans_t).where(plans_t.c.agreement_id.in_(old)))
+    plans = conn.execute(select(plans_t.c.id).where(plans_t.c.agreement_id.in_(old))).scalars().all()
+    if plans:
+        conn.execute(delete(instalments_t).where(instalments_t.c.plan_id.in_(plans)))
+        conn.execute(delete(plans_t).where(plans_t.c.id.in_(plans)))
 
 
 def purge_records(engine: Engine, cutoff: dt.datetime, now: dt.datetime | None = None, *, batch: int = 5000,
