@@ -61,12 +61,15 @@ _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\
 
 def detail(value: object, zone: str) -> object:
     """An event's detail value for people: an instant (ISO 8601 with an offset) in `zone`
-    to the minute, anything else as it is."""
+    to the minute; a text with instants in it (a deferral's reason) as `explain` shows
+    it; anything else as it is."""
     if isinstance(value, str) and _INSTANT.match(value):
         try:
             return local_text(value.replace("Z", "+00:00"), zone)
         except ValueError:
             return value
+    if isinstance(value, str):
+        return explain(value, zone)
     return value
 
 

@@ -3,7 +3,7 @@ the debtor's zone, to the minute, with the offset (`web.console_ui.explain`)."""
 
 from __future__ import annotations
 
-from dispatcher.web.console_ui import explain
+from dispatcher.web.console_ui import detail, explain
 
 
 def test_an_iso_instant_in_a_reason_is_shown_in_the_debtors_zone() -> None:
@@ -30,3 +30,12 @@ def test_the_rest_of_a_reason_is_escaped_and_left_as_it_is() -> None:
     ambiguous = "01:30 Sun 2026-11-01 America/New_York is outside the contact hours"
     assert explain(ambiguous, "America/New_York") == ambiguous
     assert explain("", "UTC") == "" and explain(None, "UTC") == ""
+
+
+def test_a_timeline_detail_with_instants_in_it_is_shown_the_same_way() -> None:
+    why = ("collector_hold: DPD 30 (due 2026-11-07), stage dpd30; collector_hold hold active until"
+           " 2026-12-19T16:00:00+00:00")
+    shown = str(detail(why, "Asia/Shanghai"))
+    assert shown.endswith('title="Asia/Shanghai">2026-12-20 00:00 +08:00</time>') and "+00:00<" not in shown
+    assert detail("2026-12-19T16:00:00+00:00", "Asia/Shanghai") == "2026-12-20 00:00 +08:00"
+    assert detail(3, "Asia/Shanghai") == 3 and detail("<b>", "UTC") == "&lt;b&gt;"
