@@ -38,7 +38,7 @@ from dispatcher.services.outbox import Sender
 from dispatcher.services.planner import IncrementalPlanner
 from dispatcher.services.repair import StatusRepair
 from dispatcher.store.outage import survives_outage
-from dispatcher.store.retention import purge_older_than
+from dispatcher.store.retention import purge_older_than, purge_records
 
 log = logging.getLogger("dispatcher.daemon")
 
@@ -154,17 +154,18 @@ class DaemonJobs:
 
     @survives_outage
     async def _retention(self) -> None:
-        """Delete communication records older than the archive period (default 5 years),
-        `[scheduler] retention_batch` rows per transaction: each short transaction locks
-        only its own rows, so the planner and the sender are never held up behind one
-        large delete."""
+        """Delete the records older than the archive period (default 5 years): messages,
+        events, and the agreements, plans, holds and done tasks whose life ended before
+        it (`store.retention`), `[scheduler] retention_batch` rows per transaction: each
+        short transaction locks only its own rows, so the planner and the sender are never
+        held up behind one large delete."""
         cutoff = self.clock.now() - dt.timedelta(days=365 * self.config.retention.years + 1)
-        messages, events = await asyncio.to_thread(
-            purge_older_than, self.engine, cutoff, self.clock.now(), batch=self.config.scheduler.retention_batch,
+        removed = await asyncio.to_thread(
+            purge_records, self.engine, cutoff, self.clock.now(), batch=self.config.scheduler.retention_batch,
             stop=lambda: self.sender.stopping)
-        if messages or events:
-            log.info("retention: removed %d messages and %d events older than %s", messages, events,
-                     cutoff.date())
+        if any(removed.values()):
+            log.info("retention: removed %s older than %s",
+                     ", ".join(f"{n} {kind}" for kind, n in removed.items()), cutoff.date())
 
 
 def purge_before(engine: Engine, cutoff: dt.datetime, now: dt.datetime | None = None) -> tuple[int, int]:

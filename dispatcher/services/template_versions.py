@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dispatcher.clock import Clock
 from dispatcher.config import Config
-from dispatcher.roles import Role, name_key
+from dispatcher.roles import Permission, Principal, Role, name_key
 from dispatcher.store.events import EventKind, record_event
 from dispatcher.store.tables import template_versions_t, users_t
 from dispatcher.templates.context import SUPPORTED_LOCALES
@@ -49,6 +49,20 @@ STATES = (DRAFT, APPROVED, REJECTED, RETIRED)
 
 #: The refusal reasons of `approve` (SPEC 15), as the CLI prints them and the API returns them.
 SAME_AUTHOR, NOT_COMPLIANCE, UNKNOWN_USER, LINT_FAILED = "same_author", "not_compliance", "unknown_user", "lint_failed"
+
+
+def four_eyes_refusal(author: str, checker: Principal) -> str | None:
+    """The four-eyes rule, written here once: why `checker` may not approve or reject a
+    version `author` wrote — `SAME_AUTHOR` (names compare as `roles.name_key`, ignoring
+    case and runs of spaces), `NOT_COMPLIANCE` (approving is the compliance role's
+    `templates.approve`, which the bootstrap credential never holds) — or None: they may.
+    `TemplateVersions.approve`/`reject` refuse with it; the studio offers its buttons
+    only when it says None."""
+    if name_key(" ".join(checker.name.split())) == name_key(" ".join(author.split())):
+        return SAME_AUTHOR
+    if not checker.can(Permission.TEMPLATES_APPROVE):
+        return NOT_COMPLIANCE
+    return None
 
 
 @dataclass(frozen=True)
@@ -364,15 +378,18 @@ class TemplateVersions:
     def _checker(conn: Connection, target: TemplateVersion, by: str) -> str:
         """The checker's name as stored, if they may decide on `target` (else ApprovalDenied)."""
         key = name_key(" ".join((by or "").split()))
-        row = conn.execute(select(users_t.c.name, users_t.c.roles, users_t.c.disabled_at)
+        row = conn.execute(select(users_t.c.id, users_t.c.name, users_t.c.roles, users_t.c.disabled_at)
                            .where(users_t.c.name_key == key)).first() if key else None
         if row is None or row.disabled_at is not None:
             raise ApprovalDenied(UNKNOWN_USER, f"{by!r} is not an active user; a checker signs in as themselves"
                                  " (see `dispatcher users list`)")
-        if name_key(row.name) == name_key(target.author):
+        known = {r.value for r in Role}
+        checker = Principal(row.name, frozenset(Role(r) for r in row.roles.split(",") if r in known), row.id)
+        refusal = four_eyes_refusal(target.author, checker)
+        if refusal == SAME_AUTHOR:
             raise ApprovalDenied(SAME_AUTHOR, f"{row.name} wrote version {target.version}; another person with"
                                  " the compliance role must review it (four eyes)")
-        if Role.COMPLIANCE.value not in row.roles.split(","):
+        if refusal == NOT_COMPLIANCE:
             raise ApprovalDenied(NOT_COMPLIANCE, f"{row.name} does not have the compliance role; ask a compliance"
                                  f" user to review version {target.version}")
         return str(row.name)

@@ -119,7 +119,16 @@ def _read_case(engine: Any, gate: Gate, catalog: Any, case_id: str,
     return timeline, snapshot, list(decisions)
 
 
-def _banner(request: Request, principal: Principal) -> dict[str, str] | None:
+def _debtor_time(value: str | None, zone: str) -> str | None:
+    """An instant from the redirect's query in the debtor's zone, to the minute with the
+    offset (as it came if it is not one: the query is the browser's)."""
+    try:
+        return local_text(value, zone) or None
+    except ValueError:
+        return value
+
+
+def _banner(request: Request, principal: Principal, zone: str) -> dict[str, str] | None:
     """What the last action did, from the redirect's query (shown once, at the top)."""
     params = request.query_params
     _ = gettext_for(request, principal)
@@ -128,7 +137,7 @@ def _banner(request: Request, principal: Principal) -> dict[str, str] | None:
                 % {"reason": params.get("refused"), "detail": params.get("detail", "")}}
     if "queued" in params:
         values = {"id": params.get("queued"), "action": params.get("action"), "reason": params.get("reason"),
-                  "when": params.get("not_before")}
+                  "when": _debtor_time(params.get("not_before"), zone)}
         text = (_("Message %(id)s queued (%(action)s, %(reason)s): it goes out at %(when)s, the next legal moment.")
                 if values["when"] else _("Message %(id)s queued (%(action)s, %(reason)s): it goes out now."))
         return {"kind": "ok", "text": text % values}
@@ -169,7 +178,8 @@ async def show_case(case_id: str, request: Request, principal: Principal, *, eng
             item["subject"], item["body"], item["problem"] = renderer.text(Channel(m["channel"]), m["template"])
             item["pending_text"] = True
         messages.append(item)
-    zone = timeline["zone"]
+    # the debtor's zone: every time on the page, the decisions' reasons too
+    zone = primary_zone(timeline["zones"], config.jurisdictions.get(timeline["jurisdiction"]))
     contacts = []
     for c in snapshot.contacts if snapshot is not None else ():
         full = (revealed or {}).get(c.channel.value)
@@ -193,7 +203,7 @@ async def show_case(case_id: str, request: Request, principal: Principal, *, eng
         decisions=decisions, stage=stage,
         offered={ch.value: ids for ch, ids in offered.items()},
         hold_reasons=[r.value for r in PAGE_HOLD_REASONS],
-        result=_banner(request, principal),
+        result=_banner(request, principal, zone),
     )
 
 
@@ -269,7 +279,8 @@ async def preview_one_off(case_id: str, request: Request, principal: Reader, eng
         subject, text, problem = await run_in_threadpool(renderer.text, chosen_channel, template_id)
     return console_page(request, principal, "console_preview.html", title=_("Preview"), case_id=case_id,
                         channel=chosen_channel.value, template=template_id or "", subject=subject, text=text,
-                        problem=problem, decision=decision, zone=snapshot.zones[0] if snapshot.zones else "UTC",
+                        problem=problem, decision=decision,
+                        zone=primary_zone(snapshot.zones, config.jurisdictions.get(snapshot.case.jurisdiction)),
                         can_write=principal.can(Permission.CASES_WRITE))
 
 

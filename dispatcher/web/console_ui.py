@@ -61,13 +61,73 @@ _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\
 
 def detail(value: object, zone: str) -> object:
     """An event's detail value for people: an instant (ISO 8601 with an offset) in `zone`
-    to the minute, anything else as it is."""
+    to the minute; a text with instants in it (a deferral's reason) as `explain` shows
+    it; anything else as it is."""
     if isinstance(value, str) and _INSTANT.match(value):
         try:
             return local_text(value.replace("Z", "+00:00"), zone)
         except ValueError:
             return value
+    if isinstance(value, str):
+        return explain(value, zone)
     return value
+
+
+#: Instants inside a decision's `detail` (its wording is the pure core's and the `plan`
+#: contract's; only the page shows them otherwise): an ISO 8601 instant with an offset,
+#: or a local time named by its zone, `Mon 2026-12-07 09:00 Asia/Shanghai` (the gate's
+#: "next legal moment") and `07:00 Mon 2026-12-07 Asia/Shanghai` (why now is outside hours).
+_DETAIL_INSTANT = re.compile(
+    r"(?P<iso>\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2}))"
+    r"|(?:\b(?P<before>\d{2}:\d{2}) )?\b(?P<weekday>Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?: (?P<after>\d{2}:\d{2}))? (?P<zone>UTC|[A-Za-z_]+(?:/[A-Za-z0-9_+-]+)+)\b"
+)
+
+
+def _zoned(found: re.Match[str]) -> dt.datetime | None:
+    """The instant of a local time named by its zone, or None when the text is not one
+    (a date without a time, an unknown zone) or the clock reading is ambiguous (the hour
+    a summer time ends happens twice: the text stays as the core wrote it)."""
+    clock = found["before"] or found["after"]
+    if clock is None or (found["before"] and found["after"]):
+        return None
+    try:
+        tz = zone_info(found["zone"])
+        naive = dt.datetime.fromisoformat(f"{found['date']}T{clock}")
+    except (ValueError, KeyError, LookupError):
+        return None
+    first, second = naive.replace(tzinfo=tz), naive.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() != second.utcoffset():
+        return None
+    return first
+
+
+def explain(text: str | None, zone: str) -> Markup:
+    """A decision's `detail` for the page: each instant in it as the page shows times
+    (`when`: to the minute with the offset, the reader's own time on hover): an ISO
+    instant in `zone` (the debtor's primary zone), a zone-named local time in its own
+    zone, named when it is not `zone`. The rest of the text is escaped as it is."""
+    if not text:
+        return Markup("")
+    out, end = [], 0
+    for found in _DETAIL_INSTANT.finditer(text):
+        if found["iso"]:
+            try:
+                shown = when(found["iso"].replace("Z", "+00:00"), zone)
+            except ValueError:
+                continue
+        else:
+            moment = _zoned(found)
+            if moment is None:
+                continue
+            shown = Markup("{} {}").format(found["weekday"], when(moment, found["zone"]))
+            if found["zone"] != zone:
+                shown += Markup(" ({})").format(found["zone"])
+        out.append(Markup.escape(text[end:found.start()]))
+        out.append(shown)
+        end = found.end()
+    out.append(Markup.escape(text[end:]))
+    return Markup("").join(out)
 
 
 def local_date(value: dt.datetime | str | None, zone: str) -> str:
@@ -85,6 +145,7 @@ def environment(locale: str) -> Environment:
     env.filters["local_text"] = local_text
     env.filters["local_date"] = local_date
     env.filters["detail"] = detail
+    env.filters["explain"] = explain
     env.globals.update(ui_locales=[(code, LOCALE_NAMES[code]) for code in LOCALES], ui_locale=locale)
     return env
 

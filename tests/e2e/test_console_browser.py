@@ -130,6 +130,45 @@ async def test_a_hold_from_the_page_stops_every_channel_until_released(
     assert one_offs == []
 
 
+async def test_why_the_dispatcher_waits_is_told_in_the_debtors_time(
+        served: tuple[str, Engine, FakeClock], page: Any) -> None:
+    """The "why" column's instants are the debtor's (Shanghai, with the offset), as every
+    other time on the page, never the UTC instants of the decision's text."""
+    base, _engine, clock = served
+    await page.goto(f"{base}/ui/login?next=/ui/cases/A1")
+    await page.fill("#user", "lead.li")
+    await page.fill("#password", PASSWORD)
+    await page.click("#sign-in")
+    await page.wait_for_url(f"{base}/ui/cases/A1")
+    await page.select_option("#hold-reason", "collector_hold")
+    await page.fill("#hold-until", "2026-12-20")
+    await page.click("#hold")
+    await page.wait_for_selector("#result")
+    why = await page.inner_text('#decisions tr[data-channel="sms"] td.why')
+    assert "collector_hold hold active until 2026-12-20 00:00 +08:00" in why
+    assert "+00:00" not in why and "T16:00" not in why
+    # the instant is a <time> like the others: the reader's own time on hover
+    held = page.locator('#decisions tr[data-channel="sms"] td.why time')
+    assert await held.get_attribute("datetime") == "2026-12-19T16:00:00+00:00"
+    assert (await held.get_attribute("title")).startswith("Asia/Shanghai")
+    await page.screenshot(path=str(SCREENSHOTS / "console-case-why-debtors-time.png"), full_page=True)
+
+    # before the window opens: the next legal moment in the debtor's time, with its offset
+    await page.click('#holds button:has-text("Release")')
+    await page.click("#confirm-release")
+    await page.wait_for_selector("#no-holds")
+    clock.set(dt.datetime(2026, 12, 7, 7, 0, tzinfo=SHANGHAI))
+    await page.goto(f"{base}/ui/cases/A1")
+    why = await page.inner_text('#decisions tr[data-channel="sms"] td.why')
+    assert "07:00 +08:00 is outside the contact hours" in why
+    assert "next legal moment Mon 2026-12-07 09:00 +08:00" in why
+    await page.click("#preview")  # the one-off's preview words it the same way
+    assert "next legal moment Mon 2026-12-07 09:00 +08:00" in await page.inner_text("#preview-detail")
+    await page.click("#send")
+    await page.wait_for_selector("#result")
+    assert "it goes out at 2026-12-07 09:00 +08:00, the next legal moment" in await page.inner_text("#result")
+
+
 async def test_a_collector_with_a_chinese_name_signs_in_and_works_under_that_name(
         served: tuple[str, Engine, FakeClock], page: Any) -> None:
     base, engine, _clock = served

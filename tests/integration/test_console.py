@@ -150,7 +150,7 @@ async def test_one_off_through_the_gate_and_its_refusal(console: Console,
     clock.set(dt.datetime(2026, 12, 7, 8, 0, tzinfo=SHANGHAI))
     r = await c.post("/ui/cases/A1/messages", data={"channel": "email", "template": "", "csrf": csrf})
     page = (await c.get(r.headers["location"])).text
-    assert "(defer, outside_hours): it goes out at 2026-12-07T09:00:00+08:00" in page
+    assert "(defer, outside_hours): it goes out at 2026-12-07 09:00 +08:00" in page  # the debtor's time, to the minute
 
     # a closed case refuses with its reason code
     csrf_p = csrf_of((await c.get("/ui/cases/P1")).text)

@@ -20,9 +20,9 @@ from sqlalchemy.engine import Engine
 from dispatcher.clock import FakeClock
 from dispatcher.config import Config
 from dispatcher.credentials import light_passwords
-from dispatcher.roles import Role
+from dispatcher.roles import Principal, Role
 from dispatcher.services.template_files import import_tree
-from dispatcher.services.template_versions import TemplateVersions
+from dispatcher.services.template_versions import ApprovalDenied, TemplateVersions, four_eyes_refusal
 from dispatcher.settings import Settings
 from dispatcher.store import repository as repo
 from dispatcher.templates import TemplateSet
@@ -36,6 +36,9 @@ TEMPLATE = "sms/dpd30/v1"
 EDITOR = f"/ui/templates/{TEMPLATE}"
 GOOD = ("{{ org_name }}: {{ outstanding }} is {{ days_past_due }} days overdue. {{ penalty_explanation }}"
         " Pay: {{ payment_link }} Call {{ support_phone }}. {{ opt_out }}")
+
+USERS = {"writer": {Role.AUTHOR}, "checker": {Role.COMPLIANCE}, "second": {Role.COMPLIANCE},
+         "agent7": {Role.COLLECTOR}, "both": {Role.AUTHOR, Role.COMPLIANCE}}
 
 
 @dataclass
@@ -64,8 +67,7 @@ async def studio(engine: Engine, config: Config) -> AsyncIterator[Studio]:
     import_tree(runtime.template_versions, ROOT / "templates", "test-admin")
     app = create_app(runtime.web())
     people = app.collaborators.people
-    for name, roles in [("writer", {Role.AUTHOR}), ("checker", {Role.COMPLIANCE}),
-                        ("second", {Role.COMPLIANCE}), ("agent7", {Role.COLLECTOR})]:
+    for name, roles in USERS.items():
         people.add_user(name, frozenset(roles), "test-admin")
         people.set_password(name, PASSWORD, "test-admin")
     world = Studio(httpx.ASGITransport(app=app), runtime.template_versions, [])
@@ -165,6 +167,55 @@ async def test_compliance_approving_their_own_version_is_refused(studio: Studio)
     second, second_csrf = await studio.as_user("second")
     page = await second.get(EDITOR, params={"locale": "en-US"})
     assert 'id="approve"' in page.text and 'id="reject"' in page.text
+
+
+@pytest.mark.parametrize("author", ["writer", "checker", "both"])
+async def test_the_buttons_follow_the_services_four_eyes_rule(studio: Studio, author: str) -> None:
+    """One rule: the studio offers approve and reject exactly to those the service lets
+    decide; its author never sees them, and the service refuses them with the reason."""
+    draft, _problems = studio.versions.save(TEMPLATE, "en-US", GOOD, author)
+    allowed = []
+    for user in ("writer", "checker", "second", "both"):
+        page = await (await studio.as_user(user))[0].get(EDITOR, params={"locale": "en-US",
+                                                                          "version": draft.version})
+        offered = 'id="approve"' in page.text and 'id="reject"' in page.text
+        refusal = four_eyes_refusal(draft.author, Principal(user, frozenset(USERS[user]), 1))
+        assert offered == (refusal is None), (user, refusal)
+        if user == author:
+            assert refusal == "same_author" and not offered and "four eyes" in page.text
+        if refusal is None:
+            allowed.append(user)
+            continue
+        for decide in (studio.versions.approve, studio.versions.reject):
+            with pytest.raises(ApprovalDenied) as refused:
+                decide(TEMPLATE, draft.version, user, "no")
+            assert refused.value.reason == refusal
+    assert allowed == [u for u in ("checker", "second", "both") if u != author]
+    assert studio.versions.get(draft.version).state == "draft"  # type: ignore[union-attr]
+    studio.versions.approve(TEMPLATE, draft.version, allowed[0], None)
+
+
+async def test_a_chinese_speaking_checker_reads_the_refusal_in_chinese(studio: Studio) -> None:
+    version, _problems = studio.versions.save(TEMPLATE, "en-US", GOOD, "checker")
+    checker, csrf = await studio.as_user("checker")
+    r = await checker.post("/ui/locale", data={"csrf": csrf, "locale": "zh-CN", "next": "/ui/templates"})
+    assert r.status_code == 303
+    checker.cookies.delete("dispatcher_locale")  # the choice is kept on the account
+    page = await checker.get(EDITOR, params={"locale": "en-US"})
+    assert "<title>模板 sms/dpd30/v1" in page.text and "四眼原则" in page.text
+    r = await checker.post(f"{EDITOR}/versions/{version.version}/approve", data={"csrf": csrf})
+    assert r.status_code == 403 and 'lang="zh-CN"' in r.text
+    assert "<h1>已拒绝</h1>" in r.text
+    assert (f"已拒绝：same_author — 版本 {version.version} 由 checker 编写：须由另一位具有合规角色的人员审核"
+            "（四眼原则）。") in r.text
+    assert "Refused" not in r.text and "must review" not in r.text
+    r = await checker.post(f"{EDITOR}/versions/{version.version}/reject", data={"csrf": csrf})
+    assert r.status_code == 422 and "请说明原因：驳回时须给作者留下说明。" in r.text
+    r = await checker.get("/ui/templates/sms/dpd30/v1", params={"locale": "fr-FR"})
+    assert r.status_code == 404 and "<h1>没有该模板</h1>" in r.text and 'href="/ui/templates" id="back"' in r.text
+    r = await checker.post(f"{EDITOR}/versions/999999/approve", data={"csrf": csrf})
+    assert r.status_code == 404 and "sms/dpd30/v1 没有版本 999999。" in r.text
+    assert studio.versions.get(version.version).state == "draft"  # type: ignore[union-attr]
 
 
 async def test_real_cases_only_for_readers_of_cases_and_no_studio_for_collectors(studio: Studio) -> None:
