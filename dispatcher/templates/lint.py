@@ -39,6 +39,7 @@ from dispatcher.templates.context import (
     build_context,
     opt_out_text,
 )
+from dispatcher.templates.limits import TOO_DEEP
 from dispatcher.templates.rendering import (
     REPLIES_FOLDER,
     REQUIRED_BLOCKS,
@@ -355,6 +356,8 @@ def _lint_source(path: Path, ref: TemplateRef, source: str | UnicodeDecodeError,
             kind = exc.detail.split(":", 1)[0]
             if (exc.line, kind) not in static_keys:
                 problem(exc.line, exc.detail)
+            if exc.kind == "limit":
+                break  # over a time or size limit: one sample says it (each may take the full time)
             continue
         for line, message in _content_checks(rendered, ref, case, ctx, block_lines, source, _phrases):
             problem(line, message)
@@ -472,6 +475,8 @@ def _reply_problems(
         except RenderError as exc:
             if (exc.line, exc.detail.split(":", 1)[0]) not in static_keys:
                 out.append(LintProblem(path, exc.line, exc.detail))
+            if exc.kind == "limit":
+                break
             continue
         for key in reply.required:
             if str(ctx[key]) not in text:
@@ -495,6 +500,15 @@ def _static_checks(
 ) -> tuple[tuple[tuple[int, str], ...], dict[str, int]]:
     """(line, problem) found without rendering, and the line of each block. Cached by
     content: approval lints the files that start-up lint has just seen."""
+    try:
+        return _static_findings(source, channel, allowed)
+    except RecursionError:
+        return ((1, f"syntax error: {TOO_DEEP}"),), {}
+
+
+def _static_findings(
+    source: str, channel: Channel, allowed: frozenset[str]
+) -> tuple[tuple[tuple[int, str], ...], dict[str, int]]:
     env = _PARSER
     try:
         tree = env.parse(source)

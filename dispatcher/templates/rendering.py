@@ -28,11 +28,18 @@ from typing import Any
 
 from jinja2 import BaseLoader, StrictUndefined, Template, TemplateNotFound, TemplateSyntaxError
 from jinja2.exceptions import SecurityError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dispatcher.config import Config
 from dispatcher.domain import Channel
 from dispatcher.templates.approvals_file import APPROVALS_FILE, load_approvals
+from dispatcher.templates.limits import (
+    RENDER_SECONDS,
+    TOO_DEEP,
+    BoundedSandbox,
+    TemplateLimitError,
+    deadline,
+    render_bounded,
+)
 
 #: Blocks each channel's templates must define (SMS renders the whole file).
 REQUIRED_BLOCKS: dict[Channel, tuple[str, ...]] = {
@@ -60,7 +67,8 @@ class UnknownTemplate(TemplateSetError, LookupError):
 
 
 class RenderError(TemplateSetError):
-    """A template failed to render. `kind`: syntax, undefined, sandbox, structure, error."""
+    """A template failed to render. `kind`: syntax, undefined, sandbox, limit (time or
+    size, see `templates.limits`), structure, error."""
 
     def __init__(self, path: Path, line: int, kind: str, message: str) -> None:
         super().__init__(f"{path}:{line}: {message}")
@@ -130,9 +138,10 @@ class _NoIncludes(BaseLoader):
         )
 
 
-def make_environment(*, autoescape: bool) -> ImmutableSandboxedEnvironment:
-    """The sandboxed, strict environment every template is compiled in."""
-    return ImmutableSandboxedEnvironment(
+def make_environment(*, autoescape: bool) -> BoundedSandbox:
+    """The sandboxed, strict environment every template is compiled in, with time and
+    size limits (`templates.limits`)."""
+    return BoundedSandbox(
         loader=_NoIncludes(),
         undefined=StrictUndefined,
         autoescape=autoescape,
@@ -175,6 +184,8 @@ def compile_source(path: Path, template_id: str, source: str, sha: str, stamp: t
         html = _template(source, sha, True) if channel is Channel.EMAIL else None
     except TemplateSyntaxError as exc:
         raise RenderError(path, exc.lineno or 1, "syntax", f"syntax error: {exc.message}") from None
+    except (RecursionError, SyntaxError):  # Python's own limits on the code a template compiles to
+        raise RenderError(path, 1, "syntax", f"syntax error: {TOO_DEEP}") from None
     return _Compiled(stamp, sha, source, plain, html, version)
 
 
@@ -325,8 +336,13 @@ class TemplateSet:
         channel = Channel(template_id.split("/", 1)[0])
         variant = template_id.rsplit("/", 1)[1]
         ctx = dict(context)
+        with deadline(RENDER_SECONDS):
+            return self._render_blocks(template_id, locale, channel, variant, compiled, path, ctx)
+
+    def _render_blocks(self, template_id: str, locale: str, channel: Channel, variant: str, compiled: _Compiled,
+                       path: Path, ctx: dict[str, Any]) -> RenderedMessage:
         if channel is Channel.SMS:
-            text = self._run(compiled.plain, None, ctx, path).strip()
+            text = self._run(compiled.plain, None, ctx, path, channel).strip()
             return RenderedMessage(
                 template_id, variant, locale, compiled.content_hash, None, text, None,
                 MappingProxyType({"text": text}), compiled.version,
@@ -340,7 +356,7 @@ class TemplateSet:
                     f"{channel.value} templates must define a block {name!r}"
                     f" ({{% block {name} %}}...{{% endblock %}})",
                 )
-            out = self._run(template, name, ctx, path)
+            out = self._run(template, name, ctx, path, channel)
             if name == "html":
                 blocks[name] = out.strip()
             elif name == "text":
@@ -359,21 +375,22 @@ class TemplateSet:
         )
 
     @staticmethod
-    def _run(template: Template, block: str | None, ctx: dict[str, Any], path: Path) -> str:
+    def _run(template: Template, block: str | None, ctx: dict[str, Any], path: Path, channel: Channel) -> str:
         env = template.environment
         try:
-            if block is None:
-                return template.render(ctx)
-            return env.concat(template.blocks[block](template.new_context(ctx)))
+            context = template.new_context(ctx)
+            parts = template.root_render_func(context) if block is None else template.blocks[block](context)
+            return render_bounded(parts, channel.value)
         except Exception as exc:  # noqa: BLE001 - every template failure becomes a RenderError
             rewritten = exc
-            if block is not None:
-                try:
-                    env.handle_exception()
-                except Exception as again:  # noqa: BLE001
-                    rewritten = again
+            try:
+                env.handle_exception()
+            except Exception as again:  # noqa: BLE001
+                rewritten = again
             line = error_line(rewritten, template.filename or "") or 1
-            if isinstance(rewritten, SecurityError):
+            if isinstance(rewritten, TemplateLimitError):
+                kind, message = "limit", f"too big or too slow: {rewritten}"
+            elif isinstance(rewritten, SecurityError):
                 kind, message = "sandbox", f"sandbox violation: {rewritten}"
             elif isinstance(rewritten, UndefinedError):
                 kind, message = "undefined", f"undefined name: {rewritten}"
