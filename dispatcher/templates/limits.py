@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import re
 import string
@@ -61,7 +62,18 @@ RENDER_SECONDS = 1.0
 TOO_DEEP = ("brackets, operators or tags are nested too deeply to compile; write the text plainly,"
             " with fewer levels of nesting")
 
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("template_deadline", default=None)
+#: The most characters one render may write in all (into its output, and into set
+#: blocks and macros whose text it may throw away): ten times the largest value.
+MAX_WRITTEN_CHARS = 10 * MAX_VALUE_CHARS
+
+
+@dataclasses.dataclass(slots=True)
+class _Budget:
+    end: float  # time.monotonic() when the render must stop
+    written: int = 0  # characters written by `{{ ... }}` so far
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("template_budget", default=None)
 
 
 class TemplateLimitError(SecurityError):
@@ -70,18 +82,19 @@ class TemplateLimitError(SecurityError):
 
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
-    """Renders inside this block fail with `TemplateLimitError` after `seconds`."""
-    token = _DEADLINE.set(time.monotonic() + seconds)
+    """Renders inside this block fail with `TemplateLimitError` after `seconds`, or once
+    they wrote more than `MAX_WRITTEN_CHARS` in all."""
+    token = _BUDGET.set(_Budget(time.monotonic() + seconds))
     try:
         yield
     finally:
-        _DEADLINE.reset(token)
+        _BUDGET.reset(token)
 
 
 def check_time() -> None:
     """Raise if the current render is over its deadline."""
-    end = _DEADLINE.get()
-    if end is not None and time.monotonic() > end:
+    budget = _BUDGET.get()
+    if budget is not None and time.monotonic() > budget.end:
         raise TemplateLimitError(
             f"the template took longer than {RENDER_SECONDS:g} s to render; remove long or nested loops"
             f" (a message needs a few lines of text, not thousands of repetitions)")
@@ -385,7 +398,16 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     @staticmethod
     def _finalize(value: Any) -> Any:
         check_time()
-        return check_size(value, "a value written out")
+        size = size_of(value)
+        if size > MAX_VALUE_CHARS:
+            raise _too_long("a value written out", size)
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.written += size
+            if budget.written > MAX_WRITTEN_CHARS:
+                raise _too_long("what the template writes in all (blocks, macros and sets included)",
+                                budget.written, MAX_WRITTEN_CHARS)
+        return value
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         check_time()
