@@ -260,6 +260,23 @@ def _pre_expandtabs(s: Any, tabsize: Any = 8) -> None:
         raise _too_long("the text with tabs expanded", estimate)
 
 
+def _pre_translate(s: Any, table: Any = None, *_: Any) -> None:
+    values = table.values() if isinstance(table, dict) else table if isinstance(table, list | tuple) else ()
+    longest = max((size_of(v) for v in values if isinstance(v, str)), default=1)
+    estimate = len(str(s)) * max(longest, 1)
+    if estimate > MAX_VALUE_CHARS:
+        raise _too_long("the translated text", estimate)
+
+
+def _pre_urlize(value: Any, trim_url_limit: Any = None, nofollow: Any = False, target: Any = None,
+                rel: Any = None, *_: Any) -> None:
+    text = str(value)
+    extra = 40 + len(str(target or "")) + len(str(rel or ""))
+    estimate = 2 * len(text) + (text.count(" ") + 1) * extra  # each word might become a link
+    if estimate > MAX_VALUE_CHARS and (target or rel):
+        raise _too_long("the text with links", estimate)
+
+
 def _pre_sum(value: Any, *args: Any, **kwargs: Any) -> None:
     check_size(list(value), "the sum")
 
@@ -269,18 +286,22 @@ _FILTER_CHECKS: dict[str, Callable[..., None]] = {
     "center": _pre_width, "indent": _pre_indent, "join": _pre_join, "replace": _pre_replace,
     "wordwrap": _pre_wordwrap, "batch": _pre_count, "slice": _pre_count, "sum": _pre_sum,
     "format": lambda value, *args, **kwargs: _check_printf(str(value), kwargs or args),
-    "truncate": _pre_width,
+    "truncate": _pre_width, "urlize": _pre_urlize,
 }
 #: `str` methods checked before they run (the string is the first argument).
 _METHOD_CHECKS: dict[str, Callable[..., None]] = {
     "center": _pre_width, "ljust": _pre_width, "rjust": _pre_width, "zfill": _pre_width,
-    "expandtabs": _pre_expandtabs, "replace": _pre_replace,
+    "expandtabs": _pre_expandtabs, "replace": _pre_replace, "translate": _pre_translate,
     "join": lambda sep, value: _pre_join(value, sep),
 }
 
 
 #: Filters whose input is measured item by item (a generator is made a list first).
 _MATERIALIZE = frozenset({"join", "sum"})
+
+
+#: Keyword arguments Jinja adds to calls made inside loops and blocks (for macros).
+_JINJA_KWARGS = frozenset({"_loop_vars", "_block_vars"})
 
 
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -442,8 +463,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             if method == "join" and args and not isinstance(args[0], str | list | tuple | dict):
                 args = (list(args[0]), *args[1:])  # checked, then used
             check = _METHOD_CHECKS.get(method)
-            if check is not None:
-                check(owner, *args, **kwargs)
+            if check is not None:  # without the variables Jinja passes along for macros
+                check(owner, *args, **{k: v for k, v in kwargs.items() if k not in _JINJA_KWARGS})
         return check_size(super().call(__context, __obj, *args, **kwargs), "the result of a call")
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:

@@ -390,6 +390,8 @@ class TemplateSet:
             line = error_line(rewritten, template.filename or "") or 1
             if isinstance(rewritten, TemplateLimitError):
                 kind, message = "limit", f"too big or too slow: {rewritten}"
+            elif isinstance(rewritten, RecursionError):
+                kind, message = "limit", "too big or too slow: a macro calls itself without end; stop the recursion"
             elif isinstance(rewritten, SecurityError):
                 kind, message = "sandbox", f"sandbox violation: {rewritten}"
             elif isinstance(rewritten, UndefinedError):

@@ -78,6 +78,10 @@ ATTACKS: list[tuple[str, str]] = [
     ("{{ 1" + "+1" * 20000 + " }}", "nested too deeply"),
     ("{% if 1 %}" * 300 + "{% endif %}" * 300, "nested too deeply"),
     ("{{ 'x' * 1601 }}", "longer than 1,600 characters"),
+    (BIG + "{{ s.translate({120: s}) }}", "the translated text"),
+    ("{% set s = 'http://a.co ' * 8000 %}{{ s|urlize(target='x' * 99999) }}", "the text with links"),
+    ("{% for i in range(1) %}{{ 'x'.ljust(999999999) }}{% endfor %}", "a width of 999,999,999"),
+    ("{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(1) }}", "a macro calls itself without end"),
 ]
 
 #: The child: renders each attack as an SMS through the real `StoredTemplateSet` and then
@@ -206,6 +210,9 @@ BENIGN = [
     "{{ b }}{% for k, v in {'a': 1}.items() %}{{ k }}={{ v }}{% endfor %}{{ lipsum(1, false, 5, 6)|length > 0 }}",
     "{% for row in [[1, 2], [3]] recursive %}{{ loop.index }}/{{ loop.length }}{% if row is iterable %}"
     "{{ loop(row) }}{% endif %}{% else %}none{% endfor %}{% for x in [] %}{% else %}empty{% endfor %}",
+    "{% for i in range(2) %}{{ 'x'.ljust(3) }}{{ 'ab'.replace('a', 'c') }}{{ ','.join(['a', 'b']) }}"
+    "{{ 'a'.translate({97: 'bc'}) }}{{ '{}'.format(i) }}{{ '7'.zfill(3) ~ 'a\tb'.expandtabs(2) }}{% endfor %}"
+    "{% block b %}{{ 'x'.center(5) }}{{ 'ab'.replace('a', 'c') }}{% endblock %}",
     "{{ (case.name ~ '<b>')|e }} {{ ('<b>{}</b>'|safe).format('<i>') }} {{ '<i>' ~ ('<b>'|safe) }}",
 ]
 
