@@ -7,7 +7,8 @@ they type, sees a lint problem on its line, and saves a draft; they get no appro
 button, and a forced approval is refused (`same_author` for an author who is also a
 compliance officer). Another compliance officer sees the diff and approves; the history
 lists both versions with who, when and the note. A collector gets no link and a 403. A
-`<script>` in a template is shown as text. Screenshots at 1280 and 390 pixels wide go
+`<script>` in a template is shown as text. A template over the time limit shows the
+error in the preview within seconds, and the studio goes on. Screenshots at 1280 and 390 pixels wide go
 to var/screenshots/ (named in the README).
 """
 
@@ -252,3 +253,25 @@ async def test_a_script_in_a_template_is_shown_as_text(served: tuple[str, Engine
     assert await page.evaluate("window.pwned") is None
     csp = (await page.request.get(f"{base}{EDITOR}")).headers["content-security-policy"]
     assert "script-src 'self'" in csp
+
+
+async def test_a_template_over_the_time_limit_shows_an_error_in_the_preview_and_the_studio_goes_on(
+        served: tuple[str, Engine, Runtime], browser: Any) -> None:
+    """A billion loop steps typed into the editor: within seconds the preview says what to
+    change (the server stopped it at its 1 s deadline), and a fixed text previews again."""
+    base, _engine, _runtime = served
+    page = await _signed_in(browser, base, "writer")
+    await page.goto(f"{base}{EDITOR}")
+    await page.wait_for_selector("#studio[data-ready='1']")
+    slow = SHORT + ("{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(1000) %}"
+                    "{% endfor %}{% endfor %}{% endfor %}")
+    await _type_and_wait(page, slow)  # the page's default timeout (10 s) bounds the wait
+    problems = await page.inner_text("#problems")
+    assert "took longer than 1 s" in problems and "remove long or nested loops" in problems
+    assert "took longer than 1 s" in await page.inner_text("#preview-status")
+    assert await page.get_attribute("#preview-status", "class") == "error"
+    assert await page.locator('#problems li[data-line="1"]').count() >= 1
+    await _type_and_wait(page, SHORT + THANKS)
+    assert await page.is_visible("#no-problems")
+    assert THANKS.strip() in await page.inner_text("#preview-text")
+    assert [e for e in page.errors if not e.startswith("422 ")] == []  # the slow text's 422, nothing else
