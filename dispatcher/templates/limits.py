@@ -34,15 +34,15 @@ import re
 import string
 import time
 from _string import formatter_field_name_split  # what string.Formatter uses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MappingView
 from typing import Any, cast
 
-from jinja2 import nodes
+from jinja2 import nodes, runtime
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, Namespace
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 #: The most numbers `range()` gives (a message needs a handful).
 MAX_RANGE = 1_000
@@ -118,8 +118,8 @@ def size_of(value: Any, limit: int = MAX_VALUE_CHARS, _depth: int = 0) -> int:
         value = dict(value._Namespace__attrs)  # its repr shows them
     if isinstance(value, dict):
         items: Iterable[Any] = (part for pair in value.items() for part in pair)
-    elif isinstance(value, list | tuple | set | frozenset):
-        items = value
+    elif isinstance(value, list | tuple | set | frozenset | MappingView):  # views print what they show
+        items = cast(Iterable[Any], value)
     else:
         return 32
     if _depth > 20:
@@ -360,13 +360,14 @@ def _guarded_join(parts: Iterable[Any], join: Callable[[list[Any]], str], limit:
 
 
 def _str_join(parts: Iterable[Any]) -> str:
-    return _guarded_join(parts, lambda items: "".join(map(str, items)), MAX_VALUE_CHARS, "the joined text")
+    """Jinja's `~` (without autoescape), refusing a result over `MAX_VALUE_CHARS`."""
+    return _guarded_join(parts, runtime.str_join, MAX_VALUE_CHARS, "the joined text")
 
 
 def _markup_join(parts: Iterable[Any]) -> str:
+    """Jinja's `~` with autoescape (escaping can make the text longer: measured again)."""
     def join(items: list[Any]) -> str:
-        out = Markup("").join(escape(i) if not hasattr(i, "__html__") else i for i in items)
-        return check_size(out, "the joined text")  # escaping can make it longer
+        return check_size(runtime.markup_join(items), "the joined text")
     return _guarded_join(parts, join, MAX_VALUE_CHARS, "the joined text")
 
 

@@ -71,6 +71,7 @@ ATTACKS: list[tuple[str, str]] = [
     (BIG + "{{ s|wordwrap(1, wrapstring=s) }}", "the wrapped text"),
     (BIG + "{{ [s] * 1000 }}", "the repeated text or list"),
     (BIG + "{{ s ~ s }}", "the joined text"),
+    (BIG + "{% set d = {" + ", ".join(f"{i}: s" for i in range(2000)) + "} %}{{ d.items() }}", "the result of a call"),
     ("{% set s = 'x\n' * 40000 %}{{ s|indent(100000) }}", "the indented text"),
     ("{{ range(3)|batch(999999999, 'x')|list }}", "a count of 999,999,999"),
     ("{{ lipsum(1000, max=1000) }}", "the filler text"),
@@ -213,6 +214,7 @@ BENIGN = [
     "{% for i in range(2) %}{{ 'x'.ljust(3) }}{{ 'ab'.replace('a', 'c') }}{{ ','.join(['a', 'b']) }}"
     "{{ 'a'.translate({97: 'bc'}) }}{{ '{}'.format(i) }}{{ '7'.zfill(3) ~ 'a\tb'.expandtabs(2) }}{% endfor %}"
     "{% block b %}{{ 'x'.center(5) }}{{ 'ab'.replace('a', 'c') }}{% endblock %}",
+    "{% set y = '<i>' ~ case.name %}{{ y|length }}{{ y|safe }}{{ y }}",
     "{{ (case.name ~ '<b>')|e }} {{ ('<b>{}</b>'|safe).format('<i>') }} {{ '<i>' ~ ('<b>'|safe) }}",
 ]
 
