@@ -218,8 +218,13 @@ def _pre_join(value: Any, sep: str = "", *_: Any) -> None:
         raise _too_long("the joined text", estimate)
 
 
+def _text(value: Any) -> str:
+    """`value` as text of the same length (bytes one character per byte)."""
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
 def _pre_replace(s: Any, old: Any = "", new: Any = "", count: Any = None) -> None:
-    s, old, new = str(s), str(old), str(new)
+    s, old, new = _text(s), _text(old), _text(new)
     hits = len(s) + 1 if not old else s.count(old)
     if isinstance(count, int) and count >= 0:
         hits = min(hits, count)
@@ -233,7 +238,7 @@ def _pre_width(s: Any, width: Any = 0, *_: Any) -> None:
 
 
 def _pre_indent(s: Any, width: Any = 4, *_: Any) -> None:
-    s = str(s)
+    s = _text(s)
     pad = len(width) if isinstance(width, str) else width
     _check_int(pad, "an indent of")
     estimate = len(s) + (s.count("\n") + 1) * max(int(pad), 0)
@@ -255,7 +260,8 @@ def _pre_count(value: Any, count: Any = 1, *_: Any) -> None:
 
 def _pre_expandtabs(s: Any, tabsize: Any = 8) -> None:
     _check_int(tabsize, "a tab size of")
-    estimate = len(str(s)) + str(s).count("\t") * max(int(tabsize), 0)
+    text = _text(s)
+    estimate = len(text) + text.count("\t") * max(int(tabsize), 0)
     if estimate > MAX_VALUE_CHARS:
         raise _too_long("the text with tabs expanded", estimate)
 
@@ -435,7 +441,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         check_time()
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(times, int) and isinstance(seq, str | list | tuple):
+                if isinstance(times, int) and isinstance(seq, str | bytes | list | tuple):
                     estimate = size_of(seq) * max(times, 0)
                     if estimate > MAX_VALUE_CHARS:
                         raise _too_long("the repeated text or list", estimate)
@@ -447,8 +453,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                     (left.bit_length() - 1) * right > MAX_INT_BITS:
                 raise TemplateLimitError(f"{left} ** {right} is larger than {MAX_INT_BITS} bits; use a smaller"
                                          " power")
-        elif operator == "%" and isinstance(left, str):
-            _check_printf(left, right)
+        elif operator == "%" and isinstance(left, str | bytes):
+            _check_printf(_text(left), right)
         elif operator == "+" and not isinstance(left, int | float):
             estimate = size_of(left) + size_of(right)
             if estimate > MAX_VALUE_CHARS:
@@ -459,7 +465,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         check_time()
         target = getattr(__obj, "__wrapped__", __obj)
         owner = getattr(target, "__self__", None)
-        if isinstance(owner, str):
+        if isinstance(owner, str | bytes):
             method = getattr(target, "__name__", "")
             if method == "join" and args and not isinstance(args[0], str | list | tuple | dict):
                 args = (list(args[0]), *args[1:])  # checked, then used

@@ -83,6 +83,11 @@ ATTACKS: list[tuple[str, str]] = [
     ("{% set s = 'http://a.co ' * 8000 %}{{ s|urlize(target='x' * 99999) }}", "the text with links"),
     ("{% for i in range(1) %}{{ 'x'.ljust(999999999) }}{% endfor %}", "a width of 999,999,999"),
     ("{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(1) }}", "a macro calls itself without end"),
+    ("{{ 'x'.encode() * 10**10 }}", "the repeated text or list"),
+    ("{{ '%999999999d'.encode() % 1 }}", "999,999,999"),
+    ("{{ 'x'.encode().ljust(999999999) }}", "a width of 999,999,999"),
+    (BIG + "{% set b = s.encode() %}{{ b.replace('x'.encode(), b) }}", "the text after replace"),
+    ("{% set t = ('\t' * 99999).encode() %}{{ t.expandtabs(99999) }}", "the text with tabs expanded"),
 ]
 
 #: The child: renders each attack as an SMS through the real `StoredTemplateSet` and then
