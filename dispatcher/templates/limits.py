@@ -52,7 +52,7 @@ MAX_VALUE_CHARS = 100_000
 MAX_INT_BITS = 1_024
 #: The most characters one render of each channel may write (per e-mail or voice block):
 #: Twilio accepts an SMS body of at most 1 600 characters; Gmail clips an e-mail larger
-#: than 102 KB; Twilio's `<Say>` speaks at most 4 096 characters.
+#: than 102 KB; Twilio's `<Say>` takes at most 4 096 characters (basic voices; Polly 3 000).
 MAX_OUTPUT_CHARS = {"sms": 1_600, "email": 100_000, "voice": 4_096}
 #: The wall-clock time one message's render may take, in seconds (a normal one takes
 #: about a millisecond).
