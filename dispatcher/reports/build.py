@@ -7,10 +7,15 @@ minutes, in the currency of the cases the messages served.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import datetime as dt
+import queue
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
@@ -34,6 +39,8 @@ from dispatcher.reports.queries import Query
 from dispatcher.reports.stats import chi_squared, wilson_interval
 from dispatcher.store.tables import cases_t, plans_t
 
+T = TypeVar("T")
+
 #: channels whose provider reports delivery (SMS receipts, call outcomes); e-mail over
 #: SMTP has none: its delivery figures are null and clicks stand in for engagement
 RECEIPT_CHANNELS = frozenset({"sms", "voice"})
@@ -55,13 +62,9 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
     with engine.connect() as conn:
         dialect = Dialect(conn.dialect.name)
         if dialect.postgres:
-            # every figure from one snapshot, so that they add up while the daemon writes;
-            # and room for the aggregations' hash tables (the report's own session only)
+            # every figure from one snapshot, so that they add up while the daemon writes
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-            # JIT compiling these long queries cost more than it saved: 33 s of the 263 s
-            # its two largest queries ran at 1,000,000 cases (BENCHMARKS.md), every run
-            conn.exec_driver_sql("SET LOCAL jit = off")
+            _session(conn)
         first_day = None
         if since is None:
             first = Query(dialect, Period(now.date(), now.date(), zone), config)
@@ -75,13 +78,21 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
                 first_day = first_at.astimezone(ZoneInfo(zone)).date()
         period = resolve_period(since, until, zone, now, first_day)
         query = Query(dialect, period, config)
-        messages = _message_rows(conn, query)
-        stages = _stages(conn, query, config)
-        variants, by_week = _messages(conn, query, messages)
-        weeks = _payment_weeks(conn, query, by_week)
+        with _readers(engine, conn, query) as submit:
+            # longest first: on PostgreSQL they run side by side, in one snapshot
+            stage_rows = submit(lambda c: query.run(c, query.stage_sql()))
+            message_rows = submit(lambda c: _message_rows(c, query))
+            stage_messages = submit(lambda c: query.run(c, query.stage_messages_sql()))
+            converted = submit(lambda c: query.run(c, query.converted_sql()))
+            weekly = submit(lambda c: query.run(c, query.weekly_payments_sql()))
+            balance_rows = submit(lambda c: _balances(c, query))
+            plan_rows = submit(lambda c: _plans(c, period))
+            messages = message_rows.result()
+            stages = _stages(query, config, stage_rows.result(), stage_messages.result())
+            variants, by_week = _messages(query, messages, converted.result())
+            weeks = _payment_weeks(weekly.result(), by_week)
+            balances, plans = balance_rows.result(), plan_rows.result()
         outbox = _outbox(messages)
-        balances = _balances(conn, query)
-        plans = _plans(conn, period)
     currency: dict[str, set[str]] = defaultdict(set)
     for s in stages:
         currency[s.jurisdiction].add(s.currency)
@@ -98,6 +109,58 @@ def build_report(engine: Engine, config: Config, now: dt.datetime, *, since: dt.
         stages=stages, variants=variants, experiments=_experiments(variants, config), weeks=weeks,
         messages=outbox, notes=notes, balances=balances, plans=plans,
     )
+
+
+def _session(conn: Connection) -> None:
+    """The report's PostgreSQL session: room for the aggregations' hash tables (the
+    report's own session only), and no JIT — compiling these long queries cost more than
+    it saved: 33 s of the 263 s its two largest queries ran at 1,000,000 cases
+    (BENCHMARKS.md), every run."""
+    conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+    conn.exec_driver_sql("SET LOCAL jit = off")
+
+
+#: connections the report reads through on PostgreSQL, side by side (see `_readers`)
+READERS = 3
+
+
+@contextlib.contextmanager
+def _readers(engine: Engine, conn: Connection, query: Query) -> Iterator[Callable[[Callable[[Connection], T]],
+                                                                               Future[T]]]:
+    """`submit(read)`: a future of `read(connection)`. On PostgreSQL the reads run side by
+    side on `READERS` connections — `conn` and others in the same snapshot
+    (`pg_export_snapshot`, as `pg_dump --jobs` shares one), so that their figures still
+    add up while the daemon writes — and the report uses several of the server's cores
+    for the parts of its plans PostgreSQL runs in one process (the stage KPIs' CTEs, the
+    aggregations' final steps) instead of one after the other (BENCHMARKS.md). On SQLite
+    each read runs at once on `conn`."""
+    if not query.dialect.postgres:
+        def here(read: Callable[[Connection], T]) -> Future[T]:
+            done: Future[T] = Future()
+            done.set_result(read(conn))
+            return done
+
+        yield here
+        return
+    snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    free: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+    free.put(conn)
+    with contextlib.ExitStack() as stack:
+        for _ in range(READERS - 1):
+            other = stack.enter_context(engine.connect()).execution_options(isolation_level="REPEATABLE READ")
+            other.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # first in its transaction
+            _session(other)
+            free.put(other)
+        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(READERS, "report"))
+
+        def on_a_free_connection(read: Callable[[Connection], T]) -> T:
+            c = free.get()  # never waits: no more reads run at once than there are connections
+            try:
+                return read(c)
+            finally:
+                free.put(c)
+
+        yield lambda read: pool.submit(on_a_free_connection, read)
 
 
 def _plans(conn: Connection, period: Period) -> list[PlanKpi]:
@@ -140,11 +203,13 @@ def _balances(conn: Connection, query: Query) -> list[Balance]:
             for r in query.run(conn, query.balances_sql(closed))]
 
 
-def _stages(conn: Connection, query: Query, config: Config) -> list[StageKpi]:
+def _stages(query: Query, config: Config, stage_rows: list[Any], stage_messages: list[Any]) -> list[StageKpi]:
+    """The stage KPIs from the rows of `query.stage_sql()`, with the stages' messages and
+    cost from those of `query.stage_messages_sql()`."""
     last = query.ordered_stages()[-1].name
     rows: dict[tuple[str, str, str], StageKpi] = {}
     order: dict[str, int] = {s.name: i for i, s in enumerate(query.ordered_stages())}
-    for r in query.run(conn, query.stage_sql()):
+    for r in stage_rows:
         rows[(r.stage, r.jurisdiction, r.currency)] = StageKpi(
             stage=r.stage, jurisdiction=r.jurisdiction, currency=r.currency,
             cases_entered=int(r.entered), contacted=int(r.contacted or 0), right_party_contacts=int(r.rpc or 0),
@@ -161,7 +226,7 @@ def _stages(conn: Connection, query: Query, config: Config) -> list[StageKpi]:
                                                               has_next_stage=r.stage != last))
 
     # system replies (opt-out confirmations, HELP) have no stage and are not here
-    for r in query.run(conn, query.stage_messages_sql()):
+    for r in stage_messages:
         kpi = kpi_of(r)
         kpi.messages += int(r.n)
         if r.channel == "sms":
@@ -184,7 +249,7 @@ def template_stage(template_id: str) -> str:
     return parts[1] if len(parts) == 3 else "-"
 
 
-def _messages(conn: Connection, query: Query, messages: list[Any]) -> tuple[list[VariantKpi], dict[int, Week]]:
+def _messages(query: Query, messages: list[Any], converted: list[Any]) -> tuple[list[VariantKpi], dict[int, Week]]:
     """Variants grouped by the template (whose id names its stage), not by the case's
     stage at sending: a template sent to a case in another stage (after a broken
     promise, the next stage's firmer wording) is counted under its own stage and in
@@ -215,7 +280,7 @@ def _messages(conn: Connection, query: Query, messages: list[Any]) -> tuple[list
         v.clicks += int(r.clicks or 0)
         if r.stage != v.stage:
             v.off_stage += int(r.n)
-    for r in query.run(conn, query.converted_sql()):
+    for r in converted:
         variant(r.template_id, r.locale, r.channel).payments_7d += int(r.payments_7d)
     for v in rows.values():
         v.conversion_ci = wilson_interval(v.payments_7d, v.sent)
@@ -244,8 +309,8 @@ def _experiments(variants: list[VariantKpi], config: Config) -> list[Experiment]
     return experiments
 
 
-def _payment_weeks(conn: Connection, query: Query, weeks: dict[int, Week]) -> list[Week]:
-    for r in query.run(conn, query.weekly_payments_sql()):
+def _payment_weeks(weekly: list[Any], weeks: dict[int, Week]) -> list[Week]:
+    for r in weekly:
         w = weeks.setdefault(int(r.week), Week(from_day_number(int(r.week))))
         w.payments += int(r.payments)
         w.recovered[r.currency] = w.recovered.get(r.currency, Decimal("0.00")) + _cents(r.cents)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from decimal import Decimal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -258,3 +259,59 @@ def test_balances_are_exact_sums_per_jurisdiction_and_currency(engine: Engine, c
         {"jurisdiction": "us", "currency": "USD", "cases": 40, "open_cases": 40, "amount_due": "4000.00",
          "paid_total": "0.00", "outstanding": "4000.00"},
     ]
+
+
+@pytest.fixture
+def pg_engine(_pg_migrated: str) -> Iterator[Engine]:
+    from dispatcher.store.db import make_engine
+    from tests.conftest import _truncate_all
+
+    eng = make_engine(_pg_migrated)
+    _truncate_all(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+def test_the_readers_share_one_snapshot_while_the_daemon_writes(pg_engine: Engine, config: Config) -> None:
+    """On PostgreSQL the report reads through several connections side by side; a case, a
+    message and a payment committed after it started (here: just after it exported its
+    snapshot, before the other connections joined it) are in none of its figures, so they
+    still add up. The next report has them."""
+    from sqlalchemy import event
+
+    build_history(pg_engine)
+    period = {"since": dt.date(2026, 11, 1), "until": dt.date(2026, 11, 30)}
+    before = build_report(pg_engine, config, NOW, **period).as_json()
+    backends: set[int] = set()
+    written = False
+
+    def late_write(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        nonlocal written
+        backends.add(conn.connection.dbapi_connection.info.backend_pid)
+        if "pg_export_snapshot" in statement and not written:
+            written = True
+            with pg_engine.begin() as other:
+                other.execute(insert(cases_t), [_case("LATE", dt.date(2026, 10, 31), "900.00")])
+                other.execute(insert(messages_t), [_msg("LATE", "sms", "sms/early/a", "early", at(11, 2),
+                                                        "delivered", segments=1)])
+                other.execute(insert(payments_t), [_pay("LATE", "900.00", at(11, 3))])
+
+    event.listen(pg_engine, "after_cursor_execute", late_write)
+    try:
+        during = build_report(pg_engine, config, NOW, **period).as_json()
+    finally:
+        event.remove(pg_engine, "after_cursor_execute", late_write)
+    after = build_report(pg_engine, config, NOW, **period).as_json()
+    assert written and len(backends) > 1  # the write happened, and more than one connection read
+    for report in (before, during, after):
+        report.pop("generated_at")
+    assert during == before
+    assert after != before
+
+    def early_cn(report: dict[str, Any]) -> dict[str, Any]:
+        return next(s for s in report["stages"] if s["stage"] == "early" and s["jurisdiction"] == "cn")
+
+    assert early_cn(after)["cases_entered"] == early_cn(before)["cases_entered"] + 1
+    assert early_cn(after)["messages"] == early_cn(before)["messages"] + 1
