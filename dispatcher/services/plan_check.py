@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from dispatcher.config import Config
 from dispatcher.domain import CaseStatus
+from dispatcher.policy import lifecycle
 from dispatcher.policy.plans import PlanStatus, plan_standing
 from dispatcher.policy.zones import local_date, primary_zone
 from dispatcher.services.case_tasks import open_task
@@ -85,7 +86,7 @@ def check_plans(engine: Engine, config: Config, now: dt.datetime) -> PlanCheck:
                          plan_id=plan.plan_id, waived=str(plan.waived))
             left = cents(row.amount_due) - cents(row.paid_total)
             if row.status == CaseStatus.ACTIVE.value and plan.waived > 0 and 0 < left <= plan.waived:
-                repository.settle_case(conn, case_id, ACTOR_SYSTEM, now, reason="plan_kept_penalty_waived")
+                repository.settle_case(conn, case_id, ACTOR_SYSTEM, now, reason=lifecycle.PLAN_KEPT_PENALTY_WAIVED)
             completed += 1
     if broken or completed:
         log.info("repayment plans: %d broken, %d completed", broken, completed)

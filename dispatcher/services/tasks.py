@@ -3,12 +3,15 @@
 `open_task` is the one function that opens a task. The receipts (a PAID, DISPUTE,
 free-text or revocation SMS), the IVR (option 3 outside the agents' hours), the broken
 promise pass, the planner (a legal hand-off; a case that has not answered a delivered
-stage reminder for `[workbench] escalate_after_days`: `open_escalations`) call it inside
+stage reminder — `policy.reach`: an SMS with a receipt or a completed call, never an
+e-mail that was only sent — for `[workbench] escalate_after_days`: `open_escalations`) call it inside
 the transaction of what caused the task. A task is unique per (case, kind, source), the
 source being what caused it (an SMS's MessageSid, a call's message id, a hold, a stage),
 so a re-delivered webhook or a second planning pass opens nothing new. Each opened task
 is also a `collector_task` event on the case (the timeline), and each claim and close a
-`task_claimed` / `task_done` event with `by` = the person.
+`task_claimed` / `task_done` event with `by` = the person. When a case closes (paid in
+full, settled, closed by an import) the system closes its open and claimed tasks with a
+note saying why (`store.closing`); a task opened on a closed case is closed at once.
 
 A task is due `[workbench.sla]` after it was opened ("1 working day" counts the case's
 jurisdiction calendar in the debtor's zone); the queue lists the overdue first, then by
@@ -31,13 +34,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from dispatcher.clock import Clock
 from dispatcher.config import Config, Workbench
-from dispatcher.domain import CaseStatus, Channel, MessageKind, MessageStatus
+from dispatcher.domain import CLOSED_STATUSES, CaseStatus, MessageKind
 from dispatcher.policy.calendar import WorkingCalendar
+from dispatcher.policy.lifecycle import task_closing_note
+from dispatcher.policy.reach import DELIVERED_STATUSES
 from dispatcher.policy.zones import zone_info
 from dispatcher.store import repository
+from dispatcher.store.closing import close_tasks
 from dispatcher.store.events import EventKind, record_event
 from dispatcher.store.repository import CaseNotFound
 from dispatcher.store.tables import cases_t, events_t, holds_t, messages_t, tasks_t
+from dispatcher.store.values import CASE_STATUS_OF
 
 log = logging.getLogger("dispatcher.tasks")
 
@@ -146,7 +153,8 @@ def open_task(conn: Connection, config: Config | None, case_id: str, kind: TaskK
     """Open a task (the one function that does), in the caller's transaction: once per
     (case, kind, source). Returns the new task's id, or None when that task exists
     already. Records a `collector_task` event on the case (`task`, `task_id`, `due_at`,
-    and `data`, e.g. the SMS's sid and text). `CaseNotFound` for an unknown case."""
+    and `data`, e.g. the SMS's sid and text); on a closed case the task is closed at once
+    by the system (`task_done`, `policy.lifecycle`). `CaseNotFound` for an unknown case."""
     kind = TaskKind(kind)
     calendar, zone = _case_calendar(conn, config, case_id)
     workbench = config.workbench if config else Workbench()
@@ -160,13 +168,23 @@ def open_task(conn: Connection, config: Config | None, case_id: str, kind: TaskK
         return None
     record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, actor=actor, task=kind.value,
                  task_id=task_id, due_at=due.isoformat(), **data)
+    # A closed case needs no work: its task is closed at once. Read after the insert and
+    # under a share lock on the case's row, so that a closing committed meanwhile is seen
+    # here, or else waits for this transaction and closes the task itself.
+    status = conn.execute(select(cases_t.c.status).where(cases_t.c.case_id == case_id)
+                          .with_for_update(read=True)).scalar_one()
+    if CASE_STATUS_OF[status] in CLOSED_STATUSES:
+        close_tasks(conn, case_id, now, task_closing_note(CASE_STATUS_OF[status], None), task_id=task_id)
     return int(task_id)
 
 
 #: What counts as the debtor answering (for `escalate`): any of these on the case.
 RESPONSE_EVENTS = (EventKind.REPLY_RECEIVED, EventKind.KEYWORD_RECEIVED, EventKind.KEYPRESS,
                    EventKind.LINK_CLICKED, EventKind.PAYMENT_RECORDED, EventKind.OPTED_OUT)
-_DELIVERED = (MessageStatus.DELIVERED.value, MessageStatus.READ.value, MessageStatus.COMPLETED.value)
+#: a stage reminder that reached the debtor (`policy.reach`: never an e-mail by its status)
+_DELIVERED = or_(*(and_(messages_t.c.channel == channel.value,
+                        messages_t.c.status.in_(sorted(s.value for s in statuses)))
+                   for channel, statuses in DELIVERED_STATUSES.items() if statuses))
 #: deliveries older than this (past the escalation age) are not looked at any more
 _ESCALATE_LOOKBACK = dt.timedelta(days=30)
 
@@ -179,7 +197,7 @@ def open_escalations(engine: Engine, config: Config, now: dt.datetime, *, limit:
     m = messages_t.c
     delivered = and_(
         m.kind == MessageKind.SCHEDULED.value, m.stage.is_not(None),
-        (m.status.in_(_DELIVERED)) | ((m.channel == Channel.EMAIL.value) & (m.status == MessageStatus.SENT.value)),
+        _DELIVERED,
         m.status_at <= cutoff, m.status_at > cutoff - _ESCALATE_LOOKBACK,
         # implied by the two above (a message is sent after it is scheduled, delivered
         # within days), stated so that ix_messages_due (status, scheduled_at) answers

@@ -32,16 +32,16 @@ from dispatcher.domain import (
     CaseStatus,
     Channel,
     Hold,
-    MessageStatus,
     Reason,
 )
+from dispatcher.policy import lifecycle
+from dispatcher.store import closing
 from dispatcher.store.events import EventKind, event_values, insert_events
 from dispatcher.store.tables import (
     cases_t,
     contacts_t,
     escalations_t,
     holds_t,
-    messages_t,
     payments_t,
 )
 from dispatcher.store.values import CASE_STATUS_OF, CENT, REASON_OF, cents, exact_cents, split_list
@@ -189,18 +189,16 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
     as an update the second time. Preserved on update: the opt-out and invalid flags of
     an unchanged address (a changed address starts clean, except that an address
     already opted out on the same channel elsewhere stays opted out), the escalated
-    stages and the paid total. A case we closed as paid stays paid while the paid total
-    covers the imported amount due.
+    stages and the paid total. The status is `policy.lifecycle.imported_status`; a case
+    the file closes (or whose payments now cover it) closes (`store.closing.case_closed`).
     """
     conn = _conn(conn)
     if not rows:
         return 0, 0
     ids = list(dict.fromkeys(r.case.case_id for r in rows))
-    paid_totals: dict[str, Decimal] = dict(
-        conn.execute(
-            select(cases_t.c.case_id, cases_t.c.paid_total).where(cases_t.c.case_id.in_(ids))
-        ).all()
-    )
+    before = {r.case_id: r for r in conn.execute(
+        select(cases_t.c.case_id, cases_t.c.paid_total, cases_t.c.status).where(cases_t.c.case_id.in_(ids)))}
+    paid_totals: dict[str, Decimal] = {case_id: r.paid_total for case_id, r in before.items()}
 
     latest: dict[str, ImportedCase] = {}
     events: list[dict[str, Any]] = []
@@ -235,12 +233,13 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
 
     case_values: list[dict[str, Any]] = []
     contact_values: list[dict[str, Any]] = []
+    closures: list[tuple[str, CaseStatus, str]] = []
     for case_id, row in latest.items():
         c = row.case
-        status = c.status.value
-        paid = paid_totals.get(case_id)
-        if c.status is CaseStatus.ACTIVE and paid is not None and paid > 0 and paid >= c.amount_due:
-            status = CaseStatus.PAID.value
+        new_status = lifecycle.imported_status(c.status, paid_totals.get(case_id), c.amount_due)
+        status = new_status.value
+        if case_id in before and lifecycle.closes(CASE_STATUS_OF[before[case_id].status], new_status):
+            closures.append((case_id, new_status, lifecycle.import_reason(c.status, new_status)))
         case_values.append(
             {
                 "case_id": case_id,
@@ -308,6 +307,8 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
         update_set=contact_update,
     )
     insert_events(conn, events)
+    for case_id, status, reason in closures:
+        closing.case_closed(conn, case_id, status, reason, "import", now)
     return inserted, updated
 
 
@@ -427,28 +428,12 @@ def release_hold(conn: Executor, case_id: str, hold_id: int, by: str | None, now
 # --------------------------------------------------------------------------- payments
 
 
-def _cancel_queued(conn: Connection, case_id: str, now: dt.datetime, reason: str) -> tuple[int, ...]:
-    """Cancel the case's messages still waiting in the outbox (not those in flight)."""
-    cancelled = conn.execute(
-        update(messages_t)
-        .where(messages_t.c.case_id == case_id, messages_t.c.status == MessageStatus.QUEUED.value)
-        .values(status=MessageStatus.CANCELLED.value, status_at=now, last_error=reason)
-        .returning(messages_t.c.id, messages_t.c.channel)
-    ).all()
-    insert_events(
-        conn,
-        [event_values(EventKind.MESSAGE_CANCELLED, now, case_id=case_id, message_id=mid, channel=channel,
-                      reason=reason)
-         for mid, channel in cancelled],
-    )
-    return tuple(sorted(mid for mid, _ in cancelled))
-
-
 def record_payment(
     conn: Executor, case_id: str, amount: Decimal, by: str | None, now: dt.datetime
 ) -> PaymentOutcome:
     """Add a payment to the case's paid total; a fully paid active case becomes `paid`
-    and its queued messages are cancelled."""
+    and closes (`store.closing.case_closed`: its queued messages cancelled, its tasks
+    closed)."""
     conn = _conn(conn)
     if not isinstance(amount, Decimal):
         raise TypeError(f"payment amount must be Decimal, got {type(amount).__name__}")
@@ -472,23 +457,23 @@ def record_payment(
                      paid_total=str(paid_total))
     ]
     values: dict[str, Any] = {"paid_total": paid_total}
-    closed = False
-    cancelled: tuple[int, ...] = ()
-    if paid_total >= amount_due and status not in CLOSED_STATUSES:
-        status, closed = CaseStatus.PAID, True
+    closed = paid_total >= amount_due and status not in CLOSED_STATUSES
+    if closed:
+        status = CaseStatus.PAID
         values["status"] = status.value
-        events.append(event_values(EventKind.CASE_CLOSED, now, case_id=case_id, actor=by, status=status.value,
-                                   reason="paid_in_full"))
     conn.execute(update(cases_t).where(cases_t.c.case_id == case_id).values(**values))
     insert_events(conn, events)
-    if paid_total >= amount_due:
-        cancelled = _cancel_queued(conn, case_id, now, reason="case_closed")
+    cancelled: tuple[int, ...] = ()
+    if closed:
+        cancelled = closing.case_closed(conn, case_id, status, lifecycle.PAID_IN_FULL, by, now)
+    elif paid_total >= amount_due:
+        cancelled = closing.cancel_queued(conn, case_id, now, reason="case_closed")
     return PaymentOutcome(case_id, amount, paid_total, amount_due, status, closed, cancelled)
 
 
 def settle_case(conn: Executor, case_id: str, by: str | None, now: dt.datetime, reason: str) -> bool:
-    """Close an active case as `settled` (e.g. a kept plan's waiver covers the rest) and
-    cancel its queued messages; False if it was not active."""
+    """Close an active case as `settled` (e.g. a kept plan's waiver covers the rest):
+    `store.closing.case_closed`; False if it was not active."""
     conn = _conn(conn)
     changed = conn.execute(
         update(cases_t).where(cases_t.c.case_id == case_id, cases_t.c.status == CaseStatus.ACTIVE.value)
@@ -496,9 +481,7 @@ def settle_case(conn: Executor, case_id: str, by: str | None, now: dt.datetime, 
     ).rowcount
     if not changed:
         return False
-    insert_events(conn, [event_values(EventKind.CASE_CLOSED, now, case_id=case_id, actor=by,
-                                      status=CaseStatus.SETTLED.value, reason=reason)])
-    _cancel_queued(conn, case_id, now, reason="case_closed")
+    closing.case_closed(conn, case_id, CaseStatus.SETTLED, reason, by, now)
     return True
 
 

@@ -88,7 +88,7 @@ def test_no_answer_after_a_delivered_reminder_escalates_once_per_stage(engine: E
     _delivered(engine, "E1", "dpd30", NOW)  # no answer: escalated after 3 days
     _delivered(engine, "E2", "dpd30", NOW)  # answers the day after: not escalated
     _delivered(engine, "E3", "dpd30", NOW, status="failed")  # never delivered: nothing to escalate
-    _delivered(engine, "E4", "dpd30", NOW, channel="email", status="sent")  # an e-mail sent counts
+    _delivered(engine, "E4", "dpd30", NOW, channel="voice", status="completed")  # a call that reached them
     with engine.begin() as conn:
         conn.execute(insert(events_t).values(case_id="E2", at=NOW + dt.timedelta(days=1), kind="reply_received",
                                              actor="sms", data="{}"))
@@ -111,6 +111,25 @@ def test_no_answer_after_a_delivered_reminder_escalates_once_per_stage(engine: E
         repo.record_payment(conn, "E2", Decimal("1025.75"), "bank", NOW + dt.timedelta(days=40))
     _delivered(engine, "E2", "dpd60", NOW + dt.timedelta(days=30))
     assert open_escalations(engine, config, NOW + dt.timedelta(days=45)) == 0
+
+
+def test_an_email_only_sent_is_not_a_delivered_reminder(engine: Engine, config: Config) -> None:
+    """SMTP gives no delivery receipt: an e-mail whose status is `sent` may never have
+    reached anyone, so it is no unanswered reminder to escalate (a clicked one is an answer)."""
+    import_cases(engine, make_case("M1"), make_case("M2", phone="+8613900000002"),
+                 make_case("M3", phone="+8613900000003"))
+    _delivered(engine, "M1", "dpd30", NOW, channel="email", status="sent")
+    _delivered(engine, "M2", "dpd30", NOW, channel="email", status="sent_unconfirmed")
+    _delivered(engine, "M3", "dpd30", NOW, channel="sms", status="sent")  # no receipt (yet) either
+    assert open_escalations(engine, config, NOW + dt.timedelta(days=4)) == 0
+    assert task_rows(engine) == []
+    # the same case with an SMS that was delivered: escalated, for that reminder
+    _delivered(engine, "M1", "dpd30", NOW + dt.timedelta(hours=1))
+    assert open_escalations(engine, config, NOW + dt.timedelta(days=4)) == 1
+    (task,) = task_rows(engine)
+    assert (task.case_id, task.source) == ("M1", "stage:dpd30")
+    assert json.loads(events_of(engine, "collector_task")[0].data)["delivered_at"] == (
+        NOW + dt.timedelta(hours=1)).isoformat()
 
 
 def test_escalate_after_days_comes_from_the_configuration(engine: Engine, config: Config) -> None:
