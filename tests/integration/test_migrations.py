@@ -128,6 +128,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0008_user_locale.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0010_plan_instants.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0011_template_versions.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0012_close_tasks_of_closed_cases.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
 
 
@@ -242,6 +243,59 @@ def test_sms_segments_are_backfilled_from_the_stored_bodies(empty_url: str) -> N
 
 
 @pytest.mark.postgres
+def test_the_tasks_of_closed_cases_are_closed_on_upgrade(empty_url: str) -> None:
+    """0012: open and claimed tasks of cases closed before closing closed tasks are done
+    by the system, at the moment their case closed, with the note saying why."""
+    engine = make_engine(empty_url)
+    paid_at = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC)
+    imported_at = dt.datetime(2026, 12, 2, 2, 0, tzinfo=dt.UTC)
+    try:
+        _upgrade(engine, "0011")
+        with engine.begin() as conn:
+            for case_id, status, updated in (("P-1", "paid", paid_at), ("F-1", "closed", imported_at),
+                                             ("A-1", "active", imported_at)):
+                conn.execute(sa.text(
+                    "INSERT INTO cases (case_id, name, jurisdiction, locale, zones, escalated_stages, currency,"
+                    " principal, interest, penalty, fees, amount_due, due_date, status, product, paid_total,"
+                    " created_at, updated_at) VALUES (:id, 'Old Case', 'cn', 'zh-CN', 'Asia/Shanghai', '', 'CNY',"
+                    " 100, 0, 0, 0, 100, '2026-10-01', :status, 'other', 0, :created, :updated)"),
+                    {"id": case_id, "status": status, "created": paid_at - dt.timedelta(days=9), "updated": updated})
+                for kind, state in (("read_reply", "open"), ("review_dispute", "claimed"), ("call_back", "done")):
+                    conn.execute(sa.text(
+                        "INSERT INTO tasks (case_id, kind, source, state, created_at, due_at, assignee, detail,"
+                        " done_by, note) VALUES (:id, :kind, 'old', :state, :at, :at, :who, '', :done_by, :note)"),
+                        {"id": case_id, "kind": kind, "state": state, "at": paid_at - dt.timedelta(days=2),
+                         "who": None if state == "open" else "王伟", "done_by": "王伟" if state == "done" else None,
+                         "note": "called" if state == "done" else None})
+            conn.execute(sa.text(
+                "INSERT INTO events (case_id, message_id, at, kind, actor, data)"
+                " VALUES ('P-1', NULL, :at, 'case_closed', 'bank', :data)"),
+                {"at": paid_at, "data": encode_data({"reason": "paid_in_full", "status": "paid"})})
+
+        ensure_schema(engine)
+
+        assert schema_revision(engine) == HEAD
+        with engine.connect() as conn:
+            tasks = {(r.case_id, r.kind): r for r in conn.execute(sa.text(
+                "SELECT case_id, kind, state, done_by, note, assignee FROM tasks"))}
+            done = sorted(tuple(r) for r in conn.execute(sa.text(
+                "SELECT case_id, actor, data FROM events WHERE kind = 'task_done'")))
+        expected = {"P-1": "case closed: paid in full", "F-1": "case closed: marked closed by an import"}
+        for case_id, note in expected.items():
+            assert [(tasks[case_id, k].state, tasks[case_id, k].done_by, tasks[case_id, k].note)
+                    for k in ("read_reply", "review_dispute")] == [("done", "system", note)] * 2
+            assert tasks[case_id, "review_dispute"].assignee == "王伟"
+            assert (tasks[case_id, "call_back"].done_by, tasks[case_id, "call_back"].note) == ("王伟", "called")
+        assert {tasks["A-1", k].state for k in ("read_reply", "review_dispute")} == {"open", "claimed"}
+        assert [(case_id, actor) for case_id, actor, _ in done] == [("F-1", "system")] * 2 + [("P-1", "system")] * 2
+        with engine.connect() as conn:
+            closed_at = conn.execute(sa.text(
+                "SELECT done_at FROM tasks WHERE case_id = 'P-1' AND kind = 'read_reply'")).scalar()
+        assert closed_at is not None and str(closed_at).startswith("2026-12-01")
+    finally:
+        engine.dispose()
+
+
 def test_search_indexes_exist_on_postgres(fresh_pg_url: str) -> None:
     """0007 builds the search indexes on PostgreSQL, the name's with pg_trgm."""
     engine = make_engine(fresh_pg_url)
