@@ -206,7 +206,7 @@ class Runtime:
         from dispatcher.services.receipts import Receipts
 
         receipts = Receipts(self.engine, self.config, self.clock, self.signer, self.settings.public_url,
-                            templates=self.templates)
+                            templates=self.templates, gate=self.gate)
         self._closers.append(receipts.close)
         return receipts
 

@@ -72,6 +72,9 @@ from dispatcher.policy.zones import resolve_zones
 TemplateCatalog = Mapping[tuple[Channel, str, str], Sequence[str]]
 
 _HOLD_RANK = {reason: i for i, reason in enumerate(HOLD_REASONS)}
+#: Holds that stop reminders but not a link the debtor asks for (`Gate.decide_requested`):
+#: they record that the debtor means to pay, which the link helps them do.
+REQUESTED_DESPITE = frozenset({Reason.PROMISE_TO_PAY, Reason.PAYMENT_CLAIMED})
 _ADDRESS_WORD = {"phone": "phone number", "email": "e-mail address"}
 _UTC = dt.UTC
 _CH = {ch: ch.value for ch in Channel}
@@ -167,14 +170,15 @@ _EMPTY_HISTORY = _ChannelHistory()
 # -- the gate --------------------------------------------------------------------------
 
 
-def _case_reason(snapshot: CaseSnapshot, now: dt.datetime) -> tuple[Reason, str] | None:
+def _case_reason(snapshot: CaseSnapshot, now: dt.datetime,
+                 ignore: frozenset[Reason] = frozenset()) -> tuple[Reason, str] | None:
     case = snapshot.case
     if case.status in CLOSED_STATUSES:
         return Reason.CASE_CLOSED, f"case status is {case.status.value}: no further contact"
     best = None
     best_rank = 1 << 30
     for hold in snapshot.holds:
-        if hold.active_at(now):
+        if hold.active_at(now) and hold.reason not in ignore:
             rank = _HOLD_RANK.get(hold.reason, len(_HOLD_RANK))
             if rank < best_rank:
                 best, best_rank = hold, rank
@@ -314,13 +318,6 @@ def _channel_block(snapshot: CaseSnapshot, channel: Channel, profile: Jurisdicti
     return Reason.OPTED_OUT, f"the debtor opted out of {ch}"
 
 
-def channel_block(snapshot: CaseSnapshot, channel: Channel, profile: Jurisdiction) -> tuple[Reason, str] | None:
-    """The contact-level part of the gate (no address, marked invalid, no consent, opted
-    out) with its reason and detail, or None: what still applies to a message the debtor
-    asked for on a call (the IVR's self-service link), which no stage or hold governs."""
-    return _channel_block(snapshot, channel, profile)
-
-
 def _override_approved(
     templates: TemplateCatalog, channel: Channel, template: str, locales: tuple[str, ...]
 ) -> bool:
@@ -337,8 +334,10 @@ def _line(
     *,
     apply_cadence: bool,
     template: str | None,
+    requested: bool = False,
 ) -> Decision:
-    """One channel line for a case with a stage and no case-level reason."""
+    """One channel line for a case with a stage and no case-level reason (`requested`:
+    a system reply the debtor asked for, approved on its own, with or without a stage)."""
     snapshot = c.snapshot
     block = _channel_block(snapshot, channel, c.prof.profile)
     if block is not None:
@@ -362,21 +361,24 @@ def _line(
     elif apply_cadence:
         cadence = f"{ch} is not a channel of this stage; cadence not applied"
     else:
-        cadence = "cadence not applied (one-off or send-time re-check)"
+        cadence = "asked for by the debtor" if requested else "cadence not applied (one-off or send-time re-check)"
 
     # the template is needed for send and defer alike
-    stage_name = c.stage.name  # type: ignore[union-attr]  # _line is only called with a stage
+    stage_name = c.stage_name
     profile = c.prof.profile
     case = snapshot.case
-    if template is not None:
+    if requested:
+        chosen: str | None = template
+    elif template is not None:
         if not _override_approved(templates, channel, template, (case.locale, profile.default_locale)):
             return c.decision(
                 channel, _SKIP, Reason.NO_APPROVED_TEMPLATE,
                 f"template {template} is not an approved {ch} template in {case.locale}"
                 f" or {profile.default_locale}",
             )
-        chosen: str | None = template
+        chosen = template
     else:
+        assert stage_name is not None  # only a requested message goes without a stage
         wording = stage_name
         if snapshot.promise_broken:
             # A broken promise to pay moves the case to the next stage's, firmer wording
@@ -400,12 +402,11 @@ def _line(
     cap = c.prof.caps[channel]
     usage = c.usages() if c.prof.shared else {channel: h.usage}
     if time.legal:
-        cap_block = cap.check(usage, today)
+        cap_block = None if requested else cap.check(usage, today)
         if cap_block is None:
-            return c.decision(
-                channel, _SEND, Reason.DUE,
-                f"{cadence}; {time.why}; caps allow; template {chosen}", template=chosen,
-            )
+            caps = "caps limit what we send, not what the debtor asks for" if requested else "caps allow"
+            return c.decision(channel, _SEND, Reason.DUE, f"{cadence}; {time.why}; {caps}; template {chosen}",
+                              template=chosen)
         reason, why = cap_block.reason, cap_block.detail
         if not why.startswith("shared cap"):  # a shared cap names its own source
             why += c.prof.cite
@@ -414,7 +415,7 @@ def _line(
 
     windows = c.windows
     next_ts = time.next_ts
-    if cap.active(usage):
+    if not requested and cap.active(usage):
         first_day = gate.instants.local(next_ts, windows[0]).toordinal()
         later = cap.check(usage, first_day)
         if later is not None:
@@ -523,6 +524,20 @@ class Gate:
             return c.decision(channel, _SKIP, Reason.NOT_OVERDUE, "no stage covers this DPD")
         every = dict(c.channels).get(channel)
         return _line(c, templates, channel, every, apply_cadence=apply_cadence, template=template)
+
+    def decide_requested(self, snapshot: CaseSnapshot, now: dt.datetime, channel: Channel,
+                         template: str) -> Decision:
+        """A message the debtor asked for during a contact (an IVR keypress; `template`, a
+        system reply, is approved on its own): a one-off's gate without stage or cadence.
+        The case closed, its holds (but those in `REQUESTED_DESPITE`), the contact and the
+        contact window apply; the caps do not (they limit the contacts we start, and such a
+        reply counts for none). `send`, or `skip`/`defer` with the reason."""
+        c = _Case(snapshot, self, now)
+        closed = snapshot.case.status in CLOSED_STATUSES
+        reason = _case_reason(snapshot, now, REQUESTED_DESPITE) if snapshot.holds or closed else None
+        if reason is not None:
+            return c.decision(channel, _SKIP, *reason)
+        return _line(c, {}, channel, None, apply_cadence=False, template=template, requested=True)
 
     # -- caches --------------------------------------------------------------------
 

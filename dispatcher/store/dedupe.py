@@ -31,6 +31,9 @@ INBOUND_SMS = "sms-in"
 IVR_IDENTITY = "ivr-identity"
 #: A promise to pay made on a call, per call's message id.
 IVR_PROMISE = "ivr-promise"
+#: A link asked for on a call, decided once (queued or refused by the gate), per the
+#: link's message key (`ivr-link:<message id>`, `ivr-self-service:<message id>`).
+IVR_LINK = "ivr-request"
 
 _MAX_KEY = 200
 

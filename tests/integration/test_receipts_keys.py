@@ -42,7 +42,8 @@ def seeded(engine: Engine, fake_clock: FakeClock) -> tuple[int, int]:
     with engine.begin() as conn:
         repo.upsert_cases(conn, [imported("k-1", "cn", CN_PHONE, None), imported("k-2", "cn", CN_PHONE, None)],
                           fake_clock.now())
-    return (add_message(engine, "k-1", "sms", to=CN_PHONE),
+    # yesterday's SMS (one today would reach the SMS cap, and the gate refuse a link asked for on the call)
+    return (add_message(engine, "k-1", "sms", to=CN_PHONE, at=fake_clock.now() - dt.timedelta(days=1)),
             add_message(engine, "k-1", "voice", to=CN_PHONE, parts=VOICE_PARTS))
 
 
@@ -143,10 +144,10 @@ def test_a_reply_without_an_approved_template_is_recorded_not_sent(
                 path.write_text(path.read_text(encoding="utf-8") + " edited\n", encoding="utf-8")
     receipts = Receipts(engine, config, fake_clock, LinkSigner(KEY), PUBLIC, templates=TemplateSet(tree, config))
     try:
-        outcome = receipts.inbound_sms("SMnoreply", CN_PHONE, "STOP")
         ctx = receipts.call_context(seeded[1])
         assert ctx is not None
-        link = receipts.send_payment_link(ctx)
+        link = receipts.send_payment_link(ctx)  # before the STOP: after it, the gate refuses it (opted out)
+        outcome = receipts.inbound_sms("SMnoreply", CN_PHONE, "STOP")
         helped = receipts.inbound_sms("SMhelp", CN_PHONE, "HELP")  # its template is intact
     finally:
         receipts.close()

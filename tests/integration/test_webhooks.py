@@ -207,7 +207,9 @@ async def world(engine: Engine, config: Config, fake_clock: FakeClock) -> AsyncI
         repo.upsert_cases(conn, [imported("cn-1", "cn", CN_PHONE, CN_EMAIL),
                                  imported("cn-2", "cn", CN_PHONE, None),  # same phone, another account
                                  imported("us-1", "us", US_PHONE, "alex@example.com")], fake_clock.now())
-    sms_id = add_message(engine, "cn-1", "sms", to=CN_PHONE)
+    # yesterday's SMS reminder (one today would reach the SMS cap: a link asked for on the
+    # call would be refused, see test_ivr_gate.py); today's call
+    sms_id = add_message(engine, "cn-1", "sms", to=CN_PHONE, at=dt.datetime(2026, 12, 6, 1, 0, tzinfo=dt.UTC))
     voice_id = add_message(engine, "cn-1", "voice", to=CN_PHONE, parts=VOICE_PARTS)
     email_id = add_message(engine, "cn-1", "email", to=CN_EMAIL)
     app = make_app(engine, config, fake_clock)

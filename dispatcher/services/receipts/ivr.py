@@ -3,9 +3,11 @@
 Each step that must take effect once per call is keyed (`store.dedupe`), in the
 transaction of its effects: the identity confirmation (`ivr-identity:<message id>`),
 the promise to pay (`ivr-promise:<message id>`); the payment-link SMS and the
-self-service-link SMS are queued once per call by their messages' idempotency keys
-(`ivr-link:<message id>`, `ivr-self-service:<message id>`). Both links are short links
-minted for the call's message (`services.links`).
+self-service-link SMS are decided once per call (`ivr-request:<its message key>`) and
+queued by their messages' idempotency keys (`ivr-link:<message id>`,
+`ivr-self-service:<message id>`). A keypress that sends something goes through the
+compliance gate first (`Gate.decide_requested`), as every message does. Both links are
+short links minted for the call's message (`services.links`).
 
 A call is a "conversation" when a person confirmed their identity *and* the call
 completed. Both facts are committed first and the flag is then set by one statement
@@ -25,10 +27,10 @@ from sqlalchemy.engine import Engine
 
 from dispatcher.clock import Clock
 from dispatcher.config import Config, Jurisdiction
-from dispatcher.domain import Channel, MessageStatus, Reason
+from dispatcher.domain import Action, Channel, MessageStatus, Reason
 from dispatcher.links import LinkSigner
+from dispatcher.policy import Gate
 from dispatcher.policy.calendar import WorkingCalendar
-from dispatcher.policy.evaluate import channel_block
 from dispatcher.policy.window import is_legal
 from dispatcher.policy.zones import local_date, primary_zone, promise_hold_until, promise_window
 from dispatcher.services.links import link_url, links_base_url, mint
@@ -36,13 +38,13 @@ from dispatcher.services.receipts.actors import ACTOR_IVR
 from dispatcher.services.receipts.replies import AutoReplies
 from dispatcher.services.tasks import TaskKind, open_task
 from dispatcher.store import repository
-from dispatcher.store.dedupe import IVR_IDENTITY, IVR_PROMISE, claim, dedupe_key
+from dispatcher.store.dedupe import IVR_IDENTITY, IVR_LINK, IVR_PROMISE, claim, dedupe_key
 from dispatcher.store.events import EventKind, record_event
 from dispatcher.store.plan_state import invalidate
 from dispatcher.store.repository import CaseNotFound
 from dispatcher.store.snapshots import get_snapshot
 from dispatcher.store.tables import cases_t, dedupe_keys_t, holds_t, messages_t
-from dispatcher.templates.replies import PAYMENT_LINK, SELF_SERVICE
+from dispatcher.templates.replies import PAYMENT_LINK, SELF_SERVICE, ReplySpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,7 @@ class IvrActions:
     """The call's steps. Thread-safe (each call uses its own connection)."""
 
     def __init__(self, engine: Engine, config: Config, clock: Clock, signer: LinkSigner, public_url: str,
-                 replies: AutoReplies) -> None:
+                 replies: AutoReplies, gate: Gate) -> None:
         self.engine = engine
         self.config = config
         self.clock = clock
@@ -93,6 +95,7 @@ class IvrActions:
         self.public_url = public_url.rstrip("/")
         self.links_base = links_base_url(config, public_url)
         self.replies = replies
+        self.gate = gate
 
     def call_context(self, message_id: int | None) -> CallContext | None:
         """The call's message, case and profile; None for an unknown message."""
@@ -162,18 +165,9 @@ class IvrActions:
             settle_conversation(self.engine, ctx.message_id)
 
     def send_payment_link(self, ctx: CallContext) -> int | None:
-        """Option 1: queue a system SMS with this call's payment link (once per call).
-        None when the call has no number or the reply cannot be sent."""
-        if not ctx.to_address:
-            return None
-        now = self.clock.now()
-        expires = now + dt.timedelta(days=self.config.links.payment_link_days)
-        with self.engine.begin() as conn:
-            link = link_url(self.links_base, mint(conn, ctx.message_id, ctx.case_id, now, expires))
-            return self.replies.queue(conn, PAYMENT_LINK, case_id=ctx.case_id, to=ctx.to_address,
-                                      jurisdiction=ctx.jurisdiction, locale=ctx.locale,
-                                      key=f"ivr-link:{ctx.message_id}", now=now, reason="payment_link",
-                                      payment_link=link)
+        """Option 1: queue a system SMS with this call's payment link, once per call, if
+        the gate lets it through (`_requested_sms`); None when it is not queued."""
+        return self._requested_sms(ctx, PAYMENT_LINK, f"ivr-link:{ctx.message_id}", "payment_link")
 
     def promise_window(self, ctx: CallContext) -> tuple[dt.date, dt.date]:
         """Option 2's window: the first and last date a caller may promise, in the
@@ -207,30 +201,48 @@ class IvrActions:
 
     def send_self_service_link(self, ctx: CallContext) -> int | None:
         """Option 4: queue an SMS with the self-service link (the debtor's page, where they
-        can pay, promise a date or choose a plan), once per call, through the outbox. The
-        compliance checks of the case's SMS contact apply as to any message (a number
-        opted out of SMS, marked invalid or without consent gets nothing, and the case a
-        `reply_not_sent` event); None when it is not queued."""
+        can pay, promise a date or choose a plan), once per call, if the gate lets it
+        through (`_requested_sms`); None when it is not queued."""
+        return self._requested_sms(ctx, SELF_SERVICE, f"ivr-self-service:{ctx.message_id}", "self_service")
+
+    def _requested_sms(self, ctx: CallContext, spec: ReplySpec, key: str, reason: str) -> int | None:
+        """Queue the SMS with a link that the caller asked for by a keypress, through the
+        compliance gate like any message (`Gate.decide_requested`: a closed case, holds
+        that stop contact, the SMS contact's address, consent and opt-out, the contact
+        window). Decided once per call (`key`): the first delivery of the keypress queues
+        the link, or records the refusal (a `reply_not_sent` event with the gate's reason
+        and detail) and queues nothing; a repeated one gets the same answer."""
         if not ctx.to_address:
             return None
         now = self.clock.now()
-        expires = now + dt.timedelta(days=self.config.links.payment_link_days)
+        with self.engine.connect() as conn:
+            queued = conn.execute(select(messages_t.c.id).where(messages_t.c.idempotency_key == key)).scalar()
+        if queued is not None:
+            return int(queued)
         try:
             snapshot = get_snapshot(self.engine, ctx.case_id, now)
         except CaseNotFound:
             return None
-        blocked = (channel_block(snapshot, Channel.SMS, ctx.profile) if ctx.profile is not None
-                   else (Reason.NO_CONTACT, "the case's profile is not configured"))
+        if ctx.profile is None:
+            refused: tuple[str, str] | None = (Reason.NO_CONTACT.value, "the case's profile is not configured")
+        else:
+            decision = self.gate.decide_requested(snapshot, now, Channel.SMS, spec.template_id)
+            refused = None if decision.action is Action.SEND else (decision.reason.value, decision.detail)
+        expires = now + dt.timedelta(days=self.config.links.payment_link_days)
         with self.engine.begin() as conn:
-            if blocked is not None:
+            # a concurrent delivery of the same keypress waits here for the first one's commit
+            if not claim(conn, dedupe_key(IVR_LINK, key), now):
+                found = conn.execute(select(messages_t.c.id).where(messages_t.c.idempotency_key == key)).scalar()
+                return None if found is None else int(found)
+            if refused is not None:
                 record_event(conn, EventKind.REPLY_NOT_SENT, now, case_id=ctx.case_id, actor=ACTOR_IVR,
-                             template=SELF_SERVICE.template_id, reason=blocked[0].value, error=blocked[1])
+                             message_id=ctx.message_id, template=spec.template_id, reason=refused[0],
+                             error=refused[1][:300])
                 return None
             link = link_url(self.links_base, mint(conn, ctx.message_id, ctx.case_id, now, expires))
-            return self.replies.queue(conn, SELF_SERVICE, case_id=ctx.case_id, to=ctx.to_address,
-                                      jurisdiction=ctx.jurisdiction, locale=ctx.locale,
-                                      key=f"ivr-self-service:{ctx.message_id}", now=now, reason="self_service",
-                                      payment_link=link)
+            return self.replies.queue(conn, spec, case_id=ctx.case_id, to=ctx.to_address,
+                                      jurisdiction=ctx.jurisdiction, locale=ctx.locale, key=key, now=now,
+                                      reason=reason, payment_link=link)
 
     def stop_calls(self, ctx: CallContext) -> None:
         """Option 9: opt the called number out of voice (every case with it). Repeating

@@ -15,6 +15,7 @@ from dispatcher.clock import Clock
 from dispatcher.config import Config
 from dispatcher.domain import Channel
 from dispatcher.links import LinkSigner
+from dispatcher.policy import Gate
 from dispatcher.services.receipts.email import BounceOutcome, EmailReceipts
 from dispatcher.services.receipts.inbound import InboundOutcome, InboundSms
 from dispatcher.services.receipts.ivr import CallContext, IvrActions
@@ -27,10 +28,11 @@ from dispatcher.templates.rendering import TemplateSet
 class Receipts:
     """Applies what comes back to the store. One instance per app; thread-safe (each
     call uses its own connection). `templates` renders the automatic replies; by
-    default the tree the configuration names."""
+    default the tree the configuration names. `gate` checks what a caller asks the IVR
+    to send (by default one of its own for `config`)."""
 
     def __init__(self, engine: Engine, config: Config, clock: Clock, signer: LinkSigner, public_url: str,
-                 *, templates: TemplateSet | None = None) -> None:
+                 *, templates: TemplateSet | None = None, gate: Gate | None = None) -> None:
         self.engine = engine
         self.config = config
         self.clock = clock
@@ -40,7 +42,7 @@ class Receipts:
             templates = TemplateSet(config.resolve(config.templates.directory), config)
         replies = AutoReplies(config, templates)
         self._status = StatusReceipts(engine, clock)
-        self._ivr = IvrActions(engine, config, clock, signer, public_url, replies)
+        self._ivr = IvrActions(engine, config, clock, signer, public_url, replies, gate or Gate(config))
         self._inbound = InboundSms(engine, config, clock, replies)
         self._email = EmailReceipts(engine, clock, signer)
 
