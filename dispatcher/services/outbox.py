@@ -47,7 +47,7 @@ from dispatcher.channels.base import ChannelAdapter, OutboundMessage, SendResult
 from dispatcher.channels.guarded import paused_channels, probe_due
 from dispatcher.clock import Clock
 from dispatcher.config import Config
-from dispatcher.domain import PLAN_STAGE, Action, CaseSnapshot, Channel, MessageStatus
+from dispatcher.domain import PLAN_STAGE, Action, CaseSnapshot, Channel, Decision, MessageStatus
 from dispatcher.links import LinkSigner
 from dispatcher.logs import mask
 from dispatcher.policy import Gate
@@ -62,6 +62,7 @@ from dispatcher.store.events import EventKind, event_values
 from dispatcher.store.snapshots import iter_snapshots
 from dispatcher.store.tables import MessageRow
 from dispatcher.templates import TemplateSet
+from dispatcher.templates.replies import REQUESTED_LINKS
 
 log = logging.getLogger("dispatcher.outbox")
 
@@ -389,7 +390,12 @@ class Sender:
             return None
         if item.kind == "system":
             # Transactional replies (opt-out confirmation, HELP, a requested payment link):
-            # the debtor asked for them, so no debt-template gate; the body is stored.
+            # the debtor asked for them, so no debt-template gate; the body is stored. A
+            # link asked for on a call passes the gate again, as it did at the keypress.
+            if item.template_id in REQUESTED_LINKS and self._held_back(
+                    item, self.gate.decide_requested(snapshot, now, item.channel, item.template_id), now, writes,
+                    summary):
+                return None
             return self.compose.system_outbound(item, snapshot)
         others = history_for_recheck(snapshot.history, item.id)
         decision = self.gate.decide_channel(
@@ -401,13 +407,7 @@ class Sender:
             template=item.template_id if item.kind == "one_off" else None,
             plan_reminder=item.stage == PLAN_STAGE,
         )
-        if decision.action is Action.DEFER and decision.not_before is not None:
-            self._requeue(item, decision.not_before, f"{decision.reason}: {decision.detail}", now, writes)
-            summary.deferred += 1
-            return None
-        if decision.action is not Action.SEND or decision.template is None:
-            self._finish(item, MessageStatus.CANCELLED, f"{decision.reason}: {decision.detail}", now, writes,
-                         summary, event=EventKind.MESSAGE_CANCELLED)
+        if self._held_back(item, decision, now, writes, summary) or decision.template is None:
             return None
         try:
             return self.compose.render(item, snapshot, decision.template, decision.stage, now, writes)
@@ -415,6 +415,19 @@ class Sender:
             self._finish(item, MessageStatus.FAILED, f"could not render {decision.template}: {exc}", now, writes,
                          summary)
             return None
+
+    def _held_back(self, item: Claimed, decision: Decision, now: dt.datetime, writes: Writes,
+                   summary: SendSummary) -> bool:
+        """Requeue a deferred row for its `not_before`, cancel a refused one; False: send it."""
+        if decision.action is Action.DEFER and decision.not_before is not None:
+            self._requeue(item, decision.not_before, f"{decision.reason}: {decision.detail}", now, writes)
+            summary.deferred += 1
+            return True
+        if decision.action is not Action.SEND or decision.template is None:
+            self._finish(item, MessageStatus.CANCELLED, f"{decision.reason}: {decision.detail}", now, writes,
+                         summary, event=EventKind.MESSAGE_CANCELLED)
+            return True
+        return False
 
     # -- recording ---------------------------------------------------------------
 

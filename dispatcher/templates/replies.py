@@ -51,6 +51,9 @@ SELF_SERVICE = ReplySpec("self_service", ("org_name", "payment_link", "opt_out")
 REPLIES: dict[str, ReplySpec] = {
     spec.name: spec for spec in (OPT_OUT, OPT_OUT_CALLS, OPT_IN, HELP, PAYMENT_LINK, SELF_SERVICE)
 }
+#: The replies a caller asks for by a keypress: checked by the gate (`Gate.decide_requested`)
+#: when asked for and again just before sending, unlike the confirmations.
+REQUESTED_LINKS = frozenset({PAYMENT_LINK.template_id, SELF_SERVICE.template_id})
 
 #: Every name a reply may use (`payment_link` only in the link reply).
 REPLY_CONTEXT_KEYS = frozenset({"locale", "org_name", "support_phone", "opt_out", "payment_link"})

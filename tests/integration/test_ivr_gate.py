@@ -10,20 +10,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
-from dispatcher.domain import Reason
+from dispatcher.channels.recording import RecordingChannel
+from dispatcher.domain import Channel, Reason
+from dispatcher.services.outbox import Sender
 from dispatcher.store import repository as repo
 from dispatcher.store.tables import contacts_t
+from dispatcher.templates import TemplateSet
 from tests.integration import test_webhooks
-from tests.integration.test_webhooks import CN_PHONE, US_PHONE, World, add_message, gather
+from tests.integration.test_webhooks import CN_PHONE, PUBLIC, US_PHONE, World, add_message, gather
 
 world = test_webhooks.world  # the webhooks' fixture: three cases, an SMS, a call and an e-mail, the app
 
 OPTIONS = {"1": ("sms/replies/payment_link", "还款链接已通过短信发送到本机"),
            "4": ("sms/replies/self_service", "自助服务链接已通过短信发送到本机")}
+ROOT = Path(__file__).resolve().parents[2]
 REFUSED_ZH = "无法向本号码发送短信，请拨打95555联系我们"
 
 
@@ -125,3 +130,32 @@ async def test_a_refusal_is_recorded_once_however_often_the_key_is_pressed(world
     for _ in range(3):
         assert REFUSED_ZH in await press(world, "1")
     assert refusals(world) == [("cn-1", "sms/replies/payment_link", "cease_communication")]
+
+
+@pytest.mark.parametrize("later", ["stop", "dispute", "window_closed"])
+async def test_the_sender_checks_a_requested_link_again(world: World, later: str) -> None:
+    """Between the keypress and the send, the number opts out, a dispute comes in or the
+    window closes: the sender's last-moment gate cancels the link (or waits for the
+    window), as for every message; an opt-out confirmation still goes."""
+    assert OPTIONS["1"][1] in await press(world, "1")
+    if later == "stop":
+        await world.inbound("SMstop", "TD")
+    elif later == "dispute":
+        with world.engine.begin() as conn:
+            repo.place_hold(conn, "cn-1", Reason.DISPUTE_HOLD, None, "sms", world.clock.now())
+    else:
+        world.clock.set(dt.datetime(2026, 12, 7, 13, 5, tzinfo=dt.UTC))  # 21:05 in Shanghai
+    channels = {channel: RecordingChannel(channel) for channel in Channel}
+    sender = Sender(world.engine, world.config, TemplateSet(ROOT / "templates", world.config), channels,
+                    world.clock, world.signer, PUBLIC, "ivr-gate")
+    await sender.send_due()
+    link = next(m for m in world.system_messages() if m.template_id == "sms/replies/payment_link")
+    sent = [m.body for m in channels[Channel.SMS].sent]
+    assert not any("/p/" in body for body in sent)
+    if later == "window_closed":
+        assert (link.status, link.scheduled_at) == ("queued", dt.datetime(2026, 12, 8, 1, 0, tzinfo=dt.UTC))
+    else:
+        assert link.status == "cancelled"
+        assert link.last_error.startswith("opted_out" if later == "stop" else "dispute_hold")
+    if later == "stop":
+        assert len(sent) == 1  # the opt-out confirmation
