@@ -174,7 +174,7 @@ def open_task(conn: Connection, config: Config | None, case_id: str, kind: TaskK
     status = conn.execute(select(cases_t.c.status).where(cases_t.c.case_id == case_id)
                           .with_for_update(read=True)).scalar_one()
     if CASE_STATUS_OF[status] in CLOSED_STATUSES:
-        close_tasks(conn, case_id, now, task_closing_note(CASE_STATUS_OF[status], None), task_id=task_id)
+        close_tasks(conn, [case_id], now, task_closing_note(CASE_STATUS_OF[status], None), task_id=task_id)
     return int(task_id)
 
 

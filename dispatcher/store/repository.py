@@ -307,8 +307,7 @@ def upsert_cases(conn: Executor, rows: Sequence[ImportedCase], now: dt.datetime)
         update_set=contact_update,
     )
     insert_events(conn, events)
-    for case_id, status, reason in closures:
-        closing.case_closed(conn, case_id, status, reason, "import", now)
+    closing.cases_closed(conn, closures, "import", now)
     return inserted, updated
 
 

@@ -183,3 +183,23 @@ def test_a_task_opened_while_the_case_closes_ends_closed(engine: Engine, config:
     opening.join(10)
     task = Tasks(engine, config, FakeClock(LATER)).get(opened[0])  # type: ignore[arg-type]
     assert (task.state, task.note) == ("done", "case closed (paid) before this task was opened: nothing to do")
+
+
+def test_one_import_closes_many_cases_each_with_its_reason(engine: Engine, config: Config) -> None:
+    phones = {f"B{i}": f"+86139000001{i:02d}" for i in range(6)}
+    import_cases(engine, *(make_case(c, phone=p) for c, p in phones.items()))
+    for case_id in phones:
+        with_tasks(engine, config, case_id)
+    with engine.begin() as conn:
+        repo.record_payment(conn, "B3", Decimal("1000.00"), "bank", NOW)
+    statuses = {"B0": CaseStatus.PAID, "B1": CaseStatus.SETTLED, "B2": CaseStatus.CLOSED, "B3": CaseStatus.ACTIVE,
+                "B4": CaseStatus.CLOSED, "B5": CaseStatus.ACTIVE}
+    import_cases(engine, *(make_case(c, phone=phones[c], status=s, amount_due=Decimal("1000.00"))
+                           for c, s in statuses.items()), now=LATER)
+    notes = {"B0": "case closed: marked paid by an import", "B1": "case closed: marked settled by an import",
+             "B2": "case closed: marked closed by an import", "B3": "case closed: paid in full",
+             "B4": "case closed: marked closed by an import"}
+    for case_id, note in notes.items():
+        assert_closed_by_the_system(engine, case_id, note)
+        assert len(events(engine, case_id, "case_closed")) == 1
+    assert {t.state for t in tasks_of(engine, "B5").values()} == {"open", "claimed", "done"}
