@@ -168,11 +168,13 @@ def open_task(conn: Connection, config: Config | None, case_id: str, kind: TaskK
         return None
     record_event(conn, EventKind.COLLECTOR_TASK, now, case_id=case_id, actor=actor, task=kind.value,
                  task_id=task_id, due_at=due.isoformat(), **data)
-    # A closed case needs no work: its task is closed at once. Read after the insert and
-    # under a share lock on the case's row, so that a closing committed meanwhile is seen
-    # here, or else waits for this transaction and closes the task itself.
-    status = conn.execute(select(cases_t.c.status).where(cases_t.c.case_id == case_id)
-                          .with_for_update(read=True)).scalar_one()
+    # A closed case needs no work: its task is closed at once. No closing can slip between
+    # this read and the commit: the event above locked the case's planned instant
+    # (`plan_state.invalidate`), which a closing locks too (its events) before it closes
+    # the tasks. So a closing that came first has committed before this read, and one
+    # that comes later waits for this transaction and then sees the task. (No lock on the
+    # case row: callers hold that instant already, and would deadlock with a payment.)
+    status = conn.execute(select(cases_t.c.status).where(cases_t.c.case_id == case_id)).scalar_one()
     if CASE_STATUS_OF[status] in CLOSED_STATUSES:
         close_tasks(conn, [case_id], now, task_closing_note(CASE_STATUS_OF[status], None), task_id=task_id)
     return int(task_id)
