@@ -30,7 +30,7 @@ from dispatcher.store.db import (
 )
 from dispatcher.store.events import encode_data
 
-HEAD = "0012"
+HEAD = "0013"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -128,7 +128,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0008_user_locale.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0010_plan_instants.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0011_template_versions.py").is_file()
-    assert (MIGRATIONS_DIR / "versions" / "0012_close_tasks_of_closed_cases.py").is_file()
+    assert (MIGRATIONS_DIR / "versions" / "0013_close_tasks_of_closed_cases.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "store"
 
 
@@ -244,13 +244,13 @@ def test_sms_segments_are_backfilled_from_the_stored_bodies(empty_url: str) -> N
 
 @pytest.mark.postgres
 def test_the_tasks_of_closed_cases_are_closed_on_upgrade(empty_url: str) -> None:
-    """0012: open and claimed tasks of cases closed before closing closed tasks are done
+    """0013: open and claimed tasks of cases closed before closing closed tasks are done
     by the system, at the moment their case closed, with the note saying why."""
     engine = make_engine(empty_url)
     paid_at = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC)
     imported_at = dt.datetime(2026, 12, 2, 2, 0, tzinfo=dt.UTC)
     try:
-        _upgrade(engine, "0011")
+        _upgrade(engine, "0012")
         with engine.begin() as conn:
             for case_id, status, updated in (("P-1", "paid", paid_at), ("F-1", "closed", imported_at),
                                              ("A-1", "active", imported_at)):

@@ -1,8 +1,8 @@
 """Tasks of closed cases are closed: the data that the rule "closing a case closes its
 tasks" (`store.closing`) would have left, had it been in force.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-04
 
 Every open or claimed task of a case whose status is closed (`paid`, `settled`,
@@ -23,8 +23,8 @@ from dispatcher.domain import CLOSED_STATUSES, CaseStatus
 from dispatcher.policy.lifecycle import IMPORTED, SYSTEM, task_closing_note
 from dispatcher.store.events import encode_data
 
-revision: str = "0012"
-down_revision: str | None = "0011"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | None = None
 depends_on: str | None = None
 
