@@ -234,11 +234,13 @@ def _serve(runtime: Runtime, sandbox: Any, port: int, result: DemoResult, consol
                       after_plan=after_planning(runtime.config),
                       repair=StatusRepair(runtime.engine, runtime.config, clock, channels))
     web = runtime.web()
-    _print_how_to_look_around(runtime.settings.public_url, sandbox, result, console)
+
+    def ready() -> None:  # once the console listens: the first click must not be refused
+        _print_how_to_look_around(runtime.settings.public_url, sandbox, result, console)
 
     async def serve() -> int:
         try:
-            return await run_daemon(jobs, create_app(web), "127.0.0.1", port)
+            return await run_daemon(jobs, create_app(web), "127.0.0.1", port, on_listening=ready)
         finally:
             await web.receipts.aclose()
 

@@ -46,9 +46,18 @@ log = logging.getLogger("dispatcher.daemon")
 class _QuietServer(uvicorn.Server):
     """uvicorn without its own signal handling: the daemon owns SIGTERM (and exits 0)."""
 
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self._on_listening = on_listening
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_listening is not None:  # its sockets listen now
+            self._on_listening()
 
 
 @dataclass
@@ -183,8 +192,11 @@ def _report_startup(task: asyncio.Task[None]) -> None:
 
 
 async def run_daemon(jobs: DaemonJobs, web_app: Any, host: str, port: int,
-                     stop_event: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop_event`). Returns the exit status."""
+                     stop_event: asyncio.Event | None = None,
+                     on_listening: Callable[[], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop_event`). Returns the exit status.
+    `on_listening` is called once the web server accepts connections (the demo says
+    "ready" then, not before: a newcomer's first click must not be refused)."""
     cfg = jobs.config.scheduler
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -200,7 +212,7 @@ async def run_daemon(jobs: DaemonJobs, web_app: Any, host: str, port: int,
             loop.add_signal_handler(sig, request_stop)
 
     server = _QuietServer(uvicorn.Config(web_app, host=host, port=port, log_level="warning", lifespan="off",
-                                         access_log=False, log_config=None))  # our JSON handler
+                                         access_log=False, log_config=None), on_listening)  # our JSON handler
     server_task = asyncio.create_task(server.serve())
 
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
