@@ -181,7 +181,10 @@ def test_the_daemon_waits_for_the_database_and_outlives_its_connections_being_ki
         create_database(db_name)
         with Killer(db_name, every=0.15) as startup_kills:  # its schema creation is interrupted
             time.sleep(3)
-        wait_for(lambda: healthy(port), 90, "/healthz after the database came", proc)
+        try:
+            wait_for(lambda: healthy(port), 90, "/healthz after the database came", proc)
+        except AssertionError as exc:  # say why: the daemon's own log
+            raise AssertionError(f"{exc}\n{logs.text()[-6000:]}") from None
 
         # 2. cases arrive; connections are killed while it plans, sends and takes callbacks
         import_cases(env, tmp_path, config, 40, seed=21, dpd_range=(1, 29))  # SMS + e-mail
