@@ -75,8 +75,8 @@ def served(tmp_path: Path, config: Config) -> Iterator[tuple[str, Engine, Runtim
         engine.dispose()
 
 
-async def _signed_in(browser: Any, base: str, name: str, *, width: int = 1280) -> Any:
-    context = await browser.new_context(viewport={"width": width, "height": 900})
+async def _signed_in(browser: Any, base: str, name: str, *, width: int = 1280, locale: str = "en-US") -> Any:
+    context = await browser.new_context(viewport={"width": width, "height": 900}, locale=locale)
     context.set_default_timeout(10_000)
     page = await context.new_page()
     errors: list[str] = []
@@ -271,7 +271,33 @@ async def test_a_template_over_the_time_limit_shows_an_error_in_the_preview_and_
     assert "took longer than 1 s" in await page.inner_text("#preview-status")
     assert await page.get_attribute("#preview-status", "class") == "error"
     assert await page.locator('#problems li[data-line="1"]').count() >= 1
+    assert "undefined" not in problems  # every problem listed has its line and its words
+    await _shots(page, "studio-limit-error")
+    await page.set_viewport_size({"width": 1280, "height": 900})
     await _type_and_wait(page, SHORT + THANKS)
     assert await page.is_visible("#no-problems")
     assert THANKS.strip() in await page.inner_text("#preview-text")
     assert [e for e in page.errors if not e.startswith("422 ")] == []  # the slow text's 422, nothing else
+
+
+async def _shots(page: Any, name: str) -> None:
+    """Full-page screenshots at 1280 and 390 px (var/screenshots/NAME-1280.png, -390.png),
+    each without horizontal scrolling."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for width in (1280, 390):
+        await page.set_viewport_size({"width": width, "height": 900})
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width, name
+        await page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
+
+
+async def test_a_refusal_page_speaks_the_readers_language(served: tuple[str, Engine, Runtime],
+                                                          browser: Any) -> None:
+    """A Chinese-speaking author asks for a template in a language it does not have: the
+    404 page says so in Chinese and leads back to the templates."""
+    base, _engine, _runtime = served
+    page = await _signed_in(browser, base, "mei", locale="zh-CN")
+    response = await page.goto(f"{base}{EDITOR}?locale=fr-FR")
+    assert response is not None and response.status == 404
+    assert await page.inner_text("h1") == "没有该模板"
+    assert await page.get_attribute("#back", "href") == "/ui/templates"
+    await _shots(page, "studio-refusal-zh")

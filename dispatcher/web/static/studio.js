@@ -104,7 +104,9 @@
     setText("sms-units", body.units === null || body.units === undefined ? "-" : body.units);
     setText("cost", body.cost === null || body.cost === undefined ? "-" : body.cost + " " + body.currency);
     setText("cost-basis", body.cost_basis);
-    drawProblems(body.problems, body.error);
+    // a text that does not render for the case is answered 422 with `error` as the
+    // sentence the status line shows ("line N: ..."); lint lists it by line already
+    drawProblems(body.problems, body.error && typeof body.error === "object" ? body.error : null);
     if (body.diff) { drawDiff(body.diff); }
   }
 
