@@ -61,6 +61,17 @@ def served(tmp_path: Path, config: Config) -> Iterator[tuple[str, Engine, FakeCl
         engine.dispose()
 
 
+async def sign_in(page: Any, base: str, user: str, lands_on: str) -> None:
+    """Sign in from the sign-in page (asked to go to `lands_on` next, unless it is the
+    start page the console picks) and wait until the console shows `lands_on`."""
+    target = "" if lands_on == "/ui/home" else f"?next={lands_on}"
+    await page.goto(f"{base}/ui/login{target}")
+    await page.fill("#user", user)
+    await page.fill("#password", PASSWORD)
+    await page.click("#sign-in")
+    await page.wait_for_url(f"{base}{lands_on}")
+
+
 async def test_a_collector_signs_in_reads_the_case_and_sends_a_one_off(
         served: tuple[str, Engine, FakeClock], page: Any) -> None:
     base, engine, _clock = served
@@ -94,11 +105,7 @@ async def test_a_collector_signs_in_reads_the_case_and_sends_a_one_off(
 async def test_a_hold_from_the_page_stops_every_channel_until_released(
         served: tuple[str, Engine, FakeClock], page: Any) -> None:
     base, engine, _clock = served
-    await page.goto(f"{base}/ui/login?next=/ui/cases/A1")
-    await page.fill("#user", "lead.li")
-    await page.fill("#password", PASSWORD)
-    await page.click("#sign-in")
-    await page.wait_for_url(f"{base}/ui/cases/A1")
+    await sign_in(page, base, "lead.li", "/ui/cases/A1")
 
     await page.select_option("#hold-reason", "collector_hold")
     await page.fill("#hold-until", "2026-12-20")
@@ -135,11 +142,7 @@ async def test_why_the_dispatcher_waits_is_told_in_the_debtors_time(
     """The "why" column's instants are the debtor's (Shanghai, with the offset), as every
     other time on the page, never the UTC instants of the decision's text."""
     base, _engine, clock = served
-    await page.goto(f"{base}/ui/login?next=/ui/cases/A1")
-    await page.fill("#user", "lead.li")
-    await page.fill("#password", PASSWORD)
-    await page.click("#sign-in")
-    await page.wait_for_url(f"{base}/ui/cases/A1")
+    await sign_in(page, base, "lead.li", "/ui/cases/A1")
     await page.select_option("#hold-reason", "collector_hold")
     await page.fill("#hold-until", "2026-12-20")
     await page.click("#hold")
@@ -200,11 +203,7 @@ async def test_a_collector_with_a_chinese_name_signs_in_and_works_under_that_nam
 
 async def test_an_author_does_not_get_the_collectors_pages(served: tuple[str, Engine, FakeClock], page: Any) -> None:
     base, _engine, _clock = served
-    await page.goto(f"{base}/ui/login")
-    await page.fill("#user", "writer")
-    await page.fill("#password", PASSWORD)
-    await page.click("#sign-in")
-    await page.wait_for_url(f"{base}/ui/home")
+    await sign_in(page, base, "writer", "/ui/home")
     assert await page.inner_text("#home-roles") == "author"
     await page.screenshot(path=str(SCREENSHOTS / "console-home-author.png"), full_page=True)
     response = await page.goto(f"{base}/ui/cases/A1")
